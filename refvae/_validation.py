@@ -1,0 +1,108 @@
+"""Input checking at the public boundary (SPEC section 1).
+
+Every public function converts its array arguments with :func:`as_float_array`, which returns a
+C-contiguous float64 copy (or view) and raises a ``ValueError``/``TypeError`` that names the
+argument and says what was expected. Nothing downstream ever sees NaN it did not make itself.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["as_float_array", "check_same_shape", "check_choice", "check_positive_int", "check_rng"]
+
+
+def as_float_array(x, name, *, ndim=None, shape=None, finite=True, allow_neg_inf=False,
+                   allow_empty=False, allow_complex=False):
+    """Convert ``x`` to a C-contiguous float64 array and check it.
+
+    Parameters
+    ----------
+    x : array_like
+        The value to convert. Real numbers only (bool is accepted as 0/1).
+    name : str
+        The argument's name, used in every error message.
+    ndim : int or tuple of int, optional
+        Required number of dimensions (or one of several).
+    shape : tuple, optional
+        Required shape; an entry ``None`` matches any length.
+    finite : bool
+        Reject NaN and +-inf (default). With ``allow_neg_inf=True``, -inf is accepted but NaN and
+        +inf are still rejected (log-weights of components that are switched off).
+    allow_empty : bool
+        Accept arrays with a zero-length axis (rejected by default).
+    allow_complex : bool
+        Keep complex input as complex128 (only for complex-step derivative checks of the
+        analytic code paths); otherwise complex input is a ``TypeError``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (or complex128) and C-contiguous.
+    """
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name} must be an array of real numbers, got {type(x).__name__}")
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        if not allow_complex:
+            raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.complex128)
+    else:
+        arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{name} must have {want} dimension(s), got shape {arr.shape}")
+    if shape is not None:
+        if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+            want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
+    if not allow_empty and arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    if finite:
+        real = arr.real if np.iscomplexobj(arr) else arr
+        if allow_neg_inf:
+            bad = np.isnan(real) | (real == np.inf)
+            what = "NaN or +inf"
+        else:
+            bad = ~np.isfinite(real)
+            what = "NaN or inf"
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{name} must not contain {what}; found {real[idx]!r} at index {idx}")
+    return arr
+
+
+def check_same_shape(a, b, name_a, name_b):
+    """Raise ``ValueError`` unless two arrays have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {a.shape} and {b.shape}")
+
+
+def check_choice(value, name, choices):
+    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (listed in the message)."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_positive_int(value, name, *, minimum=1):
+    """Return ``value`` as int if it is an integer >= ``minimum``; otherwise raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_rng(rng, name="rng"):
+    """Require an explicit ``numpy.random.Generator`` (SPEC section 1: no global seeding)."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{name} must be a numpy.random.Generator (e.g. numpy.random.default_rng(0)), "
+                        f"got {type(rng).__name__}")
+    return rng
