@@ -1,0 +1,526 @@
+r"""The streaming mixture log-sum-exp kernel: log-density of a diagonal Gaussian mixture.
+
+What it is
+----------
+For queries ``z`` (B, L) and K components with means and log-variances (K, L) and log-weights
+``w`` (K,), the kernel returns for every row b
+
+.. math::
+
+    f_b = \log \sum_{k=1}^{K} \exp\big(w_k + \log \mathcal N(z_b \mid \mu_k, \operatorname{diag} e^{v_k})\big),
+    \qquad
+    t_{bk} = w_k - \tfrac12 \sum_l \big[\ln 2\pi + v_{kl} + (z_{bl} - \mu_{kl})^2 e^{-v_{kl}}\big].
+
+This is the density of every mixture prior (SPEC section 4) and of the aggregated posterior
+q(z) = 1/N sum_n q(z|x_n) (text eq. 4.44), where K = N can be 10^5 or more.
+
+**Log-weights are used as given** (unnormalised): the result is a normalised mixture density
+exactly when ``logsumexp(w) = 0``. Adding a constant c to every log-weight adds c to every
+output. Pass ``log_softmax(logits)`` for mixture weights; ``log_weights=None`` means uniform
+weights ``w_k = -ln K`` (the aggregated posterior).
+
+Backward
+--------
+With responsibilities :math:`r_{bk} = \exp(t_{bk} - f_b)` (they sum to one over k) and an upstream
+gradient g (B,), since :math:`\partial f_b / \partial t_{bk} = r_{bk}`:
+
+- ``dz[b, l]      = -g_b sum_k r_bk (z_bl - mu_kl) e^{-v_kl}``
+- ``dmeans[k, l]  =  sum_b g_b r_bk (z_bl - mu_kl) e^{-v_kl}``
+- ``dlog_vars[k, l] = sum_b g_b r_bk * 1/2 ((z_bl - mu_kl)^2 e^{-v_kl} - 1)``
+- ``dlog_weights[k] = sum_b g_b r_bk``
+
+Shapes
+------
+z (B, L); means, log_vars (K, L); log_weights (K,) or None; g (B,); output (B,).
+
+Numerics
+--------
+*Streaming.* No (B, K) or (B, K, L) array is ever formed: extra memory is O(B + K L) (the
+components are copied once into tiles of ``TILE`` components laid out (L, TILE), so that the inner
+loop runs over contiguous memory and vectorises). Queries are processed in blocks of
+``QUERY_BLOCK`` so that each loaded tile is reused for several queries.
+
+*Online log-sum-exp with a lazy reference.* Each query keeps a reference m and a sum
+s = sum_k exp(t_k - m). When a tile's largest term exceeds m by more than 1, s is rescaled by
+exp(m_old - m_new) and m moves; otherwise m stays. Hence at every point all terms satisfy
+t - m <= 1 (no overflow, exp(t - m) <= e), the true maximum lies in [m, m + 1] at the end, and the
+rescalings that do happen each shrink the old sum by at least e, so their rounding errors form a
+geometric series (< 1.6 u in total). f = m + log(s).
+
+*Skipping exp.* A term with t - m < -(ln K + 40) is not exponentiated: all such terms together
+contribute at most K e^{-(ln K + 40)} = e^{-40} ~ 4e-18 < u/25 relative to s >= 1, so the skip
+costs at most 0.04 u absolute in f, and it removes most exp calls when the mixture is spread out
+(exp dominates the cost; see KERNEL-NOTES). The VJP skips only terms whose responsibility
+underflows to exactly 0 (t - f < -746), so no gradient entry is lost.
+
+*Compensated sums.* s is accumulated with Kahan summation, and the per-component constant
+w_k - 1/2 sum_l (ln 2 pi + v_kl) with Neumaier summation. The quadratic form is accumulated as
+``acc -= w * w`` with ``w = (z - mu) * a``, ``a = sqrt(1/2) e^{-v/2}``: no overflow of
+(z - mu)^2 when the product with e^{-v} is representable.
+
+*Error bound.* With S_b = sum_k r_bk (|w_k| + 1/2 sum_l (ln 2 pi + |v_kl| + (z_bl - mu_kl)^2 e^{-v_kl})),
+the natural scale of the rounding in this computation, the forward error satisfies
+``|f_hat - f| <= c u (|f| + S)`` with c = 4 (``tolerances.TOLERANCES['mixture_kernel_c']``),
+u = 2^-53. The tests measure c against mpmath (dps=60) on random and adversarial inputs.
+
+*Special values.* A component with w_k = -inf contributes nothing and gets exactly zero gradient.
+If every term is -inf (all weights -inf, or every quadratic overflows), f = -inf and all gradients
+are 0, never NaN. No ``fastmath``: it breaks -inf handling (KERNEL-NOTES).
+
+*Determinism.* The forward and dz are computed per query; dmeans, dlog_vars, dlog_weights are
+computed per component tile, each summing over queries in index order. No atomics, no shared
+accumulators: results are bit-identical on repeated runs and for any number of threads.
+
+*Sharding.* :func:`mixture_partial` returns the pair (m, s) for a shard of the components and
+:func:`combine_partials` merges pairs; :func:`mixture_log_prob` is the one-shard case of the same
+code path.
+
+References
+----------
+SPEC.md section 4 (mixture densities), text eq. (4.44) (aggregated posterior);
+KERNEL-NOTES.md (measured costs on these machines).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._validation import as_float_array
+
+__all__ = ["mixture_log_prob", "mixture_log_prob_vjp", "mixture_partial", "combine_partials",
+           "finalize_partials", "mixture_log_prob_numpy", "mixture_log_prob_vjp_numpy",
+           "check_mixture_args", "TILE", "QUERY_BLOCK"]
+
+LN_2PI = math.log(2.0 * math.pi)
+SQRT_HALF = math.sqrt(0.5)
+TILE = 128          #: components per tile
+QUERY_BLOCK = 8     #: queries per block (each tile is reused for this many queries)
+SKIP_MARGIN = 40.0  #: forward skips exp for t - m < -(ln K + SKIP_MARGIN)
+VJP_UNDERFLOW = -746.0  #: exp(x) == 0.0 exactly for x < -745.14
+
+
+# --------------------------------------------------------------------------- input checking
+
+def check_mixture_args(z, means, log_vars, log_weights=None, *, require_weights=False):
+    """Validate and convert the kernel's arguments (float64, C-contiguous).
+
+    Raises ``ValueError`` naming the argument for: wrong number of dimensions, K = 0 or B = 0 or
+    L = 0, mismatched L between ``z`` and the components, ``log_vars`` not shaped like ``means``,
+    NaN or inf in z/means/log_vars, ``log_weights`` of the wrong length or containing NaN or +inf
+    (-inf is allowed: a switched-off component).
+    """
+    z = as_float_array(z, "z", ndim=2)
+    means = as_float_array(means, "means", ndim=2)
+    K, L = means.shape
+    if z.shape[1] != L:
+        raise ValueError(f"z has L = {z.shape[1]} columns but means has L = {L}; z must have shape (B, {L})")
+    log_vars = as_float_array(log_vars, "log_vars", shape=(K, L))
+    if log_weights is None:
+        if require_weights:
+            raise ValueError("log_weights is required for a partial over a shard of components "
+                             "(pass the global log-weights, e.g. full(K, -log N))")
+        log_weights = np.full(K, -math.log(K))
+    else:
+        log_weights = as_float_array(log_weights, "log_weights", shape=(K,), allow_neg_inf=True)
+    return z, means, log_vars, log_weights
+
+
+# --------------------------------------------------------------------------- component layout
+
+@njit(cache=True)
+def _tile_components(means, log_vars, log_weights, tile):
+    """Copy components into tiles: muT, aT (n_tiles, L, tile), const (n_tiles, tile).
+
+    aT = sqrt(1/2) exp(-v/2); const = w - 1/2 sum_l (ln 2 pi + v_l) (Neumaier sum). Padding
+    components have const = -inf.
+    """
+    K, L = means.shape
+    n_tiles = (K + tile - 1) // tile
+    muT = np.zeros((n_tiles, L, tile))
+    aT = np.zeros((n_tiles, L, tile))
+    const = np.full((n_tiles, tile), -np.inf)
+    for k in range(K):
+        t, j = k // tile, k % tile
+        w = log_weights[k]
+        if w == -np.inf:
+            continue  # stays -inf with mu = 0, a = 0: contributes nothing, gets zero gradient
+        # Neumaier-compensated sum of w and -1/2 (ln 2 pi + v_l)
+        s = w
+        c = 0.0
+        for l in range(L):
+            x = -0.5 * (LN_2PI + log_vars[k, l])
+            tt = s + x
+            if abs(s) >= abs(x):
+                c += (s - tt) + x
+            else:
+                c += (x - tt) + s
+            s = tt
+            muT[t, l, j] = means[k, l]
+            aT[t, l, j] = SQRT_HALF * math.exp(-0.5 * log_vars[k, l])
+        const[t, j] = s + c
+    return muT, aT, const
+
+
+# --------------------------------------------------------------------------- forward
+
+@njit(parallel=True, cache=True)
+def _forward_partial_kernel(z, muT, aT, const, skip, qb):
+    B = z.shape[0]
+    n_tiles, L, T = muT.shape
+    m_out = np.empty(B)
+    s_out = np.empty(B)
+    n_blocks = (B + qb - 1) // qb
+    for blk in prange(n_blocks):
+        b0 = blk * qb
+        nb = min(qb, B - b0)
+        acc = np.empty((qb, T))
+        m = np.full(qb, -np.inf)
+        s = np.zeros(qb)
+        comp = np.zeros(qb)
+        for ti in range(n_tiles):
+            # quadratic forms for nb queries x T components; each tile row is reused nb times
+            for q in range(nb):
+                for k in range(T):
+                    acc[q, k] = const[ti, k]
+            for l in range(L):
+                mu_row = muT[ti, l]
+                a_row = aT[ti, l]
+                for q in range(nb):
+                    zl = z[b0 + q, l]
+                    for k in range(T):
+                        w = (zl - mu_row[k]) * a_row[k]
+                        acc[q, k] -= w * w
+            # online log-sum-exp with a lazy reference
+            for q in range(nb):
+                tmax = -np.inf
+                for k in range(T):
+                    if acc[q, k] > tmax:
+                        tmax = acc[q, k]
+                if tmax == -np.inf:
+                    continue
+                mq = m[q]
+                if tmax > mq + 1.0:
+                    if mq != -np.inf:
+                        f = math.exp(mq - tmax)
+                        s[q] *= f
+                        comp[q] *= f
+                    mq = tmax
+                    m[q] = mq
+                sq = s[q]
+                cq = comp[q]
+                for k in range(T):
+                    d = acc[q, k] - mq
+                    if d >= skip:
+                        y = math.exp(d) - cq  # Kahan summation
+                        tt = sq + y
+                        cq = (tt - sq) - y
+                        sq = tt
+                s[q] = sq
+                comp[q] = cq
+        for q in range(nb):
+            m_out[b0 + q] = m[q]
+            s_out[b0 + q] = s[q] - comp[q]
+    return m_out, s_out
+
+
+def _skip_threshold(K):
+    return -(math.log(K) + SKIP_MARGIN)
+
+
+def _partial_checked(z, means, log_vars, log_weights):
+    muT, aT, const = _tile_components(means, log_vars, log_weights, TILE)
+    return _forward_partial_kernel(z, muT, aT, const, _skip_threshold(means.shape[0]), QUERY_BLOCK)
+
+
+def finalize_partials(m, s):
+    """Turn a (m, s) partial into log-densities: f = m + log(s), and -inf where m = -inf."""
+    m = np.asarray(m, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64)
+    out = np.full(m.shape, -np.inf)
+    ok = m > -np.inf
+    out[ok] = m[ok] + np.log(s[ok])
+    return out
+
+
+def mixture_partial(z, means, log_vars, log_weights):
+    """The kernel's partial result over a shard of the components.
+
+    Returns ``(m, s)``, arrays of shape (B,), with ``sum_k exp(t_bk) = exp(m_b) * s_b`` over the
+    shard's components (``log_weights`` are the *global* log-weights of these components and are
+    required). ``m = -inf, s = 0`` for a shard whose terms are all -inf. Combine shards with
+    :func:`combine_partials`; :func:`finalize_partials` gives the log-density.
+    """
+    z, means, log_vars, log_weights = check_mixture_args(z, means, log_vars, log_weights,
+                                                         require_weights=True)
+    return _partial_checked(z, means, log_vars, log_weights)
+
+
+def combine_partials(partials):
+    """Merge (m, s) partials of disjoint shards, in the given order.
+
+    ``m = max_i m_i``, ``s = sum_i s_i exp(m_i - m)`` (shards with m_i = -inf contribute 0).
+    Exact up to one rounding per shard; the fixed order makes the result reproducible.
+    """
+    partials = list(partials)
+    if not partials:
+        raise ValueError("partials must contain at least one (m, s) pair")
+    ms = [np.asarray(p[0], dtype=np.float64) for p in partials]
+    shape = ms[0].shape
+    if any(mi.shape != shape for mi in ms):
+        raise ValueError("all partials must have the same number of queries")
+    m = ms[0].copy()
+    for mi in ms[1:]:
+        m = np.maximum(m, mi)
+    s = np.zeros(shape)
+    finite = m > -np.inf
+    for mi, (_, si) in zip(ms, partials):
+        si = np.asarray(si, dtype=np.float64)
+        use = finite & (mi > -np.inf)
+        s[use] += si[use] * np.exp(mi[use] - m[use])
+    return m, s
+
+
+def mixture_log_prob(z, means, log_vars, log_weights=None):
+    """Log-density of a diagonal Gaussian mixture at each row of ``z`` (see module docstring).
+
+    Forward: ``f_b = logsumexp_k [ w_k + log N(z_b | mu_k, diag exp(v_k)) ]``.
+
+    Parameters
+    ----------
+    z : (B, L) queries.
+    means, log_vars : (K, L) component means and log-variances.
+    log_weights : (K,) or None. Used as given (unnormalised); None means ``-ln K`` each.
+
+    Returns
+    -------
+    (B,) float64. Error within ``4 u (|f| + S)``; see the module docstring.
+    """
+    z, means, log_vars, log_weights = check_mixture_args(z, means, log_vars, log_weights)
+    m, s = _partial_checked(z, means, log_vars, log_weights)
+    return finalize_partials(m, s)
+
+
+# --------------------------------------------------------------------------- VJP
+
+@njit(parallel=True, cache=True)
+def _vjp_z_kernel(g, z, f, muT, aT, const, qb):
+    """dz[b] = -g_b sum_k r_bk (z_b - mu_k) e^{-v_k}; parallel over query blocks."""
+    B, L = z.shape
+    n_tiles, _, T = muT.shape
+    dz = np.zeros((B, L))
+    n_blocks = (B + qb - 1) // qb
+    for blk in prange(n_blocks):
+        b0 = blk * qb
+        nb = min(qb, B - b0)
+        acc = np.empty((qb, T))
+        coef = np.empty((qb, T))
+        for ti in range(n_tiles):
+            for q in range(nb):
+                for k in range(T):
+                    acc[q, k] = const[ti, k]
+            for l in range(L):
+                mu_row = muT[ti, l]
+                a_row = aT[ti, l]
+                for q in range(nb):
+                    zl = z[b0 + q, l]
+                    for k in range(T):
+                        w = (zl - mu_row[k]) * a_row[k]
+                        acc[q, k] -= w * w
+            for q in range(nb):
+                fb = f[b0 + q]
+                gb = g[b0 + q]
+                for k in range(T):
+                    d = acc[q, k] - fb
+                    if fb == -np.inf or d < VJP_UNDERFLOW:
+                        coef[q, k] = 0.0
+                    else:
+                        coef[q, k] = gb * math.exp(d)
+            for l in range(L):
+                mu_row = muT[ti, l]
+                a_row = aT[ti, l]
+                for q in range(nb):
+                    zl = z[b0 + q, l]
+                    tot = 0.0
+                    for k in range(T):
+                        a = a_row[k]
+                        # (z - mu) e^{-v} = 2 a^2 (z - mu)
+                        tot += coef[q, k] * ((zl - mu_row[k]) * (2.0 * a * a))
+                    dz[b0 + q, l] -= tot
+    return dz
+
+
+@njit(parallel=True, cache=True)
+def _vjp_components_kernel(g, z, f, muT, aT, const, K):
+    """dmeans, dlog_vars, dlog_weights: parallel over component tiles, each summing over b in order."""
+    B, L = z.shape
+    n_tiles, _, T = muT.shape
+    dmeans = np.zeros((K, L))
+    dlog_vars = np.zeros((K, L))
+    dlog_weights = np.zeros(K)
+    for ti in prange(n_tiles):
+        acc = np.empty(T)
+        coef = np.empty(T)
+        dmu = np.zeros((L, T))
+        dlv = np.zeros((L, T))
+        dw = np.zeros(T)
+        for b in range(B):
+            fb = f[b]
+            if fb == -np.inf:
+                continue
+            gb = g[b]
+            for k in range(T):
+                acc[k] = const[ti, k]
+            for l in range(L):
+                zl = z[b, l]
+                mu_row = muT[ti, l]
+                a_row = aT[ti, l]
+                for k in range(T):
+                    w = (zl - mu_row[k]) * a_row[k]
+                    acc[k] -= w * w
+            any_live = False
+            for k in range(T):
+                d = acc[k] - fb
+                if d < VJP_UNDERFLOW:
+                    coef[k] = 0.0
+                else:
+                    coef[k] = gb * math.exp(d)
+                    any_live = True
+            if not any_live:
+                continue
+            for k in range(T):
+                dw[k] += coef[k]
+            for l in range(L):
+                zl = z[b, l]
+                mu_row = muT[ti, l]
+                a_row = aT[ti, l]
+                dmu_row = dmu[l]
+                dlv_row = dlv[l]
+                for k in range(T):
+                    a = a_row[k]
+                    diff = zl - mu_row[k]
+                    ivd = diff * (2.0 * a * a)  # (z - mu) e^{-v}
+                    dmu_row[k] += coef[k] * ivd
+                    dlv_row[k] += coef[k] * (0.5 * (ivd * diff - 1.0))
+        k0 = ti * T
+        for j in range(min(T, K - k0)):
+            dlog_weights[k0 + j] = dw[j]
+            for l in range(L):
+                dmeans[k0 + j, l] = dmu[l, j]
+                dlog_vars[k0 + j, l] = dlv[l, j]
+    return dmeans, dlog_vars, dlog_weights
+
+
+def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=None):
+    """VJP of :func:`mixture_log_prob`: returns ``(dz, dmeans, dlog_vars, dlog_weights)``.
+
+    Backward (module docstring): with r_bk = exp(t_bk - f_b),
+    ``dz = -g r (z - mu) e^{-v}`` summed over k, ``dmeans = +g r (z - mu) e^{-v}`` summed over b,
+    ``dlog_vars = g r 1/2 ((z - mu)^2 e^{-v} - 1)`` summed over b, ``dlog_weights = g r`` summed
+    over b. With ``log_weights=None`` the last entry is the gradient with respect to the uniform
+    log-weights (the column sums of g r).
+
+    Parameters
+    ----------
+    g : (B,) finite upstream gradient.
+    log_prob : (B,), optional. The forward result, if already computed (saves one pass).
+    """
+    z, means, log_vars, log_weights = check_mixture_args(z, means, log_vars, log_weights)
+    B = z.shape[0]
+    g = as_float_array(g, "g", shape=(B,))
+    muT, aT, const = _tile_components(means, log_vars, log_weights, TILE)
+    if log_prob is None:
+        m, s = _forward_partial_kernel(z, muT, aT, const, _skip_threshold(means.shape[0]), QUERY_BLOCK)
+        f = finalize_partials(m, s)
+    else:
+        f = as_float_array(log_prob, "log_prob", shape=(B,), allow_neg_inf=True)
+    dz = _vjp_z_kernel(g, z, f, muT, aT, const, QUERY_BLOCK)
+    dmeans, dlog_vars, dlog_weights = _vjp_components_kernel(g, z, f, muT, aT, const, means.shape[0])
+    return dz, dmeans, dlog_vars, dlog_weights
+
+
+# --------------------------------------------------------------------------- NumPy twin
+
+def _twin_terms(z, means, log_vars, log_weights):
+    """t[b, k] for a chunk of queries (complex-safe: no abs/max on the value)."""
+    inv_var = np.exp(-log_vars)                                   # (K, L)
+    const = log_weights - 0.5 * np.sum(LN_2PI + log_vars, axis=-1)  # (K,)
+    diff = z[:, None, :] - means[None, :, :]                      # (b, K, L)
+    return const[None, :] - 0.5 * np.sum(diff * diff * inv_var[None], axis=-1), diff, inv_var
+
+
+def _twin_chunk(B, K, L, budget=2 ** 22):
+    return max(1, min(B, budget // max(1, K * L)))
+
+
+def mixture_log_prob_numpy(z, means, log_vars, log_weights=None, *, _checked=False):
+    """Plain NumPy twin of :func:`mixture_log_prob` (broadcast, chunked over queries).
+
+    Same definition and conventions, written as directly as possible:
+    ``t = w - 1/2 sum(ln 2 pi + v) - 1/2 sum((z - mu)^2 e^{-v})``, then
+    ``f = max_k t + log sum_k exp(t - max_k t)``. Accepts complex input (for complex-step
+    derivative checks): the shift is the maximum of the real part.
+    """
+    if not _checked:
+        z, means, log_vars, log_weights = _twin_args(z, means, log_vars, log_weights)
+    B, L = z.shape
+    K = means.shape[0]
+    out = np.empty(B, dtype=np.result_type(z, means, log_vars, log_weights))
+    step = _twin_chunk(B, K, L)
+    for b0 in range(0, B, step):
+        t, _, _ = _twin_terms(z[b0:b0 + step], means, log_vars, log_weights)
+        shift = np.max(t.real, axis=1)
+        fin = np.isfinite(shift)
+        safe = np.where(fin, shift, 0.0)
+        with np.errstate(under="ignore"):
+            val = safe + np.log(np.sum(np.exp(t - safe[:, None]), axis=1))
+        out[b0:b0 + step] = np.where(fin, val, -np.inf)
+    return out
+
+
+def mixture_log_prob_vjp_numpy(g, z, means, log_vars, log_weights=None):
+    """Plain NumPy twin of :func:`mixture_log_prob_vjp` (forms the (b, K, L) chunk explicitly)."""
+    z, means, log_vars, log_weights = _twin_args(z, means, log_vars, log_weights)
+    B, L = z.shape
+    K = means.shape[0]
+    g = np.asarray(g, dtype=np.float64)
+    f = mixture_log_prob_numpy(z, means, log_vars, log_weights, _checked=True)
+    dz = np.zeros((B, L))
+    dmeans = np.zeros((K, L))
+    dlog_vars = np.zeros((K, L))
+    dlog_weights = np.zeros(K)
+    step = _twin_chunk(B, K, L)
+    for b0 in range(0, B, step):
+        sl = slice(b0, b0 + step)
+        t, diff, inv_var = _twin_terms(z[sl], means, log_vars, log_weights)
+        fb = f[sl]
+        live = np.isfinite(fb)
+        with np.errstate(under="ignore", invalid="ignore"):
+            r = np.where(live[:, None], np.exp(t - np.where(live, fb, 0.0)[:, None]), 0.0)
+        gr = g[sl][:, None] * r                                   # (b, K)
+        ivd = diff * inv_var[None]                                # (b, K, L)
+        dz[sl] = -np.einsum("bk,bkl->bl", gr, ivd)
+        dmeans += np.einsum("bk,bkl->kl", gr, ivd)
+        dlog_vars += np.einsum("bk,bkl->kl", gr, 0.5 * (ivd * diff - 1.0))
+        dlog_weights += gr.sum(axis=0)
+    return dz, dmeans, dlog_vars, dlog_weights
+
+
+def _twin_args(z, means, log_vars, log_weights):
+    if any(np.iscomplexobj(a) for a in (z, means, log_vars, log_weights) if a is not None):
+        z = np.asarray(z, dtype=np.complex128)
+        means = np.asarray(means, dtype=np.complex128)
+        log_vars = np.asarray(log_vars, dtype=np.complex128)
+        K = means.shape[0]
+        log_weights = (np.full(K, -math.log(K), dtype=np.complex128) if log_weights is None
+                       else np.asarray(log_weights, dtype=np.complex128))
+        return z, means, log_vars, log_weights
+    return check_mixture_args(z, means, log_vars, log_weights)
+
+
+def set_num_threads(n):
+    """Set the number of Numba threads used by the kernels (results do not depend on it)."""
+    numba.set_num_threads(int(n))
