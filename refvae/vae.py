@@ -1,0 +1,394 @@
+r"""The VAE: an MLP encoder, a decoder with a categorical, Bernoulli or Gaussian likelihood, and a
+prior, with the forward pass and its hand-written backward pass.
+
+What it computes (SPEC section 5)
+---------------------------------
+For a data point x and noise eps ~ N(0, I) (passed in, so a run can be replayed elsewhere):
+
+.. math::
+
+    (\mu, \log\sigma^2) = \mathrm{enc}(x), \quad z = \mu + e^{\frac12 \log\sigma^2} \odot \epsilon,\\
+    \mathrm{elbo} = \ln p_\theta(x \mid z) + \ln p_\lambda(z) - \ln q_\phi(z \mid x),
+    \qquad \mathrm{neg\_elbo} = -\mathrm{elbo}.
+
+The loss is the batch mean of ``neg_elbo`` (``reduction="mean"``; ``"sum"`` available). For the
+standard prior, ``kl="analytic"`` replaces ``ln p(z) - ln q(z|x)`` by ``-KL[q(z|x) || N(0, I)]``.
+
+The backward pass, step by step (``d<name>`` is dLoss/d<name>)
+--------------------------------------------------------------
+With per-example weight c = 1/B (mean) or 1 (sum):
+
+1. ``dlog_px_z = -c``, ``dlog_pz = -c``, ``dlog_qz = +c``.
+2. Decoder: ``dlogits = likelihood_vjp(dlog_px_z)``; ``(dz_dec, grads) = mlp_backward(dlogits)``.
+3. Prior: ``(dz_prior, grads) = prior.backward(dlog_pz)``.
+4. Posterior density: ``(dz_q, dmu_q, dlog_var_q) = gaussian.log_prob_vjp(dlog_qz, z, mu, log_var)``.
+5. ``dz = dz_dec + dz_prior + dz_q``.
+6. Reparameterisation: ``dmu = dz + dmu_q``, ``dlog_var = dz * 1/2 sigma * eps + dlog_var_q``.
+7. Encoder: ``(dx, grads) = mlp_backward([dmu, dlog_var])``.
+
+Gradients of parameters that appear on several paths are summed (the VampPrior's pseudo-inputs go
+through the encoder, so the encoder's gradient is the sum of its path through q(z|x) and its path
+through the prior).
+
+References: SPEC.md sections 2, 3, 5; Tomczak, *Deep Generative Modeling*, eqs. (4.33)-(4.35).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import gaussian, likelihoods
+from ._validation import as_float_array, check_choice, check_positive_int, check_rng
+from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
+from .priors import PRIORS, Prior, make_prior
+
+__all__ = ["VAE", "Encoder", "Decoder", "NegElbo"]
+
+
+class Encoder:
+    r"""x (B, D) -> (mu, log_var), each (B, L): an MLP with 2L outputs, split in halves.
+
+    Forward: ``h = MLP(x)``; ``mu = h[:, :L]``, ``log_var = h[:, L:]`` (SPEC section 3). x is read
+    as given (no rescaling).
+    Backward: ``dh = [dmu, dlog_var]`` (concatenation undoes the split), then the MLP's backward.
+    """
+
+    prefix = "encoder"
+
+    def __init__(self, x_dim, latent_dim, hidden, activation):
+        self.x_dim, self.latent_dim = x_dim, latent_dim
+        self.sizes = (x_dim, *hidden, 2 * latent_dim)
+        self.activation = activation
+
+    def init_params(self, rng):
+        return mlp_init(self.sizes, self.prefix, rng)
+
+    def forward(self, params, x):
+        h, cache = mlp_forward(params, self.prefix, x, self.activation)
+        L = self.latent_dim
+        return h[:, :L], h[:, L:], cache
+
+    def backward(self, dmu, dlog_var, cache):
+        return mlp_backward(np.concatenate([dmu, dlog_var], axis=1), cache)
+
+
+class Decoder:
+    r"""z (B, L) -> the likelihood's parameters, and ``log p(x|z)`` with its VJP.
+
+    - ``categorical``: an MLP with D*C outputs, reshaped C-order to (B, D, C) inside the likelihood;
+    - ``bernoulli``: D logits;
+    - ``gaussian``: D means, and ``log_var`` either the learned parameter ``decoder.log_var`` (D,)
+      or a fixed float.
+    """
+
+    prefix = "decoder"
+
+    def __init__(self, x_dim, latent_dim, hidden, activation, likelihood, num_vals, log_var):
+        self.x_dim, self.latent_dim = x_dim, latent_dim
+        self.likelihood = likelihood
+        self.num_vals = num_vals
+        self.fixed_log_var = None if log_var == "learned" else float(log_var)
+        out = x_dim * num_vals if likelihood == "categorical" else x_dim
+        self.sizes = (latent_dim, *tuple(reversed(hidden)), out)
+        self.activation = activation
+
+    def init_params(self, rng):
+        params = mlp_init(self.sizes, self.prefix, rng)
+        if self.likelihood == "gaussian" and self.fixed_log_var is None:
+            params["decoder.log_var"] = np.zeros(self.x_dim)
+        return params
+
+    def forward(self, params, z):
+        return mlp_forward(params, self.prefix, z, self.activation)
+
+    def _log_var(self, params):
+        if self.fixed_log_var is not None:
+            return np.full(self.x_dim, self.fixed_log_var)
+        return params["decoder.log_var"]
+
+    def log_prob(self, params, x, out):
+        """ln p(x | z) per example, from the decoder's output ``out``."""
+        if self.likelihood == "categorical":
+            return likelihoods.categorical_log_prob(x, out, self.num_vals)
+        if self.likelihood == "bernoulli":
+            return likelihoods.bernoulli_log_prob(x, out)
+        return likelihoods.gaussian_log_prob(x, out, self._log_var(params))
+
+    def log_prob_vjp(self, g, params, x, out):
+        """``(dout, grads)``: VJP of ``log_prob`` w.r.t. the decoder output (and decoder.log_var)."""
+        if self.likelihood == "categorical":
+            return likelihoods.categorical_log_prob_vjp(g, x, out, self.num_vals), {}
+        if self.likelihood == "bernoulli":
+            return likelihoods.bernoulli_log_prob_vjp(g, x, out), {}
+        dmean, dlog_var = likelihoods.gaussian_log_prob_vjp(g, x, out, self._log_var(params))
+        grads = {} if self.fixed_log_var is not None else {"decoder.log_var": dlog_var}
+        return dmean, grads
+
+    def backward(self, dout, cache):
+        return mlp_backward(dout, cache)
+
+    def mean(self, params, out):
+        """The likelihood's mean: E[x | z] (categorical: sum_c c p_c; Bernoulli: sigmoid)."""
+        if self.likelihood == "categorical":
+            logits = out.reshape(out.shape[0], self.x_dim, self.num_vals)
+            p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            p /= p.sum(axis=-1, keepdims=True)
+            return p @ np.arange(self.num_vals, dtype=np.float64)
+        if self.likelihood == "bernoulli":
+            from .primitives import sigmoid
+            return sigmoid(out)
+        return out
+
+
+@dataclass
+class NegElbo:
+    """The negative ELBO and its per-example parts (all (B,) except ``value``).
+
+    ``per_example = -(log_px_z + log_pz - log_qz_x)``; ``kl = log_qz_x - log_pz`` (the Monte Carlo
+    single-sample KL) or the analytic KL with ``kl="analytic"``, in which case ``log_pz`` and
+    ``log_qz_x`` are still reported (evaluated at the same z) but the value uses the analytic KL.
+    """
+
+    value: float
+    per_example: np.ndarray
+    log_px_z: np.ndarray
+    log_pz: np.ndarray
+    log_qz_x: np.ndarray
+    kl: np.ndarray
+    reduction: str
+
+
+class VAE:
+    """A VAE with hand-written forward and backward passes (SPEC sections 2, 3, 5).
+
+    Parameters
+    ----------
+    x_dim, latent_dim : int
+    hidden : tuple of int. Encoder hidden widths; the decoder uses them reversed.
+    activation : one of ``leaky_relu`` (slope 0.01), ``relu``, ``tanh``, ``sigmoid``, ``softplus``.
+    likelihood : ``categorical`` (needs ``num_vals``), ``bernoulli`` or ``gaussian``.
+    num_vals : int, number of categories C (17 for the digits data, values 0..16).
+    prior : name in ``refvae.priors.PRIORS`` or a :class:`~refvae.priors.Prior` instance.
+    prior_kwargs : dict, options for the named prior.
+    decoder_log_var : ``"learned"`` or a float (fixed log-variance of the Gaussian likelihood).
+    kl : ``"mc"`` (single-sample Monte Carlo, default) or ``"analytic"`` (standard prior only).
+    rng : numpy.random.Generator, for the initial parameters (required).
+
+    Attributes
+    ----------
+    params : dict[str, ndarray]
+        Flat parameter dict, names as in SPEC section 3 (``encoder.0.W``, ..., ``prior.*``).
+    """
+
+    def __init__(self, x_dim, latent_dim, hidden=(256, 256), activation="leaky_relu",
+                 likelihood="categorical", num_vals=17, prior="standard", *, rng,
+                 prior_kwargs=None, decoder_log_var="learned", kl="mc"):
+        check_rng(rng)
+        self.x_dim = check_positive_int(x_dim, "x_dim")
+        self.latent_dim = check_positive_int(latent_dim, "latent_dim")
+        if isinstance(hidden, numbers.Integral):
+            hidden = (hidden,)
+        self.hidden = tuple(check_positive_int(h, "hidden") for h in hidden)
+        self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
+        self.likelihood = check_choice(likelihood, "likelihood", tuple(likelihoods.LIKELIHOODS))
+        self.num_vals = check_positive_int(num_vals, "num_vals", minimum=2) if likelihood == "categorical" else None
+        self.kl = check_choice(kl, "kl", ("mc", "analytic"))
+        if not (decoder_log_var == "learned" or (isinstance(decoder_log_var, numbers.Real)
+                                                 and np.isfinite(decoder_log_var))):
+            raise ValueError(f"decoder_log_var must be 'learned' or a finite float, got {decoder_log_var!r}")
+        self.decoder_log_var = decoder_log_var
+        self.encoder = Encoder(self.x_dim, self.latent_dim, self.hidden, self.activation)
+        self.decoder = Decoder(self.x_dim, self.latent_dim, self.hidden, self.activation,
+                               self.likelihood, self.num_vals, decoder_log_var)
+        self.prior_kwargs = dict(prior_kwargs or {})
+        if isinstance(prior, Prior):
+            self.prior = prior
+        else:
+            check_choice(prior, "prior", tuple(PRIORS))
+            self.prior = make_prior(prior, self.latent_dim, **self._prior_context(prior),
+                                    **self.prior_kwargs)
+        if self.kl == "analytic" and self.prior.name != "standard":
+            raise ValueError(f"kl='analytic' is available for the standard prior only, not {self.prior.name!r}")
+        self.params = {}
+        self.params.update(self.encoder.init_params(rng))
+        self.params.update(self.decoder.init_params(rng))
+        self.params.update(self.prior.init_params(rng))
+        self.prior.bind(self.params)
+
+    def _prior_context(self, name):
+        """Arguments a prior may need from the model (the encoder, for the VampPrior family)."""
+        needs = getattr(PRIORS[name], "needs", ())
+        ctx = {}
+        if "encoder" in needs:
+            ctx["encoder"] = self.encoder
+        if "x_dim" in needs:
+            ctx["x_dim"] = self.x_dim
+        return ctx
+
+    # ------------------------------------------------------------------ configuration
+    def config(self) -> dict:
+        """JSON-able configuration; ``VAE.from_config(config, rng)`` rebuilds the architecture."""
+        return {"x_dim": self.x_dim, "latent_dim": self.latent_dim, "hidden": list(self.hidden),
+                "activation": self.activation, "likelihood": self.likelihood,
+                "num_vals": self.num_vals, "prior": self.prior.name,
+                "prior_kwargs": self.prior.config().get("kwargs", self.prior_kwargs),
+                "decoder_log_var": self.decoder_log_var, "kl": self.kl}
+
+    @classmethod
+    def from_config(cls, config, rng=None):
+        cfg = dict(config)
+        num_vals = cfg.get("num_vals") or 17
+        return cls(cfg["x_dim"], cfg["latent_dim"], tuple(cfg["hidden"]), cfg["activation"],
+                   cfg["likelihood"], num_vals, cfg["prior"],
+                   rng=rng if rng is not None else np.random.default_rng(0),
+                   prior_kwargs=cfg.get("prior_kwargs") or {},
+                   decoder_log_var=cfg.get("decoder_log_var", "learned"), kl=cfg.get("kl", "mc"))
+
+    def save(self, directory):
+        """Write ``params.npz`` and ``config.json`` to ``directory`` (no pickle)."""
+        from .io import save_params
+        save_params(directory, self.params, {"model": self.config()})
+
+    @classmethod
+    def load(cls, directory):
+        """Rebuild a model saved with :meth:`save`; mismatched arrays give a ValueError."""
+        from .io import load_params
+        with open(f"{directory}/config.json") as fh:
+            cfg = json.load(fh)
+        if "model" not in cfg:
+            raise ValueError(f"{directory}/config.json has no 'model' entry; not a refvae model")
+        model = cls.from_config(cfg["model"])
+        shapes = {k: v.shape for k, v in model.params.items()}
+        params, _ = load_params(directory, shapes)
+        for k in model.params:
+            model.params[k] = params[k]
+        return model
+
+    # ------------------------------------------------------------------ checks
+    def _check_x(self, x):
+        x = as_float_array(x, "x", shape=(None, self.x_dim))
+        return x
+
+    def _check_eps(self, eps, B):
+        return as_float_array(eps, "eps", shape=(B, self.latent_dim))
+
+    # ------------------------------------------------------------------ forward
+    def encode(self, x, params=None):
+        """(mu, log_var) of q(z|x), each (B, L)."""
+        p = self.params if params is None else params
+        mu, log_var, _ = self.encoder.forward(p, self._check_x(x))
+        return mu, log_var
+
+    def decode(self, z, params=None):
+        """The decoder's output for latents z (logits, or means for the Gaussian likelihood)."""
+        p = self.params if params is None else params
+        z = as_float_array(z, "z", shape=(None, self.latent_dim))
+        return self.decoder.forward(p, z)[0]
+
+    def forward(self, x, eps, params=None):
+        """The whole forward pass; returns a cache with every intermediate (``cache["trace"]``:
+        ordered ``(name, array)`` pairs in data-flow order)."""
+        p = self.params if params is None else params
+        x = self._check_x(x)
+        eps = self._check_eps(eps, x.shape[0])
+        mu, log_var, enc_cache = self.encoder.forward(p, x)
+        z = gaussian.reparameterize(mu, log_var, eps)
+        out, dec_cache = self.decoder.forward(p, z)
+        log_px_z = self.decoder.log_prob(p, x, out)
+        log_pz, prior_cache = self.prior.forward(p, z)
+        log_qz_x = gaussian.log_prob(z, mu, log_var)
+        if self.kl == "analytic":
+            zeros = np.zeros(self.latent_dim)
+            kl = gaussian.kl(mu, log_var, zeros, zeros)
+        else:
+            kl = log_qz_x - log_pz
+        per_example = -(log_px_z - kl)
+        trace = list(enc_cache["trace"])
+        trace += [("mu", mu), ("log_var", log_var), ("eps", eps), ("z", z)]
+        trace += list(dec_cache["trace"])
+        trace += [("log_px_z", log_px_z)]
+        trace += list(prior_cache["trace"])
+        trace += [("log_pz", log_pz), ("log_qz_x", log_qz_x), ("kl", kl), ("neg_elbo", per_example)]
+        return {"x": x, "eps": eps, "mu": mu, "log_var": log_var, "z": z, "out": out,
+                "log_px_z": log_px_z, "log_pz": log_pz, "log_qz_x": log_qz_x, "kl": kl,
+                "per_example": per_example, "enc": enc_cache, "dec": dec_cache,
+                "prior": prior_cache, "params": p, "trace": trace}
+
+    def trace(self, x, eps, params=None):
+        """Every intermediate of the forward pass, as an ordered dict name -> array."""
+        return dict(self.forward(x, eps, params)["trace"])
+
+    @staticmethod
+    def _reduce(per_example, reduction):
+        check_choice(reduction, "reduction", ("mean", "sum"))
+        return float(np.mean(per_example) if reduction == "mean" else np.sum(per_example))
+
+    def neg_elbo(self, x, eps, reduction="mean", params=None) -> NegElbo:
+        """Negative ELBO (SPEC section 5) with its per-example parts."""
+        c = self.forward(x, eps, params)
+        return NegElbo(self._reduce(c["per_example"], reduction), c["per_example"], c["log_px_z"],
+                       c["log_pz"], c["log_qz_x"], c["kl"], reduction)
+
+    def loss(self, x, eps, params=None) -> float:
+        """Batch mean of neg_elbo (the training loss)."""
+        return self.neg_elbo(x, eps, "mean", params).value
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, cache, reduction="mean"):
+        """Gradient dict (keys and shapes of ``params``) of the reduced neg_elbo; see module doc."""
+        check_choice(reduction, "reduction", ("mean", "sum"))
+        p = cache["params"]
+        B = cache["x"].shape[0]
+        c = np.full(B, 1.0 / B if reduction == "mean" else 1.0)
+        grads = {k: np.zeros_like(v) for k, v in p.items()}
+
+        def add(gs):
+            for k, v in gs.items():
+                grads[k] += v
+
+        mu, log_var, z, eps = cache["mu"], cache["log_var"], cache["z"], cache["eps"]
+        # decoder path: d(-log p(x|z))
+        dout, g_lik = self.decoder.log_prob_vjp(-c, p, cache["x"], cache["out"])
+        add(g_lik)
+        dz, g_dec = self.decoder.backward(dout, cache["dec"])
+        add(g_dec)
+        if self.kl == "analytic":
+            zeros = np.zeros(self.latent_dim)
+            dmu, dlog_var, _, _ = gaussian.kl_vjp(c, mu, log_var, zeros, zeros)
+        else:
+            dz_p, g_prior = self.prior.backward(-c, cache["prior"])
+            add(g_prior)
+            dz_q, dmu, dlog_var = gaussian.log_prob_vjp(c, z, mu, log_var)
+            dz = dz + dz_p + dz_q
+        dmu_r, dlog_var_r, _ = gaussian.reparameterize_vjp(dz, mu, log_var, eps)
+        _, g_enc = self.encoder.backward(dmu + dmu_r, dlog_var + dlog_var_r, cache["enc"])
+        add(g_enc)
+        return grads
+
+    def neg_elbo_and_grad(self, x, eps, reduction="mean", params=None):
+        """``(value, grads)``: the reduced neg_elbo and its gradient w.r.t. every parameter."""
+        cache = self.forward(x, eps, params)
+        return self._reduce(cache["per_example"], reduction), self.backward(cache, reduction)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, n, rng, params=None, mode="mean"):
+        """Decode ``n`` draws from the prior: ``mode="mean"`` gives E[x|z], ``"sample"`` draws x."""
+        check_rng(rng)
+        p = self.params if params is None else params
+        z = self.prior.sample(p, check_positive_int(n, "n"), rng)
+        out = self.decoder.forward(p, z)[0]
+        check_choice(mode, "mode", ("mean", "sample"))
+        if mode == "mean":
+            return self.decoder.mean(p, out)
+        if self.likelihood == "categorical":
+            logits = out.reshape(n, self.x_dim, self.num_vals)
+            gumbel = -np.log(-np.log(rng.uniform(size=logits.shape)))
+            return np.argmax(logits + gumbel, axis=-1).astype(np.float64)
+        if self.likelihood == "bernoulli":
+            return (rng.uniform(size=out.shape) < self.decoder.mean(p, out)).astype(np.float64)
+        sd = np.exp(0.5 * self.decoder._log_var(p))
+        return out + sd * rng.standard_normal(out.shape)
