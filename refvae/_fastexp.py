@@ -146,19 +146,23 @@ def _exp_core(x):
     """exp(x) for x in [EXP_MIN_ARG, EXP_MAX_ARG] (or NaN): straight-line code, no branch."""
     t = x * LOG2E + SHIFTER          # round(x log2 e) in the low mantissa bits of t
     n = t - SHIFTER                  # exact
-    r = (x - n * LN2_HI) - n * LN2_LO
+    hi = x - n * LN2_HI              # exact
+    lo = n * LN2_LO
+    r = hi - lo
+    c = (hi - r) - lo                # the rounding error of r (Fast2Sum; ~1e-23 when |hi| < |lo|)
+    # q(r) = C2 + C3 r + ... + C11 r^9 by Estrin's scheme (dependency depth 4 multiply-adds
+    # instead of Horner's 9: the loop is latency-bound otherwise)
     r2 = r * r
-    q = C11
-    q = q * r + C10
-    q = q * r + C9
-    q = q * r + C8
-    q = q * r + C7
-    q = q * r + C6
-    q = q * r + C5
-    q = q * r + C4
-    q = q * r + C3
-    q = q * r + C2
-    p = 1.0 + (r + r2 * q)
+    r4 = r2 * r2
+    r8 = r4 * r4
+    q01 = (C2 + C3 * r) + (C4 + C5 * r) * r2
+    q23 = (C6 + C7 * r) + (C8 + C9 * r) * r2
+    q4 = C10 + C11 * r
+    q = (q01 + q23 * r4) + q4 * r8
+    # p = 1 + r + (r^2 q + c) with 1 + r split exactly (Fast2Sum, |r| < 1): u + e = 1 + r
+    u = 1.0 + r
+    e = (1.0 - u) + r
+    p = u + (e + (r2 * q + c))       # exp(r + c) = p(r) + c p(r); the dropped c r is < 0.1 ulp
     ni = _f64_bits(t) - SHIFTER_BITS  # n as an integer, |n| <= 1076
     n1 = ni >> 1
     n2 = ni - n1

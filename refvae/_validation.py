@@ -50,9 +50,9 @@ def as_float_array(x, name, *, ndim=None, shape=None, finite=True, allow_neg_inf
     if np.iscomplexobj(arr):
         if not allow_complex:
             raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.complex128)
+        arr = np.asarray(arr, dtype=np.complex128, order="C")
     else:
-        arr = np.ascontiguousarray(arr, dtype=np.float64)
+        arr = np.asarray(arr, dtype=np.float64, order="C")  # keeps 0-d arrays 0-d
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:

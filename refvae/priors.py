@@ -121,6 +121,8 @@ class StandardPrior(Prior):
         return rng.standard_normal((n, self.latent_dim))
 
 
+#: name -> prior class; the other priors register themselves when the package is imported
+#: (refvae/__init__.py), which avoids an import cycle with the modules that subclass Prior.
 PRIORS = {"standard": StandardPrior}
 
 
@@ -128,3 +130,4 @@ def make_prior(name, latent_dim, **kwargs):
     """Construct a prior by name (``PRIORS`` lists them); options go to its constructor."""
     check_choice(name, "prior", tuple(PRIORS))
     return PRIORS[name](latent_dim, **kwargs)
+

@@ -35,7 +35,6 @@ References: SPEC.md sections 2, 3, 5; Tomczak, *Deep Generative Modeling*, eqs. 
 
 from __future__ import annotations
 
-import json
 import numbers
 from dataclasses import dataclass
 
@@ -257,8 +256,7 @@ class VAE:
     def load(cls, directory):
         """Rebuild a model saved with :meth:`save`; mismatched arrays give a ValueError."""
         from .io import load_params
-        with open(f"{directory}/config.json") as fh:
-            cfg = json.load(fh)
+        _, cfg = load_params(directory)
         if "model" not in cfg:
             raise ValueError(f"{directory}/config.json has no 'model' entry; not a refvae model")
         model = cls.from_config(cfg["model"])

@@ -33,8 +33,12 @@ def tiny_model(likelihood, activation, rng, prior="standard", kl="mc", D=6, L=2,
 
 
 def away_from_kinks(model, x, eps, margin=1e-3):
+    """True unless a relu/leaky_relu input (a hidden layer's pre-activation) is within margin of 0."""
+    if model.activation not in ("relu", "leaky_relu"):
+        return True
     trace = model.trace(x, eps)
-    pre = [v for k, v in trace.items() if k.endswith(".pre")]
+    last = len(model.hidden)  # the output layer has no activation
+    pre = [v for k, v in trace.items() if k.endswith(".pre") and not k.endswith(f".{last}.pre")]
     return min(float(np.min(np.abs(p))) for p in pre) > margin
 
 

@@ -1,0 +1,343 @@
+r"""Estimators for section 4.4.1: the Omega decomposition, the aggregated posterior's entropy, ELBO
+surgery, holes, and the importance-sampled log-likelihood (SPEC sections 5 and 6).
+
+Every function takes a model (a :class:`refvae.vae.VAE`, whose ``prior`` and ``params`` are used),
+a data set ``x`` (N, D), an explicit ``numpy.random.Generator`` and sample counts, and returns
+:class:`Estimate` objects (value, standard error, number of draws).
+
+Which standard error
+--------------------
+The estimands are averages over the *given* data set (E_x is the empirical average), so the only
+randomness is the Monte Carlo noise. With ``n_samples = S >= 2`` draws per data point the standard
+error is the stratified one, ``se^2 = sum_n var_s(v_ns) / S / N^2`` (within-point variances only).
+With S = 1 the within-point variance cannot be separated from the variation between data points,
+and ``se = std_n(v_n) / sqrt(N)`` is reported: conservative (too large), never too small.
+
+Quantities (SPEC section 5)
+---------------------------
+- ``RE = E_x E_q ln p(x|z)``, ``Omega = E_x E_q [ln p(z) - ln q(z|x)]``, ``ELBO = RE + Omega``
+  (eqs. 4.33-4.35), all from the same draws, so ELBO = RE + Omega to rounding.
+- ``H[q(z|x)] = E_x 1/2 sum_l ln(2 pi e sigma_l^2(x))`` in closed form; ``CE[q(z)||p] =
+  -E_{q(z)} ln p(z)`` by Monte Carlo (closed form for the standard prior); eq. (4.43):
+  ``Omega = -CE + H[q(z|x)]``.
+- ``H[q(z)] = -E_{q(z)} ln q(z)`` with q(z) evaluated exactly over all N components by the
+  streaming kernel; ``KL[q(z)||p] = E_{q(z)} [ln q(z) - ln p(z)]``; ``I_q(x; z) = H[q(z)] -
+  H[q(z|x)]``; ``E_x KL[q(z|x)||p] = I + KL[q(z)||p]`` (ELBO surgery).
+- Holes: ``KL[p||q(z)] = E_p [ln p(z) - ln q(z)]`` and the hole mass
+  ``P_{z~p}[q(z)/p(z) < tau]``.
+- ``ln p(x)`` by importance sampling with S proposals from q(z|x):
+  ``logsumexp_s [ln p(x|z_s) + ln p(z_s) - ln q(z_s|x)] - ln S``, with its delta-method standard
+  error and effective sample size. A negative ELBO is never called an NLL.
+
+Draws from q(z) are stratified: ``S`` draws from each q(z|x_n), which is an exact sample of
+q(z) = 1/N sum_n q(z|x_n) with the mixture index fixed rather than random (lower variance, same
+expectation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import gaussian
+from ._validation import as_float_array, check_positive_int, check_rng
+from .prior_mixtures import AggregatedPosterior
+
+__all__ = ["Estimate", "elbo_terms", "conditional_entropy", "cross_entropy", "omega_decomposition",
+           "aggregated_posterior_stats", "hole_metrics", "log_likelihood", "density_grid",
+           "encode_all"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A Monte Carlo (or exact, ``se = 0``) estimate with its standard error."""
+
+    value: float
+    se: float
+    n: int
+
+    def as_dict(self):
+        return asdict(self)
+
+    def __format__(self, spec):
+        spec = spec or ".4f"
+        return f"{self.value:{spec}} ± {self.se:{spec}}"
+
+
+def _estimate(v):
+    """Estimate of the mean of v (N, S): stratified SE for S >= 2, conservative SE for S = 1."""
+    v = np.asarray(v, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    N, S = v.shape
+    value = float(np.mean(v))
+    if S >= 2:
+        se = math.sqrt(float(np.sum(np.var(v, axis=1, ddof=1))) / S) / N
+    elif N >= 2:
+        se = float(np.std(v[:, 0], ddof=1)) / math.sqrt(N)
+    else:
+        se = float("nan")
+    return Estimate(value, se, int(v.size))
+
+
+def _exact(v):
+    return Estimate(float(np.mean(v)), 0.0, int(np.size(v)))
+
+
+def _params(model, params):
+    return model.params if params is None else params
+
+
+def _check_x(model, x):
+    return as_float_array(x, "x", shape=(None, model.x_dim))
+
+
+def encode_all(model, x, params=None, batch_size=1024):
+    """(mu, log_var) of q(z|x_n) for every row of x, encoded in chunks of ``batch_size``."""
+    p = _params(model, params)
+    x = _check_x(model, x)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    mus, lvs = [], []
+    for n0 in range(0, x.shape[0], batch_size):
+        mu, lv, _ = model.encoder.forward(p, x[n0:n0 + batch_size])
+        mus.append(mu)
+        lvs.append(lv)
+    return np.concatenate(mus), np.concatenate(lvs)
+
+
+def _draw_posterior(mu, lv, S, rng):
+    """z (N, S, L) with z[n, s] ~ q(z|x_n)."""
+    eps = rng.standard_normal((mu.shape[0], S, mu.shape[1]))
+    return mu[:, None, :] + np.exp(0.5 * lv)[:, None, :] * eps
+
+
+def _prior_log_prob(model, p, z):
+    return model.prior.forward(p, z)[0]
+
+
+# --------------------------------------------------------------------------- ELBO, RE, Omega
+
+def elbo_terms(model, x, rng, n_samples=1, params=None, batch_size=256):
+    """RE, Omega and ELBO = RE + Omega over a data set (eqs. 4.33-4.35), from the same draws.
+
+    Returns a dict of :class:`Estimate` (``re``, ``omega``, ``elbo``, ``neg_elbo``).
+    """
+    check_rng(rng)
+    S = check_positive_int(n_samples, "n_samples")
+    p = _params(model, params)
+    x = _check_x(model, x)
+    mu, lv = encode_all(model, x, p)
+    N, L = mu.shape
+    z = _draw_posterior(mu, lv, S, rng)
+    lpx = np.empty((N, S))
+    lpz = np.empty((N, S))
+    lq = np.empty((N, S))
+    batch_size = check_positive_int(batch_size, "batch_size")
+    for n0 in range(0, N, batch_size):
+        sl = slice(n0, n0 + batch_size)
+        nb = min(batch_size, N - n0)
+        zz = z[sl].reshape(nb * S, L)
+        xx = np.repeat(x[sl], S, axis=0)
+        out = model.decoder.forward(p, zz)[0]
+        lpx[sl] = model.decoder.log_prob(p, xx, out).reshape(nb, S)
+        lpz[sl] = _prior_log_prob(model, p, zz).reshape(nb, S)
+        lq[sl] = gaussian.log_prob(z[sl], mu[sl, None, :], lv[sl, None, :])
+    omega = lpz - lq
+    elbo = lpx + omega
+    return {"re": _estimate(lpx), "omega": _estimate(omega), "elbo": _estimate(elbo),
+            "neg_elbo": _estimate(-elbo)}
+
+
+def conditional_entropy(model, x, params=None):
+    """H[q(z|x)] = E_x 1/2 sum_l ln(2 pi e sigma_l^2(x)), exact (se = 0)."""
+    mu, lv = encode_all(model, x, params)
+    return _exact(gaussian.entropy(lv))
+
+
+def cross_entropy(model, x, rng, n_samples=1, params=None):
+    """CE[q(z)||p] = -E_x E_{q(z|x)} ln p(z).
+
+    Closed form for the standard prior (CE is linear in its first argument: the average of
+    CE[q(z|x_n)||N(0, I)]); Monte Carlo with ``n_samples`` draws per data point otherwise.
+    """
+    check_rng(rng)
+    S = check_positive_int(n_samples, "n_samples")
+    p = _params(model, params)
+    mu, lv = encode_all(model, x, p)
+    if model.prior.name == "standard":
+        zero = np.zeros(mu.shape[1])
+        return _exact(gaussian.cross_entropy(mu, lv, zero, zero))
+    z = _draw_posterior(mu, lv, S, rng)
+    N, _, L = z.shape
+    lpz = _prior_log_prob(model, p, z.reshape(N * S, L)).reshape(N, S)
+    return _estimate(-lpz)
+
+
+def omega_decomposition(model, x, rng, n_samples=1, params=None):
+    """Eq. (4.43): ``Omega = -CE[q(z)||p] + H[q(z|x)]``; returns ``cross_entropy``,
+    ``conditional_entropy`` and ``omega`` (se of omega = se of CE)."""
+    ce = cross_entropy(model, x, rng, n_samples, params)
+    h = conditional_entropy(model, x, params)
+    return {"cross_entropy": ce, "conditional_entropy": h,
+            "omega": Estimate(-ce.value + h.value, ce.se, ce.n)}
+
+
+# --------------------------------------------------------------------------- aggregated posterior
+
+def aggregated_posterior_stats(model, x, rng, n_samples=1, params=None, aggregated=None):
+    """H[q(z)], CE[q(z)||p], KL[q(z)||p], I_q(x; z), E_x KL[q(z|x)||p] and its split.
+
+    ``aggregated``: an :class:`~refvae.prior_mixtures.AggregatedPosterior` of x (built from the
+    model if not given). q(z) is evaluated exactly over all N components by the streaming kernel.
+    All Monte Carlo terms use the same stratified draws z_ns ~ q(z|x_n).
+
+    Returns a dict of :class:`Estimate`: ``entropy_qz``, ``cross_entropy`` (CE[q(z)||p]),
+    ``conditional_entropy``, ``kl_qz_p``, ``mutual_information``, ``avg_kl`` (E_x KL[q(z|x)||p];
+    analytic for the standard prior) and ``avg_kl_split`` (I + KL[q(z)||p], to compare).
+    """
+    check_rng(rng)
+    S = check_positive_int(n_samples, "n_samples")
+    p = _params(model, params)
+    x = _check_x(model, x)
+    mu, lv = encode_all(model, x, p)
+    if aggregated is None:
+        aggregated = AggregatedPosterior(model.latent_dim, mu, lv)
+    N, L = mu.shape
+    z = _draw_posterior(mu, lv, S, rng)
+    flat = z.reshape(N * S, L)
+    lqz = aggregated.log_prob(flat).reshape(N, S)
+    lpz = _prior_log_prob(model, p, flat).reshape(N, S)
+    h_cond = _exact(gaussian.entropy(lv))
+    h_qz = _estimate(-lqz)
+    kl_qp = _estimate(lqz - lpz)
+    mi = _estimate(-lqz - gaussian.entropy(lv)[:, None])
+    if model.prior.name == "standard":
+        zero = np.zeros(L)
+        avg_kl = _exact(gaussian.kl(mu, lv, zero, zero))
+    else:
+        lq = gaussian.log_prob(z, mu[:, None, :], lv[:, None, :])
+        avg_kl = _estimate(lq - lpz)
+    split = _estimate(-lqz - gaussian.entropy(lv)[:, None] + (lqz - lpz))
+    return {"entropy_qz": h_qz, "cross_entropy": _estimate(-lpz), "conditional_entropy": h_cond,
+            "kl_qz_p": kl_qp, "mutual_information": mi, "avg_kl": avg_kl, "avg_kl_split": split}
+
+
+def hole_metrics(model, x, rng, n_samples=10000, taus=(0.1, 0.01), params=None, aggregated=None):
+    """Holes: regions where the prior puts mass that the aggregated posterior does not.
+
+    Draws z_1..z_M ~ p(z) (M = ``n_samples``) and reports
+    ``reverse_kl = KL[p||q(z)] = E_p[ln p(z) - ln q(z)]`` (se from the sample std) and, for each
+    tau, the hole mass ``P_p[q(z)/p(z) < tau]`` (binomial se sqrt(P (1 - P) / M)).
+    Returns a dict with ``reverse_kl`` and ``hole_mass`` (a dict tau -> Estimate).
+    """
+    check_rng(rng)
+    M = check_positive_int(n_samples, "n_samples", minimum=2)
+    taus = tuple(float(t) for t in np.atleast_1d(taus))
+    if not all(t > 0 and math.isfinite(t) for t in taus):
+        raise ValueError(f"taus must be positive finite thresholds, got {taus}")
+    p = _params(model, params)
+    if aggregated is None:
+        mu, lv = encode_all(model, x, p)
+        aggregated = AggregatedPosterior(model.latent_dim, mu, lv)
+    z = model.prior.sample(p, M, rng)
+    lpz = _prior_log_prob(model, p, z)
+    lqz = aggregated.log_prob(z)
+    log_ratio = lqz - lpz
+    masses = {}
+    for t in taus:
+        frac = float(np.mean(log_ratio < math.log(t)))
+        masses[t] = Estimate(frac, math.sqrt(frac * (1 - frac) / M), M)
+    return {"reverse_kl": _estimate(-log_ratio), "hole_mass": masses}
+
+
+# --------------------------------------------------------------------------- log-likelihood
+
+def log_likelihood(model, x, rng, n_samples=5000, params=None, max_rows=8192):
+    r"""Importance-sampled ``ln p(x)`` per example, with proposals from q(z|x).
+
+    ``ln p_hat(x) = logsumexp_s lw_s - ln S``, ``lw_s = ln p(x|z_s) + ln p(z_s) - ln q(z_s|x)``.
+    The S proposals are processed in chunks (at most ``max_rows`` decoder rows at a time), with an
+    online log-sum-exp of the weights and of their squares, so memory is bounded whatever S.
+
+    Standard error (delta method): ``se = sqrt(var(w) / S) / mean(w)``, with the unbiased
+    variance of the normalised weights. Effective sample size ``(sum w)^2 / sum w^2``.
+
+    Returns a dict: ``log_px`` (N,), ``se`` (N,), ``ess`` (N,), ``elbo`` (N,) (the mean of lw, the
+    single-sample ELBO averaged over the same S draws, <= E ln p_hat), and ``mean`` (an
+    :class:`Estimate` of the data-set average of ln p(x), se = sqrt(sum se_n^2) / N).
+    """
+    check_rng(rng)
+    S = check_positive_int(n_samples, "n_samples", minimum=2)
+    max_rows = check_positive_int(max_rows, "max_rows")
+    p = _params(model, params)
+    x = _check_x(model, x)
+    mu, lv = encode_all(model, x, p)
+    N, L = mu.shape
+    m = np.full(N, -np.inf)
+    s1 = np.zeros(N)
+    s2 = np.zeros(N)
+    total = np.zeros(N)
+    chunk = max(1, min(S, max_rows))
+    for n in range(N):
+        xn = x[n:n + 1]
+        done = 0
+        while done < S:
+            c = min(chunk, S - done)
+            eps = rng.standard_normal((c, L))
+            z = mu[n] + np.exp(0.5 * lv[n]) * eps
+            out = model.decoder.forward(p, z)[0]
+            lw = (model.decoder.log_prob(p, np.repeat(xn, c, axis=0), out)
+                  + _prior_log_prob(model, p, z)
+                  - gaussian.log_prob(z, mu[n], lv[n]))
+            cmax = float(np.max(lw))
+            if cmax > m[n]:
+                if m[n] > -np.inf:
+                    s1[n] *= math.exp(m[n] - cmax)
+                    s2[n] *= math.exp(2 * (m[n] - cmax))
+                m[n] = cmax
+            w = np.exp(lw - m[n])
+            s1[n] += float(np.sum(w))
+            s2[n] += float(np.sum(w * w))
+            total[n] += float(np.sum(lw))
+            done += c
+    log_px = m + np.log(s1) - math.log(S)
+    var = np.maximum(s2 - s1 * s1 / S, 0.0) / (S - 1)
+    se = np.sqrt(var / S) / (s1 / S)
+    ess = s1 * s1 / s2
+    mean = Estimate(float(np.mean(log_px)), float(np.sqrt(np.sum(se * se))) / N, int(N * S))
+    return {"log_px": log_px, "se": se, "ess": ess, "elbo": total / S, "mean": mean}
+
+
+# --------------------------------------------------------------------------- grids (L = 2)
+
+def density_grid(model, x, n=101, lims=None, params=None, aggregated=None):
+    """For L = 2: ln p(z), ln q(z) and ln q(z)/p(z) on an n x n grid, ready for contour plots.
+
+    ``lims = ((z1_min, z1_max), (z2_min, z2_max))``; by default the box holding the encoded means
+    +- 4 posterior standard deviations and [-3, 3]^2. Returns a dict with ``z1``, ``z2`` (n,),
+    ``log_p``, ``log_q``, ``log_ratio`` (n, n; rows follow z2, columns z1, as ``meshgrid``).
+    """
+    if model.latent_dim != 2:
+        raise ValueError(f"density_grid needs latent_dim = 2, the model has {model.latent_dim}")
+    n = check_positive_int(n, "n", minimum=2)
+    p = _params(model, params)
+    if aggregated is None:
+        mu, lv = encode_all(model, x, p)
+        aggregated = AggregatedPosterior(2, mu, lv)
+    if lims is None:
+        sd = np.exp(0.5 * aggregated.log_vars)
+        lo = np.minimum((aggregated.means - 4 * sd).min(axis=0), -3.0)
+        hi = np.maximum((aggregated.means + 4 * sd).max(axis=0), 3.0)
+        lims = ((lo[0], hi[0]), (lo[1], hi[1]))
+    lims = as_float_array(lims, "lims", shape=(2, 2))
+    if not np.all(lims[:, 1] > lims[:, 0]):
+        raise ValueError(f"lims must be ((lo, hi), (lo, hi)) with lo < hi, got {lims.tolist()}")
+    z1 = np.linspace(lims[0, 0], lims[0, 1], n)
+    z2 = np.linspace(lims[1, 0], lims[1, 1], n)
+    Z1, Z2 = np.meshgrid(z1, z2)
+    pts = np.column_stack([Z1.ravel(), Z2.ravel()])
+    log_p = _prior_log_prob(model, p, pts).reshape(n, n)
+    log_q = aggregated.log_prob(pts).reshape(n, n)
+    return {"z1": z1, "z2": z2, "log_p": log_p, "log_q": log_q, "log_ratio": log_q - log_p}

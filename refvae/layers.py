@@ -1,0 +1,649 @@
+r"""Layers with hand-written backward passes: linear, five activations, and the MLP built of them.
+
+Every layer is a pure pair in the style of CS231n's ``layers.py``::
+
+    y, cache = <layer>_forward(...)
+    d<inputs> = <layer>_backward(dy, cache)
+
+where ``d<name>`` is :math:`\partial L / \partial\,\text{name}` for a scalar loss L and has the
+shape of ``name``. Nothing is stored between calls except in the returned cache.
+
+Conventions (SPEC section 3)
+----------------------------
+- Linear: ``y = x @ W + b`` with ``W`` of shape (in, out); PyTorch's ``nn.Linear.weight`` is ``W.T``.
+- Activations ``leaky_relu`` (slope 0.01), ``relu``, ``tanh``, ``sigmoid``, ``softplus``. At a kink
+  the derivative is the *left* slope, as in PyTorch: relu'(0) = 0, leaky_relu'(0) = 0.01.
+- An MLP's parameters live in a flat dict under ``f"{prefix}.{i}.W"`` / ``f"{prefix}.{i}.b"``
+  (``encoder.0.W``, ...); its gradient dict has exactly those keys.
+
+Complex input
+-------------
+The forwards accept complex128 input (they are used by complex-step derivative checks,
+:func:`refvae.gradcheck.check_vjp_complex`). Branch decisions (relu's ``x > 0``, the sign split in
+sigmoid/softplus) are taken on the real part only, so each forward is an analytic function of its
+input away from the kinks. Backwards are real.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ._validation import as_float_array, check_choice, check_positive_int, check_rng
+from .primitives import sigmoid as _sigmoid
+from .primitives import softplus as _softplus
+
+__all__ = ["linear_forward", "linear_backward",
+           "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
+           "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
+           "softplus_forward", "softplus_backward",
+           "ACTIVATIONS", "LEAKY_SLOPE", "activation_forward", "activation_backward",
+           "mlp_init", "mlp_forward", "mlp_backward", "mlp_param_names"]
+
+LEAKY_SLOPE = 0.01  #: negative-side slope of leaky_relu (PyTorch's default)
+
+
+def _real(x):
+    """Real part for branch decisions (a no-op view for real arrays)."""
+    return x.real if np.iscomplexobj(x) else x
+
+
+def _check_dy(dy, shape, name="dy"):
+    return as_float_array(dy, name, shape=tuple(shape))
+
+
+# =========================================================================== linear
+
+def _linear_fwd(x, W, b):
+    return x @ W + b, (x, W)
+
+
+def _linear_bwd(dy, cache):
+    x, W = cache
+    return dy @ W.T, x.T @ dy, dy.sum(axis=0)
+
+
+def linear_forward(x, W, b):
+    r"""Affine layer ``y = x W + b``.
+
+    Forward
+    -------
+    .. math:: y_{bj} = \sum_i x_{bi} W_{ij} + b_j
+
+    Backward
+    --------
+    See :func:`linear_backward`.
+
+    Shapes
+    ------
+    x (B, in); W (in, out); b (out,); y (B, out). The cache is ``(x, W)``.
+
+    Numerics
+    --------
+    No stabilisation is needed; complex input is accepted (the map is analytic).
+
+    References
+    ----------
+    SPEC.md section 3 (W of shape (in, out); PyTorch's weight is W.T).
+    """
+    x = as_float_array(x, "x", ndim=2, allow_complex=True)
+    W = as_float_array(W, "W", ndim=2, allow_complex=True)
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(f"x has {x.shape[1]} columns but W has {W.shape[0]} rows; "
+                         f"x must have shape (B, {W.shape[0]}) for W of shape {W.shape}")
+    b = as_float_array(b, "b", shape=(W.shape[1],), allow_complex=True)
+    return _linear_fwd(x, W, b)
+
+
+def linear_backward(dy, cache):
+    r"""Backward pass of :func:`linear_forward`: ``(dx, dW, db)``.
+
+    What it is
+    ----------
+    The vector-Jacobian product of the affine map with an upstream gradient ``dy``.
+
+    Forward
+    -------
+    :math:`y_{bj} = \sum_i x_{bi} W_{ij} + b_j`.
+
+    Backward
+    --------
+    - :math:`\partial L/\partial x_{bi} = \sum_j dy_{bj}\, \partial y_{bj}/\partial x_{bi}
+      = \sum_j dy_{bj} W_{ij}` :math:`\Rightarrow` ``dx = dy @ W.T``
+    - :math:`\partial L/\partial W_{ij} = \sum_b dy_{bj}\, x_{bi}` :math:`\Rightarrow` ``dW = x.T @ dy``
+    - :math:`\partial L/\partial b_j = \sum_b dy_{bj}` (b is broadcast over the batch)
+      :math:`\Rightarrow` ``db = dy.sum(0)``
+
+    Shapes
+    ------
+    dy (B, out); dx (B, in); dW (in, out); db (out,).
+
+    Numerics
+    --------
+    Sums over the batch (dW, db) and over ``out`` (dx) in BLAS order; no stabilisation needed.
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    x, W = cache
+    dy = _check_dy(dy, (x.shape[0], W.shape[1]))
+    return _linear_bwd(dy, cache)
+
+
+# =========================================================================== activations
+
+def _relu_fwd(x):
+    return np.where(_real(x) > 0, x, 0.0 * x), x
+
+
+def _relu_bwd(dy, x):
+    return dy * (_real(x) > 0)
+
+
+def _leaky_fwd(x):
+    return np.where(_real(x) > 0, x, LEAKY_SLOPE * x), x
+
+
+def _leaky_bwd(dy, x):
+    return dy * np.where(_real(x) > 0, 1.0, LEAKY_SLOPE)
+
+
+def _tanh_fwd(x):
+    return np.tanh(x), x
+
+
+def _tanh_bwd(dy, x):
+    # sech(x) = 2 e^{-|x|} / (1 + e^{-2|x|}): no overflow, full relative accuracy for large |x|
+    x = np.real(x)
+    e = np.exp(-np.abs(x))
+    sech = 2.0 * e / (1.0 + e * e)
+    return dy * (sech * sech)
+
+
+def _sigmoid_fwd(x):
+    return _sigmoid(x), x
+
+
+def _sigmoid_bwd(dy, x):
+    x = np.real(x)
+    return dy * (_sigmoid(x) * _sigmoid(-x))
+
+
+def _softplus_fwd(x):
+    return _softplus(x), x
+
+
+def _softplus_bwd(dy, x):
+    return dy * _sigmoid(np.real(x))
+
+
+def relu_forward(x):
+    r"""Rectified linear unit, ``y = max(x, 0)``.
+
+    Forward
+    -------
+    :math:`y = x` for :math:`x > 0`, else 0.
+
+    Backward
+    --------
+    See :func:`relu_backward`.
+
+    Shapes
+    ------
+    x of any shape; y and the cache (``x``) have x's shape.
+
+    Numerics
+    --------
+    Exact. The branch is taken on the real part (complex-step safe away from 0).
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    x = as_float_array(x, "x", allow_complex=True)
+    return _relu_fwd(x)
+
+
+def relu_backward(dy, cache):
+    r"""Backward of :func:`relu_forward`: ``dx = dy * [x > 0]``.
+
+    Backward
+    --------
+    :math:`\partial y/\partial x = 1` for :math:`x > 0` and 0 for :math:`x < 0`; elementwise, so
+    :math:`dx = dy \odot \mathbb 1[x > 0]`.
+
+    Shapes
+    ------
+    dy and dx have x's shape.
+
+    Numerics
+    --------
+    At the kink x = 0 the left slope is used: relu'(0) = 0 (as PyTorch).
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    return _relu_bwd(_check_dy(dy, cache.shape), cache)
+
+
+def leaky_relu_forward(x):
+    r"""Leaky ReLU with slope 0.01: ``y = x`` for x > 0, ``0.01 x`` otherwise.
+
+    Forward
+    -------
+    :math:`y = x\,\mathbb 1[x > 0] + 0.01\,x\,\mathbb 1[x \le 0]`.
+
+    Backward
+    --------
+    See :func:`leaky_relu_backward`.
+
+    Shapes
+    ------
+    x of any shape; y and the cache (``x``) have x's shape.
+
+    Numerics
+    --------
+    Exact up to the rounding of ``0.01 * x``. Branch on the real part (complex-step safe).
+
+    References
+    ----------
+    SPEC.md section 3 (slope 0.01).
+    """
+    x = as_float_array(x, "x", allow_complex=True)
+    return _leaky_fwd(x)
+
+
+def leaky_relu_backward(dy, cache):
+    r"""Backward of :func:`leaky_relu_forward`: ``dx = dy * where(x > 0, 1, 0.01)``.
+
+    Backward
+    --------
+    :math:`\partial y/\partial x = 1` for :math:`x > 0` and 0.01 for :math:`x < 0`; elementwise.
+
+    Shapes
+    ------
+    dy and dx have x's shape.
+
+    Numerics
+    --------
+    At the kink x = 0 the left slope is used: leaky_relu'(0) = 0.01 (as PyTorch).
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    return _leaky_bwd(_check_dy(dy, cache.shape), cache)
+
+
+def tanh_forward(x):
+    r"""Hyperbolic tangent, ``y = tanh(x)``.
+
+    Forward
+    -------
+    :math:`y = \tanh x = (e^{x} - e^{-x}) / (e^{x} + e^{-x})` (``numpy.tanh``).
+
+    Backward
+    --------
+    See :func:`tanh_backward`.
+
+    Shapes
+    ------
+    x of any shape; y and the cache (``x``) have x's shape.
+
+    Numerics
+    --------
+    ``numpy.tanh`` saturates to +-1 without overflow; complex input is accepted (analytic).
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    x = as_float_array(x, "x", allow_complex=True)
+    return _tanh_fwd(x)
+
+
+def tanh_backward(dy, cache):
+    r"""Backward of :func:`tanh_forward`: ``dx = dy * sech(x)**2``.
+
+    Backward
+    --------
+    :math:`\frac{d}{dx}\tanh x = 1 - \tanh^2 x = \operatorname{sech}^2 x`, elementwise, so
+    :math:`dx = dy \odot \operatorname{sech}^2 x`.
+
+    Shapes
+    ------
+    dy and dx have x's shape.
+
+    Numerics
+    --------
+    ``1 - y**2`` cancels catastrophically once |y| is close to 1 (at x = 10 it has relative error
+    ~1e-8, and it is exactly 0 from |x| ~ 19 on). Instead
+    :math:`\operatorname{sech} x = 2e^{-|x|}/(1 + e^{-2|x|})`, which has full relative accuracy
+    and never overflows (it underflows to 0 only where the true value is below the smallest float).
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    return _tanh_bwd(_check_dy(dy, cache.shape), cache)
+
+
+def sigmoid_forward(x):
+    r"""Logistic sigmoid, ``y = 1 / (1 + exp(-x))``.
+
+    Forward
+    -------
+    :math:`\sigma(x) = 1/(1 + e^{-x})` (:func:`refvae.primitives.sigmoid`).
+
+    Backward
+    --------
+    See :func:`sigmoid_backward`.
+
+    Shapes
+    ------
+    x of any shape; y and the cache (``x``) have x's shape.
+
+    Numerics
+    --------
+    Overflow-free for any finite x (the primitive evaluates ``exp`` of a non-positive argument only).
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    x = as_float_array(x, "x", allow_complex=True)
+    return _sigmoid_fwd(x)
+
+
+def sigmoid_backward(dy, cache):
+    r"""Backward of :func:`sigmoid_forward`: ``dx = dy * sigma(x) * sigma(-x)``.
+
+    Backward
+    --------
+    :math:`\sigma'(x) = e^{-x}/(1 + e^{-x})^2 = \sigma(x)\,(1 - \sigma(x)) = \sigma(x)\,\sigma(-x)`,
+    elementwise, so :math:`dx = dy \odot \sigma(x)\sigma(-x)`.
+
+    Shapes
+    ------
+    dy and dx have x's shape.
+
+    Numerics
+    --------
+    ``1 - sigma(x)`` is computed as ``sigma(-x)``, not by subtraction, so the derivative keeps full
+    relative accuracy for large x (where 1 - sigma(x) would round to 0).
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    return _sigmoid_bwd(_check_dy(dy, cache.shape), cache)
+
+
+def softplus_forward(x):
+    r"""Softplus, ``y = log(1 + exp(x))``.
+
+    Forward
+    -------
+    :math:`\operatorname{softplus}(x) = \log(1 + e^{x})` (:func:`refvae.primitives.softplus`).
+
+    Backward
+    --------
+    See :func:`softplus_backward`.
+
+    Shapes
+    ------
+    x of any shape; y and the cache (``x``) have x's shape.
+
+    Numerics
+    --------
+    Overflow-free: the primitive evaluates ``max(x, 0) + log1p(exp(-|x|))``.
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    x = as_float_array(x, "x", allow_complex=True)
+    return _softplus_fwd(x)
+
+
+def softplus_backward(dy, cache):
+    r"""Backward of :func:`softplus_forward`: ``dx = dy * sigma(x)``.
+
+    Backward
+    --------
+    :math:`\frac{d}{dx}\log(1 + e^{x}) = e^{x}/(1 + e^{x}) = \sigma(x)`, elementwise.
+
+    Shapes
+    ------
+    dy and dx have x's shape.
+
+    Numerics
+    --------
+    The overflow-free :func:`refvae.primitives.sigmoid`.
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    return _softplus_bwd(_check_dy(dy, cache.shape), cache)
+
+
+#: name -> (forward, backward) of the unchecked kernels; ``tuple(ACTIVATIONS)`` lists the names.
+ACTIVATIONS = {
+    "leaky_relu": (_leaky_fwd, _leaky_bwd),
+    "relu": (_relu_fwd, _relu_bwd),
+    "tanh": (_tanh_fwd, _tanh_bwd),
+    "sigmoid": (_sigmoid_fwd, _sigmoid_bwd),
+    "softplus": (_softplus_fwd, _softplus_bwd),
+}
+
+
+def activation_forward(name, x):
+    """Apply the activation ``name`` (one of :data:`ACTIVATIONS`): returns ``(y, cache)``.
+
+    Unknown names raise ``ValueError`` listing the choices. See the ``<name>_forward`` functions.
+    """
+    check_choice(name, "activation", tuple(ACTIVATIONS))
+    x = as_float_array(x, "x", allow_complex=True)
+    return ACTIVATIONS[name][0](x)
+
+
+def activation_backward(name, dy, cache):
+    """Backward of :func:`activation_forward` with the same ``name``: returns ``dx``."""
+    check_choice(name, "activation", tuple(ACTIVATIONS))
+    return ACTIVATIONS[name][1](_check_dy(dy, cache.shape), cache)
+
+
+# =========================================================================== MLP
+
+def mlp_param_names(params, prefix):
+    """The parameter names of the MLP ``prefix`` in ``params``, in layer order.
+
+    Returns ``[f"{prefix}.0.W", f"{prefix}.0.b", f"{prefix}.1.W", ...]``. Raises ``ValueError``
+    if there is no layer 0, if a layer has W but not b (or b but not W), or if layer indices skip.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of named arrays, got {type(params).__name__}")
+    if not isinstance(prefix, str) or not prefix:
+        raise TypeError(f"prefix must be a non-empty str, got {prefix!r}")
+    pat = re.compile(re.escape(prefix) + r"\.(\d+)\.(W|b)")
+    found: dict = {}
+    for key in params:
+        m = pat.fullmatch(key)
+        if m:
+            found.setdefault(int(m.group(1)), set()).add(m.group(2))
+    if not found:
+        raise ValueError(f"params has no layers under prefix {prefix!r} (expected keys "
+                         f"'{prefix}.0.W', '{prefix}.0.b', ...)")
+    n = max(found) + 1
+    names = []
+    for i in range(n):
+        have = found.get(i, set())
+        for part in ("W", "b"):
+            if part not in have:
+                raise ValueError(f"params is missing {prefix}.{i}.{part} (layers of {prefix!r} must be "
+                                 f"numbered 0..{n - 1} with a W and a b each)")
+            names.append(f"{prefix}.{i}.{part}")
+    return names
+
+
+def mlp_init(sizes, prefix, rng):
+    r"""Parameters of an MLP with layer widths ``sizes``, initialised like PyTorch's ``nn.Linear``.
+
+    What it is
+    ----------
+    ``len(sizes) - 1`` linear layers; layer i maps ``sizes[i]`` to ``sizes[i + 1]``.
+
+    Forward
+    -------
+    :math:`W_i, b_i \sim \mathcal U(-1/\sqrt{n_i}, 1/\sqrt{n_i})` elementwise, :math:`n_i` = ``sizes[i]``
+    (the fan-in). This is PyTorch's default: ``kaiming_uniform_(a=sqrt(5))`` has bound
+    :math:`\text{gain}\sqrt{3/n}` with :math:`\text{gain} = \sqrt{2/(1 + a^2)} = \sqrt{1/3}`, i.e.
+    :math:`1/\sqrt n`, and the bias uses the bound :math:`1/\sqrt n` too.
+
+    Shapes
+    ------
+    Returns a dict ``{f"{prefix}.{i}.W": (sizes[i], sizes[i+1]), f"{prefix}.{i}.b": (sizes[i+1],)}``,
+    insertion-ordered by layer, W before b.
+
+    Numerics
+    --------
+    Draw order (reproducible): for i = 0, 1, ...: W_i (C order), then b_i, from ``rng.uniform``.
+    The values differ from PyTorch's (a different generator); copy them into torch with
+    ``weight = W.T`` to replay a run.
+
+    References
+    ----------
+    SPEC.md section 3 (parameter names ``<module>.<layer index>.<W|b>``).
+    """
+    check_rng(rng)
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__") or len(sizes) < 2:
+        raise ValueError(f"sizes must be a sequence of at least two layer widths, got {sizes!r}")
+    sizes = [check_positive_int(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
+    if not isinstance(prefix, str) or not prefix:
+        raise TypeError(f"prefix must be a non-empty str, got {prefix!r}")
+    params = {}
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        bound = 1.0 / np.sqrt(n_in)
+        params[f"{prefix}.{i}.W"] = rng.uniform(-bound, bound, size=(n_in, n_out))
+        params[f"{prefix}.{i}.b"] = rng.uniform(-bound, bound, size=(n_out,))
+    return params
+
+
+def mlp_forward(params, prefix, x, activation, out_activation=None):
+    r"""Multi-layer perceptron: linear, activation, linear, ..., linear [, out_activation].
+
+    Forward
+    -------
+    With n linear layers, :math:`h_0 = x`,
+
+    .. math::
+
+        \text{pre}_i = h_i W_i + b_i, \qquad
+        h_{i+1} = \text{act}(\text{pre}_i) \ (i < n-1), \qquad
+        y = \text{pre}_{n-1} \ \text{or} \ \text{out\_act}(\text{pre}_{n-1}).
+
+    Backward
+    --------
+    See :func:`mlp_backward`.
+
+    Shapes
+    ------
+    x (B, sizes[0]); ``params[f"{prefix}.{i}.W"]`` (sizes[i], sizes[i+1]), ``...b`` (sizes[i+1],);
+    y (B, sizes[n]). ``params`` may hold other modules' parameters too; only the keys
+    ``f"{prefix}.<i>.<W|b>"`` are read.
+
+    The cache is a dict; ``cache["trace"]`` is the ordered list of ``(name, array)`` in data-flow
+    order: ``f"{prefix}.{i}.pre"`` (the linear output) and ``f"{prefix}.{i}.out"`` (after the
+    activation: every hidden layer, and the last layer when ``out_activation`` is given). The
+    arrays are the ones used by the backward pass; do not modify them.
+
+    Numerics
+    --------
+    Inputs and parameters are validated once here (finite, shapes chained); the layers then run
+    unchecked. Complex input is accepted (complex-step checks of the analytic activations).
+
+    References
+    ----------
+    SPEC.md section 3.
+    """
+    check_choice(activation, "activation", tuple(ACTIVATIONS))
+    if out_activation is not None:
+        check_choice(out_activation, "out_activation", tuple(ACTIVATIONS))
+    names = mlp_param_names(params, prefix)
+    n = len(names) // 2
+    x = as_float_array(x, "x", ndim=2, allow_complex=True)
+    Ws, bs = [], []
+    width, width_from = x.shape[1], "x"
+    for i in range(n):
+        wn, bn = f"{prefix}.{i}.W", f"{prefix}.{i}.b"
+        W = as_float_array(params[wn], wn, ndim=2, allow_complex=True)
+        if W.shape[0] != width:
+            what = "columns" if width_from == "x" else "columns (outputs)"
+            raise ValueError(f"{width_from} has {width} {what} but {wn} has {W.shape[0]} rows; "
+                             f"{wn} must have shape ({width}, out)")
+        b = as_float_array(params[bn], bn, shape=(W.shape[1],), allow_complex=True)
+        Ws.append(W)
+        bs.append(b)
+        width, width_from = W.shape[1], wn
+
+    layers, trace = [], []
+    h = x
+    for i in range(n):
+        pre, lin_cache = _linear_fwd(h, Ws[i], bs[i])
+        trace.append((f"{prefix}.{i}.pre", pre))
+        act = activation if i < n - 1 else out_activation
+        if act is None:
+            h, act_cache = pre, None
+        else:
+            h, act_cache = ACTIVATIONS[act][0](pre)
+            trace.append((f"{prefix}.{i}.out", h))
+        layers.append((lin_cache, act, act_cache))
+    cache = {"prefix": prefix, "activation": activation, "out_activation": out_activation,
+             "layers": layers, "trace": trace, "x_shape": x.shape, "y_shape": h.shape}
+    return h, cache
+
+
+def mlp_backward(dy, cache):
+    r"""Backward of :func:`mlp_forward`: ``(dx, grads)``.
+
+    Backward
+    --------
+    Reverse-mode chain rule through the layers, last to first, with :math:`\delta = dy`:
+
+    - through an activation, :math:`\delta \leftarrow \delta \odot \text{act}'(\text{pre}_i)`
+      (the elementwise rules of the ``<name>_backward`` functions);
+    - through layer i, :math:`dW_i = h_i^\top \delta`, :math:`db_i = \sum_b \delta_b`,
+      :math:`\delta \leftarrow \delta W_i^\top` (:func:`linear_backward`);
+
+    and finally ``dx`` is the last :math:`\delta`.
+
+    Shapes
+    ------
+    dy (B, out) like y; dx (B, in) like x; ``grads`` has exactly the keys of this MLP's parameters
+    (``f"{prefix}.{i}.W"``, ``f"{prefix}.{i}.b"``, in layer order) with their shapes.
+
+    Numerics
+    --------
+    Kinks use the left slope (relu'(0) = 0, leaky_relu'(0) = 0.01).
+
+    References
+    ----------
+    SPEC.md section 3 (gradient dicts have the keys and shapes of the parameter dict).
+    """
+    prefix = cache["prefix"]
+    d = _check_dy(dy, cache["y_shape"])
+    grads_rev = {}
+    for i in range(len(cache["layers"]) - 1, -1, -1):
+        lin_cache, act, act_cache = cache["layers"][i]
+        if act is not None:
+            d = ACTIVATIONS[act][1](d, act_cache)
+        d, dW, db = _linear_bwd(d, lin_cache)
+        grads_rev[i] = (dW, db)
+    grads = {}
+    for i in range(len(cache["layers"])):
+        grads[f"{prefix}.{i}.W"], grads[f"{prefix}.{i}.b"] = grads_rev[i]
+    return d, grads

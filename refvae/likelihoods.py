@@ -1,0 +1,299 @@
+r"""The decoders' log-likelihoods ``log p(x | z)`` and their VJPs with respect to the decoder outputs.
+
+Three likelihoods (SPEC section 2), one value per example (shape (B,)):
+
+=================  ===========================  ===================================================
+name               decoder output               ``log p(x|z)``
+=================  ===========================  ===================================================
+``categorical``    logits (B, D*C)              ``sum_d log_softmax(logits[b, d, :])[x_bd]``
+``bernoulli``      logits a (B, D)              ``sum_d x_d log sigma(a_d) + (1 - x_d) log sigma(-a_d)``
+``gaussian``       mean (B, D), log_var         ``sum_d log N(x_d | mean_d, exp(log_var_d))``
+=================  ===========================  ===================================================
+
+Each ``<name>_log_prob_vjp(g, ...)`` returns the gradient of ``sum_b g_b log p(x_b | z_b)`` with
+respect to the decoder outputs, each with its input's shape. The data ``x`` is never differentiated.
+
+No probability is ever clamped: the categorical and Bernoulli log-likelihoods are assembled from
+the log-domain primitives (:func:`refvae.primitives.log_softmax`, :func:`refvae.primitives.log_sigmoid`),
+finite for every finite logit (``+-1e300`` included).
+
+The forwards accept complex128 decoder outputs (logits, mean, log_var) for complex-step checks;
+the data ``x`` is real.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import gaussian
+from ._validation import as_float_array, check_positive_int
+from .primitives import log_sigmoid, log_softmax, sigmoid
+
+__all__ = ["LIKELIHOODS", "categorical_log_prob", "categorical_log_prob_vjp",
+           "bernoulli_log_prob", "bernoulli_log_prob_vjp", "gaussian_log_prob",
+           "gaussian_log_prob_vjp"]
+
+LIKELIHOODS = ("categorical", "bernoulli", "gaussian")
+
+
+def _check_g(g, B):
+    return as_float_array(g, "g", shape=(B,))
+
+
+# =========================================================================== categorical
+
+def _check_categorical(x, logits, num_vals):
+    C = check_positive_int(num_vals, "num_vals")
+    x = as_float_array(x, "x", ndim=2)
+    B, D = x.shape
+    logits = as_float_array(logits, "logits", ndim=2, allow_complex=True)
+    if logits.shape != (B, D * C):
+        raise ValueError(f"logits must have shape (B, D*C) = ({B}, {D * C}) for x of shape {x.shape} "
+                         f"and num_vals={C}, got {logits.shape}")
+    if np.any(x != np.floor(x)):
+        idx = tuple(int(i) for i in np.argwhere(x != np.floor(x))[0])
+        raise ValueError(f"x must hold integer category indices 0..{C - 1}; found {x[idx]!r} at index {idx}")
+    bad = (x < 0) | (x > C - 1)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"x must hold category indices in 0..{C - 1} (num_vals={C}); "
+                         f"found {x[idx]!r} at index {idx}")
+    return x.astype(np.intp), logits.reshape(B, D, C), C
+
+
+def categorical_log_prob(x, logits, num_vals):
+    r"""Log-likelihood of a factorised categorical decoder, one value per example.
+
+    What it is
+    ----------
+    Each of the D data dimensions takes one of C = ``num_vals`` values; the decoder's D*C outputs
+    are reshaped C-order to (B, D, C), row ``logits[b, d, :]`` holding the logits of dimension d.
+
+    Forward
+    -------
+    .. math::
+
+        \log p(x_b \mid z_b) = \sum_{d=1}^{D} \log\operatorname{softmax}(a_{bd})_{x_{bd}}
+        = \sum_d \Big[a_{bd x_{bd}} - \log \sum_{c} e^{a_{bdc}}\Big].
+
+    Backward
+    --------
+    See :func:`categorical_log_prob_vjp`.
+
+    Shapes
+    ------
+    x (B, D), integer values in 0..C-1 (a float array holding integers is fine); logits (B, D*C);
+    output (B,).
+
+    Numerics
+    --------
+    :func:`refvae.primitives.log_softmax` (exact shift by the row maximum): finite for every finite
+    logit, e.g. ``[1e300, -1e300]`` gives ``[0, -2e300]``. No clamping. Non-integer or out-of-range
+    ``x`` is a ``ValueError`` naming x.
+
+    References
+    ----------
+    SPEC.md section 2 (categorical decoder, C = 17 for the digits data).
+    """
+    xi, a, _ = _check_categorical(x, logits, num_vals)
+    lsm = log_softmax(a, axis=-1)
+    return np.take_along_axis(lsm, xi[:, :, None], axis=-1)[:, :, 0].sum(axis=1)
+
+
+def categorical_log_prob_vjp(g, x, logits, num_vals):
+    r"""VJP of :func:`categorical_log_prob` with respect to the logits.
+
+    Backward
+    --------
+    From :math:`\log\operatorname{softmax}(a)_k = a_k - \log\sum_c e^{a_c}`,
+    :math:`\partial/\partial a_c = [c = k] - \operatorname{softmax}(a)_c`; with the cotangent
+    :math:`g_b` on example b,
+
+    .. math:: \frac{\partial L}{\partial a_{bdc}} = g_b\,\big([c = x_{bd}] - \operatorname{softmax}(a_{bd})_c\big),
+
+    returned reshaped C-order back to (B, D*C).
+
+    Shapes
+    ------
+    g (B,); x (B, D); logits (B, D*C); dlogits (B, D*C).
+
+    Numerics
+    --------
+    ``softmax = exp(log_softmax)`` <= 1: no overflow; entries far below the row maximum underflow
+    to 0, which is their correct value to within the smallest float. At the observed value the
+    entry :math:`1 - \operatorname{softmax}_k` is computed as :math:`\sum_{c \ne k}\operatorname{softmax}_c`
+    (positive terms only): the subtraction would lose every digit when the prediction is confident
+    (logits [0, -19, -19] give 1 - p_k = 1.1e-8, of which 1 - p_k in float64 keeps 8 digits).
+
+    References
+    ----------
+    SPEC.md section 2.
+    """
+    xi, a, C = _check_categorical(x, logits, num_vals)
+    B, D, _ = a.shape
+    g = _check_g(g, B)
+    a = np.real(a)
+    with np.errstate(under="ignore"):
+        p = np.exp(log_softmax(a, axis=-1))
+    # d = -p off the observed value; at the observed value k, 1 - p_k = sum_{c != k} p_c, a sum of
+    # positive terms (1 - p_k by subtraction loses all digits of a confident prediction)
+    np.put_along_axis(p, xi[:, :, None], 0.0, axis=-1)
+    d = -p
+    np.put_along_axis(d, xi[:, :, None], p.sum(axis=-1, keepdims=True), axis=-1)
+    return (g[:, None, None] * d).reshape(B, D * C)
+
+
+# =========================================================================== Bernoulli
+
+def _check_bernoulli(x, logits):
+    x = as_float_array(x, "x", ndim=2)
+    logits = as_float_array(logits, "logits", ndim=2, allow_complex=True)
+    if logits.shape != x.shape:
+        raise ValueError(f"logits must have the shape of x {x.shape}, got {logits.shape}")
+    bad = (x < 0) | (x > 1)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"x must lie in [0, 1] for the Bernoulli likelihood; found {x[idx]!r} at index {idx}")
+    return x, logits
+
+
+def bernoulli_log_prob(x, logits):
+    r"""Log-likelihood of a factorised Bernoulli decoder with logits ``a``, one value per example.
+
+    Forward
+    -------
+    .. math::
+
+        \log p(x_b \mid z_b) = \sum_d \big[x_{bd}\log\sigma(a_{bd}) + (1 - x_{bd})\log\sigma(-a_{bd})\big].
+
+    Backward
+    --------
+    See :func:`bernoulli_log_prob_vjp`.
+
+    Shapes
+    ------
+    x (B, D) with values in [0, 1] (binary data, or intensities used as soft targets); logits
+    (B, D); output (B,).
+
+    Numerics
+    --------
+    Computed with :func:`refvae.primitives.log_sigmoid` (``-softplus(-a)``), never forming
+    :math:`\sigma(a)`: finite for every finite logit (``log_sigmoid(-1e300) = -1e300``), and a
+    term whose weight is 0 contributes exactly 0. No clamping.
+
+    References
+    ----------
+    SPEC.md section 2 (Bernoulli decoder).
+    """
+    x, a = _check_bernoulli(x, logits)
+    return np.sum(x * log_sigmoid(a) + (1.0 - x) * log_sigmoid(-a), axis=1)
+
+
+def bernoulli_log_prob_vjp(g, x, logits):
+    r"""VJP of :func:`bernoulli_log_prob` with respect to the logits: ``g[:, None] * (x - sigma(a))``.
+
+    Backward
+    --------
+    :math:`\frac{d}{da}\log\sigma(a) = \sigma(-a)` and :math:`\frac{d}{da}\log\sigma(-a) = -\sigma(a)`, so
+
+    .. math:: \frac{\partial L}{\partial a_{bd}} = g_b\big(x_{bd}\,\sigma(-a_{bd}) - (1 - x_{bd})\,\sigma(a_{bd})\big)
+              = g_b\,(x_{bd} - \sigma(a_{bd})),
+
+    using :math:`\sigma(a) + \sigma(-a) = 1`.
+
+    Shapes
+    ------
+    g (B,); x, logits, dlogits (B, D).
+
+    Numerics
+    --------
+    The first form is evaluated: for binary x it is exactly one term, :math:`\sigma(-a)` or
+    :math:`-\sigma(a)`, with full relative accuracy even where ``x - sigmoid(a)`` would cancel
+    (x = 1, a = 40 gives 4.2e-18, not 0).
+
+    References
+    ----------
+    SPEC.md section 2.
+    """
+    x, a = _check_bernoulli(x, logits)
+    g = _check_g(g, x.shape[0])
+    a = np.real(a)
+    return g[:, None] * (x * sigmoid(-a) - (1.0 - x) * sigmoid(a))
+
+
+# =========================================================================== Gaussian
+
+def _check_gaussian(x, mean, log_var):
+    x = as_float_array(x, "x", ndim=2)
+    mean = as_float_array(mean, "mean", ndim=2, allow_complex=True)
+    if mean.shape != x.shape:
+        raise ValueError(f"mean must have the shape of x {x.shape}, got {mean.shape}")
+    log_var = as_float_array(log_var, "log_var", ndim=(1, 2), allow_complex=True)
+    B, D = x.shape
+    if log_var.shape not in ((D,), (B, D)):
+        raise ValueError(f"log_var must have shape (D,) = ({D},) or (B, D) = {(B, D)}, got {log_var.shape}")
+    return x, mean, log_var
+
+
+def gaussian_log_prob(x, mean, log_var):
+    r"""Log-likelihood of a diagonal Gaussian decoder, one value per example.
+
+    Forward
+    -------
+    .. math::
+
+        \log p(x_b \mid z_b) = -\tfrac12 \sum_d \big[\ln 2\pi + v_d + (x_{bd} - \mu_{bd})^2 e^{-v_d}\big],
+
+    with :math:`\mu` the decoder's mean and :math:`v` = ``log_var``, either one learned or fixed
+    value per dimension (shape (D,), shared by the batch) or one per example and dimension.
+
+    Backward
+    --------
+    See :func:`gaussian_log_prob_vjp`.
+
+    Shapes
+    ------
+    x, mean (B, D); log_var (D,) or (B, D); output (B,).
+
+    Numerics
+    --------
+    Delegates to :func:`refvae.gaussian.log_prob` (all normalising constants included).
+
+    References
+    ----------
+    SPEC.md section 2 (diagonal Gaussian; Gaussian decoder).
+    """
+    x, mean, log_var = _check_gaussian(x, mean, log_var)
+    return gaussian.log_prob(x, mean, log_var)
+
+
+def gaussian_log_prob_vjp(g, x, mean, log_var):
+    r"""VJP of :func:`gaussian_log_prob`: ``(dmean, dlog_var)``.
+
+    Backward
+    --------
+    Differentiating :math:`-\tfrac12[\ln 2\pi + v + (x - \mu)^2 e^{-v}]`:
+
+    - :math:`\partial/\partial\mu = (x - \mu)\,e^{-v}` :math:`\Rightarrow`
+      ``dmean = g[:, None] * (x - mean) * exp(-log_var)``;
+    - :math:`\partial/\partial v = \tfrac12[(x - \mu)^2 e^{-v} - 1]`; for a (D,) ``log_var`` shared
+      by the batch the per-example terms are summed over b (the broadcast's adjoint).
+
+    Both come from :func:`refvae.gaussian.log_prob_vjp`.
+
+    Shapes
+    ------
+    g (B,); x, mean, dmean (B, D); dlog_var has log_var's shape, (D,) or (B, D).
+
+    Numerics
+    --------
+    As :func:`refvae.gaussian.log_prob_vjp`.
+
+    References
+    ----------
+    SPEC.md section 2.
+    """
+    x, mean, log_var = _check_gaussian(x, mean, log_var)
+    g = _check_g(g, x.shape[0])
+    _, dmean, dlog_var = gaussian.log_prob_vjp(g, x, np.real(mean), np.real(log_var))
+    return dmean, dlog_var  # gaussian.log_prob_vjp sums a (D,) log_var's gradient over the batch
