@@ -214,9 +214,10 @@ def logsumexp_vjp(g, x, axis=-1, ans=None):
     Numerics
         ``exp(x - ans) <= 1`` never overflows. Without ``ans`` the weights are formed from the
         exact shift ``x - max(x)``; with ``ans`` they are renormalised to sum 1, so that the
-        rounding of ``ans`` (an ulp of 1e308 is larger than every weight) does not leak in. Entries equal to ``-inf`` get exactly 0; a row whose
-        ``logsumexp`` is ``-inf`` (all ``-inf``) or ``+inf`` gets 0 everywhere (the output does not
-        move under finite perturbations), never NaN.
+        rounding of ``ans`` (an ulp of 1e308 is larger than every weight) does not leak in.
+        Entries equal to ``-inf`` get exactly 0; a row whose ``logsumexp`` is ``-inf`` (all
+        ``-inf``) or ``+inf`` gets 0 everywhere (the output does not move under finite
+        perturbations), never NaN.
 
     References
         HIPS/autograd ``numpy_vjps.py`` (``grad_logsumexp``).
@@ -239,7 +240,8 @@ def log_softmax(x, axis=-1):
     r"""Logarithm of the softmax along one axis, ``x_k - logsumexp(x)``.
 
     Forward
-        .. math:: \log\mathrm{softmax}_k(x) = (x_k - m) - \operatorname{log1p}\Big(\sum_j e^{x_j - m} - 1\Big).
+        .. math:: \log\mathrm{softmax}_k(x) = (x_k - m)
+                  - \operatorname{log1p}\Big(\sum_j e^{x_j - m} - 1\Big).
 
     Backward
         ``dx_j = g_j - softmax_j(x) * sum_k g_k``: ``d(x_k - lse)/dx_j = [j = k] - softmax_j``.

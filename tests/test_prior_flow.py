@@ -513,7 +513,7 @@ def complex_step_errors(f, vjp_grads, args, rng, h=1e-30):
 @pytest.mark.parametrize("L", [2, 5])
 def test_gradients_complex_step(L, rng):
     """Complex-step derivative vs the VJP, w.r.t. z and every parameter, to complex_step (1e-13)
-    relative to the sum of |terms| of the directional derivative (observed a few 1e-16)."""
+    relative to the sum of |terms| of the directional derivative (observed <= 1.4e-14)."""
     prior, params = far_flow(L, "tanh", seed=17, scale=2.0, hidden=(6,), T=3)
     args = dict(params, z=rng.standard_normal((4, L)))
 
@@ -700,8 +700,8 @@ def test_same_flow_in_torch_float64(L, activation, rng):
     rtol = tolerance("vs_torch_float64").rtol
 
     def close(a, e, what):
-        err = np.max(np.abs(a - e))
-        assert err <= rtol * np.max(np.abs(e)), f"{what}: max abs err {err:.3e}, max |e| {np.max(np.abs(e)):.3e}"
+        err, scale = np.max(np.abs(a - e)), np.max(np.abs(e))
+        assert err <= rtol * scale, f"{what}: max abs err {err:.3e}, normwise rel {err / scale:.2e}"
 
     close(log_p, out.detach().numpy(), "log_prob")
     close(dz, Z.grad.numpy(), "dz")
@@ -712,11 +712,20 @@ def test_same_flow_in_torch_float64(L, activation, rng):
 # =========================================================================== slow
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(1, 6))
+@pytest.mark.parametrize("seed", range(1, 11))
 def test_density_integrates_to_one_more_flows(seed):
-    """The normalisation check for more random L = 2 flows, leaky_relu too (piecewise smooth:
-    the trapezoid rule then converges like h^2 near the kinks, so a finer grid)."""
-    for activation, h in (("tanh", 0.04), ("leaky_relu", 0.01)):
-        prior, params = far_flow(2, activation, seed=seed, scale=2.0)
-        res = normalisation_check(prior, params, density_grid(prior, params, h=h))
-        assert res["passed"], (activation, res)
+    """The normalisation check for ten more random L = 2 flows (tanh MLPs), ~2 s each."""
+    prior, params = far_flow(2, "tanh", seed=seed, scale=2.0)
+    res = normalisation_check(prior, params)
+    assert res["passed"], res
+
+
+@pytest.mark.slow
+def test_density_integrates_to_one_leaky_relu():
+    """A leaky_relu flow (L = 2, seed 2): the density is only piecewise smooth (kinks along curves),
+    so the trapezoid rule converges like h^2, its error is ~|I_h - I_2h| / 3, and a finer grid
+    (h = 0.02, 5.6e6 nodes, ~15 s) is needed; observed |I - 1| = 2.3e-7, rule estimate 8e-7."""
+    prior, params = far_flow(2, "leaky_relu", seed=2, scale=2.0)
+    res = normalisation_check(prior, params, density_grid(prior, params, h=0.02))
+    assert res["outside"] + res["rule"] / 3 < tolerance("flow_normalisation").atol, res
+    assert res["passed"], res

@@ -95,6 +95,7 @@ TARGET_SIZE = (10000, 10000, 16)   # speed targets
 MEMORY_SIZE = (1000, 60000, 32)    # memory target
 LN_2PI = math.log(2.0 * math.pi)
 MIB = 2.0 ** 20
+SOURCE_HASHES = {}  # filled in main(); memory subprocesses compare against it
 LARGE_ELEMENTS = 5e7  # B*K*L above this: the SciPy/torch paths run once, without a warm-up call
 
 TARGETS = {
@@ -618,6 +619,7 @@ def memprobe_child(kind, size, seed, f_file):
         "output_bytes": int(sum(o.nbytes for o in outs)),
         "inputs_bytes": int(sum(v.nbytes for v in X.values())),
         "numba_threads": numba.get_num_threads(),
+        "source_sha256_16": source_hashes(),
     }))
 
 
@@ -634,11 +636,26 @@ def measure_memory(kind, size, seed, f=None):
         return {"error": proc.stderr[-2000:]}
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     r["extra_mib"] = r["extra_bytes"] / MIB
+    r["same_sources_as_parent"] = r.get("source_sha256_16") == SOURCE_HASHES
     r["extra_minus_outputs_mib"] = (r["extra_bytes"] - r["output_bytes"]) / MIB
     return r
 
 
 # ============================================================================ provenance
+
+def source_hashes():
+    """sha256 of the kernel sources actually imported (others may edit them during a run)."""
+    import hashlib
+    import importlib
+    out = {}
+    for mod in ("refvae.mixture", "refvae._fastexp"):
+        try:
+            path = importlib.import_module(mod).__file__
+            out[mod] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        except Exception as exc:
+            out[mod] = f"unavailable ({type(exc).__name__})"
+    return out
+
 
 def git_revision():
     """HEAD's commit, read from .git directly (no git process, no lock); `git rev-parse` as fallback."""
@@ -691,6 +708,7 @@ def provenance(args, torch, torch_status):
     prov = {
         "refvae_version": getattr(refvae, "__version__", None),
         "git_revision": git_revision(),
+        "source_sha256_16": source_hashes(),
         "python": sys.version.split()[0],
         "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
         "torch": torch.__version__ if torch is not None else torch_status,
@@ -881,7 +899,9 @@ def bench_size(size, args, torch):
                 log(f"memory   {kind}: peak extra {mm['extra_mib']:.1f} MiB "
                     f"({mm['extra_minus_outputs_mib']:.1f} MiB without the {mm['output_bytes'] / MIB:.1f}"
                     f" MiB of outputs; inputs {mm['inputs_bytes'] / MIB:.1f} MiB; peak reset "
-                    f"{'ok' if mm['peak_reset_ok'] else 'FAILED, value is an upper bound'})")
+                    f"{'ok' if mm['peak_reset_ok'] else 'FAILED, value is an upper bound'})"
+                    + ("" if mm["same_sources_as_parent"] else
+                       " ** refvae sources changed since the start of the run **"))
     worst = max(c["others_cores"] for c in r["contention"].values())
     r["contended"] = worst > CONTENDED_CORES
     log("load     other processes used " + ", ".join(
@@ -940,7 +960,10 @@ def markdown(results, peaks, prov, targets, args, run_contention):
             f"SciPy {prov['scipy']}, torch {prov['torch']}. **{prov['threads']} threads** everywhere "
             f"(Numba {prov['numba_threads']} [{prov['numba_threading_layer']}], torch "
             f"{prov['torch_threads']}, BLAS env vars {prov['threads']}). Seed {prov['seed']}. "
-            f"Command: `{prov['command']}`.", ""]
+            f"Command: `{prov['command']}`. Kernel sources (sha256, 16 hex): "
+            + ", ".join(f"`{k}` {v}" for k, v in prov["source_sha256_16"].items())
+            + ("" if prov.get("source_sha256_16_end", prov["source_sha256_16"]) == prov["source_sha256_16"]
+               else " (**changed during the run**)") + ".", ""]
     out += ["Data: means ~ N(0, 1), log-variances ~ N(−2, 0.5²), uniform log-weights −ln K, queries "
             "drawn from the mixture, upstream gradient g ~ N(0, 1). refvae: median of "
             f"{args.repeats} repeat(s) after a warm-up call at the same size. SciPy/NumPy and torch: "
@@ -1116,6 +1139,7 @@ def main(argv=None):
                                args.budget_mb * MIB)
 
     prov = provenance(args, torch, torch_status)
+    SOURCE_HASHES.update(prov["source_sha256_16"])
     log(f"refvae {prov['refvae_version']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
         f"{prov['numpy']}, Numba {prov['numba']}, SciPy {prov['scipy']}, torch {prov['torch']}")
     log(f"CPU {prov['cpu']['model']} ({prov['cpu']['logical_cpus']} logical, "
@@ -1124,7 +1148,8 @@ def main(argv=None):
         f"torch {prov['torch_threads']} (interop {prov['torch_interop_threads']}), env "
         + ", ".join(f"{k}={v}" for k, v in prov["thread_env"].items())
         + (f"; BLAS pools {prov['threadpools']}" if isinstance(prov["threadpools"], list) else ""))
-    log(f"seed {args.seed}; refvae kernels compiled/loaded in {t_compile:.2f} s")
+    log(f"seed {args.seed}; refvae kernels compiled/loaded in {t_compile:.2f} s; sources "
+        + ", ".join(f"{k} {v}" for k, v in prov["source_sha256_16"].items()))
 
     peaks_start = measure_peaks(args.seed)
     log_peaks("start", peaks_start)
@@ -1143,6 +1168,10 @@ def main(argv=None):
         add_bound(r, peaks)
 
     run_contention = contention(snap_run, cpu_snapshot())
+    end_hashes = source_hashes()
+    if end_hashes != prov["source_sha256_16"]:
+        log(f"WARNING: refvae kernel sources changed during the run: {end_hashes}")
+    prov["source_sha256_16_end"] = end_hashes
     contended = [tuple(r["size"]) for r in results if r["contended"]]
     log(f"whole run: other processes used {run_contention['others_cores']:.2f} cores on average, steal "
         f"{run_contention['steal_cores']:.2f}" + (f"; CONTENDED sizes: {contended}" if contended else ""))
