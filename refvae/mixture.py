@@ -501,7 +501,7 @@ def mixture_log_prob_numpy(z, means, log_vars, log_weights=None, *, _checked=Fal
         shift = np.max(t.real, axis=1)
         fin = np.isfinite(shift)
         safe = np.where(fin, shift, 0.0)
-        with np.errstate(under="ignore"):
+        with np.errstate(under="ignore", divide="ignore"):  # log(0) on all -inf rows, masked below
             val = safe + np.log(np.sum(np.exp(t - safe[:, None]), axis=1))
         out[b0:b0 + step] = np.where(fin, val, -np.inf)
     return out
