@@ -221,6 +221,32 @@ TOLERANCES: dict[str, Tolerance] = {
                "trapezoid rule's error, estimated by |I_h - I_2h| (spectral convergence for a smooth "
                "integrand negligible on the boundary), observed ~1e-13. 1e-6 is far above both and "
                "far below the O(0.1) mass error of a wrong log-determinant (0.81 and 2.9 observed)"),
+
+    # --- report identities
+    "report_elbo_split": Tolerance(
+        rtol=1e-12, atol=0.0,
+        reason="ELBO = RE + Omega over a data set (eqs. 4.33-4.35), with the three means taken over the "
+               "same n = N S draws (estimators.elbo_terms): they differ only by rounding, the "
+               "element-wise sum (<= u |elbo_i|) and numpy's pairwise means (<= ~(1 + log2 n) u "
+               "mean|v|), at most ~64 u (mean|ln p(x|z)| + mean|omega_i|) for n <= 2**22; applied "
+               "relative to |RE| + |Omega|, which for the digits models is within a small factor of "
+               "those means (|omega_i| <~ |RE|), so 1e-12 is >= 10x the rounding bound and still fails "
+               "a dropped or double-counted term, which is >= 1e-6 relative"),
+    "report_jensen": Tolerance(
+        rtol=64 * EPS, atol=0.0,
+        reason="per test point, ln p_hat(x) = logsumexp_s lw_s - ln S >= mean_s lw_s holds exactly "
+               "(Jensen / AM-GM, equality only if all S log-weights are equal); allowed violation "
+               "64 eps |mean_s lw_s| covers the rounding of the online log-sum-exp (a few u of "
+               "|max lw| + ln S) and of the chunked sum of S <= 2**13 log-weights (<= (1 + log2 S) u "
+               "mean|lw|); no statistical slack: a violation beyond it is a bug"),
+    "gradcheck_kink_margin": Tolerance(
+        rtol=0.0, atol=1e-3,
+        reason="the report's gradient check on a trained model keeps every pre-activation of a "
+               "relu/leaky_relu layer farther than atol = 1e-3 from the kink: the central-difference "
+               "step h = eps**(1/3) max(1, rms(W)) ~ 6e-6 moves a pre-activation by ~h |h_in| |N(0,1)| "
+               "<~ 3e-4 for inputs in 0..16 (|x| <~ 50 for a digit), so a pre-activation beyond 1e-3 "
+               "stays on its side of the kink except for > 3-sigma directions; a crossing shows as a "
+               "failed entry of vjp_central_difference, never as a silent pass"),
 }
 
 

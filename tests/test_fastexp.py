@@ -4,8 +4,9 @@ Reference values: mpmath ``exp`` at 120 bits of precision. The error of a result
 ``|f - exp(x)| / ulp(exp(x))`` with ulp the spacing of doubles in the binade of the exact value
 (2^-1074 for subnormal results), evaluated as ``|(f - c) / ulp - (exp(x) - c) / ulp|`` with
 ``c = float(exp(x))``: the first term is exact in double, the second is formed in mpmath.
-The bound asserted is 2 ulp (the kernel's budget); the implementation measures <= 0.8 ulp
-(``validation/accuracy_fastexp.py`` on 4e6 points).
+The bound asserted is 2 ulp (the kernel's budget), plus 1 ulp as a regression guard; the
+implementation measures 0.755 ulp max on 4e6 points (``validation/accuracy_fastexp.py``), 0.72 ulp
+on the seeded sample here and 0.68 ulp on the 29,422 edge points.
 """
 
 import math
@@ -81,13 +82,13 @@ def test_ulp_error_seeded_uniform_sample():
     x = np.concatenate([rng.uniform(UNDERFLOW, OVERFLOW, 80_000),   # whole range
                         rng.uniform(-50.0, 1.0, 20_000)])           # the kernel's typical d
     err = assert_within_ulp(x, run_tile(x))
-    assert err.max() <= 1.0  # measured 0.71; guards against a silent loss of accuracy
+    assert err.max() <= 1.0  # measured 0.72; guards against a silent loss of accuracy
 
 
 def test_ulp_error_edge_points():
     x = edge_points()
     err = assert_within_ulp(x, run_tile(x))
-    assert err.max() <= 1.0
+    assert err.max() <= 1.0  # measured 0.68
 
 
 def test_scalar_equals_tile_bitwise():

@@ -99,7 +99,8 @@ def assert_matches(actual, expected, tol, what):
     if not ok.all():
         bad = np.argwhere(~ok)
         i = tuple(bad[0])
-        err = np.abs(actual - expected)
+        with np.errstate(invalid="ignore"):
+            err = np.abs(actual - expected)
         raise AssertionError(
             f"{what}: {len(bad)} of {ok.size} entries outside rtol={tol.rtol:.2e}, atol={tol.atol:.2e}; "
             f"first at {i}: got {actual[i]!r}, expected {expected[i]!r} (abs err {err[i]:.3e}, "

@@ -153,6 +153,19 @@ def contention(s0, s1):
             "steal_cores": (s1[2] - s0[2]) / wall, "loadavg": list(os.getloadavg())}
 
 
+def wait_for_idle(max_wait, window=5.0):
+    """Wait (up to max_wait seconds) until other processes use < CONTENDED_CORES cores over a window."""
+    t_end = time.perf_counter() + max_wait
+    while True:
+        s0 = cpu_snapshot()
+        time.sleep(window)
+        c = contention(s0, cpu_snapshot())
+        if c["others_cores"] < CONTENDED_CORES or time.perf_counter() >= t_end:
+            return c
+        log(f"waiting for an idle machine: others use {c['others_cores']:.2f} cores, load "
+            f"{c['loadavg'][0]:.2f}")
+
+
 # ============================================================================ provenance
 
 def git_revision():
@@ -950,6 +963,8 @@ def build_parser():
     p.add_argument("--json", default=None, help="output JSON (default validation/results/bench_epoch.json)")
     p.add_argument("--md", default=None, help="output Markdown (default: the JSON path with .md)")
     p.add_argument("--no-torch", action="store_true", help="behave as if torch were not installed")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="first wait up to this long until other processes use < 0.25 cores")
     return p
 
 
@@ -965,6 +980,9 @@ def main(argv=None):
     md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
 
     torch, torch_status = import_torch(args.no_torch)
+    if args.wait_idle > 0:
+        c = wait_for_idle(args.wait_idle)
+        log(f"machine before the run: others use {c['others_cores']:.2f} cores, load {c['loadavg'][0]:.2f}")
     t_start = time.perf_counter()
     snap_run = cpu_snapshot()
     x = load_train()
