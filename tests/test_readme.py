@@ -22,3 +22,12 @@ def test_ci_uses_a_fresh_numba_cache_and_the_ci_profile():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "NUMBA_CACHE_DIR" in ci and "mktemp -d" in ci
     assert "export CI" in ci
+
+
+def test_the_teaching_page_example_runs_and_agrees(capsys):
+    """docs/gradients-without-autograd.md: its element-wise check runs and every row agrees."""
+    text = (ROOT / "docs" / "gradients-without-autograd.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    exec(compile(code, "gradients-without-autograd.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "PASSED" in out and " NO" not in out
