@@ -463,7 +463,7 @@ def _vjp_components_kernel(g, z, f, muT, aT, const, K):
     return dmeans, dlog_vars, dlog_weights
 
 
-def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=None):
+def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=None, z_only=False):
     """VJP of :func:`mixture_log_prob`: returns ``(dz, dmeans, dlog_vars, dlog_weights)``.
 
     Backward (module docstring): with r_bk = exp(t_bk - f_b),
@@ -476,6 +476,8 @@ def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=No
     ----------
     g : (B,) finite upstream gradient.
     log_prob : (B,), optional. The forward result, if already computed (saves one pass).
+    z_only : bool. Compute dz only and return ``None`` for the component gradients (saves the
+        pass over components, e.g. for the aggregated posterior, whose components are data).
     """
     z, means, log_vars, log_weights = check_mixture_args(z, means, log_vars, log_weights)
     B = z.shape[0]
@@ -487,6 +489,8 @@ def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=No
     else:
         f = as_float_array(log_prob, "log_prob", shape=(B,), allow_neg_inf=True)
     dz = _vjp_z_kernel(g, z, f, muT, aT, const, QUERY_BLOCK)
+    if z_only:
+        return dz, None, None, None
     dmeans, dlog_vars, dlog_weights = _vjp_components_kernel(g, z, f, muT, aT, const, means.shape[0])
     return dz, dmeans, dlog_vars, dlog_weights
 

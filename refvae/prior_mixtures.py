@@ -716,8 +716,8 @@ class AggregatedPosterior(_MixturePrior):
     --------
     See :mod:`refvae.mixture` (online log-sum-exp, error <= 4 u (|f| + S)). The trace holds the
     (B, N) matrix ``prior.component_log_prob`` only when ``N <= component_trace_limit`` (default
-    4096) and ``B N <= 2**24``. The backward calls the kernel's full VJP, which also computes the
-    (discarded) component gradients: about twice the cost of a dz-only pass.
+    4096) and ``B N <= 2**24``. The backward calls the kernel's VJP with ``z_only=True``: no pass
+    over the components.
 
     Sampling
     --------
@@ -781,3 +781,7 @@ class AggregatedPosterior(_MixturePrior):
 
     def _components_backward(self, dmeans, dlog_vars, dlog_w, ccache):
         return {}
+
+    def _log_density_vjp(self, g, z, means, log_vars, log_weights, log_p):
+        """dz only: the components are data, so their gradients are not computed."""
+        return mixture_log_prob_vjp(g, z, means, log_vars, log_weights, log_prob=log_p, z_only=True)

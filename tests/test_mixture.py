@@ -1186,3 +1186,13 @@ def test_regression_vjp_every_quadratic_overflows_gives_zero_gradients():
     assert np.all(mixture_log_prob(z, m, v) == -np.inf)
     for a in mixture_log_prob_vjp(np.ones(1), z, m, v):
         assert np.all(a == 0.0), a
+
+
+def test_z_only_vjp_equals_the_full_vjp_dz():
+    """``z_only=True`` skips the component pass; its dz is bit-identical to the full VJP's."""
+    rng = np.random.default_rng(5)
+    z, mu, lv = rng.normal(size=(9, 3)), rng.normal(size=(130, 3)), rng.normal(size=(130, 3))
+    g = rng.normal(size=9)
+    full = mixture_log_prob_vjp(g, z, mu, lv)
+    dz, dm, dv, dw = mixture_log_prob_vjp(g, z, mu, lv, z_only=True)
+    assert np.array_equal(dz, full[0]) and dm is None and dv is None and dw is None
