@@ -254,7 +254,7 @@ def hole_metrics(model, x, rng, n_samples=10000, taus=(0.1, 0.01), params=None, 
 
 # --------------------------------------------------------------------------- log-likelihood
 
-def log_likelihood(model, x, rng, n_samples=5000, params=None, max_rows=8192):
+def log_likelihood(model, x, rng, n_samples=5000, params=None, max_rows=512):
     r"""Importance-sampled ``ln p(x)`` per example, with proposals from q(z|x).
 
     ``ln p_hat(x) = logsumexp_s lw_s - ln S``, ``lw_s = ln p(x|z_s) + ln p(z_s) - ln q(z_s|x)``.

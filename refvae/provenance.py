@@ -23,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager
 from importlib import metadata
 
 __all__ = ["provenance", "git_revision", "cpu_model", "limit_threads", "package_version"]
@@ -82,22 +83,35 @@ def _blas_threads():
     return max(counts) if counts else None
 
 
+@contextmanager
 def limit_threads(n):
-    """Use ``n`` threads for Numba's parallel kernels and for BLAS (via threadpoolctl, if installed).
+    """Context manager: ``n`` threads for Numba's parallel kernels and for BLAS (via threadpoolctl,
+    if installed); the previous settings are restored on exit.
 
     On a small machine shared with other jobs, multi-threaded BLAS on the small matrices of this
     model spends its time waiting for busy cores (a (100, 256) @ (256, 1088) product measured 13x
     slower with 2 OpenBLAS threads than with 1 on a loaded 2-core machine), so the command line
-    defaults to one thread. Returns the threadpoolctl limiter (keep it alive) or None.
+    defaults to one thread.
     """
     import numba
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    old = numba.get_num_threads()
     numba.set_num_threads(n)
+    limiter = None
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return None
-    return threadpool_limits(limits=n, user_api="blas")
+        pass
+    else:
+        import numpy  # noqa: F401  load both BLAS libraries (numpy's and scipy's) before limiting:
+        import scipy.linalg  # noqa: F401  threadpoolctl only limits libraries already loaded
+        limiter = threadpool_limits(limits=n, user_api="blas")
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(old)
+        if limiter is not None:
+            limiter.restore_original_limits()
 
 
 def provenance() -> dict:

@@ -247,6 +247,25 @@ TOLERANCES: dict[str, Tolerance] = {
                "<~ 3e-4 for inputs in 0..16 (|x| <~ 50 for a digit), so a pre-activation beyond 1e-3 "
                "stays on its side of the kink except for > 3-sigma directions; a crossing shows as a "
                "failed entry of vjp_central_difference, never as a silent pass"),
+    # --- verify
+    "verify_golden": Tolerance(
+        rtol=64.0, atol=0.0,
+        reason="TODO"),
+    "golden_regeneration": Tolerance(
+        rtol=32.0, atol=0.0,
+        reason="TODO"),
+    "verify_gradient_float32": Tolerance(
+        rtol=1e-3, atol=0.0,
+        reason="TODO"),
+    "verify_normalisation": Tolerance(
+        rtol=10.0, atol=1e-6,
+        reason="TODO"),
+    "verify_chi_square": Tolerance(
+        rtol=0.0, atol=1e-6,
+        reason="TODO"),
+    "verify_nll": Tolerance(
+        rtol=5.0, atol=0.02,
+        reason="TODO"),
 }
 
 

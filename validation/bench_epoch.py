@@ -549,6 +549,119 @@ def gemm_only_epoch(init, L, batch_sizes, D):
     return run, sum(len(ops) for _, ops in plans[:1])
 
 
+# ============================================================================ stage timings
+
+def stage_timings(model, init, x, sched, reps):
+    """Unprofiled per-minibatch cost of each step of refvae's forward/backward/Adamax.
+
+    Mirrors ``VAE.forward`` / ``VAE.backward`` / ``Adamax.step`` call by call on the first
+    minibatch (64 rows) at the initial parameters, each stage timed alone: median of ``reps`` calls
+    after 3 warm-up calls. Pieces of a stage are timed separately where they are public or
+    private-but-stable (reported as unavailable otherwise). Times are per minibatch.
+    """
+    from refvae import gaussian, likelihoods, primitives
+    for k, v in init.items():
+        model.params[k][...] = v
+    p = model.params
+    b = sched["batches"][0]
+    xb = x[b]
+    eps = sched["eps"][0]
+    B = xb.shape[0]
+    c = np.full(B, 1.0 / B)
+    rows = []
+
+    def T(name, fn, group):
+        for _ in range(3):
+            out = fn()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            out = fn()
+            ts.append(time.perf_counter() - t0)
+        rows.append({"stage": name, "group": group, "s": float(np.median(ts)), "min_s": float(min(ts))})
+        return out
+
+    try:
+        T("input checks of x and eps (VAE._check_x/_check_eps)",
+          lambda: (model._check_x(xb), model._check_eps(eps, B)), "forward")
+        mu, lv, enc_cache = T("encoder forward (mlp_forward, 3 layers)",
+                              lambda: model.encoder.forward(p, xb), "forward")
+        T("  of which: MLP parameter checks (mlp_param_names + as_float_array of W, b, x)",
+          lambda: _mlp_checks(p, "encoder", xb), "detail")
+        z = T("reparameterize", lambda: gaussian.reparameterize(mu, lv, eps), "forward")
+        out, dec_cache = T("decoder forward (mlp_forward, 3 layers)",
+                           lambda: model.decoder.forward(p, z), "forward")
+        T("  reference: the decoder's 3 matmuls + bias, no activation or checks",
+          lambda: _bare_mlp(p, "decoder", z), "detail")
+        T("categorical log_prob (checks + log_softmax + gather)",
+          lambda: model.decoder.log_prob(p, xb, out), "forward")
+        a = out.reshape(B, x.shape[1], NUM_VALS)
+        T("  of which: _check_categorical (as_float_array x2, integer and range checks)",
+          lambda: likelihoods._check_categorical(xb, out, NUM_VALS), "detail")
+        T("  of which: log_softmax on (64, 64, 17)", lambda: primitives.log_softmax(a, axis=-1), "detail")
+        T("  reference: plain x - max - log(sum(exp)) on the same array",
+          lambda: _plain_log_softmax(a), "detail")
+        T("prior forward (standard)", lambda: model.prior.forward(p, z), "forward")
+        T("gaussian log_prob (q(z|x))", lambda: gaussian.log_prob(z, mu, lv), "forward")
+        cache = T("whole VAE.forward", lambda: model.forward(xb, eps), "total")
+        T("grads = zeros_like for every parameter (VAE.backward)",
+          lambda: {k: np.zeros_like(v) for k, v in p.items()}, "backward")
+        dout, _ = T("categorical log_prob_vjp (checks + log_softmax again + 1 - p_k)",
+                    lambda: model.decoder.log_prob_vjp(-c, p, xb, out), "backward")
+        dz, g_dec = T("decoder backward (mlp_backward)", lambda: model.decoder.backward(dout, dec_cache),
+                      "backward")
+        T("prior backward", lambda: model.prior.backward(-c, cache["prior"]), "backward")
+        dz_q, dmu, dlv = T("gaussian log_prob_vjp", lambda: gaussian.log_prob_vjp(c, z, mu, lv), "backward")
+        dmu_r, dlv_r, _ = T("reparameterize_vjp", lambda: gaussian.reparameterize_vjp(dz, mu, lv, eps),
+                            "backward")
+        _, g_enc = T("encoder backward (concatenate + mlp_backward)",
+                     lambda: model.encoder.backward(dmu + dmu_r, dlv + dlv_r, enc_cache), "backward")
+        grads = model.backward(cache)
+
+        def accumulate():
+            gz = {k: np.zeros_like(v) for k, v in p.items()}
+            for gs in (g_dec, g_enc):
+                for k, v in gs.items():
+                    gz[k] += v
+            return gz
+        T("grads: zeros + accumulate (+=) over the parameter dict", accumulate, "backward")
+        T("whole VAE.backward", lambda: model.backward(cache), "total")
+        T("whole neg_elbo_and_grad", lambda: model.neg_elbo_and_grad(xb, eps), "total")
+        scratch = {k: v.copy() for k, v in init.items()}
+        opt = Adamax(scratch, lr=LR)
+        T("Adamax.step (checks + update of ~440k parameters)", lambda: opt.step(grads), "optimizer")
+        T("  of which: _check_grads (as_float_array of every gradient)",
+          lambda: opt._check_grads(grads), "detail")
+        twin = NumpyTwin(init, model.latent_dim)
+        twin.reset()
+        T("reference: in-place Adamax (NumPy twin)", lambda: twin.step(grads), "optimizer")
+        T("reference: NumPy twin loss_and_grad", lambda: twin.loss_and_grad(xb, eps), "total")
+    except Exception as exc:  # private API moved: keep what was measured
+        rows.append({"stage": f"stopped: {type(exc).__name__}: {exc}", "group": "error", "s": None,
+                     "min_s": None})
+    return rows
+
+
+def _mlp_checks(params, prefix, x):
+    from refvae._validation import as_float_array
+    from refvae.layers import mlp_param_names
+    names = mlp_param_names(params, prefix)
+    as_float_array(x, "x", ndim=2, allow_complex=True)
+    for nm in names:
+        as_float_array(params[nm], nm, allow_complex=True)
+
+
+def _bare_mlp(params, prefix, h):
+    for i in range(3):
+        h = h @ params[f"{prefix}.{i}.W"] + params[f"{prefix}.{i}.b"]
+    return h
+
+
+def _plain_log_softmax(a):
+    m = a.max(axis=-1, keepdims=True)
+    return a - m - np.log(np.exp(a - m).sum(axis=-1, keepdims=True))
+
+
 # ============================================================================ profile
 
 CATEGORIES = (  # (category, predicate on (module file stem, function name))
@@ -819,6 +932,15 @@ def bench_latent(L, x, args, torch):
     now = cpu_snapshot()
     r["contention"]["waterfall"] = contention(snap, now)
 
+    # ---- unprofiled stage timings (one minibatch)
+    r["stages"] = stage_timings(model, init, x, sched, args.stage_reps)
+    log("stages   per minibatch of 64 (median of unprofiled calls):")
+    for st in r["stages"]:
+        log(f"         {fmt_t(st['s']):>9}  {st['stage']}")
+    snap2 = cpu_snapshot()
+    r["contention"]["stages"] = contention(now, snap2)
+    now = snap2
+
     # ---- cProfile of one refvae epoch
     r["profile"] = profile_epoch(model, init, x, sched)
     p = r["profile"]
@@ -935,6 +1057,19 @@ def markdown(results, prov, args, run_contention, notes):
             "bare NumPy without input checks, with in-place optimiser updates (a lower reference, not "
             "a replacement: it skips refvae's careful 1 − p_k and edge cases).", ""]
     for r in results:
+        if not r.get("stages"):
+            continue
+        out += [f"Unprofiled stages of one minibatch (64 rows), L = {r['latent_dim']} (median of "
+                f"{args.stage_reps} calls; indented rows are parts of, or references for, the row above):", "",
+                "| stage | per minibatch | × 16 minibatches |", "|---|---|---|"]
+        for st in r["stages"]:
+            name = st["stage"].replace("|", "\\|")
+            if st["s"] is None:
+                out.append(f"| {name} | | |")
+            else:
+                out.append(f"| {name} | {fmt_t(st['s'])} | {fmt_t(16 * st['s'])} |")
+        out.append("")
+    for r in results:
         p = r["profile"]
         out += [f"cProfile, L = {r['latent_dim']}: {fmt_t(p['wall_profiled_s'])} wall under the profiler, "
                 f"{p['calls_total']} Python-level calls per epoch. Self time of NumPy internals and "
@@ -960,6 +1095,8 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=7, help="timed rounds (median); default 7")
     p.add_argument("--threads", type=int, default=2, help="threads for BLAS and torch; default 2")
     p.add_argument("--seed", type=int, default=20261125)
+    p.add_argument("--stage-reps", type=int, default=50,
+                   help="calls per stage in the per-minibatch stage timings (median); default 50")
     p.add_argument("--json", default=None, help="output JSON (default validation/results/bench_epoch.json)")
     p.add_argument("--md", default=None, help="output Markdown (default: the JSON path with .md)")
     p.add_argument("--no-torch", action="store_true", help="behave as if torch were not installed")
@@ -974,6 +1111,7 @@ def main(argv=None):
     if args.quick:
         latents = latents[:1]
         args.repeats = min(args.repeats, 2)
+        args.stage_reps = min(args.stage_reps, 10)
     args.repeats = max(1, args.repeats)
     stem = "bench_epoch_quick" if args.quick else "bench_epoch"
     json_path = Path(args.json) if args.json else RESULTS / f"{stem}.json"

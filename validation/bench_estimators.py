@@ -511,6 +511,7 @@ def log_q_breakdown(model, x, seed_stats, seed_holes, S, M, reps):
 
 def bench_case(kind, N, L, args):
     S, M = args.n_samples, args.holes_samples
+    snap = cpu_snapshot()
     model, x, desc = make_case(kind, N, L, args)
     pairs = N * S * N + M * N
     small = pairs <= SMALL_PAIRS
@@ -523,7 +524,6 @@ def bench_case(kind, N, L, args):
     log(f"\n=== {kind}, N = {N}, L = {L}: {desc}")
     log(f"         H[q(z)]: {N * S} queries x {N} components; holes: {M} x {N}; refvae {reps} timed "
         f"call(s){' after a warm-up call at this size' if small else ''}")
-    snap = cpu_snapshot()
 
     def phase(name):
         nonlocal snap
@@ -531,7 +531,7 @@ def bench_case(kind, N, L, args):
         r["contention"][name] = contention(snap, now)
         snap = now
 
-    phase("setup")
+    phase("setup (model, training)")
     # ---- refvae
     stats, ts = run_timed(lambda: estimators.aggregated_posterior_stats(
         model, x, np.random.default_rng(seed_stats), n_samples=S), reps, small)

@@ -273,9 +273,25 @@ def contention(s0, s1):
             "steal_cores": (s1[2] - s0[2]) / wall, "loadavg": list(os.getloadavg())}
 
 
+WAIT_BUDGET = {"left_s": float("inf"), "waited_s": 0.0}  # --max-total-wait
+
+
 def wait_for_idle(max_wait, window=5.0, quiet=False):
-    """Wait (up to max_wait seconds) until other processes use < CONTENDED_CORES cores over a window."""
-    t_end = time.perf_counter() + max_wait
+    """Wait (up to max_wait seconds, and within the run's total budget) until other processes use
+    < CONTENDED_CORES cores over a window of `window` seconds."""
+    t_begin = time.perf_counter()
+    t_end = t_begin + min(max_wait, max(0.0, WAIT_BUDGET["left_s"]))
+    if t_end <= t_begin:
+        return None  # no waiting allowed (budget used up)
+    try:
+        return _wait_loop(t_end, window, quiet)
+    finally:
+        spent = time.perf_counter() - t_begin
+        WAIT_BUDGET["left_s"] -= spent
+        WAIT_BUDGET["waited_s"] += spent
+
+
+def _wait_loop(t_end, window, quiet):
     while True:
         s0 = cpu_snapshot()
         time.sleep(window)
@@ -1116,6 +1132,8 @@ def build_parser():
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                    help="before the run and before each timing phase, wait up to this long until "
                         "other processes use < 0.25 cores (default 0: do not wait)")
+    p.add_argument("--max-total-wait", type=float, default=1800.0, metavar="SECONDS",
+                   help="cap on all waiting for an idle machine in one run; default 1800")
     p.add_argument("--retries", type=int, default=2,
                    help="re-run a timing phase during which other processes used > 0.25 cores "
                         "(after waiting up to max(--wait-idle, 60 s) for an idle machine); default 2")
@@ -1139,9 +1157,12 @@ def main(argv=None):
     md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
 
     torch, torch_status = import_torch(args.no_torch)
+    WAIT_BUDGET["left_s"] = args.max_total_wait
     if args.wait_idle > 0:
         c = wait_for_idle(args.wait_idle)
-        log(f"machine before the run: others use {c['others_cores']:.2f} cores, load {c['loadavg'][0]:.2f}")
+        if c is not None:
+            log(f"machine before the run: others use {c['others_cores']:.2f} cores, load "
+                f"{c['loadavg'][0]:.2f}")
     t_start = time.perf_counter()
     snap_run = cpu_snapshot()
 
@@ -1199,7 +1220,7 @@ def main(argv=None):
     for t in targets:
         log(f"{t['status']}: {t['target']} at ({', '.join(map(str, t['size']))}): {t['detail']}")
     total = time.perf_counter() - t_start
-    log(f"\ntotal time {total:.0f} s")
+    log(f"\ntotal time {total:.0f} s (of which {WAIT_BUDGET['waited_s']:.0f} s waiting for an idle machine)")
 
     report = {"provenance": prov, "settings": {
         "sizes": [list(s) for s in sizes], "repeats": args.repeats, "slow_repeats": args.slow_repeats,
@@ -1208,6 +1229,8 @@ def main(argv=None):
                 "g ~ N(0,1); rng = numpy.random.default_rng([seed, B, K, L])",
         "torch_options": "validate_args=False, chunked over queries like the SciPy path",
         "compile_s": t_compile, "total_s": total, "contention": run_contention,
+        "waited_for_idle_s": WAIT_BUDGET["waited_s"], "wait_idle_s": args.wait_idle,
+        "retries": args.retries,
         "contended_sizes": [list(c) for c in contended]},
         "targets_thresholds": TARGETS, "peaks": peaks, "results": results, "targets": targets}
     json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,309 @@
+"""The ``refvae`` command line.
+
+Subcommands (a registry: each is one function decorated with :func:`subcommand`, so later ones —
+``golden``, ``verify``, ``stats`` — are added without touching the parser code):
+
+- ``refvae validate`` — train every prior on the digits data and write the validation report
+  (:mod:`refvae.report`);
+- ``refvae train`` — train one model on the digits data and save it (``VAE.save``) with its history;
+- ``refvae gradcheck`` — gradient checks of ``neg_elbo`` on tiny models.
+
+Errors in the input (unknown prior or profile, a negative number of epochs, an output directory
+that cannot be written, a missing optional package) print one line on stderr and exit with code 2,
+without a traceback. An interrupted ``validate`` writes a partial report and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+__all__ = ["main", "SUBCOMMANDS", "subcommand", "build_parser"]
+
+
+class UsageError(Exception):
+    """A command-line error (reported in one line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors raise :class:`UsageError` instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+#: name -> (help, configure(parser), run(args) -> exit code)
+SUBCOMMANDS: dict = {}
+
+
+def subcommand(name, help):
+    """Register ``run(args) -> int`` as subcommand ``name``; ``run.configure(parser)`` adds options."""
+    def deco(fn):
+        SUBCOMMANDS[name] = (help, getattr(fn, "configure", None), fn)
+        return fn
+    return deco
+
+
+def _options(configure):
+    """Attach an options function to a subcommand (applied before registration)."""
+    def deco(fn):
+        fn.configure = configure
+        return fn
+    return deco
+
+
+def _positive_int(value, flag, minimum=1):
+    if value is None:
+        return None
+    if value < minimum:
+        raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def _common(p, seed=True):
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="seed of every generator (default 0)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for Numba kernels and BLAS (default 1: fastest for these small "
+                        "matrices, and much faster on a shared machine)")
+
+
+def _digits():
+    """The digits split; ImportError with a message naming the 'data' extra if sklearn is missing."""
+    from .data import load_digits_split
+    return load_digits_split()
+
+
+# =========================================================================== validate
+
+def _validate_options(p):
+    from .report import PROFILES
+    p.add_argument("--profile", choices=list(PROFILES), default="quick",
+                   help="quick (<= 5 min, L = 2), full (<= 60 min, L = 2 and 16, S = 5000) or tiny "
+                        "(seconds; smoke test on synthetic data). Default: quick")
+    p.add_argument("--out", default=os.path.join("validation", "report"),
+                   help="output directory (default validation/report)")
+    p.add_argument("--priors", default=None,
+                   help="comma-separated subset of standard,mog,vamp,gtm,gtm_vamp,flow (default all)")
+    p.add_argument("--max-epochs", type=int, default=None, help="override the profile's maximum epochs")
+    p.add_argument("--no-plots", action="store_true", help="do not write figures")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _common(p)
+
+
+@subcommand("validate", "train every prior on the digits data and write the validation report")
+@_options(_validate_options)
+def cmd_validate(args):
+    from dataclasses import replace
+
+    from .provenance import limit_threads
+    from .report import PRIOR_ORDER, PROFILES, parse_priors, run_validation
+    profile = PROFILES[args.profile]
+    priors = parse_priors(args.priors) if args.priors is not None else PRIOR_ORDER
+    if args.max_epochs is not None:
+        profile = replace(profile, max_epochs=_positive_int(args.max_epochs, "--max-epochs"))
+    _positive_int(args.seed, "--seed", minimum=0)
+    _positive_int(args.threads, "--threads")
+    with limit_threads(args.threads):
+        return run_validation(profile, seed=args.seed, out=args.out, priors=priors,
+                              plots=not args.no_plots, quiet=args.quiet,
+                              command="refvae " + " ".join(args.argv))
+
+
+# =========================================================================== train
+
+def _train_options(p):
+    p.add_argument("--prior", required=True, help="standard, mog, vamp, gtm, gtm_vamp or flow")
+    p.add_argument("--latent-dim", type=int, required=True, help="latent dimension L")
+    p.add_argument("--out", required=True, help="directory for params.npz, config.json, history.json")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="maximum epochs (default: the full profile's)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _common(p)
+
+
+@subcommand("train", "train one model on the digits data and save it with its history")
+@_options(_train_options)
+def cmd_train(args):
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from .provenance import limit_threads, provenance
+    from .report import PROFILES, build_model, parse_priors, prepare_out_dir
+    from .train import fit
+    if "," in args.prior:
+        raise ValueError(f"--prior takes one name, got {args.prior!r}")
+    (prior,) = parse_priors(args.prior, "--prior")
+    profile = PROFILES["full"]
+    max_epochs = _positive_int(args.max_epochs, "--max-epochs") or profile.max_epochs
+    latent_dim = _positive_int(args.latent_dim, "--latent-dim")
+    _positive_int(args.seed, "--seed", minimum=0)
+    _positive_int(args.threads, "--threads")
+    with limit_threads(args.threads):
+        data = _digits()
+        rng = np.random.default_rng([args.seed, latent_dim])
+        model = build_model(prior, latent_dim, data["train"].shape[1], profile, rng)
+        prepare_out_dir(args.out, subdirs=())
+        if not args.quiet:
+            print(f"refvae train: prior {prior}, L = {latent_dim}, at most {max_epochs} epochs "
+                  f"(patience {profile.patience}), seed {args.seed}, output {args.out}")
+        res = fit(model, data["train"], data["val"], rng=rng, optimizer=profile.optimizer, lr=profile.lr,
+                  batch_size=profile.batch_size, max_epochs=max_epochs, patience=profile.patience,
+                  quiet=args.quiet)
+        model.save(args.out)
+        history = {"prior": prior, "latent_dim": latent_dim, "seed": args.seed,
+                   "rng": f"default_rng([{args.seed}, {latent_dim}])", "data": "digits 1000/350/447",
+                   "settings": {k: v for k, v in asdict(profile).items()
+                                if k in ("hidden", "activation", "likelihood", "num_vals", "optimizer", "lr",
+                                         "batch_size", "patience")} | {"max_epochs": max_epochs},
+                   "train_loss": res.train_loss, "val_loss": res.val_loss,
+                   "initial_val_loss": res.initial_val_loss, "best_epoch": res.best_epoch,
+                   "best_val_loss": res.best_val_loss, "epochs_run": res.epochs_run,
+                   "stopped_early": res.stopped_early, "seconds": res.seconds,
+                   "provenance": provenance()}
+        with open(os.path.join(args.out, "history.json"), "w", encoding="utf-8") as fh:
+            json.dump(history, fh, indent=1, allow_nan=False)
+            fh.write("\n")
+        if not args.quiet:
+            print(f"saved {os.path.join(args.out, 'params.npz')}, config.json and history.json "
+                  f"(best validation negative ELBO {res.best_val_loss:.4f} at epoch {res.best_epoch})")
+    return 0
+
+
+# =========================================================================== gradcheck
+
+def _gradcheck_options(p):
+    from .likelihoods import LIKELIHOODS
+    from .layers import ACTIVATIONS
+    p.add_argument("--prior", default=None, help="one prior (default: every prior)")
+    p.add_argument("--likelihood", default="categorical",
+                   help=f"{', '.join(LIKELIHOODS)} (default categorical)")
+    p.add_argument("--activation", default="leaky_relu",
+                   help=f"{', '.join(ACTIVATIONS)} (default leaky_relu)")
+    _common(p)
+
+
+def tiny_model(prior, likelihood, activation, rng):
+    """A tiny VAE (D = 6, L = 2, hidden (5, 4)) and a batch of 3 matching data points."""
+    from .vae import VAE
+    D, L = 6, 2
+    kw = {"mog": {"num_components": 3}, "vamp": {"num_components": 3},
+          "gtm": {"grid_size": 2, "hidden": (4,), "activation": activation},
+          "gtm_vamp": {"grid_size": 2, "hidden": (4,), "activation": activation,
+                       "data_range": (0.0, 16.0) if likelihood == "categorical" else (0.0, 1.0)},
+          "flow": {"num_couplings": 2, "hidden": (4,), "activation": activation}}.get(prior, {})
+    model = VAE(D, L, (5, 4), activation, likelihood, 17, prior, rng=rng, prior_kwargs=kw)
+    if likelihood == "categorical":
+        x = rng.integers(0, 17, size=(3, D)).astype(float)
+    elif likelihood == "bernoulli":
+        x = rng.integers(0, 2, size=(3, D)).astype(float)
+    else:
+        x = rng.normal(size=(3, D))
+    return model, x
+
+
+@subcommand("gradcheck", "gradient checks of neg_elbo w.r.t. every parameter of tiny models")
+@_options(_gradcheck_options)
+def cmd_gradcheck(args):
+    import numpy as np
+
+    from ._validation import check_choice
+    from .layers import ACTIVATIONS
+    from .likelihoods import LIKELIHOODS
+    from .provenance import limit_threads
+    from .report import PRIOR_ORDER, gradcheck_model, near_kink, parse_priors
+    priors = PRIOR_ORDER if args.prior is None else parse_priors(args.prior, "--prior")
+    check_choice(args.likelihood, "likelihood", tuple(LIKELIHOODS))
+    check_choice(args.activation, "activation", tuple(ACTIVATIONS))
+    _positive_int(args.seed, "--seed", minimum=0)
+    _positive_int(args.threads, "--threads")
+    failed = []
+    with limit_threads(args.threads):
+        for prior in priors:
+            rng = np.random.default_rng([args.seed, PRIOR_ORDER.index(prior)])
+            for attempt in range(1, 51):  # a model and batch with no pre-activation near a kink
+                model, x = tiny_model(prior, args.likelihood, args.activation, rng)
+                eps = rng.standard_normal((x.shape[0], model.latent_dim))
+                if near_kink(model, x, eps)[0] == 0:
+                    break
+            report = gradcheck_model(model, x, eps, rng)
+            print(f"== prior {prior}, likelihood {args.likelihood}, activation {args.activation} "
+                  f"(D = 6, L = 2, hidden (5, 4), batch 3, draw {attempt}) ==")
+            print(report)
+            print()
+            if not report.passed:
+                failed.append(prior)
+    if failed:
+        print(f"gradcheck FAILED for: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"gradcheck passed for every prior checked ({', '.join(priors)})")
+    return 0
+
+
+# =========================================================================== main
+
+from . import cli_stats as _cli_stats  # noqa: E402
+
+subcommand("stats", _cli_stats.HELP)(_cli_stats.run)
+
+
+def build_parser():
+    parser = _Parser(prog="refvae", description="refvae: a numerically rigorous reference VAE "
+                     "and the priors of Tomczak, Deep Generative Modeling, section 4.4.1.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"refvae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}",
+                                title="subcommands")
+    for name, (help_, configure, run) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if configure is not None:
+            configure(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``refvae`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    if getattr(args, "func", None) is None:
+        print("refvae: error: a subcommand is required: " + ", ".join(SUBCOMMANDS)
+              + " (see refvae --help)", file=sys.stderr)
+        return 2
+    args.argv = argv
+    started = time.perf_counter()
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"refvae {args.command}: interrupted after {time.perf_counter() - started:.0f} s",
+              file=sys.stderr)
+        return 130
+    except ImportError as exc:
+        msg = _one_line(exc)
+        if "scikit-learn" in msg or "sklearn" in msg:
+            msg = ("the digits data needs scikit-learn, which is not installed; install the 'data' "
+                   "extra: pip install refvae[data]")
+        print(f"refvae {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"refvae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

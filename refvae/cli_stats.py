@@ -1,0 +1,200 @@
+"""``refvae stats``: aggregated-posterior statistics of a saved model on a data file.
+
+    refvae stats --model DIR --data FILE.npy|npz [--scheduler ADDRESS] [--chunk N] [--samples S]
+                 [--queries M] [--holes M] [--seed N] [--out FILE.json] [--threads N] [--quiet]
+
+Loads the model (``VAE.load(DIR)``) and the data x (N, D) (``.npy``, or ``.npz`` with ``--key``,
+an array named ``x``, or a single array), and reports H[q(z)], CE[q(z)||p], KL[q(z)||p],
+I_q(x; z), H[q(z|x)], E_x KL[q(z|x)||p] and its split (SPEC section 5) with standard errors, by
+:func:`refvae.distributed.aggregated_stats` -- on this machine by default, on a Dask cluster with
+``--scheduler``. ``--holes M`` adds KL[p||q(z)] and the hole masses for tau = 0.1, 0.01 from M
+prior draws (a second generator, ``default_rng([seed, 1])``, so the statistics above do not depend
+on it). Generator of the statistics: ``numpy.random.default_rng(seed)``.
+
+``--out FILE.json`` is written only after everything has been computed, to a temporary file that
+is moved into place, so an error (an unreachable scheduler, bad input) leaves no file.
+
+Registered by ``refvae.cli`` (``subcommand("stats", HELP)(cli_stats.run)``; ``run.configure``
+adds the options), or stand-alone through :func:`add_parser`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+__all__ = ["HELP", "add_parser", "configure", "run"]
+
+HELP = "aggregated-posterior statistics (H[q(z)], KL[q(z)||p], I(x;z), holes) of a saved model"
+
+
+def configure(p):
+    """Add the options of ``refvae stats`` to an argparse parser."""
+    p.add_argument("--model", required=True, help="directory of a saved model (VAE.save)")
+    p.add_argument("--data", required=True, help="data x (N, D): a .npy file, or an .npz file")
+    p.add_argument("--key", default=None,
+                   help="array of the .npz file to use (default: 'x', or its only array)")
+    p.add_argument("--scheduler", default=None,
+                   help="address of a Dask scheduler (e.g. tcp://host:8786); default: this machine")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="components per shard on the cluster (default 65536); fixes the rounding: "
+                        "the result is bit-identical for any number of workers")
+    p.add_argument("--samples", type=int, default=1, help="draws per data point S (default 1)")
+    p.add_argument("--queries", type=int, default=None,
+                   help="evaluate q(z) at M draws from q(z) instead of all N*S (cost M*N pairs)")
+    p.add_argument("--holes", type=int, default=0,
+                   help="prior draws for KL[p||q(z)] and the hole masses (default 0: not computed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator (default 0)")
+    p.add_argument("--out", default=None, help="write the results as JSON to this file")
+    p.add_argument("--threads", type=int, default=1,
+                   help="Numba and BLAS threads on this machine (default 1); on the cluster each "
+                        "shard task uses this many Numba threads too")
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="seconds to wait for the scheduler (default 10)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def add_parser(subparsers):
+    """Add ``stats`` to an ``argparse`` subparsers object; returns the new parser."""
+    p = subparsers.add_parser("stats", help=HELP, description=HELP)
+    configure(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _check_int(value, flag, minimum):
+    if value is not None and value < minimum:
+        raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def _write_json_atomic(path, obj):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"--out: directory {directory!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _num(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _est(e):
+    return {"value": _num(e.value), "se": _num(e.se), "n": int(e.n)}
+
+
+LABELS = {"entropy_qz": "H[q(z)]", "cross_entropy": "CE[q(z)||p]",
+          "conditional_entropy": "H[q(z|x)]", "kl_qz_p": "KL[q(z)||p]",
+          "mutual_information": "I_q(x;z)", "avg_kl": "E_x KL[q(z|x)||p]",
+          "avg_kl_split": "I + KL[q(z)||p]"}
+
+
+def run(args) -> int:
+    """Run ``refvae stats`` on parsed arguments; returns the exit code (0). Errors raise
+    ``ValueError``/``TypeError``/``OSError`` (``ConnectionError`` for an unreachable scheduler) or
+    ``ImportError`` (Dask missing with ``--scheduler``), which ``refvae.cli.main`` prints in one line."""
+    import numpy as np
+
+    from . import distributed as dist
+    from .provenance import limit_threads, provenance
+    from .vae import VAE
+
+    _check_int(args.seed, "--seed", 0)
+    _check_int(args.samples, "--samples", 1)
+    _check_int(args.queries, "--queries", 1)
+    _check_int(args.holes, "--holes", 0)
+    if args.holes == 1:
+        raise ValueError("--holes must be 0 (off) or >= 2 prior draws, got 1")
+    _check_int(args.threads, "--threads", 1)
+    chunk = dist.DEFAULT_CHUNK if args.chunk is None else args.chunk
+    if chunk < 1:
+        raise ValueError(f"--chunk must be a positive integer (components per shard), got {chunk}")
+    if args.out is not None:
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"--out: directory {out_dir!r} does not exist")
+    if args.scheduler is not None:
+        dist._require_dask()
+    quiet = bool(getattr(args, "quiet", False))
+    timeout = float(getattr(args, "connect_timeout", 10.0))
+    started = time.perf_counter()
+    with limit_threads(args.threads):
+        model = VAE.load(args.model)
+        x = dist.load_array(args.data, getattr(args, "key", None), name="--data")
+        if x.shape[1] != model.x_dim:
+            raise ValueError(f"--data has D = {x.shape[1]} columns but the model expects "
+                             f"x_dim = {model.x_dim}")
+        N = x.shape[0]
+        where = f"Dask scheduler {args.scheduler}" if args.scheduler else "this machine"
+        if not quiet:
+            print(f"refvae stats: N = {N}, D = {x.shape[1]}, L = {model.latent_dim}, prior "
+                  f"{model.prior.name}, S = {args.samples}"
+                  + (f", {args.queries} queries" if args.queries else "")
+                  + f", seed {args.seed}, on {where}" + (f", chunk {chunk}" if args.scheduler else ""),
+                  flush=True)
+        # one connection (closed at the end) for both computations when a scheduler is given
+        with dist._cluster(None, args.scheduler, timeout) as client:
+            kw = dict(client=client, chunk=chunk, threads_per_task=args.threads,
+                      progress=client is not None and not quiet)
+            rng = np.random.default_rng(args.seed)
+            stats = dist.aggregated_stats(model, x, rng, args.samples, n_queries=args.queries,
+                                          **kw)
+            hole = None
+            if args.holes:
+                hole = dist.holes(model, x, np.random.default_rng([args.seed, 1]), args.holes,
+                                  **kw)
+    seconds = time.perf_counter() - started
+    if not quiet:
+        for k, e in stats.items():
+            print(f"  {LABELS[k]:<20s} {e.value: .6f} ± {e.se:.6f}   (n = {e.n})")
+        if hole is not None:
+            e = hole["reverse_kl"]
+            print(f"  {'KL[p||q(z)]':<20s} {e.value: .6f} ± {e.se:.6f}   (n = {e.n})")
+            for t, e in hole["hole_mass"].items():
+                print(f"  {f'P_p[q/p < {t:g}]':<20s} {e.value: .6f} ± {e.se:.6f}")
+        print(f"done in {seconds:.1f} s", flush=True)
+    if args.out is not None:
+        result = {"command": "refvae stats", "model": os.fspath(args.model), "data": os.fspath(args.data),
+                  "N": int(N), "latent_dim": int(model.latent_dim), "prior": model.prior.name,
+                  "samples": int(args.samples), "queries": args.queries, "seed": int(args.seed),
+                  "rng": f"numpy.random.default_rng({args.seed})",
+                  "path": "dask" if args.scheduler else "single-machine",
+                  "scheduler": args.scheduler, "chunk": int(chunk) if args.scheduler else None,
+                  "stats": {k: _est(e) for k, e in stats.items()},
+                  "holes": None if hole is None else {
+                      "rng": f"numpy.random.default_rng([{args.seed}, 1])",
+                      "reverse_kl": _est(hole["reverse_kl"]),
+                      "hole_mass": {f"{t:g}": _est(e) for t, e in hole["hole_mass"].items()}},
+                  "seconds": seconds, "provenance": provenance()}
+        _write_json_atomic(args.out, result)
+        if not quiet:
+            print(f"wrote {args.out}")
+    return 0
+
+
+run.configure = configure
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import argparse
+    parser = argparse.ArgumentParser(prog="refvae-stats", description=HELP)
+    configure(parser)
+    sys.exit(run(parser.parse_args()))

@@ -1,0 +1,842 @@
+r"""Aggregated-posterior statistics beyond one machine: the streaming kernel sharded over Dask.
+
+What it computes
+----------------
+The log-density of a diagonal Gaussian mixture with N components at M queries,
+
+.. math::
+
+    f_b = \log \sum_{n=1}^{N} \exp\big(w_n
+          + \log \mathcal N(z_b \mid \mu_n, \operatorname{diag} e^{v_n})\big),
+
+with uniform weights ``w_n = -ln N`` for the aggregated posterior q(z) = 1/N sum_n q(z | x_n)
+(text eq. 4.44, SPEC section 4 ``aggregated``): :func:`log_qz`, or given log-weights:
+:func:`log_mixture`. On top of it, the section-5 estimators of :mod:`refvae.estimators` that need
+q(z) -- H[q(z)], CE[q(z)||p], KL[q(z)||p], I_q(x; z), E_x KL[q(z|x)||p] (:func:`aggregated_stats`)
+and the holes KL[p||q(z)], P_p[q(z)/p(z) < tau] (:func:`holes`) -- with the same draws and the same
+formulas as the single-machine functions, so that only the evaluation of ln q(z) is distributed.
+
+Where it runs
+-------------
+- ``client=`` a ``distributed.Client``, or ``scheduler=`` an address (``"tcp://host:8786"``; this
+  module connects with a timeout of ``connect_timeout`` seconds and closes the connection at the
+  end): the **cluster path**.
+- Neither: the **single-machine path**, :func:`refvae.mixture.mixture_log_prob` on the whole set of
+  components (Dask is not imported; ``chunk`` is validated but not used).
+
+The cluster path
+----------------
+*Components* (``means``, ``log_vars``, (N, L)) become Dask arrays chunked over components,
+``chunks = (chunk, L)`` (:func:`components_to_dask`): shard i holds components
+``[i chunk, min((i + 1) chunk, N))``. They may be
+
+- NumPy arrays: sliced on the client and embedded in the task graph (``dask.array.from_array``),
+  so each shard is shipped once per call, to the worker that evaluates it, and stays recoverable
+  from the scheduler if that worker dies (the scheduler holds a copy: Dask's "large graph" warning
+  is silenced for this reason). For components larger than the client's memory, or evaluated
+  against several query batches, pass files or a Dask array persisted on the workers;
+- Dask arrays (with known shape): rechunked to ``(chunk, L)``;
+- paths: a ``.npy`` file for each (``np.load(..., allow_pickle=False, mmap_mode="r")``), an
+  ``.npz`` file with keys ``means`` and ``log_vars`` (``log_vars=None``), or a directory holding
+  ``means.npy`` and ``log_vars.npy`` (as written by :func:`encode_to_shards`; ``log_vars=None``).
+  Each shard task reads only its own rows on its worker (a memory map of the ``.npy`` file; for an
+  ``.npz`` member a forward read of the ZIP stream, O(shard) memory), so the files must be visible
+  to the workers at the same path (a shared file system). The client reads only the headers.
+
+*Queries* z (M, L) are scattered once to every worker (``client.scatter(z, broadcast=True)``).
+
+*Shard task*: ``(m_i, s_i) = mixture_partial(z, means_i, log_vars_i, log_weights_i)`` with the
+GLOBAL log-weights of the shard's components (``-ln N`` each for q(z)), so that
+``sum_{n in shard i} exp(t_bn) = exp(m_i) s_i``. Each task uses ``threads_per_task`` Numba
+threads (default 1: the cluster's parallelism is its workers times their threads).
+
+*Combination*: a fixed tree over the shard index. Level 0 is the list of partials in shard order;
+each next level combines consecutive groups of ``split_every`` entries with
+:func:`refvae.mixture.combine_partials` (in the group's order), until one pair is left; the client
+returns ``finalize_partials(m, s) = m + log s``. The tree's shape is a function of
+``(N, chunk, split_every)`` only.
+
+Memory: a shard task holds z (M L), its shard (chunk L, plus the kernel's tiled copy) and its
+partial (2 M); a combine task holds <= ``split_every`` partials. Nothing of size M N is formed.
+The client holds z and the final (m, s); with NumPy components also the components themselves.
+
+Determinism
+-----------
+The value of every task is a deterministic function of its inputs (the kernel's forward pass has
+no atomics or shared accumulators and does not depend on its thread count; ``combine_partials``
+is elementwise NumPy in a fixed order), and which inputs each task gets is fixed by the graph,
+not by the scheduler: which worker runs a task, in which order, how often (a task lost with a
+worker is recomputed from the same inputs) does not change any value. Hence **for a given
+``(chunk, split_every)`` the result is bit-identical for any number of workers, threads per
+worker, threads per task, and on repeated runs** -- on a homogeneous cluster (the same refvae,
+NumPy and Numba versions on the same CPU family everywhere: NumPy's ``exp`` and ``log`` may use
+different SIMD code on different CPUs). The default ``chunk`` is a constant, never derived from the
+number of workers. A different ``chunk`` changes the rounding (not the value beyond the bound
+below). With one shard (``chunk >= N``) the result is bit-identical to
+``mixture_log_prob(z, means, log_vars, log_weights)``, i.e. to the single-machine path.
+
+Error bound (sharded vs exact)
+------------------------------
+The kernel gives each shard's log-sum ``f_i`` within ``c u (|f_i| + S_i)`` (c = 4,
+``tolerances.TOLERANCES["mixture_kernel_c"]``; S_i the shard's responsibility-weighted magnitude
+of the summands). With the shard shares ``rho_i = exp(f_i - f)`` (they sum to one),
+``sum_i rho_i S_i = S`` and ``sum_i rho_i |f_i| <= |f| + sum_i rho_i |ln rho_i| <= |f| + ln n``
+(n shards), so the partials carry at most ``c u (|f| + S + ln n)``. The kernel's skipped terms
+(t - m_i < -(ln K_i + 40)) are at most e^-40 of each shard's own sum, hence at most e^-40 ~ 0.04 u
+of the total whatever the sharding. Each combine level adds at most ``(k + 3 + ln k) u`` relative to
+the sum (k = ``split_every``: one ``exp`` <= 1 u, the product 1 u, the rounding of ``m_i - m`` in
+the exponent, whose weighted mean is <= (1 + ln k) u, and a recursive sum of k positive terms,
+(k - 1) u), over ``D = ceil(log_k n)`` levels. In total
+
+    |f_sharded - f| <= c u (|f| + S + ln n) + D (k + 3 + ln k) u + 2 u,
+
+about 5e-14 for |f| + S ~ 100, n = 2000, k = 8; see ``tests/test_distributed.py``.
+
+Failure modes
+-------------
+Bad input is a ``ValueError`` naming the argument (``z``, ``means``, ``log_vars``,
+``log_weights``, ``chunk``, ``split_every``), raised on the client before anything is sent;
+non-finite component values in files or Dask arrays are found on the workers and reported as a
+``ValueError`` naming the shard and its component range. An unreachable ``scheduler`` is a
+``ConnectionError`` naming the address (after ``connect_timeout`` seconds); a malformed address is
+a ``ValueError``. Nothing is written in either case. A missing Dask gives an ``ImportError`` that
+names the ``scale`` extra (``pip install refvae[scale]``).
+
+References
+----------
+SPEC.md sections 4 (``aggregated``) and 5; :mod:`refvae.mixture` (the kernel, its sharding API and
+its error bound); :mod:`refvae.estimators` (the single-machine estimators);
+``validation/SCALING.md`` (sizes, bytes moved and worker counts for N = 10^7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import numbers
+import os
+import sys
+import tempfile
+import threading
+import warnings
+import zipfile
+
+import numpy as np
+
+from . import gaussian
+from ._validation import as_float_array, check_positive_int, check_rng
+from .estimators import (Estimate, _draw_posterior, _estimate, _exact, _params, _prior_log_prob,
+                         encode_all)
+from .mixture import combine_partials, finalize_partials, mixture_log_prob, mixture_partial
+
+__all__ = ["log_qz", "log_mixture", "aggregated_stats", "holes", "encode_to_shards",
+           "components_to_dask", "shard_bounds", "combine_tree", "load_array",
+           "DEFAULT_CHUNK", "DEFAULT_SPLIT_EVERY", "DEFAULT_CONNECT_TIMEOUT", "Estimate"]
+
+DEFAULT_CHUNK = 65536          #: components per shard (16 MiB of components at L = 16)
+DEFAULT_SPLIT_EVERY = 8        #: fan-in of the combination tree
+DEFAULT_CONNECT_TIMEOUT = 10.0  #: seconds to wait for a scheduler given by address
+ENCODE_CHUNK = 1024            #: rows encoded at a time (= estimators.encode_all's batch_size)
+
+_SCALE_HINT = "install the 'scale' extra: pip install refvae[scale]"
+
+
+# =========================================================================== optional dependency
+
+def _require_dask():
+    """Import dask, dask.array and distributed, or raise an ImportError naming the extra."""
+    try:
+        import dask
+        import dask.array as da
+        import distributed
+    except ImportError as exc:
+        raise ImportError(f"the cluster path of refvae.distributed needs dask[distributed], which is "
+                          f"not installed ({exc}); {_SCALE_HINT}") from None
+    return dask, da, distributed
+
+
+def _is_dask_array(a):
+    return hasattr(a, "__dask_graph__") and hasattr(a, "chunks") and hasattr(a, "rechunk")
+
+
+def _is_path(a):
+    return isinstance(a, (str, os.PathLike))
+
+
+# =========================================================================== argument checks
+
+def _check_chunk(chunk):
+    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral):
+        raise ValueError(f"chunk must be a positive integer (components per shard), got {chunk!r}")
+    if chunk <= 0:
+        raise ValueError(f"chunk must be a positive integer (components per shard), got {chunk}")
+    return int(chunk)
+
+
+def _check_split_every(split_every):
+    if isinstance(split_every, bool) or not isinstance(split_every, numbers.Integral) or split_every < 2:
+        raise ValueError(f"split_every must be an integer >= 2 (fan-in of the combination tree), "
+                         f"got {split_every!r}")
+    return int(split_every)
+
+
+def _check_cluster_args(client, scheduler, connect_timeout):
+    if client is not None and scheduler is not None:
+        raise ValueError("pass either client or scheduler, not both")
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise ValueError(f"scheduler must be an address string such as 'tcp://host:8786', "
+                         f"got {type(scheduler).__name__}")
+    if scheduler is not None and not scheduler.strip():
+        raise ValueError("scheduler must be a non-empty address such as 'tcp://host:8786'")
+    if not (isinstance(connect_timeout, numbers.Real) and not isinstance(connect_timeout, bool)
+            and math.isfinite(connect_timeout) and connect_timeout > 0):
+        raise ValueError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
+    if client is not None:
+        _require_dask()
+        from distributed import Client
+        if not isinstance(client, Client):
+            raise ValueError(f"client must be a distributed.Client, got {type(client).__name__}")
+
+
+def _check_threads(threads_per_task):
+    if threads_per_task is None:
+        return None
+    return check_positive_int(threads_per_task, "threads_per_task")
+
+
+def shard_bounds(N, chunk):
+    """``[(a_0, b_0), (a_1, b_1), ...]``: shard i holds components ``a_i <= n < b_i``."""
+    N = check_positive_int(N, "N")
+    chunk = _check_chunk(chunk)
+    return [(a, min(a + chunk, N)) for a in range(0, N, chunk)]
+
+
+# =========================================================================== arrays on disk
+
+def _npz_member_header(fh):
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(fh)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def _npz_member(zf, path, key):
+    name = key + ".npy"
+    if name not in zf.namelist():
+        have = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
+        raise ValueError(f"{path}: no array {key!r} in the archive (it holds {have}); an .npz of "
+                         f"components needs the keys 'means' and 'log_vars'")
+    return name
+
+
+class _FileArray:
+    """A 2-D array in a ``.npy`` file or an ``.npz`` member; reads only the rows asked for."""
+
+    def __init__(self, path, key, name):
+        self.path = os.fspath(path)
+        self.key = key
+        self.name = name
+        if not os.path.isfile(self.path):
+            raise ValueError(f"{name}: file {self.path!r} does not exist")
+        try:
+            if key is None:
+                arr = np.load(self.path, allow_pickle=False, mmap_mode="r")
+                if not isinstance(arr, np.ndarray):
+                    raise ValueError("not a .npy file")
+                shape, dtype = arr.shape, arr.dtype
+                del arr
+            else:
+                with zipfile.ZipFile(self.path) as zf:
+                    with zf.open(_npz_member(zf, self.path, key)) as fh:
+                        shape, _, dtype = _npz_member_header(fh)
+        except ValueError as exc:
+            raise ValueError(f"{name}: cannot read {self.path!r} ({exc})") from None
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{name}: cannot read {self.path!r} ({exc})") from None
+        if dtype.hasobject or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+            raise ValueError(f"{name}: {self.path!r}{'' if key is None else f'[{key!r}]'} has dtype "
+                             f"{dtype}; expected real numbers")
+        if len(shape) != 2:
+            raise ValueError(f"{name} must have 2 dimension(s), got shape {tuple(shape)} in {self.path!r}")
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = dtype
+
+    def __repr__(self):
+        return f"_FileArray({self.path!r}, key={self.key!r}, shape={self.shape})"
+
+    def rows(self, a, b):
+        """Rows a..b-1 as a float64 C-contiguous array (memory O((b - a) L))."""
+        return _read_rows(self.path, self.key, a, b, self.shape, self.name)
+
+    def full(self):
+        return self.rows(0, self.shape[0])
+
+
+def _read_rows(path, key, a, b, shape, name):
+    """Rows a..b-1 of the array in ``path`` (``key`` None: a .npy file; else an .npz member)."""
+    if key is None:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        out = np.array(arr[a:b], dtype=np.float64, order="C")
+        del arr
+        return out
+    with zipfile.ZipFile(path) as zf:
+        with zf.open(_npz_member(zf, path, key)) as fh:
+            fshape, fortran, dtype = _npz_member_header(fh)
+            if tuple(fshape) != tuple(shape):
+                raise ValueError(f"{name}: {path!r}[{key!r}] changed shape from {shape} to {fshape}")
+            if fortran:  # column-major on disk: rows are not contiguous; read the member once
+                data = np.frombuffer(fh.read(), dtype=dtype).reshape(fshape, order="F")
+                return np.array(data[a:b], dtype=np.float64, order="C")
+            row = int(fshape[1]) * dtype.itemsize
+            fh.seek(a * row, 1)  # forward read of the stream: O(1) memory
+            buf = fh.read((b - a) * row)
+            if len(buf) != (b - a) * row:
+                raise ValueError(f"{name}: {path!r}[{key!r}] is truncated")
+            return np.array(np.frombuffer(buf, dtype=dtype).reshape(b - a, fshape[1]),
+                            dtype=np.float64, order="C")
+
+
+def load_array(path, key=None, name="data"):
+    """Load a 2-D array from a ``.npy`` file (memory-mapped, ``allow_pickle=False``) or an ``.npz``
+    file (``key``, else the member named ``x``, else its only member); returns float64."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{name}: file {path!r} does not exist")
+    if path.endswith(".npz"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{name}: cannot read {path!r} ({exc})") from None
+        if key is None:
+            if "x" in keys:
+                key = "x"
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                raise ValueError(f"{name}: {path!r} holds {sorted(keys)}; say which array to use "
+                                 f"(an array named 'x' is used by default)")
+        fa = _FileArray(path, key, name)
+    else:
+        fa = _FileArray(path, None, name)
+    return as_float_array(fa.full(), name, ndim=2)
+
+
+# =========================================================================== components
+
+class _Components:
+    """means and log_vars (N, L) in one of three forms: NumPy, Dask, or files."""
+
+    def __init__(self, means, log_vars):
+        if _is_path(means):
+            if log_vars is not None and not _is_path(log_vars):
+                raise ValueError("means is a path, so log_vars must be a path too (or None for an "
+                                 ".npz file or a directory holding means.npy and log_vars.npy)")
+            p = os.fspath(means)
+            if log_vars is None:
+                if os.path.isdir(p):
+                    self.means = _FileArray(os.path.join(p, "means.npy"), None, "means")
+                    self.log_vars = _FileArray(os.path.join(p, "log_vars.npy"), None, "log_vars")
+                elif p.endswith(".npz"):
+                    self.means = _FileArray(p, "means", "means")
+                    self.log_vars = _FileArray(p, "log_vars", "log_vars")
+                else:
+                    raise ValueError(f"means: {p!r} is neither an .npz file with keys 'means' and "
+                                     f"'log_vars' nor a directory with means.npy and log_vars.npy; "
+                                     f"for a .npy file pass log_vars as well")
+            else:
+                self.means = _FileArray(p, None, "means")
+                self.log_vars = _FileArray(log_vars, None, "log_vars")
+            self.kind = "file"
+        elif _is_dask_array(means) or _is_dask_array(log_vars):
+            if not (_is_dask_array(means) and _is_dask_array(log_vars)):
+                raise ValueError("means and log_vars must both be Dask arrays or neither")
+            for a, nm in ((means, "means"), (log_vars, "log_vars")):
+                if a.ndim != 2:
+                    raise ValueError(f"{nm} must have 2 dimension(s), got shape {a.shape}")
+                if any(isinstance(s, float) and math.isnan(s) for s in a.shape):
+                    raise ValueError(f"{nm} is a Dask array of unknown shape {a.shape}; call "
+                                     f"compute_chunk_sizes() first")
+            self.means, self.log_vars = means, log_vars
+            self.kind = "dask"
+        else:
+            if log_vars is None:
+                raise ValueError("log_vars is required with array means")
+            self.means = as_float_array(means, "means", ndim=2)
+            self.log_vars = as_float_array(log_vars, "log_vars", ndim=2)
+            self.kind = "numpy"
+        shape = tuple(int(s) for s in self.means.shape)
+        if shape[0] == 0:
+            raise ValueError(f"means must not be empty: N = 0 components (shape {shape})")
+        if shape[1] == 0:
+            raise ValueError(f"means must have L >= 1 columns, got shape {shape}")
+        if tuple(int(s) for s in self.log_vars.shape) != shape:
+            raise ValueError(f"log_vars must have the shape of means {shape}, "
+                             f"got {tuple(self.log_vars.shape)}")
+        self.N, self.L = shape
+
+    def to_numpy(self):
+        """(means, log_vars) as checked float64 arrays on this machine (memory O(N L))."""
+        if self.kind == "numpy":
+            return self.means, self.log_vars
+        if self.kind == "file":
+            return (as_float_array(self.means.full(), "means", shape=(self.N, self.L)),
+                    as_float_array(self.log_vars.full(), "log_vars", shape=(self.N, self.L)))
+        return (as_float_array(np.asarray(self.means.compute()), "means", shape=(self.N, self.L)),
+                as_float_array(np.asarray(self.log_vars.compute()), "log_vars", shape=(self.N, self.L)))
+
+    def to_dask(self, chunk):
+        """(means, log_vars) as Dask arrays with chunks (chunk, L)."""
+        _, da, _ = _require_dask()
+        import dask
+        bounds = shard_bounds(self.N, chunk)
+        out = []
+        for a in (self.means, self.log_vars):
+            if self.kind == "numpy":
+                out.append(da.from_array(a, chunks=(chunk, self.L), name=False))
+            elif self.kind == "dask":
+                out.append(a.astype(np.float64).rechunk((chunk, self.L)))
+            else:
+                blocks = [da.from_delayed(dask.delayed(_read_rows, pure=True)(a.path, a.key, lo, hi, a.shape,
+                                                                              a.name),
+                                          shape=(hi - lo, self.L), dtype=np.float64)
+                          for lo, hi in bounds]
+                out.append(da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0])
+        return out[0], out[1]
+
+
+def components_to_dask(means, log_vars=None, chunk=DEFAULT_CHUNK):
+    """The components as Dask arrays chunked over components, ``chunks = (chunk, L)``.
+
+    ``means``, ``log_vars``: NumPy arrays, Dask arrays, or paths (see the module docstring).
+    Nothing is read but file headers.
+    """
+    return _Components(means, log_vars).to_dask(_check_chunk(chunk))
+
+
+# =========================================================================== shard tasks
+
+_KERNEL_LOCK = threading.Lock()
+
+
+def _kernel_guard():
+    """Numba's 'workqueue' threading layer must not be entered by two threads at once; the
+    'omp' and 'tbb' layers may. Serialise kernel calls in a worker unless the layer is known safe."""
+    import numba
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not initialised yet: the first parallel call chooses the layer
+        layer = None
+    return _KERNEL_LOCK if layer in (None, "workqueue") else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _numba_threads(n):
+    if n is None:
+        yield
+        return
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+def _shard_partial(z, means, log_vars, log_weights, index, a, b, threads):
+    """The task of shard ``index`` (components a..b-1): ``mixture_partial`` with global log-weights.
+
+    ``log_weights`` is the shard's slice of the global log-weights, or a float: every component has
+    that log-weight (``-ln N`` for the aggregated posterior).
+    """
+    if isinstance(log_weights, float):
+        log_weights = np.full(b - a, log_weights)
+    try:
+        if np.shape(means)[0] != b - a:
+            raise ValueError(f"means has {np.shape(means)[0]} rows, expected {b - a}")
+        with _numba_threads(threads), _kernel_guard():
+            return mixture_partial(z, means, log_vars, log_weights)
+    except ValueError as exc:
+        raise ValueError(f"shard {index} (components {a}..{b - 1}): {exc}") from None
+
+
+def _combine_group(*partials):
+    """One node of the combination tree: ``combine_partials`` of consecutive partials, in order."""
+    return combine_partials(partials)
+
+
+def combine_tree(partials, split_every=DEFAULT_SPLIT_EVERY, combine=None):
+    """The fixed combination tree over a list of partials (level 0 in shard order).
+
+    Each level replaces consecutive groups of ``split_every`` entries by ``combine(*group)``
+    (default: ``combine_partials`` of the group, in order) until one entry is left. ``combine`` may
+    build delayed tasks instead of computing (the cluster path); the tree has the same shape.
+    Returns the root and the number of levels.
+    """
+    split_every = _check_split_every(split_every)
+    level = list(partials)
+    if not level:
+        raise ValueError("partials must contain at least one (m, s) pair")
+    combine = _combine_group if combine is None else combine
+    depth = 0
+    while len(level) > 1:
+        level = [combine(*level[j:j + split_every]) for j in range(0, len(level), split_every)]
+        depth += 1
+    return level[0], depth
+
+
+# =========================================================================== the cluster
+
+@contextlib.contextmanager
+def _cluster(client, scheduler, connect_timeout):
+    """Yields the client to use (None: single machine); a client made here is closed at the end."""
+    if scheduler is None:
+        yield client
+        return
+    _require_dask()
+    from distributed import Client
+    failure = None
+    try:
+        own = Client(scheduler, timeout=connect_timeout, set_as_default=False)
+    except ValueError as exc:
+        failure = ValueError(f"scheduler address {scheduler!r} is not valid: {exc}")
+    except (OSError, TimeoutError) as exc:
+        failure = ConnectionError(f"cannot reach the Dask scheduler at {scheduler!r} within "
+                                  f"{connect_timeout:g} s ({exc}); is it running and reachable from here?")
+    if failure is not None:
+        # the half-made Client closes itself when collected: do it now, while its event loop runs
+        # (otherwise at interpreter exit, after a 4 s timeout and with a traceback on stderr)
+        gc.collect()
+        raise failure
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def _dashboard(client):
+    try:
+        link = client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard (e.g. bokeh missing)
+        link = None
+    return link
+
+
+def _log_mixture_on(client, z, comps, log_weights, chunk, split_every, threads_per_task, progress):
+    """The cluster path on checked inputs (z (M, L) float64, comps a _Components)."""
+    dask, _, distributed = _require_dask()
+    means_da, log_vars_da = comps.to_dask(chunk)
+    bounds = shard_bounds(comps.N, chunk)
+    mblocks = means_da.to_delayed().ravel()
+    lblocks = log_vars_da.to_delayed().ravel()
+    assert len(mblocks) == len(lblocks) == len(bounds)
+    w0 = -math.log(comps.N)  # the kernel's uniform weight, computed once here
+    zf = client.scatter(z, broadcast=True, hash=False)  # a fresh key: no race with a release
+    task = dask.delayed(_shard_partial, pure=True)
+    parts = [task(zf, mb, lb, w0 if log_weights is None else log_weights[a:b], i, a, b, threads_per_task)
+             for i, ((a, b), mb, lb) in enumerate(zip(bounds, mblocks, lblocks))]
+    root, _ = combine_tree(parts, split_every, dask.delayed(_combine_group, pure=True))
+    with warnings.catch_warnings():
+        # NumPy components travel in the graph on purpose (see components_to_dask): the scheduler
+        # keeps them, so a shard lost with a worker can be re-sent
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        fut = client.compute(root)
+    try:
+        if progress:
+            link = _dashboard(client)
+            if link:
+                print(f"Dask dashboard: {link}", flush=True)
+            print(f"log q(z): {len(z)} queries x {comps.N} components in {len(bounds)} shards of "
+                  f"<= {chunk}", flush=True)
+            distributed.progress(fut, notebook=False, scheduler=client.scheduler.address)
+            print(flush=True)
+        m, s = fut.result()
+    finally:
+        del fut, zf
+    return finalize_partials(m, s)
+
+
+def _check_queries(z, L):
+    z = as_float_array(z, "z", ndim=2)
+    if z.shape[1] != L:
+        raise ValueError(f"z has L = {z.shape[1]} columns but the components (means) have L = {L}; "
+                         f"z must have shape (M, {L})")
+    return z
+
+
+def _check_log_weights(log_weights, N):
+    if log_weights is None:
+        return None
+    if _is_path(log_weights) or _is_dask_array(log_weights):
+        raise ValueError("log_weights must be a NumPy array of shape (N,) (or None for uniform weights)")
+    return as_float_array(log_weights, "log_weights", shape=(N,), allow_neg_inf=True)
+
+
+def _evaluate(z, comps, log_weights, client, chunk, split_every, threads_per_task, progress):
+    if client is None:
+        means, log_vars = comps.to_numpy()
+        return mixture_log_prob(z, means, log_vars, log_weights)
+    return _log_mixture_on(client, z, comps, log_weights, chunk, split_every, threads_per_task, progress)
+
+
+def log_mixture(z, means, log_vars=None, log_weights=None, *, client=None, scheduler=None,
+                chunk=DEFAULT_CHUNK, split_every=DEFAULT_SPLIT_EVERY, threads_per_task=1,
+                progress=False, connect_timeout=DEFAULT_CONNECT_TIMEOUT):
+    r"""``log sum_n exp(w_n + log N(z_b | mu_n, diag e^{v_n}))`` at each row of z, sharded over a
+    Dask cluster (``client`` or ``scheduler``) or on this machine (neither).
+
+    Parameters
+    ----------
+    z : (M, L) queries (NumPy).
+    means, log_vars : (N, L) components: NumPy arrays, Dask arrays, or paths (module docstring).
+    log_weights : (N,) NumPy array of GLOBAL log-weights, used as given (-inf switches a component
+        off; a shard of switched-off components contributes nothing), or None for ``-ln N`` each.
+    client : distributed.Client, optional. Not closed.
+    scheduler : str, optional. Address of a Dask scheduler; connected to (``connect_timeout``
+        seconds) and closed at the end.
+    chunk : int > 0. Components per shard (cluster path only). Fixes the rounding; see the module
+        docstring for the determinism guarantee.
+    split_every : int >= 2. Fan-in of the combination tree.
+    threads_per_task : int or None. Numba threads per shard task (None: the worker's default).
+    progress : bool. Print the dashboard link and Dask's progress bar (cluster path).
+
+    Returns
+    -------
+    (M,) float64. Error ``<= c u (|f| + S + ln n) + D (k + 3 + ln k) u + 2 u`` (module docstring).
+    """
+    chunk = _check_chunk(chunk)
+    split_every = _check_split_every(split_every)
+    threads_per_task = _check_threads(threads_per_task)
+    _check_cluster_args(client, scheduler, connect_timeout)
+    comps = _Components(means, log_vars)
+    z = _check_queries(z, comps.L)
+    log_weights = _check_log_weights(log_weights, comps.N)
+    with _cluster(client, scheduler, connect_timeout) as c:
+        return _evaluate(z, comps, log_weights, c, chunk, split_every, threads_per_task, progress)
+
+
+def log_qz(z, means, log_vars=None, *, client=None, scheduler=None, chunk=DEFAULT_CHUNK,
+           split_every=DEFAULT_SPLIT_EVERY, threads_per_task=1, progress=False,
+           connect_timeout=DEFAULT_CONNECT_TIMEOUT):
+    r"""``log q(z) = log (1/N) sum_n N(z | mu_n, diag e^{v_n})``, the aggregated posterior (eq. 4.44),
+    at each row of z: :func:`log_mixture` with uniform log-weights ``-ln N``.
+
+    On the single-machine path (neither ``client`` nor ``scheduler``) this is exactly
+    ``AggregatedPosterior(L, means, log_vars).log_prob(z)``; on a cluster with ``chunk >= N`` too.
+    """
+    return log_mixture(z, means, log_vars, None, client=client, scheduler=scheduler, chunk=chunk,
+                       split_every=split_every, threads_per_task=threads_per_task,
+                       progress=progress, connect_timeout=connect_timeout)
+
+
+# =========================================================================== encoding
+
+def _encoder_of(model, params):
+    if hasattr(model, "encoder") and hasattr(model, "params"):
+        return model.encoder, (model.params if params is None else params)
+    raise ValueError(f"model must be a refvae VAE (with encoder and params), got {type(model).__name__}")
+
+
+def encode_to_shards(model, x, chunk=ENCODE_CHUNK, out_dir=None, *, params=None):
+    """Encode a data set chunk by chunk with the model's own encoder: the components of q(z).
+
+    ``x``: (N, D) array, or a path to a ``.npy`` file (memory-mapped: rows are read ``chunk`` at a
+    time). Returns ``(means, log_vars)``, each (N, L): arrays, or with ``out_dir`` the paths of
+    ``out_dir/means.npy`` and ``out_dir/log_vars.npy``, written chunk by chunk (memory O(chunk))
+    to temporary files that are moved into place only when complete (a crash leaves no half-written
+    file under either name). The paths, or ``out_dir`` itself, can be passed to :func:`log_qz` and
+    :func:`aggregated_stats` as the components.
+
+    With the default ``chunk`` (1024) the rows are encoded in the same batches as
+    :func:`refvae.estimators.encode_all`, so the arrays are bit-identical to its output.
+    """
+    encoder, p = _encoder_of(model, params)
+    chunk = _check_chunk(chunk)
+    if _is_path(x):
+        xs = np.load(os.fspath(x), allow_pickle=False, mmap_mode="r")
+        if xs.ndim != 2 or xs.shape[1] != model.x_dim:
+            raise ValueError(f"x must have shape (N, {model.x_dim}), got {xs.shape} in {os.fspath(x)!r}")
+    else:
+        xs = as_float_array(x, "x", shape=(None, model.x_dim))
+    N, L = xs.shape[0], model.latent_dim
+    if N == 0:
+        raise ValueError("x must not be empty: N = 0 rows")
+
+    def blocks():
+        for n0 in range(0, N, chunk):
+            xb = as_float_array(xs[n0:n0 + chunk], "x", shape=(None, model.x_dim))
+            mu, lv, _ = encoder.forward(p, xb)
+            yield n0, mu, lv
+
+    if out_dir is None:
+        means = np.empty((N, L))
+        log_vars = np.empty((N, L))
+        for n0, mu, lv in blocks():
+            means[n0:n0 + len(mu)] = mu
+            log_vars[n0:n0 + len(mu)] = lv
+        return means, log_vars
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    finals = [os.path.join(out_dir, "means.npy"), os.path.join(out_dir, "log_vars.npy")]
+    tmps = []
+    try:
+        for f in finals:
+            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(f)}.", suffix=".tmp")
+            os.close(fd)
+            tmps.append(tmp)
+        maps = [np.lib.format.open_memmap(t, mode="w+", dtype=np.float64, shape=(N, L)) for t in tmps]
+        for n0, mu, lv in blocks():
+            maps[0][n0:n0 + len(mu)] = mu
+            maps[1][n0:n0 + len(mu)] = lv
+        for mm in maps:
+            mm.flush()
+        del maps
+        for t, f in zip(tmps, finals):
+            os.replace(t, f)
+        tmps = []
+    finally:
+        for t in tmps:
+            with contextlib.suppress(OSError):
+                os.unlink(t)
+    return finals[0], finals[1]
+
+
+# =========================================================================== estimators
+
+def _data_or_components(model, x_or_components):
+    """('x', x) for a data array; ('components', _Components) for a pair, dict, path or directory."""
+    obj = x_or_components
+    if isinstance(obj, dict):
+        try:
+            comps = _Components(obj["means"], obj["log_vars"])
+        except KeyError:
+            raise ValueError("a dict of components needs the keys 'means' and 'log_vars'") from None
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2:
+        comps = _Components(obj[0], obj[1])
+    elif _is_path(obj):
+        comps = _Components(obj, None)
+    else:
+        return "x", as_float_array(obj, "x", shape=(None, model.x_dim))
+    if comps.L != model.latent_dim:
+        raise ValueError(f"the components have L = {comps.L} columns but the model's latent_dim is "
+                         f"{model.latent_dim}")
+    return "components", comps
+
+
+def _common_checks(chunk, split_every, threads_per_task, client, scheduler, connect_timeout):
+    chunk = _check_chunk(chunk)
+    split_every = _check_split_every(split_every)
+    threads_per_task = _check_threads(threads_per_task)
+    _check_cluster_args(client, scheduler, connect_timeout)
+    return chunk, split_every, threads_per_task
+
+
+def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n_queries=None,
+                     client=None, scheduler=None, chunk=DEFAULT_CHUNK,
+                     split_every=DEFAULT_SPLIT_EVERY, threads_per_task=1, progress=False,
+                     connect_timeout=DEFAULT_CONNECT_TIMEOUT):
+    r"""H[q(z)], CE[q(z)||p], KL[q(z)||p], I_q(x; z), E_x KL[q(z|x)||p] and its split, with ln q(z)
+    evaluated by :func:`log_mixture` (on a cluster or on this machine).
+
+    ``x_or_components``: the data set x (N, D) (encoded with ``encode_all``, as the single-machine
+    estimator does), or its components: a pair ``(means, log_vars)``, a dict with those keys, an
+    ``.npz`` path or a directory (:func:`encode_to_shards`).
+
+    Draws: with ``n_queries=None`` (default), ``n_samples`` stratified draws z_ns ~ q(z|x_n) from
+    ``rng`` exactly as :func:`refvae.estimators.aggregated_posterior_stats` makes them, and the same
+    formulas: the result differs from that function's only through the rounding of ln q(z) (within
+    the module's error bound; bit-identical on the single-machine path and with ``chunk >= N``).
+    With ``n_queries=M``: M draws from q(z) as ``AggregatedPosterior.sample`` makes them
+    (``n = rng.integers(0, N, M)``, then ``eps = rng.standard_normal((M, L))``), so that the cost is
+    M N pairs instead of S N^2 (the plan of validation/SCALING.md); the Monte Carlo terms are then
+    paired with the drawn n (H[q(z|x)] and, for the standard prior, E_x KL stay exact over all N).
+
+    Returns the dict of :class:`~refvae.estimators.Estimate` of ``aggregated_posterior_stats``:
+    ``entropy_qz``, ``cross_entropy``, ``conditional_entropy``, ``kl_qz_p``,
+    ``mutual_information``, ``avg_kl``, ``avg_kl_split``.
+    """
+    check_rng(rng)
+    S = check_positive_int(n_samples, "n_samples")
+    M = None if n_queries is None else check_positive_int(n_queries, "n_queries")
+    chunk, split_every, threads_per_task = _common_checks(chunk, split_every, threads_per_task, client,
+                                                          scheduler, connect_timeout)
+    p = _params(model, params)
+    kind, obj = _data_or_components(model, x_or_components)
+    with _cluster(client, scheduler, connect_timeout) as c:
+        if kind == "x":
+            mu, lv = encode_all(model, obj, p)
+            comps = _Components(mu, lv)
+        else:
+            comps = obj
+            mu, lv = comps.to_numpy()
+        N, L = mu.shape
+        ent = gaussian.entropy(lv)
+        h_cond = _exact(ent)
+        if M is None:
+            z = _draw_posterior(mu, lv, S, rng)
+            flat = z.reshape(N * S, L)
+            lqz = _evaluate(flat, comps, None, c, chunk, split_every, threads_per_task,
+                            progress).reshape(N, S)
+            lpz = _prior_log_prob(model, p, flat).reshape(N, S)
+            ent_q = ent[:, None]
+            mu_q, lv_q = mu[:, None, :], lv[:, None, :]
+        else:
+            idx = rng.integers(0, N, size=M)
+            eps = rng.standard_normal((M, L))
+            z = mu[idx] + np.exp(0.5 * lv[idx]) * eps
+            lqz = _evaluate(z, comps, None, c, chunk, split_every, threads_per_task, progress)
+            lpz = _prior_log_prob(model, p, z)
+            ent_q = ent[idx]
+            mu_q, lv_q = mu[idx], lv[idx]
+    h_qz = _estimate(-lqz)
+    kl_qp = _estimate(lqz - lpz)
+    mi = _estimate(-lqz - ent_q)
+    if model.prior.name == "standard":
+        zero = np.zeros(L)
+        avg_kl = _exact(gaussian.kl(mu, lv, zero, zero))
+    else:
+        lq = gaussian.log_prob(z, mu_q, lv_q)
+        avg_kl = _estimate(lq - lpz)
+    split = _estimate(-lqz - ent_q + (lqz - lpz))
+    return {"entropy_qz": h_qz, "cross_entropy": _estimate(-lpz), "conditional_entropy": h_cond,
+            "kl_qz_p": kl_qp, "mutual_information": mi, "avg_kl": avg_kl, "avg_kl_split": split}
+
+
+def holes(model, x_or_components, rng, n_samples=10000, taus=(0.1, 0.01), *, params=None,
+          client=None, scheduler=None, chunk=DEFAULT_CHUNK, split_every=DEFAULT_SPLIT_EVERY,
+          threads_per_task=1, progress=False, connect_timeout=DEFAULT_CONNECT_TIMEOUT):
+    """Holes (SPEC section 5) as :func:`refvae.estimators.hole_metrics`: z_1..z_M ~ p(z) from
+    ``rng`` (the same draws), ``reverse_kl = KL[p||q(z)]`` and ``hole_mass[tau] = P_p[q(z)/p(z) < tau]``,
+    with ln q(z) by :func:`log_mixture`. ``x_or_components`` as in :func:`aggregated_stats`;
+    components given as files are read only by the workers (cluster path).
+
+    Returns ``{"reverse_kl": Estimate, "hole_mass": {tau: Estimate}}``.
+    """
+    check_rng(rng)
+    M = check_positive_int(n_samples, "n_samples", minimum=2)
+    taus = tuple(float(t) for t in np.atleast_1d(taus))
+    if not all(t > 0 and math.isfinite(t) for t in taus):
+        raise ValueError(f"taus must be positive finite thresholds, got {taus}")
+    chunk, split_every, threads_per_task = _common_checks(chunk, split_every, threads_per_task, client,
+                                                          scheduler, connect_timeout)
+    p = _params(model, params)
+    kind, obj = _data_or_components(model, x_or_components)
+    with _cluster(client, scheduler, connect_timeout) as c:
+        comps = _Components(*encode_all(model, obj, p)) if kind == "x" else obj
+        z = model.prior.sample(p, M, rng)
+        lpz = _prior_log_prob(model, p, z)
+        lqz = _evaluate(z, comps, None, c, chunk, split_every, threads_per_task, progress)
+    log_ratio = lqz - lpz
+    masses = {}
+    for t in taus:
+        frac = float(np.mean(log_ratio < math.log(t)))
+        masses[t] = Estimate(frac, math.sqrt(frac * (1 - frac) / M), M)
+    return {"reverse_kl": _estimate(-log_ratio), "hole_mass": masses}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("refvae.distributed is a library; the command is `refvae stats`")

@@ -1,0 +1,299 @@
+"""The ``refvae`` command line and the validation report (``refvae.cli``, ``refvae.report``).
+
+Everything runs in-process through ``refvae.cli.main([...])`` (exit codes are return values).
+The smoke tests use the ``tiny`` profile (synthetic digits-like data, 2 epochs, small networks;
+seconds), with and without figures, and check the outputs rather than the numbers: the files
+exist, every number in report.json is finite (null, with a note in ``missing``, for anything not
+computed), the Markdown names every prior. Error paths: one line on stderr, exit code 2, no
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import refvae
+from refvae import report as rep
+from refvae.cli import main
+
+PRIORS = ("standard", "mog", "vamp", "gtm", "gtm_vamp", "flow")
+
+
+def walk_numbers(obj, path="$"):
+    """Yield (path, value) for every number in a parsed JSON document."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from walk_numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from walk_numbers(v, f"{path}[{i}]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def load_strict_json(path):
+    """Parse JSON, refusing the non-standard constants NaN, Infinity, -Infinity."""
+    def refuse(name):
+        raise AssertionError(f"{path} contains the non-JSON constant {name}")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh, parse_constant=refuse)
+
+
+def assert_one_line_error(capsys, rc, *words):
+    out, err = capsys.readouterr()
+    assert rc == 2, (rc, out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "Traceback" not in out
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+# =========================================================================== help and parser
+
+def test_help_lists_the_subcommands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("validate", "train", "gradcheck"):
+        assert name in out
+
+
+def test_subcommands_come_from_the_registry():
+    from refvae.cli import SUBCOMMANDS, build_parser
+    assert {"validate", "train", "gradcheck"} <= set(SUBCOMMANDS)
+    assert build_parser().parse_args(["validate", "--profile", "tiny"]).func is SUBCOMMANDS["validate"][2]
+
+
+def test_profiles_are_data_with_the_texts_settings():
+    for name in ("tiny", "quick", "full"):
+        assert rep.PROFILES[name].name == name
+    quick, full = rep.PROFILES["quick"], rep.PROFILES["full"]
+    for p in (quick, full):
+        assert p.hidden == (256, 256) and p.num_components == 16 and p.gtm_grid == 4
+        assert p.gtm_range == (-10.0, 10.0) and p.flow_couplings == 3 and p.prior_hidden == (256, 256)
+        assert (p.optimizer, p.lr, p.batch_size, p.patience) == ("adamax", 1e-3, 64, 20)
+        assert (p.likelihood, p.num_vals, p.activation) == ("categorical", 17, "leaky_relu")
+    assert quick.latent_dims == (2,) and full.latent_dims == (2, 16) and full.n_importance == 5000
+
+
+# =========================================================================== smoke tests
+
+@pytest.mark.parametrize("plots", [True, False], ids=["plots", "no-plots"])
+def test_validate_tiny_writes_a_complete_finite_report(tmp_path, capsys, plots):
+    if plots:
+        pytest.importorskip("matplotlib")
+    out = tmp_path / "report"
+    args = ["validate", "--profile", "tiny", "--out", str(out), "--seed", "3"]
+    args += ["--quiet"] if plots else ["--no-plots"]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    if not plots:  # the profile's settings are printed at the start
+        assert "profile 'tiny'" in stdout and "max_epochs" in stdout and "n_importance" in stdout
+    else:
+        assert stdout == ""
+    assert (out / "report.md").is_file() and (out / "report.json").is_file()
+    doc = load_strict_json(out / "report.json")
+    numbers = list(walk_numbers(doc))
+    assert len(numbers) > 100
+    bad = [(p, v) for p, v in numbers if not math.isfinite(v)]
+    assert not bad, bad[:5]
+    assert doc["status"] == "complete"
+    assert doc["summary"]["checks_failed"] == 0 and doc["summary"]["runs_done"] == len(PRIORS)
+    prov = doc["provenance"]
+    for key in ("refvae", "git_revision", "numpy", "numba", "scipy", "python", "platform",
+                "cpu_model", "seed", "profile"):
+        assert prov.get(key) is not None, key
+    assert prov["seed"] == 3 and prov["profile"] == "tiny"
+    assert "report_elbo_split" in doc["tolerances"] and "monte_carlo_k_sigma" in doc["tolerances"]
+    assert doc["timing"]["total_seconds"] > 0
+    md = (out / "report.md").read_text()
+    for prior in PRIORS:
+        assert f"`{prior}`" in md
+    assert "NLL" not in md and "−ELBO" in md
+    run = doc["runs"][0]
+    assert len(run["identities"]) == 6 and all(i["passed"] for i in run["identities"])
+    assert set(run["gradcheck"]["groups"]) == {"encoder", "decoder"}
+    for run in doc["runs"]:
+        assert run["status"] == "done" and run["timing"]["train"] >= 0
+        assert {"re", "omega", "neg_elbo"} <= set(run["test"])
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    if plots:
+        assert figures == sorted(f"{p}_L2.png" for p in PRIORS)
+        for p in PRIORS:
+            assert f"](figures/{p}_L2.png)" in md
+        assert doc["missing"] == []
+    else:
+        assert figures == []
+        assert "figures skipped" in md
+        assert {m["path"] for m in doc["missing"]} == {f"runs[{i}].figure" for i in range(len(PRIORS))}
+
+
+def test_interrupt_keeps_finished_priors_and_exits_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the second prior trains: the first prior's results stay, the report says
+    what is missing, exit code 130."""
+    real_train = rep._train
+
+    def train(run, *a, **k):
+        if run["prior"] == "mog":
+            raise KeyboardInterrupt
+        return real_train(run, *a, **k)
+
+    monkeypatch.setattr(rep, "_train", train)
+    out = tmp_path / "r"
+    rc = main(["validate", "--profile", "tiny", "--out", str(out), "--priors", "standard,mog,flow",
+               "--no-plots", "--quiet"])
+    assert rc == 130
+    assert "partial report" in capsys.readouterr().err
+    doc = load_strict_json(out / "report.json")
+    assert doc["status"] == "partial"
+    assert [r["status"] for r in doc["runs"]] == ["done", "interrupted", "pending"]
+    assert doc["runs"][0]["log_likelihood"]["mean"]["value"] is not None
+    missing = {m["path"] for m in doc["missing"]}
+    assert {"runs[1].training", "runs[2].training", "runs[2].log_likelihood"} <= missing
+    md = (out / "report.md").read_text()
+    assert "PARTIAL" in md and "runs[1].training" in md
+
+
+# =========================================================================== other subcommands
+
+def test_gradcheck_subcommand_passes_on_tiny_models(capsys):
+    assert main(["gradcheck"]) == 0
+    out = capsys.readouterr().out
+    for prior in PRIORS:
+        assert f"prior {prior}" in out
+    assert "PASSED" in out and "FAILED" not in out
+
+
+@pytest.mark.parametrize("likelihood,activation", [("bernoulli", "relu"), ("gaussian", "tanh")])
+def test_gradcheck_subcommand_other_likelihoods(capsys, likelihood, activation):
+    assert main(["gradcheck", "--prior", "vamp", "--likelihood", likelihood,
+                 "--activation", activation]) == 0
+    assert "PASSED" in capsys.readouterr().out
+
+
+def test_train_subcommand_saves_a_loadable_model(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "m"
+    assert main(["train", "--prior", "mog", "--latent-dim", "2", "--out", str(out),
+                 "--max-epochs", "1", "--quiet"]) == 0
+    history = load_strict_json(out / "history.json")
+    assert history["epochs_run"] == 1 and len(history["val_loss"]) == 1
+    model = refvae.VAE.load(out)
+    assert model.prior.name == "mog" and model.latent_dim == 2 and model.hidden == (256, 256)
+
+
+# =========================================================================== error paths
+
+@pytest.mark.parametrize("args,words", [
+    (["validate", "--priors", "standard,nonsense"], ["unknown prior", "nonsense"]),
+    (["validate", "--max-epochs", "-3"], ["--max-epochs", "-3"]),
+    (["validate", "--profile", "enormous"], ["--profile", "enormous"]),
+    (["train", "--prior", "nonsense", "--latent-dim", "2", "--out", "x"], ["unknown prior"]),
+    (["train", "--prior", "mog", "--latent-dim", "2", "--out", "x", "--max-epochs", "-1"],
+     ["--max-epochs"]),
+    (["gradcheck", "--prior", "nonsense"], ["unknown prior"]),
+    (["gradcheck", "--activation", "swish"], ["activation"]),
+    (["frobnicate"], ["frobnicate"]),
+    ([], ["subcommand"]),
+])
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(capsys, main(args), *words)
+    assert not (tmp_path / "x").exists()
+
+
+def test_output_inside_a_regular_file_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    line = assert_one_line_error(capsys, main(["validate", "--profile", "tiny", "--out",
+                                               str(blocker / "report")]), "cannot write")
+    assert str(blocker) in line
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root ignores directory permissions, so a read-only directory is writable")
+def test_read_only_output_directory_is_refused(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert_one_line_error(capsys, main(["validate", "--profile", "tiny", "--out", str(ro)]),
+                              "cannot write")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_unwritable_output_directory_is_refused_even_as_root(tmp_path, capsys, monkeypatch):
+    """The read-only case through the same code path, for runs as root (which bypasses modes)."""
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rep.tempfile, "NamedTemporaryFile", refuse)
+    line = assert_one_line_error(capsys, main(["validate", "--profile", "tiny", "--out",
+                                               str(tmp_path / "out")]), "cannot write")
+    assert "Permission denied" in line
+
+
+def test_missing_scikit_learn_names_the_data_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    line = assert_one_line_error(capsys, main(["train", "--prior", "standard", "--latent-dim", "2",
+                                               "--out", str(tmp_path / "m")]), "scikit-learn")
+    assert "refvae[data]" in line
+
+
+# =========================================================================== report internals
+
+def test_json_cleaning_turns_non_finite_numbers_into_null_with_a_note():
+    missing = []
+    out = rep._clean({"a": [1.0, float("nan")], "b": {"c": np.float64(-np.inf), "d": np.int64(3)}},
+                     "", missing)
+    assert out == {"a": [1.0, None], "b": {"c": None, "d": 3}}
+    assert [m["path"] for m in missing] == ["a[1]", "b.c"]
+    json.dumps(out, allow_nan=False)
+
+
+def test_identities_fail_when_the_numbers_disagree():
+    """The identity checks can fail: a broken ELBO split, Gibbs inequality and Jensen are caught."""
+    est = {"value": 0.0, "se": 0.01, "n": 100}
+    run = {"test": {"re": {**est, "value": -100.0}, "omega": {**est, "value": -5.0},
+                    "elbo": {**est, "value": -105.5}, "cross_entropy": {**est, "value": 3.0},
+                    "conditional_entropy": {**est, "value": -2.0, "se": 0.0}},
+           "train_set": {"avg_kl": {**est, "value": 4.0}, "avg_kl_split": {**est, "value": 4.01},
+                         "mutual_information": {**est, "value": 9.0},
+                         "cross_entropy": {**est, "value": 2.0}, "entropy_qz": {**est, "value": 3.0},
+                         "kl_qz_p": {**est, "value": -1.0}},
+           "log_likelihood": {"mean": {**est, "value": -100.0}, "mean_log_weight": -99.0,
+                              "jensen_min_margin": -1.0, "jensen_allowed": 1e-12,
+                              "jensen_violations": 3}}
+    result = {i["identity"]: i["passed"] for i in rep.identities(run, n_train=1000)}
+    assert result == {"ELBO = RE + Omega": False, "Omega (MC) = -CE + H[q(z|x)]": True,
+                      "E_x KL[q(z|x)||p] = I + KL[q(z)||p]": True, "0 <= I(x; z) <= ln N": False,
+                      "Gibbs: CE[q(z)||p] >= H[q(z)]": False,
+                      "Jensen: ln p_hat(x) >= mean_s log-weight": False}
+    missing = rep.identities({}, n_train=1000)
+    assert len(missing) == 6 and all(i["passed"] is None for i in missing)
+
+
+def test_near_kink_sees_a_pre_activation_at_zero():
+    model = refvae.VAE(4, 2, (3,), rng=np.random.default_rng(0))
+    x = np.ones((1, 4))
+    eps = np.zeros((1, 2))
+    pre = model.forward(x, eps)["trace"][0][1]  # encoder.0.pre
+    model.params["encoder.0.b"][0] -= pre[0, 0]  # move unit 0 onto its kink
+    count, fixed, names = rep.near_kink(model, x, eps)
+    assert count >= 1 and fixed == 0 and "encoder.0.pre" in names
+
+
+def test_kernel_accuracy_within_the_documented_constant():
+    pytest.importorskip("mpmath")
+    ka = rep.kernel_accuracy(np.random.default_rng(0), 12)
+    assert ka["available"] and ka["passed"] and ka["max_c"] <= ka["c_allowed"]
+    assert ka["n_adversarial"] > 0 and ka["n_random"] >= 10
