@@ -716,7 +716,8 @@ class AggregatedPosterior(_MixturePrior):
     --------
     See :mod:`refvae.mixture` (online log-sum-exp, error <= 4 u (|f| + S)). The trace holds the
     (B, N) matrix ``prior.component_log_prob`` only when ``N <= component_trace_limit`` (default
-    4096) and ``B N <= 2**24``. The backward calls the kernel's VJP with ``z_only=True``: no pass
+    0: never, since N is the size of a data set and the matrix would cost more than the kernel;
+    pass a limit to see it) and ``B N <= 2**24``. The backward calls the kernel's VJP with ``z_only=True``: no pass
     over the components.
 
     Sampling
@@ -730,8 +731,7 @@ class AggregatedPosterior(_MixturePrior):
 
     name = "aggregated"
 
-    def __init__(self, latent_dim, means=None, log_vars=None, *,
-                 component_trace_limit=DEFAULT_COMPONENT_TRACE_LIMIT):
+    def __init__(self, latent_dim, means=None, log_vars=None, *, component_trace_limit=0):
         super().__init__(latent_dim, component_trace_limit)
         if means is None or log_vars is None:
             raise ValueError("means and log_vars (N, L) are required for the aggregated posterior; "
@@ -741,8 +741,7 @@ class AggregatedPosterior(_MixturePrior):
         self.K = self.means.shape[0]
 
     @classmethod
-    def from_model(cls, model, x, batch_size=1024, *, params=None,
-                   component_trace_limit=DEFAULT_COMPONENT_TRACE_LIMIT):
+    def from_model(cls, model, x, batch_size=1024, *, params=None, component_trace_limit=0):
         """Encode the data set x (N, D) chunk by chunk with a model's encoder.
 
         ``model`` is a :class:`refvae.vae.VAE` (its ``encoder`` and ``params`` are used, unless

@@ -47,6 +47,15 @@ that called them, grouped into categories (input validation, matmul, activations
 optimiser, ...). cProfile inflates code with many small Python calls (validation most), so its
 percentages are read next to the unprofiled waterfall.
 
+Shared machines
+---------------
+Each phase records how many cores other processes used meanwhile (from /proc/stat); a phase above
+0.25 cores is flagged CONTENDED. On a 2-core machine with other work running, 2-thread BLAS and
+OpenMP degrade far more than proportionally (a worker thread waits at a barrier for a descheduled
+sibling; single minibatch GEMMs were seen to take 10-30x longer), which distorts the ratio between
+engines; ``--threads 1`` gives a load-robust comparison and ``--wait-idle SECONDS`` waits for a quiet
+machine first.
+
 Randomness
 ----------
 For latent dimension L: the model is ``VAE(64, L, (256, 256), rng=default_rng([seed, L]))``; the
@@ -757,9 +766,10 @@ def med(ts):
 def fmt_t(t):
     if t is None:
         return "-"
-    if t < 1e-3:
+    a = abs(t)
+    if a < 1e-3:
         return f"{t * 1e6:.0f} µs"
-    if t < 1.0:
+    if a < 1.0:
         return f"{t * 1e3:.1f} ms"
     return f"{t:.2f} s"
 
@@ -989,6 +999,24 @@ def findings(results):
                    f"gradient {fmt_t(w['numpy_twin_grad_only'])} (package overhead "
                    f"{fmt_t(grad - w['numpy_twin_grad_only'])}); Adamax steps {fmt_t(ad)} vs in-place twin "
                    f"{fmt_t(twin_ad)}." + (" refvae is slower than torch float64." if slower else ""))
+        st = {row["stage"].split(" (")[0].strip(): row["s"] for row in r.get("stages", [])
+              if row.get("s") is not None}
+        need = ("categorical log_prob", "categorical log_prob_vjp", "of which: log_softmax on",
+                "reference: plain x - max - log", "Adamax.step", "reference: in-place Adamax",
+                "of which: _check_grads", "of which: MLP parameter checks", "whole neg_elbo_and_grad",
+                "reference: NumPy twin loss_and_grad")
+        key = {n: next((k for k in st if k.startswith(n)), None) for n in need}
+        if all(key.values()):
+            v = {n: st[key[n]] for n in need}
+            out.append(
+                f"L = {L}: per minibatch (unprofiled): gradient {fmt_t(v['whole neg_elbo_and_grad'])} vs "
+                f"bare twin {fmt_t(v['reference: NumPy twin loss_and_grad'])}; categorical log_prob "
+                f"{fmt_t(v['categorical log_prob'])} + its VJP {fmt_t(v['categorical log_prob_vjp'])} "
+                f"(each runs refvae's log_softmax, {fmt_t(v['of which: log_softmax on'])}, vs "
+                f"{fmt_t(v['reference: plain x - max - log'])} for a plain one); Adamax.step "
+                f"{fmt_t(v['Adamax.step'])} vs in-place {fmt_t(v['reference: in-place Adamax'])} "
+                f"(_check_grads {fmt_t(v['of which: _check_grads'])}); MLP parameter checks "
+                f"{fmt_t(v['of which: MLP parameter checks'])} per mlp_forward.")
         cats = r["profile"]["categories"][:5]
         out.append(f"L = {L}: profile (folded self time): " + "; ".join(
             f"{c['category']} {100 * c['fraction']:.0f}%" for c in cats) + ".")
