@@ -14,7 +14,7 @@ import pytest
 from scipy import integrate, stats
 
 from refvae import estimators as est
-from refvae import gaussian
+
 from refvae.prior_mixtures import AggregatedPosterior, MoGPrior
 from refvae.vae import VAE
 
