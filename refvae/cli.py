@@ -250,6 +250,11 @@ from . import cli_stats as _cli_stats  # noqa: E402
 
 subcommand("stats", _cli_stats.HELP)(_cli_stats.run)
 
+from . import cli_verify as _cli_verify  # noqa: E402
+
+subcommand("golden", _cli_verify.GOLDEN_HELP)(_cli_verify.run_golden)
+subcommand("verify", _cli_verify.VERIFY_HELP)(_cli_verify.run_verify)
+
 
 def build_parser():
     parser = _Parser(prog="refvae", description="refvae: a numerically rigorous reference VAE "

@@ -1,0 +1,193 @@
+"""The ``refvae golden`` and ``refvae verify`` subcommands.
+
+``refvae golden --prior NAME --likelihood NAME --out DIR``
+    Writes the golden case ``DIR/<prior>-<likelihood>/`` (``case.npz`` + ``manifest.json``) and
+    rewrites ``DIR/SHA256SUMS``. ``all`` (the default) for either option writes every combination;
+    ``refvae golden --out refvae/golden_cases`` regenerates the committed set. With
+    ``--compare DIR`` nothing is written: the cases are rebuilt in memory and compared with those
+    in DIR (exit 1 if a value moved beyond rounding).
+
+``refvae verify --impl module:factory [--cases DIR] [--profile float64|float32]
+[--known-deviations FILE] [--json OUT]``
+    Runs :func:`refvae.verify.run` and prints its report; exit 0 when everything passes, 1 when
+    something fails (every failure has a reproduction snippet in the report).
+
+Both functions take an ``argparse.Namespace`` and return the exit code; input errors (an unknown
+prior, a missing file) raise ``ValueError``, which ``refvae.cli.main`` prints in one line with
+exit code 2. Registration in ``refvae/cli.py`` (``run_golden.configure`` and
+``run_verify.configure`` hold the option functions, as ``refvae.cli_stats.run`` does)::
+
+    from . import cli_verify as _cli_verify  # noqa: E402
+    subcommand("golden", _cli_verify.GOLDEN_HELP)(_cli_verify.run_golden)
+    subcommand("verify", _cli_verify.VERIFY_HELP)(_cli_verify.run_verify)
+
+or, on a plain ``argparse`` sub-parser collection, ``add_golden_parser(subparsers)`` and
+``add_verify_parser(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["GOLDEN_HELP", "VERIFY_HELP", "golden_options", "verify_options", "add_golden_parser",
+           "add_verify_parser", "run_golden", "run_verify"]
+
+GOLDEN_HELP = "write golden cases (every intermediate and gradient of tiny models) for other implementations"
+VERIFY_HELP = "verify another implementation (an adapter) against the golden cases and the mathematics"
+
+
+def _names(value, choices, flag):
+    if value in (None, "all"):
+        return tuple(choices)
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [n for n in names if n not in choices]
+    if bad or not names:
+        raise ValueError(f"{flag}: unknown {', '.join(map(repr, bad)) or repr(value)}; expected "
+                         f"'all' or a comma-separated subset of {', '.join(choices)}")
+    return names
+
+
+# =========================================================================== golden
+
+def golden_options(p):
+    """Options of ``refvae golden`` (for a registry that passes the sub-parser)."""
+    from .golden import CASE_LIKELIHOODS, CASE_PRIORS, DEFAULT_SEED
+    p.add_argument("--prior", default="all",
+                   help=f"{', '.join(CASE_PRIORS)}, a comma-separated subset, or all (default)")
+    p.add_argument("--likelihood", default="all",
+                   help=f"{', '.join(CASE_LIKELIHOODS)}, a comma-separated subset, or all (default)")
+    p.add_argument("--out", default=None,
+                   help="directory to write <prior>-<likelihood>/ case directories and SHA256SUMS into")
+    p.add_argument("--compare", default=None, metavar="DIR",
+                   help="rebuild the cases in memory and compare them with those in DIR instead of "
+                        "writing (exit 1 if a value moved beyond rounding)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"base seed of every generator (default {DEFAULT_SEED}, the committed cases)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def add_golden_parser(subparsers):
+    """Add ``golden`` to an ``argparse`` sub-parser collection; returns the parser."""
+    p = subparsers.add_parser("golden", help=GOLDEN_HELP, description=GOLDEN_HELP)
+    golden_options(p)
+    p.set_defaults(func=run_golden)
+    return p
+
+
+def run_golden(args) -> int:
+    """Write (or, with ``--compare``, check) golden cases; returns the exit code."""
+    from . import golden
+    priors = _names(args.prior, golden.CASE_PRIORS, "--prior")
+    likelihoods = _names(args.likelihood, golden.CASE_LIKELIHOODS, "--likelihood")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    quiet = getattr(args, "quiet", False)
+    if args.compare is not None:
+        failed = []
+        for prior in priors:
+            for lik in likelihoods:
+                name = golden.case_name(prior, lik)
+                old = golden.load_case(os.path.join(args.compare, name))
+                problems = golden.compare_cases(golden.build_case(prior, lik, args.seed), old)
+                if problems:
+                    failed.append(name)
+                    print(f"MOVED {name}:", file=sys.stderr)
+                    for line in problems:
+                        print(f"  {line}", file=sys.stderr)
+                elif not quiet:
+                    print(f"same  {name} (every value within rounding of {args.compare})")
+        return 1 if failed else 0
+    if args.out is None:
+        raise ValueError("--out DIR is required (or --compare DIR)")
+    os.makedirs(args.out, exist_ok=True)
+    if not os.access(args.out, os.W_OK):
+        raise ValueError(f"--out {args.out}: the directory is not writable")
+    for prior in priors:
+        for lik in likelihoods:
+            path = golden.write_case(args.out, prior, lik, args.seed, checksums=False)
+            if not quiet:
+                print(f"wrote {path}")
+    sums = golden.write_checksums(args.out)
+    if not quiet:
+        print(f"wrote {sums}")
+    return 0
+
+
+# =========================================================================== verify
+
+def verify_options(p):
+    """Options of ``refvae verify`` (for a registry that passes the sub-parser)."""
+    p.add_argument("--impl", required=True, metavar="MODULE:FACTORY",
+                   help="the adapter factory: 'package.module:factory' or 'path/to/file.py:factory' "
+                        "(see docs/verify.md)")
+    p.add_argument("--cases", default=None, metavar="DIR",
+                   help="a directory of golden cases, or one case directory (default: the cases "
+                        "shipped with refvae)")
+    p.add_argument("--case", default=None, metavar="NAMES",
+                   help="comma-separated case names to run (default: every case in --cases)")
+    p.add_argument("--profile", default="float64", choices=("float64", "float32"),
+                   help="tolerances for a float64 (default) or a float32 implementation")
+    p.add_argument("--known-deviations", default=None, metavar="FILE",
+                   help="JSON list of {case, quantity, reason}: listed failures are reported as known")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the JSON report to OUT")
+    p.add_argument("--checks", default="all", metavar="NAMES",
+                   help="comma-separated subset of golden,gradient,normalisation,sampler,mixture,nll "
+                        "(default all)")
+    p.add_argument("--prior-checks", default="once", choices=("once", "all"),
+                   help="run the normalisation/sampler/mixture checks on the first case of each prior "
+                        "(once, default) or on every case (all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the checks' random draws (default 0)")
+    p.add_argument("--verbose", action="store_true", help="list every quantity and check")
+    p.add_argument("--quiet", action="store_true", help="print only the final verdict line")
+
+
+def add_verify_parser(subparsers):
+    """Add ``verify`` to an ``argparse`` sub-parser collection; returns the parser."""
+    p = subparsers.add_parser("verify", help=VERIFY_HELP, description=VERIFY_HELP)
+    verify_options(p)
+    p.set_defaults(func=run_verify)
+    return p
+
+
+def run_verify(args) -> int:
+    """Run the harness, print the report, write ``--json``; 0 if everything passes, else 1."""
+    from . import golden
+    from .verify import CHECKS, load_adapter, load_known_deviations, run
+    checks = _names(getattr(args, "checks", "all"), CHECKS, "--checks")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.known_deviations is not None:
+        load_known_deviations(args.known_deviations)  # a bad file is a usage error, before any work
+    cases_dir = args.cases if args.cases is not None else golden.golden_dir()
+    if not os.path.isdir(cases_dir):
+        raise ValueError(f"--cases {cases_dir}: not a directory")
+    if getattr(args, "case", None):
+        wanted = [n.strip() for n in args.case.split(",") if n.strip()]
+        cases = []
+        for n in wanted:
+            path = os.path.join(cases_dir, n)
+            if not os.path.isdir(path):
+                raise ValueError(f"--case {n!r}: no such case in {cases_dir}")
+            cases.append(path)
+    else:
+        cases = cases_dir
+    if args.json is not None:
+        d = os.path.dirname(os.path.abspath(args.json))
+        if os.path.exists(d) and not os.access(d, os.W_OK):
+            raise ValueError(f"--json {args.json}: the directory is not writable")
+    adapter = load_adapter(args.impl)
+    quiet = getattr(args, "quiet", False)
+    report = run(adapter, cases=cases, profile=args.profile,
+                 known_deviations=args.known_deviations, checks=checks,
+                 prior_checks=getattr(args, "prior_checks", "once"), json_out=args.json,
+                 impl=args.impl, seed=args.seed)
+    text = report.format(verbose=getattr(args, "verbose", False))
+    print(text.splitlines()[-1] if quiet else text)
+    if args.json is not None and not quiet:
+        print(f"JSON report: {args.json}")
+    return 0 if report.passed else 1
+
+
+run_golden.configure = golden_options
+run_verify.configure = verify_options

@@ -1,0 +1,267 @@
+"""Golden cases (``refvae.golden``, ``refvae golden``): the committed files, their regeneration,
+the format a reader relies on, and the tolerance scale stored with them.
+
+- *Integrity*: ``SHA256SUMS`` lists every committed file with its digest (a changed byte is found).
+- *Regeneration*: rebuilding a case must reproduce it value by value: parameters, inputs and
+  draws exactly, values within ``golden_regeneration`` (c u (S + |e|), u = 2^-53), scales and
+  references within 1e-6 relative. Checksums are not the test: the manifest's provenance changes
+  on every regeneration and another BLAS may round differently. Six cases (every prior, every
+  likelihood twice) run by default; all eighteen with ``-m slow``.
+- *Format*: readable with ``allow_pickle=False``; the manifest lists the conventions, the data-flow
+  order (the VAE's trace, then ``loss``, the gradients and ``prior_sample.z``), shapes, tolerances
+  and provenance; every leaky-ReLU pre-activation is at least the kink margin from 0.
+- *Scale*: evaluating refvae itself on inputs rounded to float32 stays within the float32
+  tolerance with a wide margin (the main term of the derivation in ``refvae.golden``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from refvae import golden
+from refvae.cli_verify import add_golden_parser, run_golden
+from refvae.golden import (CASE_LIKELIHOODS, CASE_PRIORS, CONVENTIONS, KINK_MARGIN, build_case,
+                           compare_cases, load_case, reference_outputs)
+
+ALL = [(p, li) for p in CASE_PRIORS for li in CASE_LIKELIHOODS]
+#: regenerated in the default run: every prior once, every likelihood twice
+DEFAULT = [("standard", "categorical"), ("mog", "bernoulli"), ("vamp", "gaussian"),
+           ("gtm", "categorical"), ("gtm_vamp", "bernoulli"), ("flow", "gaussian")]
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_golden_parser(parser.add_subparsers())
+    return parser.parse_args(["golden", *argv])
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return {golden.case_name(p, li): load_case(golden.case_name(p, li)) for p, li in ALL}
+
+
+# =========================================================================== the committed set
+
+def test_committed_set_is_complete():
+    names = [os.path.basename(p) for p in golden.list_cases()]
+    assert names == [golden.case_name(p, li) for p, li in ALL]
+
+
+def test_checksums_match_committed_files():
+    assert golden.verify_checksums() == []
+
+
+def test_checksums_detect_a_changed_byte(tmp_path):
+    src = os.path.join(golden.golden_dir(), "standard-bernoulli")
+    shutil.copytree(src, tmp_path / "standard-bernoulli")
+    golden.write_checksums(tmp_path)
+    assert golden.verify_checksums(tmp_path) == []
+    path = tmp_path / "standard-bernoulli" / "manifest.json"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 1
+    path.write_bytes(bytes(data))
+    assert golden.verify_checksums(tmp_path) == [
+        "standard-bernoulli/manifest.json: SHA-256 differs from SHA256SUMS"]
+
+
+@pytest.mark.parametrize("prior,likelihood", DEFAULT)
+def test_regenerated_case_matches_committed(prior, likelihood, committed):
+    new = build_case(prior, likelihood)
+    assert compare_cases(new, committed[golden.case_name(prior, likelihood)]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prior,likelihood", [c for c in ALL if c not in DEFAULT])
+def test_regenerated_case_matches_committed_all(prior, likelihood, committed):
+    new = build_case(prior, likelihood)
+    assert compare_cases(new, committed[golden.case_name(prior, likelihood)]) == []
+
+
+def test_compare_cases_finds_a_moved_value(committed):
+    case = committed["mog-categorical"]
+    moved = load_case("mog-categorical")
+    moved.values["prior.log_p"] = moved.values["prior.log_p"] * (1 + 1e-12)
+    problems = compare_cases(moved, case)
+    assert len(problems) == 1 and problems[0].startswith("value prior.log_p moved beyond rounding")
+    moved = load_case("mog-categorical")
+    moved.params["prior.logits"] = moved.params["prior.logits"].copy()
+    moved.params["prior.logits"][0] = np.nextafter(moved.params["prior.logits"][0], 1.0)
+    assert compare_cases(moved, case) == ["param prior.logits differs"]
+
+
+@pytest.mark.parametrize("name", [golden.case_name(p, li) for p, li in ALL])
+def test_values_are_refvae_outputs(name, committed):
+    """The stored values are what refvae computes from the stored inputs (cheap: no probes)."""
+    case = committed[name]
+    out = reference_outputs(case.model(), case.x, case.eps, case.draws)
+    assert list(out) == case.order
+    for k in case.order:
+        allowed = golden.allowed_error(case.values[k], case.scales[k], "float64",
+                                       c=golden.tolerance("golden_regeneration").rtol)
+        assert np.all(np.abs(out[k] - case.values[k]) <= allowed), k
+
+
+# =========================================================================== the format
+
+@pytest.mark.parametrize("name", [golden.case_name(p, li) for p, li in ALL])
+def test_format_and_manifest(name, committed):
+    case = committed[name]
+    path = os.path.join(golden.golden_dir(), name)
+    with np.load(os.path.join(path, "case.npz"), allow_pickle=False) as npz:
+        files = set(npz.files)
+        assert all(npz[k].dtype != object for k in files)
+    with open(os.path.join(path, "manifest.json"), encoding="utf-8") as fh:
+        m = json.load(fh, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert m["format"] == "refvae-golden-case" and m["format_version"] == 1 and m["name"] == name
+    assert m["conventions"] == CONVENTIONS
+    for key in ("parameters", "linear", "activation", "gaussian", "categorical", "reduction",
+                "mixture", "flow"):
+        assert m["conventions"][key]
+    assert "W.T" in m["conventions"]["linear"] and "0.01" in m["conventions"]["activation"]
+    assert "left slope" in m["conventions"]["activation"] and "C-order" in m["conventions"]["categorical"]
+    assert "mean over the batch" in m["conventions"]["reduction"]
+    prov = m["provenance"]
+    for key in ("refvae", "git_revision", "numpy", "numba", "scipy", "python", "seed", "rng"):
+        assert key in prov, key
+    assert m["tolerances"]["c"] == golden.tolerance("verify_golden").rtol
+    # parameters, arrays and order agree
+    assert {f"param.{k}" for k in m["parameters"]} | {"input.x", "input.eps", "scales"} \
+        | {f"draw.{k}" for k in m["draws"]} | {f"value.{e['name']}" for e in m["order"]} \
+        | {f"reference.{k}" for k in ("nll", "nll_is", "nll_is_se", "nll_is_ess",
+                                       "neg_elbo_expectation")} == files
+    # data-flow order: the VAE's trace, then loss, the gradients (parameter order), the sample
+    trace = [n for n, _ in case.model().forward(case.x, case.eps)["trace"]]
+    assert case.order == trace + ["loss"] + [f"grad.{k}" for k in case.params] + ["prior_sample.z"]
+    assert [e["group"] for e in m["order"]] == (["trace"] * len(trace) + ["loss"]
+                                                + ["gradient"] * len(case.params) + ["prior_sample"])
+    for k, v in case.params.items():
+        assert case.values[f"grad.{k}"].shape == v.shape
+    assert set(case.config) >= {"x_dim", "latent_dim", "hidden", "activation", "likelihood",
+                                "prior", "prior_kwargs", "batch_size"}
+    assert case.x.shape == (3, 6) and case.eps.shape == (3, 2)
+
+
+@pytest.mark.parametrize("name", [golden.case_name(p, li) for p, li in ALL])
+def test_kink_margin_and_visible_conventions(name, committed):
+    """No leaky-ReLU pre-activation within KINK_MARGIN of 0; the conventions are visible in the
+    numbers (posterior log-variances far from 0, nonzero mixture logits, flow scales)."""
+    case = committed[name]
+    layers = golden._kinked_layers(case.order)
+    assert layers, "every case has hidden leaky-ReLU layers"
+    for pre, _ in layers:
+        assert np.min(np.abs(case.values[pre])) >= KINK_MARGIN, pre
+    assert np.mean(case.values["log_var"]) > 0.5
+    if "prior.logits" in case.params:
+        assert np.ptp(case.params["prior.logits"]) > 0.5
+    if case.prior in ("mog", "vamp", "gtm", "gtm_vamp"):
+        assert np.max(np.abs(case.values["prior.log_vars"])) > 0.5
+    if case.prior == "flow":
+        for t in range(2):
+            assert np.max(np.abs(case.values[f"prior.flow.{t}.s"])) > 0.1
+
+
+def test_nll_references_agree(committed):
+    """The exact NLL (quadrature) and refvae's importance-sampled estimate agree within 5 se
+    + 0.01 nats on every case (the IS estimate's bias is O(se^2)); the expected negative ELBO is
+    above the NLL (Jensen) by more than the NLL check's tolerance."""
+    for case in committed.values():
+        r = case.references
+        assert np.all(np.abs(r["nll"] - r["nll_is"]) <= 5 * r["nll_is_se"] + 0.01), case.name
+        assert np.mean(r["neg_elbo_expectation"] - r["nll"]) > 0.1, case.name
+
+
+@pytest.mark.parametrize("name", ["mog-categorical", "vamp-bernoulli", "gtm_vamp-gaussian",
+                                  "flow-categorical"])
+def test_scale_covers_float32_input_rounding(name, committed):
+    """refvae on inputs rounded to float32 (parameters, eps, draws, Gaussian x) moves every value
+    by at most a small fraction of the float32 tolerance c u32 (S + |e|): the first term of the
+    derivation, measured; the rest of the margin is for internal rounding and two implementations."""
+    case = committed[name]
+    r32 = lambda a: np.asarray(a, np.float32).astype(np.float64)  # noqa: E731
+    model = golden.reference_model(case.config, {k: r32(v) for k, v in case.params.items()})
+    draws = dict(case.draws)
+    draws["prior_sample.eps"] = r32(draws["prior_sample.eps"])
+    out = reference_outputs(model, r32(case.x), r32(case.eps), draws)
+    worst = max(float(np.max(np.abs(out[k] - case.values[k]) / case.allowed(k, "float32")))
+                for k in case.order)
+    assert worst < 0.1
+
+
+# =========================================================================== writing and reading
+
+def test_npz_is_deterministic():
+    arrays = {"param.a": np.arange(3.0), "value.loss": np.array(1.5), "draw.i": np.arange(4)}
+    assert golden._npz_bytes(arrays) == golden._npz_bytes(arrays)
+    with np.load(io.BytesIO(golden._npz_bytes(arrays)), allow_pickle=False) as npz:
+        assert npz["value.loss"].shape == () and npz["draw.i"].dtype == np.int64
+
+
+def test_cli_writes_a_case_that_matches_the_committed_one(tmp_path, capsys):
+    args = _parse(["--prior", "standard", "--likelihood", "bernoulli", "--out", str(tmp_path)])
+    assert run_golden(args) == 0
+    out = capsys.readouterr().out
+    assert "standard-bernoulli" in out and "SHA256SUMS" in out
+    assert golden.verify_checksums(tmp_path) == []
+    case = load_case(tmp_path / "standard-bernoulli")
+    assert compare_cases(case, load_case("standard-bernoulli")) == []
+    # the same build written twice gives the same bytes (checksums are stable on one machine)
+    first = (tmp_path / "standard-bernoulli" / "case.npz").read_bytes()
+    assert run_golden(_parse(["--prior", "standard", "--likelihood", "bernoulli", "--out",
+                              str(tmp_path), "--quiet"])) == 0
+    assert (tmp_path / "standard-bernoulli" / "case.npz").read_bytes() == first
+
+
+def test_cli_compare(tmp_path, capsys):
+    args = _parse(["--prior", "standard", "--likelihood", "gaussian", "--compare", golden.golden_dir()])
+    assert run_golden(args) == 0
+    assert "same  standard-gaussian" in capsys.readouterr().out
+    shutil.copytree(os.path.join(golden.golden_dir(), "standard-gaussian"), tmp_path / "standard-gaussian")
+    npz = tmp_path / "standard-gaussian" / "case.npz"
+    with np.load(npz, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["value.kl"] = arrays["value.kl"] + 1e-9
+    npz.write_bytes(golden._npz_bytes(arrays))
+    args = _parse(["--prior", "standard", "--likelihood", "gaussian", "--compare", str(tmp_path)])
+    assert run_golden(args) == 1
+    assert "MOVED standard-gaussian" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--prior", "normal", "--out", "x"], "--prior: unknown 'normal'"),
+    (["--likelihood", "poisson", "--out", "x"], "--likelihood: unknown 'poisson'"),
+    (["--prior", "mog"], "--out DIR is required"),
+    (["--prior", "mog", "--out", "x", "--seed", "-1"], "--seed must be >= 0"),
+])
+def test_cli_rejects_bad_input(argv, match):
+    with pytest.raises(ValueError, match=match):
+        run_golden(_parse(argv))
+
+
+def test_load_case_errors(tmp_path):
+    with pytest.raises(ValueError, match="not a golden case"):
+        load_case(tmp_path)
+    case_dir = tmp_path / "c"
+    shutil.copytree(os.path.join(golden.golden_dir(), "mog-bernoulli"), case_dir)
+    m = json.loads((case_dir / "manifest.json").read_text())
+    m["format_version"] = 99
+    (case_dir / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="version 99"):
+        load_case(case_dir)
+    shutil.copy(os.path.join(golden.golden_dir(), "mog-bernoulli", "manifest.json"), case_dir)
+    # an object array (needs pickle) is refused
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        member = io.BytesIO()
+        np.lib.format.write_array(member, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        zf.writestr("value.loss.npy", member.getvalue())
+    (case_dir / "case.npz").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match="without pickle"):
+        load_case(case_dir)
