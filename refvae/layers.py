@@ -634,8 +634,12 @@ def mlp_backward(dy, cache):
     ----------
     SPEC.md section 3 (gradient dicts have the keys and shapes of the parameter dict).
     """
+    return _mlp_backward(_check_dy(dy, cache["y_shape"]), cache)
+
+
+def _mlp_backward(d, cache):
+    """Unchecked :func:`mlp_backward`: ``d`` a float64 array of shape ``cache["y_shape"]``."""
     prefix = cache["prefix"]
-    d = _check_dy(dy, cache["y_shape"])
     grads_rev = {}
     for i in range(len(cache["layers"]) - 1, -1, -1):
         lin_cache, act, act_cache = cache["layers"][i]

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import gaussian
 from ._validation import as_float_array, check_positive_int
-from .primitives import log_sigmoid, log_softmax, sigmoid
+from .primitives import _log_softmax, log_sigmoid, log_softmax, sigmoid
 
 __all__ = ["LIKELIHOODS", "categorical_log_prob", "categorical_log_prob_vjp",
            "bernoulli_log_prob", "bernoulli_log_prob_vjp", "gaussian_log_prob",
@@ -42,14 +42,8 @@ def _check_g(g, B):
 
 # =========================================================================== categorical
 
-def _check_categorical(x, logits, num_vals):
-    C = check_positive_int(num_vals, "num_vals")
-    x = as_float_array(x, "x", ndim=2)
-    B, D = x.shape
-    logits = as_float_array(logits, "logits", ndim=2, allow_complex=True)
-    if logits.shape != (B, D * C):
-        raise ValueError(f"logits must have shape (B, D*C) = ({B}, {D * C}) for x of shape {x.shape} "
-                         f"and num_vals={C}, got {logits.shape}")
+def _check_categorical_x(x, C):
+    """``x`` (B, D) float64 holding category indices 0..C-1, as ``intp``; ValueError naming x."""
     if np.any(x != np.floor(x)):
         idx = tuple(int(i) for i in np.argwhere(x != np.floor(x))[0])
         raise ValueError(f"x must hold integer category indices 0..{C - 1}; found {x[idx]!r} at index {idx}")
@@ -58,7 +52,41 @@ def _check_categorical(x, logits, num_vals):
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"x must hold category indices in 0..{C - 1} (num_vals={C}); "
                          f"found {x[idx]!r} at index {idx}")
-    return x.astype(np.intp), logits.reshape(B, D, C), C
+    return x.astype(np.intp)
+
+
+def _check_categorical(x, logits, num_vals):
+    C = check_positive_int(num_vals, "num_vals")
+    x = as_float_array(x, "x", ndim=2)
+    B, D = x.shape
+    logits = as_float_array(logits, "logits", ndim=2, allow_complex=True)
+    if logits.shape != (B, D * C):
+        raise ValueError(f"logits must have shape (B, D*C) = ({B}, {D * C}) for x of shape {x.shape} "
+                         f"and num_vals={C}, got {logits.shape}")
+    return _check_categorical_x(x, C), logits.reshape(B, D, C), C
+
+
+def _categorical_log_prob_and_lsm(xi, a):
+    """Unchecked :func:`categorical_log_prob` on ``xi`` (B, D) intp and logits ``a`` (B, D, C)
+    (float64 or complex128, finite). Returns ``(log_prob, lsm)``; ``lsm`` is the log-softmax of
+    ``a``, which :func:`_categorical_vjp_from_lsm` reuses (the VAE computes it once per step)."""
+    lsm = _log_softmax(a, axis=-1)
+    return np.take_along_axis(lsm, xi[:, :, None], axis=-1)[:, :, 0].sum(axis=1), lsm
+
+
+def _categorical_vjp_from_lsm(g, xi, lsm):
+    """Unchecked :func:`categorical_log_prob_vjp` from the forward's real ``lsm`` (B, D, C) and
+    ``g`` (B,) float64; returns dlogits (B, D, C). Same operations, hence the same bits, as the
+    public function: ``g * (-p)`` is formed as ``(-g) * p`` (negation is exact and the product
+    commutes), in place in the array ``p``."""
+    with np.errstate(under="ignore"):
+        p = np.exp(lsm)
+    np.put_along_axis(p, xi[:, :, None], 0.0, axis=-1)
+    s = p.sum(axis=-1, keepdims=True)
+    gb = g[:, None, None]
+    np.multiply(-gb, p, out=p)
+    np.put_along_axis(p, xi[:, :, None], gb * s, axis=-1)
+    return p
 
 
 def categorical_log_prob(x, logits, num_vals):

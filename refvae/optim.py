@@ -153,13 +153,31 @@ class _Optimizer:
         for k in self._shapes:
             self._update(k, self.params[k], grads[k])
 
-    def _lerp_moment(self, m, g):
-        """``m <- lerp(m, g, 1 - beta1)`` in ATen's order (``torch.Tensor.lerp_``)."""
+    def _scratch(self, shape, which=0):
+        """A float64 work array of ``shape`` (a view of a flat buffer the size of the largest
+        parameter; ``which`` selects one of two). Not part of the optimiser's state."""
+        bufs = self.__dict__.get("_bufs")
+        size = math.prod(shape)
+        if bufs is None or bufs[0].size < size:
+            n = max([size, *(math.prod(s) for s in self._shapes.values())])
+            bufs = self._bufs = (np.empty(n), np.empty(n))
+        return bufs[which][:size].reshape(shape)
+
+    def _lerp_moment(self, m, g, buf=None):
+        """``m <- lerp(m, g, 1 - beta1)`` in ATen's order (``torch.Tensor.lerp_``).
+
+        In place, with the work array ``buf`` (same operations and order, hence the same bits, as
+        ``m += w * (g - m)`` / ``m[...] = g - (g - m) * (1 - w)``)."""
         w = 1.0 - self.betas[0]
+        if buf is None:
+            buf = np.empty(np.shape(m))
+        np.subtract(g, m, out=buf)                   # g - m
         if w < 0.5:
-            m += w * (g - m)
+            np.multiply(buf, w, out=buf)             # w * (g - m)
+            np.add(m, buf, out=m)
         else:
-            m[...] = g - (g - m) * (1.0 - w)
+            np.multiply(buf, 1.0 - w, out=buf)       # (g - m) * (1 - w)
+            np.subtract(g, buf, out=m)
 
     def _update(self, k, p, g):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -249,15 +267,23 @@ class Adam(_Optimizer):
     def _update(self, k, p, g):
         beta1, beta2 = self.betas
         m, v = self.m[k], self.v[k]
-        self._lerp_moment(m, g)                      # exp_avg.lerp_(grad, 1 - beta1)
+        buf, den = self._scratch(p.shape, 0), self._scratch(p.shape, 1)
+        # in place, same operations and order as the expressions in the comments
+        self._lerp_moment(m, g, buf)                 # exp_avg.lerp_(grad, 1 - beta1)
         v *= beta2                                   # exp_avg_sq.mul_(beta2)
-        v += ((1.0 - beta2) * g) * g                 #   .addcmul_(grad, grad, value=1 - beta2)
+        np.multiply(g, 1.0 - beta2, out=buf)         #   .addcmul_(grad, grad, value=1 - beta2):
+        np.multiply(buf, g, out=buf)                 #   v += ((1 - beta2) * g) * g
+        np.add(v, buf, out=v)
         bias_correction1 = 1.0 - beta1 ** self.t
         bias_correction2 = 1.0 - beta2 ** self.t
         step_size = self.lr / bias_correction1
         bias_correction2_sqrt = bias_correction2 ** 0.5
-        denom = np.sqrt(v) / bias_correction2_sqrt + self.eps
-        p += (-step_size * m) / denom                # param.addcdiv_(exp_avg, denom, value=-step_size)
+        np.sqrt(v, out=den)                          # denom = sqrt(v) / bias_correction2_sqrt + eps
+        np.divide(den, bias_correction2_sqrt, out=den)
+        np.add(den, self.eps, out=den)
+        np.multiply(m, -step_size, out=buf)          # param.addcdiv_(exp_avg, denom, value=-step_size):
+        np.divide(buf, den, out=buf)                 #   p += (-step_size * m) / denom
+        np.add(p, buf, out=p)
 
 
 class Adamax(_Optimizer):
@@ -296,12 +322,18 @@ class Adamax(_Optimizer):
     def _update(self, k, p, g):
         beta1, beta2 = self.betas
         m, u = self.m[k], self.u[k]
-        self._lerp_moment(m, g)                      # exp_avg.lerp_(grad, 1 - beta1)
+        buf = self._scratch(p.shape)
+        # in place, same operations and order as the expressions in the comments
+        self._lerp_moment(m, g, buf)                 # exp_avg.lerp_(grad, 1 - beta1)
         u *= beta2                                   # exp_inf.mul_(beta2)
-        np.maximum(u, np.abs(g) + self.eps, out=u)   # torch.maximum(..., grad.abs().add_(eps))
+        np.abs(g, out=buf)                           # torch.maximum(..., grad.abs().add_(eps)):
+        np.add(buf, self.eps, out=buf)               #   u = max(u, |g| + eps)
+        np.maximum(u, buf, out=u)
         bias_correction = 1.0 - beta1 ** self.t
         clr = self.lr / bias_correction
-        p += (-clr * m) / u                          # param.addcdiv_(exp_avg, exp_inf, value=-clr)
+        np.multiply(m, -clr, out=buf)                # param.addcdiv_(exp_avg, exp_inf, value=-clr):
+        np.divide(buf, u, out=buf)                   #   p += (-clr * m) / u
+        np.add(p, buf, out=p)
 
 
 #: Optimisers by name (the names :func:`refvae.train.fit` accepts).

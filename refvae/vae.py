@@ -42,7 +42,7 @@ import numpy as np
 
 from . import gaussian, likelihoods
 from ._validation import as_float_array, check_choice, check_positive_int, check_rng
-from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
+from .layers import ACTIVATIONS, _mlp_backward, mlp_backward, mlp_forward, mlp_init
 from .priors import PRIORS, Prior, make_prior
 
 __all__ = ["VAE", "Encoder", "Decoder", "NegElbo"]
@@ -73,6 +73,15 @@ class Encoder:
 
     def backward(self, dmu, dlog_var, cache):
         return mlp_backward(np.concatenate([dmu, dlog_var], axis=1), cache)
+
+    def _backward_sum(self, dmu, dmu_r, dlog_var, dlog_var_r, cache):
+        """Unchecked ``backward(dmu + dmu_r, dlog_var + dlog_var_r, cache)``: the two sums are
+        written straight into the halves of one (B, 2L) array (no concatenation)."""
+        L = self.latent_dim
+        dh = np.empty((dmu.shape[0], 2 * L))
+        np.add(dmu, dmu_r, out=dh[:, :L])
+        np.add(dlog_var, dlog_var_r, out=dh[:, L:])
+        return _mlp_backward(dh, cache)
 
 
 class Decoder:
@@ -129,6 +138,33 @@ class Decoder:
 
     def backward(self, dout, cache):
         return mlp_backward(dout, cache)
+
+    # -- unchecked variants used by VAE.forward/backward (x validated once at the boundary) --
+    def _check_x(self, x):
+        """Cheap check that the (already float64, (B, D)) ``x`` suits the likelihood; returns the
+        form the private likelihood path uses (category indices for ``categorical``)."""
+        if self.likelihood == "categorical":
+            return likelihoods._check_categorical_x(x, self.num_vals)
+        return x
+
+    def _log_prob(self, params, x, xl, out):
+        """``(log_prob(params, x, out), lik_cache)``; ``xl`` from :meth:`_check_x`."""
+        if self.likelihood == "categorical":
+            a = out.reshape(out.shape[0], self.x_dim, self.num_vals)
+            lp, lsm = likelihoods._categorical_log_prob_and_lsm(xl, a)
+            return lp, lsm
+        return self.log_prob(params, x, out), None
+
+    def _log_prob_vjp(self, g, params, x, xl, out, lik_cache):
+        """:meth:`log_prob_vjp` from the forward's ``lik_cache`` (no second log_softmax)."""
+        if self.likelihood == "categorical" and not np.iscomplexobj(lik_cache):
+            d = likelihoods._categorical_vjp_from_lsm(g, xl, lik_cache)
+            return d.reshape(out.shape[0], -1), {}
+        dout, grads = self.log_prob_vjp(g, params, x, out)
+        return np.ascontiguousarray(dout, dtype=np.float64), grads
+
+    def _backward(self, dout, cache):
+        return _mlp_backward(dout, cache)
 
     def mean(self, params, out):
         """The likelihood's mean: E[x | z] (categorical: sum_c c p_c; Bernoulli: sigmoid)."""
@@ -293,15 +329,19 @@ class VAE:
         p = self.params if params is None else params
         x = self._check_x(x)
         eps = self._check_eps(eps, x.shape[0])
+        xl = self.decoder._check_x(x)       # x suits the likelihood (categorical: indices 0..C-1)
         mu, log_var, enc_cache = self.encoder.forward(p, x)
-        z = gaussian.reparameterize(mu, log_var, eps)
+        # mu, log_var: C-contiguous copies of the encoder's output halves, as the public
+        # gaussian.* functions would make them; the unchecked kernels then see the same arrays
+        mu_c, log_var_c = np.ascontiguousarray(mu), np.ascontiguousarray(log_var)
+        z = gaussian._reparameterize(mu_c, log_var_c, eps)
         out, dec_cache = self.decoder.forward(p, z)
-        log_px_z = self.decoder.log_prob(p, x, out)
+        log_px_z, lik_cache = self.decoder._log_prob(p, x, xl, out)
         log_pz, prior_cache = self.prior.forward(p, z)
-        log_qz_x = gaussian.log_prob(z, mu, log_var)
+        log_qz_x = gaussian._log_prob(z, mu_c, log_var_c)
         if self.kl == "analytic":
             zeros = np.zeros(self.latent_dim)
-            kl = gaussian.kl(mu, log_var, zeros, zeros)
+            kl = gaussian._kl(mu_c, log_var_c, zeros, zeros)
         else:
             kl = log_qz_x - log_pz
         per_example = -(log_px_z - kl)
@@ -314,7 +354,8 @@ class VAE:
         return {"x": x, "eps": eps, "mu": mu, "log_var": log_var, "z": z, "out": out,
                 "log_px_z": log_px_z, "log_pz": log_pz, "log_qz_x": log_qz_x, "kl": kl,
                 "per_example": per_example, "enc": enc_cache, "dec": dec_cache,
-                "prior": prior_cache, "params": p, "trace": trace}
+                "prior": prior_cache, "params": p, "trace": trace,
+                "_x_lik": xl, "_lik": lik_cache, "_mu_c": mu_c, "_log_var_c": log_var_c}
 
     def trace(self, x, eps, params=None):
         """Every intermediate of the forward pass, as an ordered dict name -> array."""
@@ -342,30 +383,61 @@ class VAE:
         p = cache["params"]
         B = cache["x"].shape[0]
         c = np.full(B, 1.0 / B if reduction == "mean" else 1.0)
-        grads = {k: np.zeros_like(v) for k, v in p.items()}
+        # Gradients of parameters on several paths are summed in path order. The first term of
+        # each is stored as ``v + 0.0`` (in place for arrays owned here), which has the bits of
+        # ``zeros + v`` (-0.0 becomes +0.0) without the zeros; later terms are added in place.
+        acc = {}
 
-        def add(gs):
+        def add(gs, owned=False):
             for k, v in gs.items():
-                grads[k] += v
+                if k in acc:
+                    acc[k] += v
+                elif owned and isinstance(v, np.ndarray) and v.dtype == np.float64 \
+                        and v.flags.writeable and isinstance(p[k], np.ndarray) \
+                        and p[k].dtype == np.float64 and v.shape == p[k].shape:
+                    acc[k] = np.add(v, 0.0, out=v)
+                else:
+                    acc[k] = np.zeros_like(p[k])
+                    acc[k] += v
 
-        mu, log_var, z, eps = cache["mu"], cache["log_var"], cache["z"], cache["eps"]
-        # decoder path: d(-log p(x|z))
-        dout, g_lik = self.decoder.log_prob_vjp(-c, p, cache["x"], cache["out"])
-        add(g_lik)
-        dz, g_dec = self.decoder.backward(dout, cache["dec"])
-        add(g_dec)
-        if self.kl == "analytic":
-            zeros = np.zeros(self.latent_dim)
-            dmu, dlog_var, _, _ = gaussian.kl_vjp(c, mu, log_var, zeros, zeros)
-        else:
-            dz_p, g_prior = self.prior.backward(-c, cache["prior"])
-            add(g_prior)
-            dz_q, dmu, dlog_var = gaussian.log_prob_vjp(c, z, mu, log_var)
-            dz = dz + dz_p + dz_q
-        dmu_r, dlog_var_r, _ = gaussian.reparameterize_vjp(dz, mu, log_var, eps)
-        _, g_enc = self.encoder.backward(dmu + dmu_r, dlog_var + dlog_var_r, cache["enc"])
-        add(g_enc)
-        return grads
+        if "_lik" in cache:
+            x, xl = cache["x"], cache["_x_lik"]
+            mu, log_var = cache["_mu_c"], cache["_log_var_c"]
+            z, eps = cache["z"], cache["eps"]
+            # decoder path: d(-log p(x|z))
+            dout, g_lik = self.decoder._log_prob_vjp(-c, p, x, xl, cache["out"], cache["_lik"])
+            add(g_lik)
+            dz, g_dec = self.decoder._backward(dout, cache["dec"])
+            add(g_dec, owned=True)
+            if self.kl == "analytic":
+                zeros = np.zeros(self.latent_dim)
+                dmu, dlog_var, _, _ = gaussian._kl_vjp(c, mu, log_var, zeros, zeros)
+            else:
+                dz_p, g_prior = self.prior.backward(-c, cache["prior"])
+                add(g_prior)
+                dz_q, dmu, dlog_var = gaussian._log_prob_vjp(c, z, mu, log_var)
+                dz = dz + dz_p + dz_q
+            dmu_r, dlog_var_r, _ = gaussian._reparameterize_vjp(dz, mu, log_var, eps)
+            _, g_enc = self.encoder._backward_sum(dmu, dmu_r, dlog_var, dlog_var_r, cache["enc"])
+            add(g_enc, owned=True)
+        else:  # a cache assembled by hand (no private entries): the checked path
+            mu, log_var, z, eps = cache["mu"], cache["log_var"], cache["z"], cache["eps"]
+            dout, g_lik = self.decoder.log_prob_vjp(-c, p, cache["x"], cache["out"])
+            add(g_lik)
+            dz, g_dec = self.decoder.backward(dout, cache["dec"])
+            add(g_dec)
+            if self.kl == "analytic":
+                zeros = np.zeros(self.latent_dim)
+                dmu, dlog_var, _, _ = gaussian.kl_vjp(c, mu, log_var, zeros, zeros)
+            else:
+                dz_p, g_prior = self.prior.backward(-c, cache["prior"])
+                add(g_prior)
+                dz_q, dmu, dlog_var = gaussian.log_prob_vjp(c, z, mu, log_var)
+                dz = dz + dz_p + dz_q
+            dmu_r, dlog_var_r, _ = gaussian.reparameterize_vjp(dz, mu, log_var, eps)
+            _, g_enc = self.encoder.backward(dmu + dmu_r, dlog_var + dlog_var_r, cache["enc"])
+            add(g_enc)
+        return {k: acc[k] if k in acc else np.zeros_like(v) for k, v in p.items()}
 
     def neg_elbo_and_grad(self, x, eps, reduction="mean", params=None):
         """``(value, grads)``: the reduced neg_elbo and its gradient w.r.t. every parameter."""
