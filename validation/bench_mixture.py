@@ -39,6 +39,13 @@ Usage
     python validation/bench_mixture.py              # full run, minutes
     python validation/bench_mixture.py --quick      # first size, one repeat, seconds
     python validation/bench_mixture.py --sizes 10000,10000,16 --repeats 3 --json out.json
+    python validation/bench_mixture.py --wait-idle 300   # on a shared machine (see below)
+
+On a shared machine, other processes distort the timings (refvae's two-thread kernels more than the
+single-threaded NumPy path). Every timing phase therefore records how many cores other processes
+used meanwhile; a phase where they used more than 0.25 cores is re-run (``--retries``, after waiting
+for an idle machine within ``--max-total-wait``) and sizes that stay contended are flagged in the
+output. ``--wait-idle`` also waits before the run and before every phase.
 
 Results go to ``validation/results/bench_mixture.json`` and ``.md`` (``--quick`` writes
 ``bench_mixture_quick.*`` instead, so a smoke run does not overwrite the full results; ``--json`` /
@@ -472,7 +479,6 @@ def measure_peaks(seed, with_fastexp=True):
     gf = [2.0 * n ** 3 / t / 1e9 for t in _time_samples(lambda: a @ b, repeats=9)]
     res["matmul_n"] = n
     res["matmul_gflops_samples"] = gf
-    del a, b
 
     m = 1 << 22
     xs = {kind: rng.uniform(lo, hi, size=m) for kind, (lo, hi) in EXP_ARGS.items()}
