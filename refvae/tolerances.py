@@ -68,8 +68,8 @@ TOLERANCES: dict[str, Tolerance] = {
         rtol=4.0, atol=0.0,
         reason="forward error bound |f_hat - f| <= c u (|f| + S), S the responsibility-weighted "
                "magnitude of the summands (refvae.mixture docstring). The a-priori worst case is "
-               "c = 24; every case the tests generate (random, adversarial) must meet c = 4, and "
-               "the largest observed is ~2.2 (validation/kernel_accuracy.json)"),
+               "c = 26; every case the tests generate (random, adversarial) must meet c = 4, and "
+               "the largest observed is ~2.4 (validation/kernel_accuracy.json)"),
     "mixture_vs_twin": Tolerance(
         rtol=1e-13, atol=1e-13,
         reason="the Numba kernel and its NumPy twin sum the same terms in different orders (and the "

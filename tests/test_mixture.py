@@ -14,7 +14,8 @@ with log-weights w used as given (unnormalised). What is checked, and against wh
   against exact gradients (tolerance ``mixture_vjp_vs_mpmath``).
 * **The NumPy twin** (``mixture_log_prob_numpy``, ``mixture_log_prob_vjp_numpy``), on
   hypothesis-generated inputs (B, K in 1..12, L in 1..6) and on fixed sizes that straddle the
-  kernel's tiles of ``TILE = 128`` components and blocks of ``QUERY_BLOCK = 8`` queries
+  kernel's tiles of ``TILE = 128`` components, blocks of ``QUERY_BLOCK = 16`` queries and groups
+  of four dimensions in the quadratic form (L mod 4 = 0, 1, 2, 3)
   (tolerances ``mixture_vs_twin``, ``mixture_vjp_vs_twin``).
 * **Adversarial inputs**: -inf log-weights (first, in the middle, a whole tile, all of them),
   log-weights at +-1e300, log-variances in [-60, 60], queries so far away that every naive exp
@@ -75,7 +76,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCURACY_JSON = REPO_ROOT / "validation" / "kernel_accuracy.json"
 SEED = 20261125
 
-assert TILE == 128 and QUERY_BLOCK == 8, "the fixed sizes below are chosen around these values"
+assert TILE == 128 and QUERY_BLOCK == 16, "the fixed sizes below are chosen around these values"
 
 # The NumPy twin evaluates log(0) (then discards it) on rows whose terms are all -inf.
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")
@@ -413,8 +414,8 @@ def _case_b1_tiles():
 
 
 def _case_tile_and_block_edges():
-    """B = 9 (one full block of 8 + 1) and K = 129 (one full tile + 1)."""
-    return _random_case(np.random.default_rng(11), 9, 129, 2, coord=2.0, lv=(-3, 3), wscale=2)
+    """B = 17 (one full block of 16 + 1) and K = 129 (one full tile + 1)."""
+    return _random_case(np.random.default_rng(11), 17, 129, 2, coord=2.0, lv=(-3, 3), wscale=2)
 
 
 def _case_f_near_zero():
@@ -540,14 +541,16 @@ def test_vjp_matches_twin(inputs, data):
     check_vjp_vs_twin(g, *inputs)
 
 
-FIXED_SIZES = [(1, 1, 1), (1, 300, 16), (50, 1, 16), (8, 128, 3), (9, 129, 3), (7, 127, 4),
-               (17, 257, 5), (16, 256, 2), (50, 300, 16)]
+# L = 1..7 and 16 cover every remainder L mod 4 of the quadratic's groups of four dimensions
+FIXED_SIZES = [(1, 1, 1), (1, 300, 16), (50, 1, 16), (16, 128, 3), (17, 129, 3), (15, 127, 4),
+               (33, 257, 5), (32, 256, 2), (50, 300, 16), (8, 128, 6), (9, 129, 7), (40, 200, 7)]
 
 
 @pytest.mark.parametrize("B,K,L", FIXED_SIZES)
 @pytest.mark.parametrize("weights", ["given", "none", "dead"])
 def test_fixed_sizes_match_twin(B, K, L, weights):
-    """Sizes at and around the kernel's tile (128) and query block (8), forward and VJP."""
+    """Sizes at and around the kernel's tile (128), query block (16) and dimension groups (4),
+    forward and VJP."""
     rng = np.random.default_rng(B * 100003 + K * 101 + L)
     case = _random_case(rng, B, K, L, coord=1.0, lv=(-1.5, 1.5), wscale=2.0,
                         dead=0.3 if weights == "dead" else 0.0, none=weights == "none")
@@ -749,7 +752,7 @@ def test_huge_kl_tiny_variances():
 @pytest.mark.slow
 def test_huge_kl_tiny_variances_large():
     """K = 20000, L = 64, B = 40 (K L = 1.3e6) with sd ~ 1e-12: against the twin; the last query
-    (in the last, partial block of 8) against mpmath."""
+    (in the last, partial block of 16) against mpmath."""
     case = _case_huge_kl_tiny_var(K=20000, L=64, B=40, seed=18)
     check_against_twin(mixture_log_prob, *case)
     check_error_bound(mixture_log_prob, *case, rows=(39,), what="huge K L, large")
