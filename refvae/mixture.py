@@ -402,9 +402,40 @@ def mixture_log_prob(z, means, log_vars, log_weights=None):
 
 # --------------------------------------------------------------------------- VJP
 
+@njit(inline="always")
+def _responsibility_coefs(acc, coef, g, f, b0, nb, ebuf):
+    """coef[q, k] = g_b r_bk = g_b exp(t_bk - f_b) for the nb queries of a block (acc holds t).
+
+    r is exactly 0 where t - f < -746 (exp underflows) and on rows with f = -inf (no term is
+    finite, so no gradient flows). Returns whether any coefficient of the block is nonzero.
+    """
+    T = acc.shape[1]
+    any_live = False
+    for q in range(nb):
+        fb = f[b0 + q]
+        gb = g[b0 + q]
+        c_q = coef[q]
+        if fb == -np.inf or gb == 0.0:
+            for k in range(T):
+                c_q[k] = 0.0
+            continue
+        exp_shift_tile(acc[q], fb, ebuf, VJP_UNDERFLOW)  # r = exp(t - f), 0.0 below -746
+        for k in range(T):
+            c_q[k] = gb * ebuf[k]
+        any_live = True
+    return any_live
+
+
 @njit(parallel=True, cache=True)
 def _vjp_z_kernel(g, z, f, muT, aT, const, qb):
-    """dz[b] = -g_b sum_k r_bk (z_b - mu_k) e^{-v_k}; parallel over query blocks."""
+    """dz[b] = -g_b sum_k r_bk (z_b - mu_k) e^{-v_k}; parallel over query blocks.
+
+    Per tile: the terms of the block's queries (:func:`_tile_terms`, shared with the forward),
+    coef = g r, then for each dimension the products coef_k (z_l - mu_kl) e^{-v_kl} into a tile
+    row (vectorised; a product whose coef is 0 is set to 0 by a select, so a component whose
+    quadratic overflowed -- r = 0, (z - mu) e^{-v} possibly inf -- never gives 0 * inf = NaN),
+    summed in four lanes combined in a fixed order.
+    """
     B, L = z.shape
     n_tiles, _, T = muT.shape
     dz = np.zeros((B, L))
@@ -416,84 +447,84 @@ def _vjp_z_kernel(g, z, f, muT, aT, const, qb):
         qc = np.empty((qb, T))
         coef = np.empty((qb, T))
         ebuf = np.empty(T)
-        live = np.empty((qb, T), dtype=np.int64)
-        n_live = np.zeros(qb, dtype=np.int64)
+        prod = np.empty(T)
         for ti in range(n_tiles):
             _tile_terms(acc, qc, z, b0, nb, muT, aT, const, ti)
-            for q in range(nb):
-                fb = f[b0 + q]
-                gb = g[b0 + q]
-                n = 0
-                if fb != -np.inf:
-                    exp_shift_tile(acc[q], fb, ebuf, VJP_UNDERFLOW)  # r = exp(t - f)
-                    for k in range(T):
-                        if ebuf[k] != 0.0:
-                            coef[q, k] = gb * ebuf[k]
-                            live[q, n] = k
-                            n += 1
-                n_live[q] = n
-            # only components with a nonzero responsibility are touched: a component whose
-            # quadratic overflowed (r = 0) never meets an inf factor, so no 0 * inf = NaN
+            if not _responsibility_coefs(acc, coef, g, f, b0, nb, ebuf):
+                continue
             for l in range(L):
                 mu_row = muT[ti, l]
                 a_row = aT[ti, l]
                 for q in range(nb):
                     zl = z[b0 + q, l]
-                    tot = 0.0
-                    for j in range(n_live[q]):
-                        k = live[q, j]
+                    c_q = coef[q]
+                    for k in range(T):
                         a = a_row[k]
-                        # (z - mu) e^{-v} = 2 a^2 (z - mu)
-                        tot += coef[q, k] * ((zl - mu_row[k]) * (2.0 * a * a))
-                    dz[b0 + q, l] -= tot
+                        # coef (z - mu) e^{-v}, with e^{-v} = 2 a^2
+                        x = c_q[k] * ((zl - mu_row[k]) * (2.0 * a * a))
+                        prod[k] = x if c_q[k] != 0.0 else 0.0
+                    s0 = 0.0
+                    s1 = 0.0
+                    s2 = 0.0
+                    s3 = 0.0
+                    for k in range(0, T, 4):
+                        s0 += prod[k]
+                        s1 += prod[k + 1]
+                        s2 += prod[k + 2]
+                        s3 += prod[k + 3]
+                    dz[b0 + q, l] -= (s0 + s1) + (s2 + s3)
     return dz
 
 
 @njit(parallel=True, cache=True)
 def _vjp_components_kernel(g, z, f, muT, aT, const, K):
-    """dmeans, dlog_vars, dlog_weights: parallel over component tiles, each summing over b in order."""
+    """dmeans, dlog_vars, dlog_weights: parallel over component tiles, each summing over b in order.
+
+    Each tile takes the queries in blocks of QUERY_BLOCK (the terms of a block come from
+    :func:`_tile_terms`, reusing each tile row for the block), then adds query by query, in
+    index order, coef_k (z_l - mu_kl) e^{-v_kl} and coef_k 1/2 ((z_l - mu_kl)^2 e^{-v_kl} - 1)
+    to the tile's rows (vectorised over the tile; zero coefficients select 0, never 0 * inf).
+    """
     B, L = z.shape
     n_tiles, _, T = muT.shape
+    qb = QUERY_BLOCK
     dmeans = np.zeros((K, L))
     dlog_vars = np.zeros((K, L))
     dlog_weights = np.zeros(K)
+    n_blocks = (B + qb - 1) // qb
     for ti in prange(n_tiles):
-        acc = np.empty((1, T))
-        qc = np.empty((1, T))
-        coef = np.empty(T)
+        acc = np.empty((qb, T))
+        qc = np.empty((qb, T))
+        coef = np.empty((qb, T))
         ebuf = np.empty(T)
-        live = np.empty(T, dtype=np.int64)
         dmu = np.zeros((L, T))
         dlv = np.zeros((L, T))
         dw = np.zeros(T)
-        for b in range(B):
-            fb = f[b]
-            if fb == -np.inf:
+        for blk in range(n_blocks):
+            b0 = blk * qb
+            nb = min(qb, B - b0)
+            _tile_terms(acc, qc, z, b0, nb, muT, aT, const, ti)
+            if not _responsibility_coefs(acc, coef, g, f, b0, nb, ebuf):
                 continue
-            gb = g[b]
-            _tile_terms(acc, qc, z, b, 1, muT, aT, const, ti)
-            n_live = 0
-            exp_shift_tile(acc[0], fb, ebuf, VJP_UNDERFLOW)  # r = exp(t - f)
-            for k in range(T):
-                if ebuf[k] != 0.0:
-                    coef[k] = gb * ebuf[k]
-                    live[n_live] = k
-                    n_live += 1
-            for j in range(n_live):
-                dw[live[j]] += coef[live[j]]
-            for l in range(L):
-                zl = z[b, l]
-                mu_row = muT[ti, l]
-                a_row = aT[ti, l]
-                dmu_row = dmu[l]
-                dlv_row = dlv[l]
-                for j in range(n_live):
-                    k = live[j]
-                    a = a_row[k]
-                    diff = zl - mu_row[k]
-                    ivd = diff * (2.0 * a * a)  # (z - mu) e^{-v}
-                    dmu_row[k] += coef[k] * ivd
-                    dlv_row[k] += coef[k] * (0.5 * (ivd * diff - 1.0))
+            for q in range(nb):
+                c_q = coef[q]
+                for k in range(T):
+                    dw[k] += c_q[k]
+                for l in range(L):
+                    zl = z[b0 + q, l]
+                    mu_row = muT[ti, l]
+                    a_row = aT[ti, l]
+                    dmu_row = dmu[l]
+                    dlv_row = dlv[l]
+                    for k in range(T):
+                        a = a_row[k]
+                        c = c_q[k]
+                        diff = zl - mu_row[k]
+                        ivd = diff * (2.0 * a * a)  # (z - mu) e^{-v}
+                        x_mu = c * ivd
+                        x_lv = c * (0.5 * (ivd * diff - 1.0))
+                        dmu_row[k] += x_mu if c != 0.0 else 0.0
+                        dlv_row[k] += x_lv if c != 0.0 else 0.0
         k0 = ti * T
         for j in range(min(T, K - k0)):
             dlog_weights[k0 + j] = dw[j]
