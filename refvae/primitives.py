@@ -263,11 +263,31 @@ def log_softmax(x, axis=-1):
     return _log_softmax(x, axis)
 
 
+def _sum_hi_lo(g, axis):
+    """``(hi, lo)`` with ``hi + lo = sum(g, axis)`` (keepdims) to about ``u^2 sum|g|``.
+
+    Cascaded TwoSum along ``axis`` (Ogita, Rump and Oishi's Sum2): ``hi`` is the recursive sum,
+    ``lo`` the sum of its rounding errors, each found exactly by TwoSum.
+    """
+    g = np.moveaxis(g, axis, -1)
+    hi = np.zeros(g.shape[:-1], dtype=g.dtype)
+    lo = np.zeros(g.shape[:-1], dtype=g.dtype)
+    for k in range(g.shape[-1]):
+        b = g[..., k]
+        t = hi + b
+        bb = t - hi
+        lo = lo + ((hi - (t - bb)) + (b - bb))
+        hi = t
+    return np.expand_dims(hi, axis), np.expand_dims(lo, axis)
+
+
 def log_softmax_vjp(g, x, axis=-1, ans=None):
     r"""VJP of :func:`log_softmax`: ``dx = g - softmax(x) * sum(g)``.
 
     Forward
-        ``ans = log_softmax(x, axis)`` (recomputed unless passed in; ``softmax = exp(ans)``).
+        ``ans = log_softmax(x, axis)``. ``ans`` is accepted (and its shape checked) for symmetry
+        with :func:`logsumexp_vjp`, but the weights are recomputed from ``x``: ``exp(ans)`` would
+        carry ``|ans_j| u`` relative error.
 
     Backward
         ``dx_j = g_j - softmax_j(x) * sum_k g_k``, from ``d(x_k - lse)/dx_j = [j = k] - softmax_j``.
@@ -276,29 +296,47 @@ def log_softmax_vjp(g, x, axis=-1, ans=None):
         ``g``: ``x.shape`` (or broadcasting to it); ``dx``: ``x.shape``.
 
     Numerics
+        Evaluated as ``dx_j = g_j (1 - p_j) - p_j sum_{k != j} g_k`` with ``p = exp(ans)``:
+
+        * ``p_j = exp(d_j)(1 + c_j) / (1 + s1)`` from the exact shift ``d + c = x - max x`` (as in
+          :func:`log_softmax`), a few ulp whatever ``|ans_j|``;
+        * ``1 - p_j = -expm1(log p_j)``, accurate to a few ulp even for a confident row
+          (``p_j = 1 - 1e-18``, where ``1 - p_j`` in float64 would be 0 and the textbook form
+          ``g_j - p_j sum g`` loses every digit);
+        * ``sum_{k != j} g_k = (G_hi - g_j) + G_lo`` from a compensated sum of g
+          (:func:`_sum_hi_lo`), so a cotangent concentrated on one entry does not cancel.
+
+        Each of the two products is then accurate to a few ulp and the error of ``dx_j`` is a few
+        ulp of ``|g_j| (1 - p_j) + p_j |sum_{k != j} g_k|``, the natural scale of the result.
         Entries with ``x_j = -inf`` give ``-inf`` outputs that no finite perturbation moves: their
         ``dx_j`` is exactly 0 and their ``g_j`` is left out of ``sum_k g_k``. Rows with a ``+inf``
         entry or with only ``-inf`` entries have a constant output, hence ``dx = 0`` there.
 
     References
-        SPEC.md section 2 (categorical decoder).
+        SPEC.md section 2 (categorical decoder); Ogita, Rump & Oishi, "Accurate sum and dot
+        product", SIAM J. Sci. Comput. 26 (2005) (Sum2).
     """
     x = _check_input(x, "x")
     axis = _check_axis(axis, x.ndim)
     g = _check_cotangent(g, x.shape)
-    if ans is None:
-        ans = _log_softmax(x, axis)
-    else:
+    if ans is not None:
         ans = _check_input(ans, "ans")
         if ans.shape != x.shape:
             raise ValueError(f"ans must have the shape of x {x.shape}, got {ans.shape}")
-    # outputs that move with x: finite input and finite output (rows with +inf have no finite
-    # outputs at finite inputs, rows of only -inf have no finite inputs)
-    live = np.isfinite(x.real) & np.isfinite(ans.real)
-    with np.errstate(under="ignore", invalid="ignore"):
-        p = np.where(live, np.exp(np.where(live, ans, 0.0)), 0.0)
+    # p and 1 - p from the exact shift d + c = x - max (not from exp(ans), which would carry
+    # |ans_j| u relative error): p_j = exp(d_j)(1 + c_j) / (1 + s1), log p_j = (d_j - log1p(s1)) + c_j
+    m, d, c, s1 = _shifted(x, axis)
+    # outputs that move with x: finite input in a row with a finite maximum (rows with +inf have
+    # no finite outputs at finite inputs, rows of only -inf have no finite inputs)
+    live = np.isfinite(m) & np.isfinite(x.real) & np.isfinite(d.real)
+    with np.errstate(under="ignore", invalid="ignore", over="ignore"):
+        dl = np.where(live, d, 0.0)
+        p = np.where(live, np.exp(dl) * (1.0 + c) / (1.0 + s1), 0.0)
+        q = np.where(live, -np.expm1((dl - np.log1p(s1)) + c), 0.0)   # 1 - p_j, accurate near p_j = 1
     gl = np.where(live, g, 0.0)
-    return gl - p * np.sum(gl, axis=axis, keepdims=True)
+    hi, lo = _sum_hi_lo(gl, axis)
+    rest = (hi - gl) + lo                               # sum_{k != j} g_k
+    return gl * q - p * rest
 
 
 # --------------------------------------------------------------------------- softplus family

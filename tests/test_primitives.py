@@ -300,6 +300,51 @@ def test_gradients_at_neg_inf_are_zero_and_consistent():
         assert_matches(d_lsm[r][live], P.log_softmax_vjp(g_full[r][live], red), tol, "log_softmax_vjp")
 
 
+def mp_log_softmax_vjp(g, row):
+    """Exact ``g_j - p_j sum_k g_k`` and its natural scale ``|g_j| (1 - p_j) + p_j |sum_{k!=j} g_k|``
+    for a finite float64 row (mpmath, dps=50; 1 - p_j summed from the other entries)."""
+    X = [_mpf(v) for v in row]
+    G = [_mpf(v) for v in g]
+    out, scale = [], []
+    for j in range(len(X)):
+        others = mp.fsum(mp.exp(X[k] - X[j]) for k in range(len(X)) if k != j)
+        pj = 1 / (1 + others)
+        qj = others / (1 + others)                      # 1 - p_j without cancellation
+        rest = mp.fsum(G[k] for k in range(len(G)) if k != j)
+        out.append(float(G[j] * qj - pj * rest))
+        scale.append(float(abs(G[j]) * qj + pj * abs(rest)))
+    return np.array(out), np.array(scale)
+
+
+@pytest.mark.parametrize("row,g", [
+    ([0.0, -40.0, -40.0], [1.0, 0.0, 0.0]),             # 1 - p_0 = 8.5e-18: textbook form gives 0
+    ([0.0, -19.0, -19.0], [2.0, -1.0, 0.5]),
+    ([0.0, -23.0, -30.0], [1.0, 1e-20, 0.0]),           # sum_{k != 0} g_k = 1e-20 is lost in sum g
+    ([5.0], [3.0]),                                      # one entry: the gradient is exactly 0
+    ([1e300, -1e300, 0.0], [1.0, -1.0, 1e-300]),
+    ([0.3, 0.3, 0.3, 0.3], [1.0, -1.0, 1.0, -1.0]),
+])
+def test_log_softmax_vjp_vs_mpmath_pinned(row, g):
+    """Confident rows and concentrated cotangents, entry by entry against the exact value on the
+    natural scale of the result (tolerance ``log_softmax_vjp_vs_mpmath``)."""
+    x, g = np.array(row), np.array(g)
+    exact, scale = mp_log_softmax_vjp(g, x)
+    tol = tolerance("log_softmax_vjp_vs_mpmath")
+    for ans in (None, P.log_softmax(x)):
+        got = P.log_softmax_vjp(g, x, ans=ans)
+        assert np.all(np.abs(got - exact) <= tol.rtol * scale), (got, exact, scale)
+
+
+@given(st.lists(st.floats(-60.0, 60.0), min_size=1, max_size=7).flatmap(
+    lambda r: st.tuples(st.just(r), st.lists(st.floats(-1e3, 1e3), min_size=len(r), max_size=len(r)))))
+def test_log_softmax_vjp_vs_mpmath_random(row_g):
+    row, g = row_g
+    x, g = np.array(row), np.array(g)
+    exact, scale = mp_log_softmax_vjp(g, x)
+    got = P.log_softmax_vjp(g, x)
+    assert np.all(np.abs(got - exact) <= tolerance("log_softmax_vjp_vs_mpmath").rtol * scale)
+
+
 def test_gradients_of_infinite_rows_are_zero():
     """Rows whose output is +-inf (all -inf, or a +inf entry) do not move: zero gradient, no NaN."""
     x = np.array([[NEG_INF, NEG_INF, NEG_INF], [POS_INF, 1.0, NEG_INF], [POS_INF, POS_INF, 0.0]])
