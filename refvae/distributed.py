@@ -59,6 +59,10 @@ returns ``finalize_partials(m, s) = m + log s``. The tree's shape is a function 
 Memory: a shard task holds z (M L), its shard (chunk L, plus the kernel's tiled copy) and its
 partial (2 M); a combine task holds <= ``split_every`` partials. Nothing of size M N is formed.
 The client holds z and the final (m, s); with NumPy components also the components themselves.
+:func:`aggregated_stats` with ``n_queries=M`` and components in files or Dask arrays holds
+O(M L + n) on the client (n shards): the M drawn rows and a few floats per shard (next but one
+section), never an (N, L) array. With ``n_queries=None`` it draws z_ns ~ q(z|x_n) for every n, so
+it reads the components onto the client (and holds the N S draws).
 
 Determinism
 -----------
@@ -91,6 +95,38 @@ the exponent, whose weighted mean is <= (1 + ln k) u, and a recursive sum of k p
     |f_sharded - f| <= c u (|f| + S + ln n) + D (k + 3 + ln k) u + 2 u,
 
 about 5e-14 for |f| + S ~ 100, n = 2000, k = 8; see ``tests/test_distributed.py``.
+
+Drawn rows and exact sums (``aggregated_stats(..., n_queries=M)``)
+------------------------------------------------------------------
+With components in files or Dask arrays and a cluster, the client draws
+``idx = rng.integers(0, N, size=M)`` and then ``eps = rng.standard_normal((M, L))`` (the same calls
+in the same order as with NumPy components), and one task per shard (the shards above) returns
+
+- the shard's rows among the distinct drawn components (each task is sent only those row numbers),
+  as float64 copies: the client assembles ``means[idx]``, ``log_vars[idx]`` (M, L) bit for bit,
+  so z, ln q(z), ln p(z) and every Monte Carlo term are those of NumPy components, to the bit;
+- the exact sums over the shard's components of ``H[q(z|x_n)]`` (``gaussian.entropy``) and, for
+  the standard prior, ``KL[q(z|x_n) || N(0, I)]`` (``gaussian.kl``), each as a few floats
+  t_1, t_2, ... with t_1 the ``math.fsum`` of the shard's values and each next t_k the ``fsum`` of
+  what is left, until nothing is (so t_1 + t_2 + ... is the shard's sum exactly).
+
+The client adds all shards' terms with one ``math.fsum``: the **correctly rounded** sum of the N
+per-component values, then divides by N (an exact ``Estimate(sum / N, 0.0, N)``, as before). That
+value does not depend on the chunk, the number of workers or the order in which anything runs; the
+per-component values are the same bits whichever block of rows they are computed in (elementwise
+operations and a sum over the L entries of each row). With NumPy components (or the data x) the
+value stays ``np.mean`` of the N values (bit-identical to before), i.e. NumPy's pairwise sum, whose
+rounding depth is ``d <= 24 + max(0, ceil(log2(N / 128)))`` (blocks of <= 128 terms in 8
+accumulators, then halving), so the two agree within
+
+    |fsum / N - np.mean| <= (d + 4) u mean_n |h_n|
+
+(``d u sum_n |h_n|`` for the pairwise sum, ``u`` for the correctly rounded one, one rounding per
+division, plus second-order terms): 5.0e-15 mean|h| at N = 10^7 (d = 41). No tolerance of
+``refvae.tolerances`` is involved: this is the a-priori bound the tests check.
+
+Each shard is read twice (here, and by its ln q(z) task, after the queries exist); for a Dask
+array whose blocks are expensive to compute, pass it persisted on the workers.
 
 Failure modes
 -------------
@@ -583,6 +619,121 @@ def _evaluate(z, comps, log_weights, client, chunk, split_every, threads_per_tas
     return _log_mixture_on(client, z, comps, log_weights, chunk, split_every, threads_per_task, progress)
 
 
+# =========================================================================== drawn rows and exact sums
+
+_EXACT_SUM_MAX_TERMS = 48  # > 2098 / 53: the binary range of float64 in 53-bit steps
+
+
+def _exact_sum(values):
+    """The exact sum of float64 ``values`` as a tuple of floats ``(t_1, t_2, ...)``.
+
+    ``t_1 = math.fsum(values)`` (the correctly rounded sum); each next ``t_k`` is the correctly
+    rounded remainder ``sum(values) - t_1 - ... - t_{k-1}`` (``fsum`` again), until the remainder
+    is zero. So ``t_1 + t_2 + ...`` equals the sum of the values exactly, with
+    ``|t_{k+1}| <= u |t_k|``; the remainders are multiples of 2^-1074, so this ends (in practice
+    after 1 to 3 terms; each costs one ``fsum`` over the values). Shapes: any; memory O(size).
+    Non-finite values, or a sum beyond the float range: one term, NumPy's sum (inf or NaN).
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    vals = arr.ravel().tolist()
+    try:
+        t = math.fsum(vals)
+    except (OverflowError, ValueError):  # a finite sum overflowing, or inf + -inf
+        return (float(np.sum(arr)),)
+    if not math.isfinite(t):
+        return (t,)
+    terms = []
+    while t != 0.0 and len(terms) < _EXACT_SUM_MAX_TERMS:
+        terms.append(t)
+        t = math.fsum(vals + [-s for s in terms])
+    return tuple(terms) if terms else (0.0,)
+
+
+def _combine_exact_sums(parts):
+    """The correctly rounded value of the sum of the shards' exact sums (lists of terms of
+    :func:`_exact_sum`, in shard order): one ``math.fsum`` over all terms, so the result is the
+    correctly rounded sum of all the values, whatever the sharding and the order. NumPy's sum if
+    a term is non-finite (inf, or NaN for inf - inf, as ``np.mean`` would give)."""
+    flat = [t for p in parts for t in p]
+    try:
+        return math.fsum(flat)
+    except (OverflowError, ValueError):
+        return float(np.sum(flat))
+
+
+def _shard_drawn_rows_and_sums(means, log_vars, rows, standard, index, a, b):
+    """The task of shard ``index`` (components a..b-1) for ``aggregated_stats(n_queries=M)``.
+
+    ``means``, ``log_vars``: the shard's (b - a, L) blocks; ``rows``: (U_i,) sorted distinct local
+    row numbers (in 0..b-a-1) of the components drawn in this shard (possibly none).
+
+    Returns ``(means[rows], log_vars[rows], ent, kl)``: the drawn rows, float64 (U_i, L) each, and
+    the exact sums over the shard's b - a components of H[q(z|x_n)] (``gaussian.entropy``, per
+    row) and, if ``standard``, of KL[q(z|x_n) || N(0, I)] (``gaussian.kl``; else None), each as the
+    terms of :func:`_exact_sum`. Memory O((b - a) L); non-finite components are a ``ValueError``
+    naming the shard.
+    """
+    try:
+        mu = as_float_array(means, "means", shape=(b - a, None))
+        lv = as_float_array(log_vars, "log_vars", shape=(b - a, mu.shape[1]))
+        ent = _exact_sum(gaussian.entropy(lv))
+        kl = None
+        if standard:
+            zero = np.zeros(mu.shape[1])
+            kl = _exact_sum(gaussian.kl(mu, lv, zero, zero))
+        return mu[rows], lv[rows], ent, kl
+    except ValueError as exc:
+        raise ValueError(f"shard {index} (components {a}..{b - 1}): {exc}") from None
+
+
+def _drawn_rows_and_sums_on(client, comps, idx, standard, chunk, progress):
+    """Rows ``idx`` of the components and their exact sums, with one task per shard on the cluster.
+
+    ``comps``: a _Components (files or Dask arrays, read on the workers); ``idx``: (M,) integers in
+    0..N-1 (repeats allowed). Returns ``(means[idx], log_vars[idx], sum_n H_n, sum_n KL_n)``:
+    (M, L) float64 each (the same bits as indexing the whole arrays), the correctly rounded sum over
+    all N components of ``gaussian.entropy(log_vars)`` and, if ``standard``, of
+    ``gaussian.kl(means, log_vars, 0, 0)`` (else None). Each shard task gets only the distinct
+    drawn rows in its range and returns them and its exact sums (:func:`_exact_sum`); the client
+    combines them with one ``fsum`` (:func:`_combine_exact_sums`). Client memory O(M L + shards).
+    """
+    dask, _, distributed = _require_dask()
+    means_da, log_vars_da = comps.to_dask(chunk)
+    bounds = shard_bounds(comps.N, chunk)
+    mblocks = means_da.to_delayed().ravel()
+    lblocks = log_vars_da.to_delayed().ravel()
+    assert len(mblocks) == len(lblocks) == len(bounds)
+    uniq, inverse = np.unique(np.asarray(idx, dtype=np.int64), return_inverse=True)
+    cuts = np.searchsorted(uniq, [a for a, _ in bounds] + [comps.N])
+    task = dask.delayed(_shard_drawn_rows_and_sums, pure=True)
+    parts = [task(mb, lb, uniq[cuts[i]:cuts[i + 1]] - a, standard, i, a, b)
+             for i, ((a, b), mb, lb) in enumerate(zip(bounds, mblocks, lblocks))]
+    with warnings.catch_warnings():
+        # Dask arrays made from NumPy arrays travel in the graph (as in _log_mixture_on)
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        futs = client.compute(parts)
+    try:
+        if progress:
+            link = _dashboard(client)
+            if link:
+                print(f"Dask dashboard: {link}", flush=True)
+            print(f"q(z|x): {len(uniq)} drawn components and the exact sums over {comps.N} "
+                  f"components in {len(bounds)} shards of <= {chunk}", flush=True)
+            distributed.progress(futs, notebook=False, scheduler=client.scheduler.address)
+            print(flush=True)
+        results = client.gather(futs)
+    finally:
+        del futs
+    mu_u = np.concatenate([r[0] for r in results])
+    lv_u = np.concatenate([r[1] for r in results])
+    if mu_u.shape[0] != len(uniq):  # pragma: no cover - a shard returned the wrong rows
+        raise RuntimeError(f"the shards returned {mu_u.shape[0]} drawn rows, expected {len(uniq)}")
+    ent_sum = _combine_exact_sums([r[2] for r in results])
+    kl_sum = _combine_exact_sums([r[3] for r in results]) if standard else None
+    del results
+    return mu_u[inverse], lv_u[inverse], ent_sum, kl_sum
+
+
 def log_mixture(z, means, log_vars=None, log_weights=None, *, client=None, scheduler=None,
                 chunk=DEFAULT_CHUNK, split_every=DEFAULT_SPLIT_EVERY, threads_per_task=1,
                 progress=False, connect_timeout=DEFAULT_CONNECT_TIMEOUT):
@@ -754,6 +905,11 @@ def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n
     (``n = rng.integers(0, N, M)``, then ``eps = rng.standard_normal((M, L))``), so that the cost is
     M N pairs instead of S N^2 (the plan of validation/SCALING.md); the Monte Carlo terms are then
     paired with the drawn n (H[q(z|x)] and, for the standard prior, E_x KL stay exact over all N).
+    With ``n_queries=M``, a cluster, and components in files or Dask arrays, nothing of size N
+    comes to the client (memory O(M L + shards)): the workers return the M drawn rows (the same
+    draws, to the bit) and per-shard exact sums, and these two exact terms are the correctly
+    rounded means, within ``(d + 4) u mean|h|`` of the ``np.mean`` values used for NumPy
+    components (module docstring, "Drawn rows and exact sums"); everything else is bit-identical.
 
     Returns the dict of :class:`~refvae.estimators.Estimate` of ``aggregated_posterior_stats``:
     ``entropy_qz``, ``cross_entropy``, ``conditional_entropy``, ``kl_qz_p``,
@@ -766,38 +922,59 @@ def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n
                                                           scheduler, connect_timeout)
     p = _params(model, params)
     kind, obj = _data_or_components(model, x_or_components)
+    standard = model.prior.name == "standard"
     with _cluster(client, scheduler, connect_timeout) as c:
         if kind == "x":
             mu, lv = encode_all(model, obj, p)
             comps = _Components(mu, lv)
         else:
             comps = obj
-            mu, lv = comps.to_numpy()
-        N, L = mu.shape
-        ent = gaussian.entropy(lv)
-        h_cond = _exact(ent)
-        if M is None:
-            z = _draw_posterior(mu, lv, S, rng)
-            flat = z.reshape(N * S, L)
-            lqz = _evaluate(flat, comps, None, c, chunk, split_every, threads_per_task,
-                            progress).reshape(N, S)
-            lpz = _prior_log_prob(model, p, flat).reshape(N, S)
-            ent_q = ent[:, None]
-            mu_q, lv_q = mu[:, None, :], lv[:, None, :]
-        else:
+        N, L = comps.N, comps.L
+        if M is not None and c is not None and comps.kind != "numpy":
+            # components in files or Dask arrays: the same draws, but only the M drawn rows and
+            # per-shard exact sums come to this machine (module docstring, "Drawn rows and exact sums")
             idx = rng.integers(0, N, size=M)
             eps = rng.standard_normal((M, L))
-            z = mu[idx] + np.exp(0.5 * lv[idx]) * eps
+            mu_q, lv_q, ent_sum, kl_sum = _drawn_rows_and_sums_on(c, comps, idx, standard, chunk,
+                                                                  progress)
+            h_cond = Estimate(ent_sum / N, 0.0, N)
+            exact_kl = Estimate(kl_sum / N, 0.0, N) if standard else None
+            z = mu_q + np.exp(0.5 * lv_q) * eps
             lqz = _evaluate(z, comps, None, c, chunk, split_every, threads_per_task, progress)
             lpz = _prior_log_prob(model, p, z)
-            ent_q = ent[idx]
-            mu_q, lv_q = mu[idx], lv[idx]
+            ent_q = gaussian.entropy(lv_q)
+        else:
+            if kind != "x":
+                mu, lv = comps.to_numpy()
+                if c is None:  # read the files (or compute the Dask arrays) once, not twice
+                    comps = _Components(mu, lv)
+            ent = gaussian.entropy(lv)
+            h_cond = _exact(ent)
+            exact_kl = None
+            if standard:
+                zero = np.zeros(L)
+                exact_kl = _exact(gaussian.kl(mu, lv, zero, zero))
+            if M is None:
+                z = _draw_posterior(mu, lv, S, rng)
+                flat = z.reshape(N * S, L)
+                lqz = _evaluate(flat, comps, None, c, chunk, split_every, threads_per_task,
+                                progress).reshape(N, S)
+                lpz = _prior_log_prob(model, p, flat).reshape(N, S)
+                ent_q = ent[:, None]
+                mu_q, lv_q = mu[:, None, :], lv[:, None, :]
+            else:
+                idx = rng.integers(0, N, size=M)
+                eps = rng.standard_normal((M, L))
+                z = mu[idx] + np.exp(0.5 * lv[idx]) * eps
+                lqz = _evaluate(z, comps, None, c, chunk, split_every, threads_per_task, progress)
+                lpz = _prior_log_prob(model, p, z)
+                ent_q = ent[idx]
+                mu_q, lv_q = mu[idx], lv[idx]
     h_qz = _estimate(-lqz)
     kl_qp = _estimate(lqz - lpz)
     mi = _estimate(-lqz - ent_q)
-    if model.prior.name == "standard":
-        zero = np.zeros(L)
-        avg_kl = _exact(gaussian.kl(mu, lv, zero, zero))
+    if standard:
+        avg_kl = exact_kl
     else:
         lq = gaussian.log_prob(z, mu_q, lv_q)
         avg_kl = _estimate(lq - lpz)

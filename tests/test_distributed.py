@@ -34,6 +34,7 @@ distributed = pytest.importorskip(
 import dask.array as da  # noqa: E402
 
 from refvae import cli_stats  # noqa: E402
+from refvae import gaussian  # noqa: E402
 from refvae import distributed as dist  # noqa: E402
 from refvae.estimators import (_draw_posterior, aggregated_posterior_stats, encode_all,  # noqa: E402
                                hole_metrics)
@@ -322,6 +323,146 @@ def test_aggregated_stats_from_components_and_subsampled_queries(cluster2, tiny,
     zq = AggregatedPosterior(2, mu, lv).sample({}, 300, np.random.default_rng(11))
     assert sub["entropy_qz"].value == float(np.mean(-mixture_log_prob(zq, mu, lv)))
     assert sub["entropy_qz"].n == 300
+
+
+def mean_bound(values):
+    """Allowed |exact-sum mean - np.mean| (refvae.distributed docstring, "aggregated_stats"):
+    ``(d + 4) u mean_n |h_n|`` with ``d = 24 + max(0, ceil(log2(N / 128)))`` the rounding depth of
+    NumPy's pairwise summation of N terms."""
+    n = len(values)
+    d = 24 + max(0, math.ceil(math.log2(n / 128)))
+    return (d + 4) * U * float(np.mean(np.abs(values)))
+
+
+def test_exact_sum_is_exact():
+    """``_exact_sum``'s terms add up to the exact sum (checked in rationals), on cancelling and
+    wide-range values; combining any split of the values gives the correctly rounded total."""
+    from fractions import Fraction
+    rng = np.random.default_rng(17)
+    cases = [np.array([1e16, 1.0, -1e16, 2.0 ** -60]), np.array([0.1] * 10), np.zeros(5),
+             rng.normal(size=5000) * 10.0 ** rng.integers(-30, 30, size=5000),
+             np.concatenate([np.full(100, 1e300), np.full(100, -1e300), [5e-324, 1.0]])]
+    for v in cases:
+        terms = dist._exact_sum(v)
+        exact = sum(map(Fraction, v.tolist()), Fraction(0))
+        assert sum(map(Fraction, terms), Fraction(0)) == exact
+        assert terms[0] == math.fsum(v)
+        cuts = np.sort(rng.integers(0, len(v) + 1, size=3))
+        parts = [dist._exact_sum(p) for p in np.split(v, cuts)]
+        assert dist._combine_exact_sums(parts) == math.fsum(v) == float(exact)
+    assert dist._exact_sum(np.array([1.0, np.inf])) == (np.inf,)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, as np.mean gives
+        assert math.isnan(dist._combine_exact_sums([(np.inf,), (-np.inf,)]))
+
+
+@pytest.fixture(scope="module")
+def tiny_standard(tmp_path_factory):
+    """A small standard-prior model (D = 6, L = 2), N = 1500 data points and their components
+    in files (``encode_to_shards``)."""
+    rng = np.random.default_rng([SEED, 1])
+    model = VAE(6, 2, (8,), "tanh", "gaussian", prior="standard", rng=rng)
+    x = rng.normal(size=(1500, 6)) * 2.0
+    out = tmp_path_factory.mktemp("standard_components")
+    dist.encode_to_shards(model, x, out_dir=out)
+    return model, x, out
+
+
+def _forbid_client_materialisation(monkeypatch):
+    """Any attempt to build the (N, L) components on the client now fails."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the client materialised the (N, L) components")
+    monkeypatch.setattr(dist._Components, "to_numpy", refuse)
+    monkeypatch.setattr(dist._FileArray, "full", refuse)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("prior", ["standard", "mog"])
+def test_queries_from_files_equal_in_memory_components(cluster1, cluster2, tiny, tiny_standard,
+                                                       tmp_path, monkeypatch, workers, prior):
+    """``n_queries=M`` with components in files or Dask arrays, which the client never loads
+    (``to_numpy`` and full reads raise): the same draws as with the components in memory (the
+    previous path, which NumPy components still take), so every Monte Carlo term is bit-identical;
+    H[q(z|x)] and, for the standard prior, E_x KL[q(z|x)||p] are the exactly rounded sums over
+    the shards divided by N: identical for any chunking and number of workers, and within
+    ``mean_bound`` of ``np.mean`` (the previous value)."""
+    client = (cluster1 if workers == 1 else cluster2)[1]
+    if prior == "standard":
+        model, x, files = tiny_standard
+    else:
+        model, x = tiny
+        files = tmp_path
+        dist.encode_to_shards(model, x, out_dir=files)
+    mu, lv = encode_all(model, x)
+    Nx = len(x)
+    M_q = 300
+    want = dist.aggregated_stats(model, (mu, lv), np.random.default_rng(21), n_queries=M_q,
+                                 client=client, chunk=257)
+    single = dist.aggregated_stats(model, (mu, lv), np.random.default_rng(21), n_queries=M_q)
+    ent = gaussian.entropy(lv)
+    exact = {"conditional_entropy": ent}
+    if prior == "standard":
+        exact["avg_kl"] = gaussian.kl(mu, lv, np.zeros(2), np.zeros(2))
+    for k, v in exact.items():
+        assert want[k] == single[k] and want[k].value == float(np.mean(v)), k  # previous path
+    sources = {"directory": (files,), "dask": ((da.from_array(mu, chunks=(400, 2)),
+                                                da.from_array(lv, chunks=(700, 2))),)}
+    _forbid_client_materialisation(monkeypatch)
+    results = []
+    for what, (src,) in sources.items():
+        for chunk in (257, Nx, 100):
+            got = dist.aggregated_stats(model, src, np.random.default_rng(21), n_queries=M_q,
+                                        client=client, chunk=chunk)
+            results.append(got)
+            for k in want:
+                if k in exact:
+                    v = exact[k]
+                    assert got[k].value == math.fsum(v.tolist()) / Nx, (what, chunk, k)
+                    assert got[k].se == 0.0 and got[k].n == Nx
+                    assert abs(got[k].value - want[k].value) <= mean_bound(v), (what, chunk, k)
+                elif chunk == 257:
+                    assert got[k] == want[k], (what, k)
+                else:  # another chunking: ln q(z) moves by the sharding's rounding only
+                    assert got[k].n == want[k].n and abs(got[k].value - want[k].value) < 1e-11, k
+    for k in exact:
+        assert len({r[k] for r in results}) == 1, k
+    with pytest.raises(AssertionError, match="materialised"):
+        dist._Components(files, None).to_numpy()
+
+
+def test_queries_from_files_client_memory(cluster2, tmp_path):
+    """The client's allocations (tracemalloc peak) in ``n_queries=M`` mode with components in
+    files stay far below one (N, L) array: O(M L + shards), not O(N L)."""
+    import tracemalloc
+    rng = np.random.default_rng(23)
+    Nb, Lb, Mb = 100_000, 16, 100
+    np.save(tmp_path / "means.npy", rng.normal(size=(Nb, Lb)))
+    np.save(tmp_path / "log_vars.npy", rng.uniform(-3.0, 0.0, size=(Nb, Lb)))
+    model = VAE(6, Lb, (8,), "tanh", "gaussian", prior="standard", rng=rng)
+    client = cluster2[1]
+    kw = dict(n_queries=Mb, client=client, chunk=16384)
+    dist.aggregated_stats(model, tmp_path, np.random.default_rng(1), **kw)  # warm-up (imports)
+    tracemalloc.start()
+    try:
+        got = dist.aggregated_stats(model, tmp_path, np.random.default_rng(2), **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_array = Nb * Lb * 8  # 12.8 MB; the previous path allocated > 5 times this (to_numpy, KL)
+    assert peak < one_array / 2, f"client peak {peak / 1e6:.2f} MB"
+    assert got["conditional_entropy"].n == Nb and got["entropy_qz"].n == Mb
+
+
+def test_queries_from_files_non_finite_names_the_shard(cluster2, tiny_standard, tmp_path):
+    """A NaN in the log-variance file is found on the workers while the drawn rows and sums are
+    collected, and reported with its shard."""
+    model, x, files = tiny_standard
+    lv = np.load(os.path.join(files, "log_vars.npy"))
+    lv[700, 0] = np.nan
+    np.save(tmp_path / "log_vars.npy", lv)
+    np.save(tmp_path / "means.npy", np.load(os.path.join(files, "means.npy")))
+    with pytest.raises(ValueError, match=r"shard 2 \(components 600\.\.899\).*log_vars.*nan"):
+        dist.aggregated_stats(model, tmp_path, np.random.default_rng(0), n_queries=50,
+                              client=cluster2[1], chunk=300)
 
 
 def test_holes_equal_single_machine(cluster2, tiny):
