@@ -10,8 +10,29 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from numba import njit
 
 __all__ = ["as_float_array", "check_same_shape", "check_choice", "check_positive_int", "check_rng"]
+
+_DBL_MAX = 1.7976931348623157e308
+#: arrays at least this large are screened for non-finite entries by a Numba loop (one read, no
+#: temporary); smaller ones, and every array that fails the screen, by NumPy (which finds the
+#: first bad index for the error message)
+_SCREEN_MIN_SIZE = 4096
+
+
+@njit(cache=True)
+def _screen(x, allow_neg_inf):
+    """True iff no entry of the 1-d float64 array ``x`` is NaN or +-inf (with ``allow_neg_inf``:
+    NaN or +inf). Written as an OR-reduction without early exit, so the loop vectorises."""
+    bad = False
+    if allow_neg_inf:
+        for i in range(x.shape[0]):
+            bad |= not x[i] < np.inf
+    else:
+        for i in range(x.shape[0]):
+            bad |= not abs(x[i]) <= _DBL_MAX
+    return not bad
 
 
 def as_float_array(x, name, *, ndim=None, shape=None, finite=True, allow_neg_inf=False,
@@ -42,17 +63,20 @@ def as_float_array(x, name, *, ndim=None, shape=None, finite=True, allow_neg_inf
     numpy.ndarray
         float64 (or complex128) and C-contiguous.
     """
-    if isinstance(x, (str, bytes)) or x is None:
-        raise TypeError(f"{name} must be an array of real numbers, got {type(x).__name__}")
-    arr = np.asarray(x)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
-    if np.iscomplexobj(arr):
-        if not allow_complex:
-            raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
-        arr = np.asarray(arr, dtype=np.complex128, order="C")
+    if type(x) is np.ndarray and x.dtype == np.float64 and x.flags.c_contiguous:
+        arr = x   # already what the conversion below would return (the same object)
     else:
-        arr = np.asarray(arr, dtype=np.float64, order="C")  # keeps 0-d arrays 0-d
+        if isinstance(x, (str, bytes)) or x is None:
+            raise TypeError(f"{name} must be an array of real numbers, got {type(x).__name__}")
+        arr = np.asarray(x)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
+        if np.iscomplexobj(arr):
+            if not allow_complex:
+                raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
+            arr = np.asarray(arr, dtype=np.complex128, order="C")
+        else:
+            arr = np.asarray(arr, dtype=np.float64, order="C")  # keeps 0-d arrays 0-d
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:
@@ -65,6 +89,9 @@ def as_float_array(x, name, *, ndim=None, shape=None, finite=True, allow_neg_inf
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
     if finite:
+        if arr.dtype == np.float64 and arr.size >= _SCREEN_MIN_SIZE \
+                and _screen(arr.reshape(-1), allow_neg_inf):
+            return arr
         real = arr.real if np.iscomplexobj(arr) else arr
         if allow_neg_inf:
             bad = np.isnan(real) | (real == np.inf)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from numba import njit
 
 from ._validation import as_float_array, check_choice, check_positive_int, check_rng
 from .primitives import sigmoid as _sigmoid
@@ -134,19 +135,64 @@ def linear_backward(dy, cache):
 
 # =========================================================================== activations
 
+@njit(cache=True, error_model="numpy")
+def _kinked_fwd_kernel(x, slope):
+    r"""``y = x`` where ``x > 0``, else ``slope * x``, for a 1-d float64 array (relu: slope 0).
+
+    Forward: :math:`y_i = x_i\,[x_i > 0] + (\text{slope}\cdot x_i)\,[x_i \le 0]`; the same
+    operation per element as ``np.where(x > 0, x, slope * x)`` (hence the same bits: relu gives
+    ``0.0 * x = -0.0`` for negative x, and NaN stays NaN). Backward: :func:`_kinked_bwd_kernel`.
+    Used for real float64 input only (complex input keeps ``np.where``, branching on the real part).
+    """
+    y = np.empty_like(x)
+    for i in range(x.shape[0]):
+        xi = x[i]
+        y[i] = xi if xi > 0 else slope * xi
+    return y
+
+
+@njit(cache=True, error_model="numpy")
+def _kinked_bwd_kernel(dy, x, slope):
+    r"""``dx = dy * (1.0 if x > 0 else slope)`` for 1-d float64 arrays (the left slope at 0).
+
+    Backward of :func:`_kinked_fwd_kernel`: :math:`\partial y_i/\partial x_i = 1` for
+    :math:`x_i > 0`, ``slope`` otherwise; the same product per element as
+    ``dy * np.where(x > 0, 1.0, slope)`` (hence the same bits, signed zeros included).
+    """
+    dx = np.empty_like(dy)
+    for i in range(dy.shape[0]):
+        dx[i] = dy[i] * (1.0 if x[i] > 0 else slope)
+    return dx
+
+
+def _use_kernel(*arrays):
+    """True for real, C-contiguous float64 arrays of one shape (the Numba kernels' domain)."""
+    a0 = arrays[0]
+    return all(type(a) is np.ndarray and a.dtype == np.float64 and a.flags.c_contiguous
+               and a.shape == a0.shape for a in arrays)
+
+
 def _relu_fwd(x):
+    if _use_kernel(x):
+        return _kinked_fwd_kernel(x.reshape(-1), 0.0).reshape(x.shape), x
     return np.where(_real(x) > 0, x, 0.0 * x), x
 
 
 def _relu_bwd(dy, x):
+    if _use_kernel(dy, x):
+        return _kinked_bwd_kernel(dy.reshape(-1), x.reshape(-1), 0.0).reshape(x.shape)
     return dy * (_real(x) > 0)
 
 
 def _leaky_fwd(x):
+    if _use_kernel(x):
+        return _kinked_fwd_kernel(x.reshape(-1), LEAKY_SLOPE).reshape(x.shape), x
     return np.where(_real(x) > 0, x, LEAKY_SLOPE * x), x
 
 
 def _leaky_bwd(dy, x):
+    if _use_kernel(dy, x):
+        return _kinked_bwd_kernel(dy.reshape(-1), x.reshape(-1), LEAKY_SLOPE).reshape(x.shape)
     return dy * np.where(_real(x) > 0, 1.0, LEAKY_SLOPE)
 
 
@@ -570,12 +616,20 @@ def mlp_forward(params, prefix, x, activation, out_activation=None):
     ----------
     SPEC.md section 3.
     """
+    return _mlp_forward(params, prefix, x, activation, out_activation)
+
+
+def _mlp_forward(params, prefix, x, activation, out_activation=None, *, x_checked=False):
+    """:func:`mlp_forward`; with ``x_checked=True`` the caller guarantees that ``x`` already is a
+    2-d, C-contiguous, finite float64 array (e.g. ``VAE.forward``'s checked input), and it is not
+    checked a second time. The parameters are always checked."""
     check_choice(activation, "activation", tuple(ACTIVATIONS))
     if out_activation is not None:
         check_choice(out_activation, "out_activation", tuple(ACTIVATIONS))
     names = mlp_param_names(params, prefix)
     n = len(names) // 2
-    x = as_float_array(x, "x", ndim=2, allow_complex=True)
+    if not x_checked:
+        x = as_float_array(x, "x", ndim=2, allow_complex=True)
     Ws, bs = [], []
     width, width_from = x.shape[1], "x"
     for i in range(n):

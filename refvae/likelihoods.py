@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import gaussian
+from . import _rowkernels, gaussian
 from ._validation import as_float_array, check_positive_int
 from .primitives import _log_softmax, log_sigmoid, log_softmax, sigmoid
 
@@ -66,21 +66,41 @@ def _check_categorical(x, logits, num_vals):
     return _check_categorical_x(x, C), logits.reshape(B, D, C), C
 
 
-def _categorical_log_prob_and_lsm(xi, a):
+def _categorical_log_prob_and_cache(xi, a):
     """Unchecked :func:`categorical_log_prob` on ``xi`` (B, D) intp and logits ``a`` (B, D, C)
-    (float64 or complex128, finite). Returns ``(log_prob, lsm)``; ``lsm`` is the log-softmax of
-    ``a``, which :func:`_categorical_vjp_from_lsm` reuses (the VAE computes it once per step)."""
+    (float64 or complex128). Returns ``(log_prob, cache)`` for :func:`_categorical_vjp_from_cache`
+    (the VAE computes the row normalisation once per step).
+
+    Real finite logits go through the fused kernel :func:`refvae._rowkernels.categorical_forward`,
+    and ``cache = ("p", softmax weights)``; complex logits (complex-step checks) and real logits
+    with an infinite (or NaN) entry take the NumPy path (:func:`refvae.primitives._log_softmax`,
+    which handles +-inf), and ``cache = ("lsm", log_softmax)``. The public functions make the same
+    choice, so the two paths give the same bits."""
+    if not np.iscomplexobj(a):
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        ok, lp, p = _rowkernels.categorical_forward(np.ascontiguousarray(xi, dtype=np.intp), a)
+        if ok:
+            return lp, ("p", p)
     lsm = _log_softmax(a, axis=-1)
-    return np.take_along_axis(lsm, xi[:, :, None], axis=-1)[:, :, 0].sum(axis=1), lsm
+    return np.take_along_axis(lsm, xi[:, :, None], axis=-1)[:, :, 0].sum(axis=1), ("lsm", lsm)
 
 
-def _categorical_vjp_from_lsm(g, xi, lsm):
-    """Unchecked :func:`categorical_log_prob_vjp` from the forward's real ``lsm`` (B, D, C) and
-    ``g`` (B,) float64; returns dlogits (B, D, C). Same operations, hence the same bits, as the
-    public function: ``g * (-p)`` is formed as ``(-g) * p`` (negation is exact and the product
+def _categorical_vjp_from_cache(g, xi, cache):
+    """Unchecked :func:`categorical_log_prob_vjp` from the forward's ``cache`` (see
+    :func:`_categorical_log_prob_and_cache`; real logits only: for complex logits call the public
+    function, which differentiates at their real part) and ``g`` (B,) float64; returns dlogits
+    (B, D, C) float64.
+
+    ``("p", p)``: the fused kernel :func:`refvae._rowkernels.categorical_vjp`. ``("lsm", lsm)``
+    (non-finite logits): ``p = exp(lsm)`` in NumPy, with the observed entry as
+    ``sum_{c != k} p_c``; ``g * (-p)`` is formed as ``(-g) * p`` (negation is exact and the product
     commutes), in place in the array ``p``."""
+    kind, arr = cache
+    g = np.ascontiguousarray(g, dtype=np.float64)
+    if kind == "p":
+        return _rowkernels.categorical_vjp(g, np.ascontiguousarray(xi, dtype=np.intp), arr)
     with np.errstate(under="ignore"):
-        p = np.exp(lsm)
+        p = np.exp(arr)
     np.put_along_axis(p, xi[:, :, None], 0.0, axis=-1)
     s = p.sum(axis=-1, keepdims=True)
     gb = g[:, None, None]
@@ -115,17 +135,22 @@ def categorical_log_prob(x, logits, num_vals):
 
     Numerics
     --------
-    :func:`refvae.primitives.log_softmax` (exact shift by the row maximum): finite for every finite
-    logit, e.g. ``[1e300, -1e300]`` gives ``[0, -2e300]``. No clamping. Non-integer or out-of-range
-    ``x`` is a ``ValueError`` naming x.
+    The algorithm of :func:`refvae.primitives.log_softmax` (exact shift by the row maximum,
+    ``expm1`` for the maximal term, ``log1p``), fused per row into one Numba kernel
+    (:mod:`refvae._rowkernels`; complex logits take the NumPy path): finite for every finite
+    logit, e.g. ``[1e300, -1e300]`` gives ``[0, -2e300]``; within a few ulp of the exact value
+    per row, summed over d in order. No clamping. Non-integer or out-of-range ``x`` is a
+    ``ValueError`` naming x.
 
     References
     ----------
     SPEC.md section 2 (categorical decoder, C = 17 for the digits data).
     """
     xi, a, _ = _check_categorical(x, logits, num_vals)
-    lsm = log_softmax(a, axis=-1)
-    return np.take_along_axis(lsm, xi[:, :, None], axis=-1)[:, :, 0].sum(axis=1)
+    if np.iscomplexobj(a):   # complex step: the NumPy log_softmax (analytic in the logits)
+        lsm = log_softmax(a, axis=-1)
+        return np.take_along_axis(lsm, xi[:, :, None], axis=-1)[:, :, 0].sum(axis=1)
+    return _categorical_log_prob_and_cache(xi, a)[0]   # the fused kernel (logits are finite here)
 
 
 def categorical_log_prob_vjp(g, x, logits, num_vals):
@@ -147,8 +172,10 @@ def categorical_log_prob_vjp(g, x, logits, num_vals):
 
     Numerics
     --------
-    ``softmax = exp(log_softmax)`` <= 1: no overflow; entries far below the row maximum underflow
-    to 0, which is their correct value to within the smallest float. At the observed value the
+    ``softmax_c = exp(a_c - m) / (1 + s')`` from the forward's exact shift (:mod:`refvae._rowkernels`;
+    a few ulp): <= 1, no overflow; entries far below the row maximum underflow to 0, which is
+    their correct value to within the smallest float. The imaginary part of complex logits is
+    ignored (the gradient at the real part). At the observed value the
     entry :math:`1 - \operatorname{softmax}_k` is computed as :math:`\sum_{c \ne k}\operatorname{softmax}_c`
     (positive terms only): the subtraction would lose every digit when the prediction is confident
     (logits [0, -19, -19] give 1 - p_k = 1.1e-8, of which 1 - p_k in float64 keeps 8 digits).
@@ -160,15 +187,10 @@ def categorical_log_prob_vjp(g, x, logits, num_vals):
     xi, a, C = _check_categorical(x, logits, num_vals)
     B, D, _ = a.shape
     g = _check_g(g, B)
-    a = np.real(a)
-    with np.errstate(under="ignore"):
-        p = np.exp(log_softmax(a, axis=-1))
-    # d = -p off the observed value; at the observed value k, 1 - p_k = sum_{c != k} p_c, a sum of
-    # positive terms (1 - p_k by subtraction loses all digits of a confident prediction)
-    np.put_along_axis(p, xi[:, :, None], 0.0, axis=-1)
-    d = -p
-    np.put_along_axis(d, xi[:, :, None], p.sum(axis=-1, keepdims=True), axis=-1)
-    return (g[:, None, None] * d).reshape(B, D * C)
+    # the fused kernels, as in the VAE's fast path: softmax weights from the forward, then
+    # d = -g p off the observed value and g sum_{c != k} p_c at the observed value k
+    _, cache = _categorical_log_prob_and_cache(xi, np.ascontiguousarray(np.real(a)))
+    return _categorical_vjp_from_cache(g, xi, cache).reshape(B, D * C)
 
 
 # =========================================================================== Bernoulli

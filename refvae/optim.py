@@ -22,10 +22,17 @@ single-tensor (non-fused, non-foreach) implementation — the one PyTorch uses f
 * the parameter update is ``addcdiv_(m, denom, value=-step_size)``, i.e.
   ``p + (-step_size * m) / denom`` with ``step_size = lr / (1 - beta1**t)``.
 
+Implementation. Each parameter is updated by one fused, in-place Numba loop over its elements
+(:func:`_adam_kernel`, :func:`_adamax_kernel`: no temporaries, one pass over p, m, v/u and g),
+with exactly the floating-point operations of the NumPy in-place code (``_update_numpy``, used
+for parameters that are not C-contiguous) in the same order, hence the same bits. The scalars
+``beta**t``, the bias corrections and the step sizes are computed in Python, as before.
+
 Numerics. Evaluated in float64 with these orderings the results agree with PyTorch float64 to a
 few units in the last place per step, not bit for bit: on CPUs with FMA, PyTorch's vectorised
 kernels round ``m + w (g - m)`` and ``beta2 v + ((1 - beta2) g) g`` once (a fused multiply-add)
-where NumPy rounds twice. ``tests/test_optim.py`` checks both a 50-digit re-derivation of the
+where refvae rounds twice (NumPy, and the Numba loops, compiled without ``fastmath``, so without
+FMA contraction). ``tests/test_optim.py`` checks both a 50-digit re-derivation of the
 textbook formulas and, when torch is installed, ``torch.optim`` itself (tolerances
 ``optim_vs_exact`` and ``optim_vs_torch`` in :mod:`refvae.tolerances`).
 
@@ -46,6 +53,7 @@ import math
 import numbers
 
 import numpy as np
+from numba import njit
 
 from ._validation import as_float_array
 
@@ -100,6 +108,84 @@ def _key_mismatch(name, got, want):
     if extra:
         parts.append(f"extra {extra}")
     return f"{name} keys do not match the parameter keys: " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- fused kernels
+
+@njit(inline="always")
+def _lerp(m, g, w, one_minus_w):
+    """ATen's ``lerp(m, g, w)``: ``m + (g - m) w`` for ``w < 0.5``, else ``g - (g - m)(1 - w)``
+    (``one_minus_w`` is the Python float ``1.0 - w``, passed in so that its rounding is the same)."""
+    if w < 0.5:
+        return m + (g - m) * w
+    return g - (g - m) * one_minus_w
+
+
+@njit(cache=True, error_model="numpy")
+def _adamax_kernel(p, m, u, g, w, one_minus_w, beta2, eps, neg_clr):
+    r"""One fused, in-place Adamax update of the 1-d float64 arrays ``p, m, u`` with gradient ``g``.
+
+    Forward, element-wise, with the same operations in the same order (hence the same bits) as
+    the NumPy fallback :meth:`Adamax._update_numpy`:
+
+    .. math::
+        m &\leftarrow \operatorname{lerp}(m, g, w), \quad w = 1 - \beta_1, \\
+        u &\leftarrow \max(u \beta_2,\ |g| + \epsilon), \\
+        p &\leftarrow p + (m \cdot (-\mathrm{clr})) / u, \quad \mathrm{clr} = \gamma / (1 - \beta_1^t).
+
+    ``max`` is ``np.maximum``'s: NaN if either operand is NaN, and the second operand when they
+    compare equal (``max(-0.0, +0.0) = +0.0``). No ``fastmath``: no FMA contraction, no
+    reassociation. ``error_model="numpy"``: IEEE division, so ``eps = 0`` with an all-zero
+    gradient history gives 0/0 = NaN as in NumPy and PyTorch, not a ``ZeroDivisionError`` (it also
+    lets the loop vectorise). (No backward: an optimiser step is not differentiated.)
+    """
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = _lerp(m[i], gi, w, one_minus_w)
+        m[i] = mi
+        a = u[i] * beta2
+        b = abs(gi) + eps
+        ui = a if (a > b or a != a) else b
+        u[i] = ui
+        p[i] = p[i] + (mi * neg_clr) / ui
+
+
+@njit(cache=True, error_model="numpy")
+def _adam_kernel(p, m, v, g, w, one_minus_w, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step):
+    r"""One fused, in-place Adam update of the 1-d float64 arrays ``p, m, v`` with gradient ``g``.
+
+    Forward, element-wise, with the same operations in the same order (hence the same bits) as
+    the NumPy fallback :meth:`Adam._update_numpy`:
+
+    .. math::
+        m &\leftarrow \operatorname{lerp}(m, g, w), \quad w = 1 - \beta_1, \\
+        v &\leftarrow v \beta_2 + (g (1 - \beta_2)) g, \\
+        p &\leftarrow p + (m \cdot (-s)) / (\sqrt{v} / \sqrt{1 - \beta_2^t} + \epsilon),
+            \quad s = \gamma / (1 - \beta_1^t).
+
+    The scalars ``1 - beta2``, ``(1 - beta2**t) ** 0.5`` and ``-s`` are computed in Python and
+    passed in. ``math.sqrt`` is correctly rounded, like ``np.sqrt``. No ``fastmath``;
+    ``error_model="numpy"`` (IEEE division: ``eps = 0`` and ``v = 0`` give 0/0 = NaN, as in NumPy).
+    """
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = _lerp(m[i], gi, w, one_minus_w)
+        m[i] = mi
+        vi = v[i] * beta2 + (gi * one_minus_beta2) * gi
+        v[i] = vi
+        den = math.sqrt(vi) / bc2_sqrt + eps
+        p[i] = p[i] + (mi * neg_step) / den
+
+
+def _flat_views(*arrays):
+    """1-d views of C-contiguous float64 arrays sharing their memory, or None if any is not
+    (then the caller uses the NumPy update, which works in place on any layout)."""
+    out = []
+    for a in arrays:
+        if a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable:
+            return None
+        out.append(a.reshape(-1))
+    return out
 
 
 class _Optimizer:
@@ -265,6 +351,21 @@ class Adam(_Optimizer):
         super().__init__(params, lr, betas, eps)
 
     def _update(self, k, p, g):
+        """The fused kernel :func:`_adam_kernel` (same bits as :meth:`_update_numpy`, which is used
+        for parameters or moments that are not C-contiguous)."""
+        beta1, beta2 = self.betas
+        flat = _flat_views(p, self.m[k], self.v[k], g)
+        if flat is None:
+            return self._update_numpy(k, p, g)
+        w = 1.0 - beta1
+        bias_correction1 = 1.0 - beta1 ** self.t
+        bias_correction2 = 1.0 - beta2 ** self.t
+        step_size = self.lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2 ** 0.5
+        _adam_kernel(*flat, w, 1.0 - w, beta2, 1.0 - beta2, bias_correction2_sqrt, self.eps,
+                     -step_size)
+
+    def _update_numpy(self, k, p, g):
         beta1, beta2 = self.betas
         m, v = self.m[k], self.v[k]
         buf, den = self._scratch(p.shape, 0), self._scratch(p.shape, 1)
@@ -320,6 +421,18 @@ class Adamax(_Optimizer):
         super().__init__(params, lr, betas, eps)
 
     def _update(self, k, p, g):
+        """The fused kernel :func:`_adamax_kernel` (same bits as :meth:`_update_numpy`, which is
+        used for parameters or moments that are not C-contiguous)."""
+        beta1, beta2 = self.betas
+        flat = _flat_views(p, self.m[k], self.u[k], g)
+        if flat is None:
+            return self._update_numpy(k, p, g)
+        w = 1.0 - beta1
+        bias_correction = 1.0 - beta1 ** self.t
+        clr = self.lr / bias_correction
+        _adamax_kernel(*flat, w, 1.0 - w, beta2, self.eps, -clr)
+
+    def _update_numpy(self, k, p, g):
         beta1, beta2 = self.betas
         m, u = self.m[k], self.u[k]
         buf = self._scratch(p.shape)

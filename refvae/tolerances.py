@@ -94,6 +94,22 @@ TOLERANCES: dict[str, Tolerance] = {
                "D <= 16 non-positive terms, each log_softmax/log_sigmoid within a few ulp (no "
                "cancellation: both parts of each term are <= 0), so the relative error is at most "
                "(D + 8) u <= 12 eps; 16 eps fails any formula error larger than ~4e-15 relative"),
+    "categorical_kernel": Tolerance(
+        rtol=16 * EPS, atol=4 * 2.0 ** -1074,
+        reason="the fused categorical kernel (refvae._rowkernels), entry by entry, against the NumPy "
+               "path (primitives._log_softmax / _softmax_weights) and against mpmath (dps=50): "
+               "log_softmax and softmax of one row. Both paths use the same exact TwoSum shift; "
+               "they differ in exp (libm vs NumPy's SIMD exp, each < 1 ulp) and in the order of "
+               "the sum s' = sum_c exp(a_c - m) - 1 (sequential vs pairwise). Kernel vs exact: "
+               "each term <= 2 u, s' <= (C + 1) u relative, log1p, division and the two final "
+               "roundings <= 3 u, no cancellation (both parts of (delta - log1p(s')) + gamma are "
+               "<= 0): <= (C + 4) u = 10.5 eps for C <= 17; NumPy's own error adds <= (log2 C + "
+               "4) u; the VJP's observed entry sum_{c != k} p_c adds (C - 2) u (tests: C <= 8). "
+               "Observed on random rows (C <= 40, logits up to ~1000): <= 5 ulp (log_softmax) and "
+               "<= 6 ulp (softmax) vs NumPy, <= 4 ulp vs mpmath, <= 1 ulp on the adversarial rows "
+               "and VJP entries of tests/test_rowkernels.py; the former p = exp(log_softmax) is up "
+               "to ~1000 ulp off for logits of size 30-300 and fails. atol = 4 subnormal "
+               "spacings for results below 2^-1022 (absolute precision only)"),
     "activation_derivative_vs_mpmath": Tolerance(
         rtol=8 * EPS, atol=0.0,
         reason="tanh' = sech^2 x from e = exp(-|x|) as (2e / (1 + e^2))^2, sigmoid' = "

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import gaussian, likelihoods
 from ._validation import as_float_array, check_choice, check_positive_int, check_rng
-from .layers import ACTIVATIONS, _mlp_backward, mlp_backward, mlp_forward, mlp_init
+from .layers import ACTIVATIONS, _mlp_backward, _mlp_forward, mlp_backward, mlp_forward, mlp_init
 from .priors import PRIORS, Prior, make_prior
 
 __all__ = ["VAE", "Encoder", "Decoder", "NegElbo"]
@@ -68,6 +68,13 @@ class Encoder:
 
     def forward(self, params, x):
         h, cache = mlp_forward(params, self.prefix, x, self.activation)
+        L = self.latent_dim
+        return h[:, :L], h[:, L:], cache
+
+    def _forward(self, params, x):
+        """:meth:`forward` for an ``x`` already checked by ``VAE._check_x`` (finite float64,
+        C-contiguous, (B, x_dim)): the MLP does not check it again."""
+        h, cache = _mlp_forward(params, self.prefix, x, self.activation, x_checked=True)
         L = self.latent_dim
         return h[:, :L], h[:, L:], cache
 
@@ -151,14 +158,14 @@ class Decoder:
         """``(log_prob(params, x, out), lik_cache)``; ``xl`` from :meth:`_check_x`."""
         if self.likelihood == "categorical":
             a = out.reshape(out.shape[0], self.x_dim, self.num_vals)
-            lp, lsm = likelihoods._categorical_log_prob_and_lsm(xl, a)
-            return lp, lsm
+            return likelihoods._categorical_log_prob_and_cache(xl, a)
         return self.log_prob(params, x, out), None
 
     def _log_prob_vjp(self, g, params, x, xl, out, lik_cache):
-        """:meth:`log_prob_vjp` from the forward's ``lik_cache`` (no second log_softmax)."""
-        if self.likelihood == "categorical" and not np.iscomplexobj(lik_cache):
-            d = likelihoods._categorical_vjp_from_lsm(g, xl, lik_cache)
+        """:meth:`log_prob_vjp` from the forward's ``lik_cache`` (no second pass over the logits'
+        exponentials); complex logits take the checked public path."""
+        if self.likelihood == "categorical" and not np.iscomplexobj(lik_cache[1]):
+            d = likelihoods._categorical_vjp_from_cache(g, xl, lik_cache)
             return d.reshape(out.shape[0], -1), {}
         dout, grads = self.log_prob_vjp(g, params, x, out)
         return np.ascontiguousarray(dout, dtype=np.float64), grads
@@ -330,7 +337,7 @@ class VAE:
         x = self._check_x(x)
         eps = self._check_eps(eps, x.shape[0])
         xl = self.decoder._check_x(x)       # x suits the likelihood (categorical: indices 0..C-1)
-        mu, log_var, enc_cache = self.encoder.forward(p, x)
+        mu, log_var, enc_cache = self.encoder._forward(p, x)   # x checked above, not again
         # mu, log_var: C-contiguous copies of the encoder's output halves, as the public
         # gaussian.* functions would make them; the unchecked kernels then see the same arrays
         mu_c, log_var_c = np.ascontiguousarray(mu), np.ascontiguousarray(log_var)

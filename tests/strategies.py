@@ -206,6 +206,22 @@ def logit_rows(draw, max_rows=4, max_len=6, lo=-50.0, hi=50.0, neg_inf=True):
     return np.ascontiguousarray(x)
 
 
+@st.composite
+def finite_logit_rows(draw, max_rows=4, max_len=17, lo=-50.0, hi=50.0, extreme=True):
+    """A (rows, C) array of *finite* logits for the fused categorical kernel
+    (``refvae._rowkernels``): elements in [lo, hi], with ``extreme`` also :data:`EXTREME_LOGITS`
+    (+-1e300, +-1e3, +-700, 0: huge spreads, and ties at the maximum), and sometimes a row made
+    of copies of one value (every entry maximal). C = 1 included."""
+    R, C = draw(st.integers(1, max_rows)), draw(st.integers(1, max_len))
+    elem = floats(lo, hi)
+    if extreme:
+        elem = st.one_of(elem, st.sampled_from(EXTREME_LOGITS))
+    x = draw(arrays(np.float64, (R, C), elements=elem))
+    if draw(st.booleans()):
+        x[draw(st.integers(0, R - 1))] = draw(elem)   # a row of ties
+    return np.ascontiguousarray(x)
+
+
 # --- flow prior (tests/test_prior_flow.py)
 flow_latent_dims = st.integers(2, 6)  #: L for the flow prior (L >= 2: a coupling conditions on floor(L/2) >= 1 coordinates)
 flow_couplings = st.integers(1, 4)    #: number of affine couplings T

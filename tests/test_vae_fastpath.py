@@ -30,9 +30,10 @@ def test_categorical_private_pair_matches_public():
     logits = 30 * rng.normal(size=(7, 15))
     g = rng.normal(size=7)
     xi = likelihoods._check_categorical_x(x, 5)
-    lp, lsm = likelihoods._categorical_log_prob_and_lsm(xi, logits.reshape(7, 3, 5))
+    lp, cache = likelihoods._categorical_log_prob_and_cache(xi, logits.reshape(7, 3, 5))
+    assert cache[0] == "p"   # the fused kernel, as in the public functions
     assert np.array_equal(lp, likelihoods.categorical_log_prob(x, logits, 5))
-    d = likelihoods._categorical_vjp_from_lsm(g, xi, lsm).reshape(7, 15)
+    d = likelihoods._categorical_vjp_from_cache(g, xi, cache).reshape(7, 15)
     assert np.array_equal(d, likelihoods.categorical_log_prob_vjp(g, x, logits, 5))
 
 
