@@ -55,185 +55,31 @@ Results go to ``validation/results/bench_aggregated.json`` and ``.md`` (``--quic
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _bench.py sits next to this script
+import _bench  # noqa: E402  (shared benchmark machinery; imports no NumPy)
 
-def _early_threads(argv):
-    """The thread count, parsed before NumPy is imported (BLAS reads its env vars at load time)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--threads", type=int, default=2)
-    ns, _ = p.parse_known_args(argv)
-    return max(1, ns.threads)
-
-
-THREADS = _early_threads(sys.argv[1:])
-THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-for _var in THREAD_ENV_VARS:
-    os.environ[_var] = str(THREADS)
-if THREADS > (os.cpu_count() or 1):
-    os.environ["NUMBA_NUM_THREADS"] = str(THREADS)
+THREADS = _bench.setup_threads(sys.argv[1:])  # BLAS thread env vars, before NumPy is imported
 
 import gc  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-import refvae  # noqa: E402
+from _bench import (chunk_rows, contention, cpu_snapshot, fmt_t, fmt_x, log, max_abs,  # noqa: E402
+                    med, run_timed)
 from refvae.mixture import mixture_log_prob_vjp  # noqa: E402
 from refvae.prior_mixtures import AggregatedPosterior  # noqa: E402
 
 numba.set_num_threads(THREADS)
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
 DEFAULT_SIZES = tuple((N, L) for N in (10_000, 100_000) for L in (2, 16, 32))
 MIB = 2.0 ** 20
 SLOW_S = 10.0  # a torch run estimated above this is timed once (no further repeats)
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-# ============================================================================ machine load
-
-_CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-CONTENDED_CORES = 0.25
-
-
-def cpu_snapshot():
-    try:
-        with open("/proc/stat") as fh:
-            vals = [int(v) for v in fh.readline().split()[1:]]
-        busy = (vals[0] + vals[1] + vals[2] + vals[5] + vals[6]) / _CLK
-        steal = (vals[7] if len(vals) > 7 else 0) / _CLK
-    except (OSError, ValueError, IndexError):
-        busy = steal = float("nan")
-    t = os.times()
-    return time.perf_counter(), busy, steal, t.user + t.system + t.children_user + t.children_system
-
-
-def contention(s0, s1):
-    wall = max(s1[0] - s0[0], 1e-9)
-    own = s1[3] - s0[3]
-    return {"wall_s": wall, "own_cores": own / wall,
-            "others_cores": max(0.0, (s1[1] - s0[1]) - own) / wall,
-            "steal_cores": (s1[2] - s0[2]) / wall, "loadavg": list(os.getloadavg())}
-
-
-def wait_for_idle(max_wait, window=5.0):
-    t_end = time.perf_counter() + max_wait
-    while True:
-        s0 = cpu_snapshot()
-        time.sleep(window)
-        c = contention(s0, cpu_snapshot())
-        if c["others_cores"] < CONTENDED_CORES or time.perf_counter() >= t_end:
-            return c
-        log(f"waiting for an idle machine: others use {c['others_cores']:.2f} cores, load "
-            f"{c['loadavg'][0]:.2f}")
-
-
-# ============================================================================ provenance
-
-def git_revision():
-    gitdir = REPO / ".git"
-    try:
-        if gitdir.is_dir():
-            head = (gitdir / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head
-            ref = head.split(None, 1)[1]
-            loose = gitdir / ref
-            if loose.is_file():
-                return loose.read_text().strip()
-            packed = gitdir / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-            return None
-    except OSError:
-        pass
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                           timeout=10)
-        return r.stdout.strip() if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def git_dirty():
-    try:
-        r = subprocess.run(["git", "status", "--porcelain", "--", "refvae"], cwd=REPO,
-                           capture_output=True, text=True, timeout=10)
-        return [ln[3:] for ln in r.stdout.splitlines()] if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def cpu_model():
-    model, flags, n = None, set(), 0
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and model is None:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                elif line.startswith("processor"):
-                    n += 1
-    except OSError:
-        pass
-    simd = [fl for fl in ("sse4_2", "avx", "avx2", "fma", "avx512f") if fl in flags]
-    return {"model": model or platform.processor(), "logical_cpus": n or os.cpu_count(), "simd": simd}
-
-
-def _threading_layer():
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return "not yet initialised"
-
-
-def provenance(args, torch, torch_status):
-    import scipy
-    prov = {
-        "refvae_version": getattr(refvae, "__version__", None),
-        "git_revision": git_revision(),
-        "refvae_uncommitted_changes": git_dirty(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
-        "torch": torch.__version__ if torch is not None else torch_status,
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "threads": THREADS,
-        "numba_threads": numba.get_num_threads(),
-        "numba_threading_layer": _threading_layer(),
-        "torch_threads": torch.get_num_threads() if torch is not None else None,
-        "torch_interop_threads": torch.get_num_interop_threads() if torch is not None else None,
-        "thread_env": {v: os.environ.get(v) for v in THREAD_ENV_VARS},
-        "seed": args.seed,
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_start": list(os.getloadavg()),
-    }
-    try:
-        from threadpoolctl import threadpool_info
-        prov["threadpools"] = [{k: p.get(k) for k in ("internal_api", "num_threads", "version")}
-                               for p in threadpool_info()]
-    except Exception:
-        prov["threadpools"] = "threadpoolctl unavailable"
-    return prov
 
 
 # ============================================================================ data
@@ -268,22 +114,7 @@ def make_queries(means, log_vars, B, rng):
     return z, g
 
 
-def chunk_rows(N, L, budget_bytes):
-    return max(1, int(budget_bytes // (8 * N * L)))
-
-
 # ============================================================================ PyTorch
-
-def import_torch(disabled):
-    if disabled:
-        return None, "disabled (--no-torch)"
-    try:
-        import torch
-    except ImportError as exc:
-        return None, f"not installed ({exc})"
-    torch.set_num_threads(THREADS)
-    return torch, torch.__version__
-
 
 def torch_mixture(torch, means_t, log_vars_t):
     D = torch.distributions
@@ -324,43 +155,7 @@ def torch_forward_backward(torch, g, z, means, log_vars, step):
     return f, dz
 
 
-# ============================================================================ timing
-
-def run_timed(fn, repeats, warmup):
-    if warmup:
-        fn()
-        gc.collect()
-    times, out = [], None
-    for _ in range(max(1, repeats)):
-        out = None
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, times
-
-
-def med(ts):
-    return float(np.median(ts)) if ts else None
-
-
-def fmt_t(t):
-    if t is None:
-        return "-"
-    if t < 1e-3:
-        return f"{t * 1e6:.0f} µs"
-    if t < 1.0:
-        return f"{t * 1e3:.1f} ms"
-    return f"{t:.2f} s"
-
-
-def fmt_x(x):
-    return "-" if x is None else f"{x:.1f}×"
-
-
-def max_abs(a, b):
-    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-
+# ============================================================================ one size
 
 def dz_only_time(ap, g, z, f, repeats):
     """The private dz-only VJP kernel (what a z-only gradient would cost); None if the API changed."""
@@ -386,13 +181,7 @@ def bench_size(N, L, args, torch):
     r = {"N": N, "L": L, "B": B, "torch_chunk_queries": step, "contention": {}}
     log(f"\n=== N = {N}, L = {L}, B = {B}: {B * N:.3g} (query, component) pairs; torch chunk "
         f"{step} queries ({step * N * L * 8 / MIB:.0f} MiB per (b, N, L) temporary)")
-    snap = cpu_snapshot()
-
-    def phase(name):
-        nonlocal snap
-        now = cpu_snapshot()
-        r["contention"][name] = contention(snap, now)
-        snap = now
+    phase = _bench.LoadTracker(r["contention"]).phase  # phase(name): contention since the last phase
 
     # ---- refvae
     ap = AggregatedPosterior(L, means, log_vars)
@@ -478,12 +267,7 @@ def bench_size(N, L, args, torch):
                 f"refvae's log_prob_vjp); max|Δdz| = {r['dz_maxabs_vs_torch']:.1e} "
                 f"({r['dz_maxrel_vs_torch']:.1e} of max|dz| = {r['dz_maxabs']:.3g})")
         phase("torch")
-    worst = max(c["others_cores"] for c in r["contention"].values())
-    r["contended"] = worst > CONTENDED_CORES
-    log("load     other processes used " + ", ".join(
-        f"{k} {c['others_cores']:.2f}" for k, c in r["contention"].items())
-        + f" cores on average (load average {os.getloadavg()[0]:.2f})"
-        + ("  ** CONTENDED: timings are unreliable **" if r["contended"] else ""))
+    _bench.flag_contended(r)
     return r
 
 
@@ -492,16 +276,10 @@ def bench_size(N, L, args, torch):
 def markdown(results, prov, args, run_contention):
     out = ["# Aggregated posterior: log q(z) and its gradient, refvae vs PyTorch "
            "(`validation/bench_aggregated.py`)", ""]
-    cpu = prov["cpu"]
-    out += [f"refvae {prov['refvae_version']} at `{prov['git_revision']}`"
-            + (f" (uncommitted changes under refvae/: {', '.join(prov['refvae_uncommitted_changes'])})"
-               if prov.get("refvae_uncommitted_changes") else "")
-            + f", {prov['date_utc']}; {cpu['model']} ({cpu['logical_cpus']} logical CPUs, "
-            f"{'/'.join(cpu['simd'])}), {prov['platform']}; Python {prov['python']}, NumPy {prov['numpy']}, "
-            f"Numba {prov['numba']}, SciPy {prov['scipy']}, torch {prov['torch']}. **{prov['threads']} "
-            f"threads** (Numba {prov['numba_threads']} [{prov['numba_threading_layer']}], torch "
-            f"{prov['torch_threads']}, BLAS env vars {prov['threads']}). Seed {prov['seed']}. Command: "
-            f"`{prov['command']}`. Load average at start {prov['loadavg_start'][0]:.2f}.", ""]
+    out += [_bench.md_versions(prov)
+            + f", torch {prov['torch']}. **{prov['threads']} threads** (Numba {prov['numba_threads']} "
+            f"[{prov['numba_threading_layer']}], torch {prov['torch_threads']}, BLAS env vars "
+            f"{prov['threads']}). " + _bench.md_run(prov), ""]
     out += [f"Data: {args.data} components ("
             + ("means ~ N(0, 1), log-variances ~ N(−2, 0.5²)" if args.data == "synthetic" else
                "resampled digits + U(−0.5, 0.5) noise through a random encoder, hidden (64,)")
@@ -513,13 +291,9 @@ def markdown(results, prov, args, run_contention):
             "size). Ratios are torch / refvae (higher = refvae faster). `log_prob_vjp` is refvae's "
             "forward + full VJP (dz plus the discarded component gradients); torch's forward+backward "
             "differentiates with respect to z only.", ""]
-    bad = [r for r in results if r["contended"]]
-    out += [f"Machine load: other processes used {run_contention['others_cores']:.2f} cores on average "
-            f"during the run (steal {run_contention['steal_cores']:.2f}; load average at the end "
-            f"{run_contention['loadavg'][0]:.2f})"
-            + (". **Contended sizes (timings unreliable): "
-               + ", ".join(f"(N={r['N']}, L={r['L']})" for r in bad) + "**." if bad else
-               "; no phase was contended."), ""]
+    bad = [f"(N={r['N']}, L={r['L']})" for r in results if r["contended"]]
+    out += [_bench.md_machine_load(run_contention, "Contended sizes (timings unreliable): " + ", ".join(bad)
+                                   if bad else None), ""]
     out += ["## Times", "",
             "| N | L | refvae log_prob | torch forward | refvae log_prob_vjp | torch fwd+bwd (dz) | "
             "kernel VJP given f | dz-only kernel | torch chunk |",
@@ -566,8 +340,7 @@ def parse_sizes(items):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _bench.arg_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="N = 1e4, L = 2, one repeat (seconds)")
     p.add_argument("--sizes", nargs="+", default=None, help="N,L pairs (default 1e4 and 1e5 x 2, 16, 32)")
     p.add_argument("--queries", type=int, default=1000, help="B, queries drawn from q(z); default 1000")
@@ -597,13 +370,9 @@ def main(argv=None):
     if args.quick:
         sizes = sizes[:1]
         args.repeats = 1
-    stem = "bench_aggregated_quick" if args.quick else "bench_aggregated"
-    json_path = Path(args.json) if args.json else RESULTS / f"{stem}.json"
-    md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
-    torch, torch_status = import_torch(args.no_torch)
-    if args.wait_idle > 0:
-        c = wait_for_idle(args.wait_idle)
-        log(f"machine before the run: others use {c['others_cores']:.2f} cores, load {c['loadavg'][0]:.2f}")
+    json_path, md_path = _bench.output_paths(args, "bench_aggregated")
+    torch, torch_status = _bench.import_torch(args.no_torch, THREADS)
+    _bench.wait_before_run(args.wait_idle)
     t_start = time.perf_counter()
     snap_run = cpu_snapshot()
     # compile (or load from Numba's cache) on a tiny input
@@ -614,11 +383,10 @@ def main(argv=None):
     ap0.log_prob_vjp(g0, z0)
     dz_only_time(ap0, g0, z0, ap0.log_prob(z0), 1)
     t_compile = time.perf_counter() - t0
-    prov = provenance(args, torch, torch_status)
+    prov = _bench.provenance(threads=THREADS, seed=args.seed, torch=torch, torch_status=torch_status)
     log(f"refvae {prov['refvae_version']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
         f"{prov['numpy']}, Numba {prov['numba']}, torch {prov['torch']}")
-    if prov.get("refvae_uncommitted_changes"):
-        log(f"note: uncommitted changes under refvae/: {prov['refvae_uncommitted_changes']}")
+    _bench.log_uncommitted(prov)
     log(f"CPU {prov['cpu']['model']} ({prov['cpu']['logical_cpus']} logical); threads {THREADS} (numba "
         f"{prov['numba_threads']} [{prov['numba_threading_layer']}], torch {prov['torch_threads']}); seed "
         f"{args.seed}; kernels compiled/loaded in {t_compile:.2f} s; load average {prov['loadavg_start']}")
@@ -637,11 +405,7 @@ def main(argv=None):
         "compile_s": t_compile, "total_s": total, "contention": run_contention,
         "generator": "numpy.random.default_rng([seed, N, L]): components, then query indices, eps, g"},
         "results": results}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(markdown(results, prov, args, run_contention))
-    log(f"wrote {json_path} and {md_path}")
+    _bench.write_report(json_path, md_path, report, markdown(results, prov, args, run_contention))
     return 0
 
 

@@ -36,30 +36,25 @@ Results go to ``validation/results/bench_distributed.json`` and ``.md`` (``--qui
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _bench.py sits next to this script
+import _bench  # noqa: E402  (shared benchmark machinery)
+import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "validation" / "results"
-_CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def log(*a):
-    print(*a, flush=True)
+from _bench import log, med, run_timed  # noqa: E402
 
 
 # ============================================================================ machine load
 
 def _own_cpu():
-    """CPU seconds of this process and all its descendants (the Dask workers)."""
+    """CPU seconds of this process and all its descendants (the Dask workers, which os.times()
+    would not count: they are not waited-for children)."""
     import psutil
     me = psutil.Process()
     total = sum(me.cpu_times()[:2])
@@ -72,20 +67,11 @@ def _own_cpu():
 
 
 def snapshot():
-    try:
-        with open("/proc/stat") as fh:
-            vals = [int(v) for v in fh.readline().split()[1:]]
-        busy = (vals[0] + vals[1] + vals[2] + vals[5] + vals[6]) / _CLK
-    except (OSError, ValueError, IndexError):
-        busy = float("nan")
-    return time.perf_counter(), busy, _own_cpu()
+    return _bench.cpu_snapshot(own_cpu=_own_cpu)
 
 
 def contention(s0, s1):
-    wall = max(s1[0] - s0[0], 1e-9)
-    own = s1[2] - s0[2]
-    return {"wall_s": wall, "own_cores": own / wall,
-            "others_cores": max(0.0, (s1[1] - s0[1]) - own) / wall, "loadavg": list(os.getloadavg())}
+    return _bench.contention(s0, s1, steal=False)
 
 
 # ============================================================================ provenance
@@ -117,21 +103,12 @@ def make_case(N, M, L, seed):
     return z, means, log_vars
 
 
-def timed(fn, repeats):
-    out, ts = None, []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t0)
-    return out, ts
-
-
 def phase(name, fn, repeats, record):
     s0 = snapshot()
-    out, ts = timed(fn, repeats)
+    out, ts = run_timed(fn, repeats, False)
     c = contention(s0, snapshot())
-    record[name] = {"times_s": ts, "median_s": statistics.median(ts), "contention": c}
-    log(f"  {name:<44s} {statistics.median(ts):8.3f} s  (runs {', '.join(f'{t:.2f}' for t in ts)}; "
+    record[name] = {"times_s": ts, "median_s": med(ts), "contention": c}
+    log(f"  {name:<44s} {med(ts):8.3f} s  (runs {', '.join(f'{t:.2f}' for t in ts)}; "
         f"others use {c['others_cores']:.2f} cores)")
     return out
 
@@ -153,9 +130,7 @@ def main(argv=None):
         args.M = min(args.M, 1000)
         args.repeats = 1
     chunks = [int(c) for c in args.chunks.split(",")]
-    stem = "bench_distributed_quick" if args.quick else "bench_distributed"
-    json_path = Path(args.json) if args.json else RESULTS / f"{stem}.json"
-    md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
+    json_path, md_path = _bench.output_paths(args, "bench_distributed")
 
     import dask.array as da
     import distributed
@@ -241,9 +216,6 @@ def main(argv=None):
                "bytes_components": bytes_components, "bytes_queries_per_worker": M * L * 8,
                "bytes_partial_per_shard": 2 * M * 8}
     report = {"provenance": prov, "settings": settings, "summary": summary, "rows": rows, "phases": record}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=1) + "\n")
-    md_path.write_text(markdown(report))
     log(f"\nper-pair rate at L = {L}: {rate2:.3g} pairs/s on this {cores}-core machine "
         f"({rate1:.3g} pairs/s on one core, {1e9 / rate1:.2f} ns per pair)")
     for r in rows:
@@ -253,7 +225,7 @@ def main(argv=None):
             f"{r['max_abs_diff_vs_single']:.2e}")
     log(f"whole run: other processes used {run_c['others_cores']:.2f} of {cores} cores on average "
         f"(load average {run_c['loadavg'][0]:.2f})")
-    log(f"wrote {json_path} and {md_path}")
+    _bench.write_report(json_path, md_path, report, markdown(report))
     return 0
 
 

@@ -75,49 +75,29 @@ Results go to ``validation/results/bench_epoch.json`` and ``.md`` (``--quick`` w
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _bench.py sits next to this script
+import _bench  # noqa: E402  (shared benchmark machinery; imports no NumPy)
 
-def _early_threads(argv):
-    """The thread count, parsed before NumPy is imported (BLAS reads its env vars at load time)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--threads", type=int, default=2)
-    ns, _ = p.parse_known_args(argv)
-    return max(1, ns.threads)
-
-
-THREADS = _early_threads(sys.argv[1:])
-THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-for _var in THREAD_ENV_VARS:
-    os.environ[_var] = str(THREADS)
-if THREADS > (os.cpu_count() or 1):
-    os.environ["NUMBA_NUM_THREADS"] = str(THREADS)
+THREADS = _bench.setup_threads(sys.argv[1:])  # BLAS thread env vars, before NumPy is imported
 
 import cProfile  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import pstats  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-import refvae  # noqa: E402
+from _bench import contention, cpu_snapshot, fmt_t, log, med, run_timed  # noqa: E402
 from refvae.optim import Adamax  # noqa: E402
 from refvae.vae import VAE  # noqa: E402
 
 numba.set_num_threads(THREADS)
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
 LN_2PI = math.log(2.0 * math.pi)
 N_TRAIN = 1000
 NUM_VALS = 17
@@ -131,151 +111,14 @@ TARGET_REL_LOSS = 1e-8  # |loss_torch64 - loss_refvae| / |loss_refvae|
 PAUSE_S = 0.2           # idle time between timed epochs (lets spinning BLAS/OpenMP threads sleep)
 
 
-def log(*a):
-    print(*a, flush=True)
-
-
-# ============================================================================ machine load
-
-_CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-CONTENDED_CORES = 0.25  # others using more than this on average: the phase's timings are suspect
-
-
-def cpu_snapshot():
-    try:
-        with open("/proc/stat") as fh:
-            vals = [int(v) for v in fh.readline().split()[1:]]
-        busy = (vals[0] + vals[1] + vals[2] + vals[5] + vals[6]) / _CLK
-        steal = (vals[7] if len(vals) > 7 else 0) / _CLK
-    except (OSError, ValueError, IndexError):
-        busy = steal = float("nan")
-    t = os.times()
-    return time.perf_counter(), busy, steal, t.user + t.system + t.children_user + t.children_system
-
-
-def contention(s0, s1):
-    """Cores used by other processes (machine busy time minus ours) and steal, averaged over [s0, s1]."""
-    wall = max(s1[0] - s0[0], 1e-9)
-    own = s1[3] - s0[3]
-    return {"wall_s": wall, "own_cores": own / wall,
-            "others_cores": max(0.0, (s1[1] - s0[1]) - own) / wall,
-            "steal_cores": (s1[2] - s0[2]) / wall, "loadavg": list(os.getloadavg())}
-
-
-def wait_for_idle(max_wait, window=5.0):
-    """Wait (up to max_wait seconds) until other processes use < CONTENDED_CORES cores over a window."""
-    t_end = time.perf_counter() + max_wait
-    while True:
-        s0 = cpu_snapshot()
-        time.sleep(window)
-        c = contention(s0, cpu_snapshot())
-        if c["others_cores"] < CONTENDED_CORES or time.perf_counter() >= t_end:
-            return c
-        log(f"waiting for an idle machine: others use {c['others_cores']:.2f} cores, load "
-            f"{c['loadavg'][0]:.2f}")
-
-
 # ============================================================================ provenance
 
-def git_revision():
-    """HEAD's commit, read from .git directly; `git rev-parse` as fallback."""
-    gitdir = REPO / ".git"
-    try:
-        if gitdir.is_dir():
-            head = (gitdir / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head
-            ref = head.split(None, 1)[1]
-            loose = gitdir / ref
-            if loose.is_file():
-                return loose.read_text().strip()
-            packed = gitdir / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-            return None
-    except OSError:
-        pass
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                           timeout=10)
-        return r.stdout.strip() if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def git_dirty():
-    """Paths under refvae/ with uncommitted changes (they affect what was measured), or None."""
-    try:
-        r = subprocess.run(["git", "status", "--porcelain", "--", "refvae"], cwd=REPO,
-                           capture_output=True, text=True, timeout=10)
-        return [ln[3:] for ln in r.stdout.splitlines()] if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def cpu_model():
-    model, flags, n = None, set(), 0
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and model is None:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                elif line.startswith("processor"):
-                    n += 1
-    except OSError:
-        pass
-    simd = [fl for fl in ("sse4_2", "avx", "avx2", "fma", "avx512f") if fl in flags]
-    return {"model": model or platform.processor(), "logical_cpus": n or os.cpu_count(), "simd": simd}
-
-
 def provenance(args, torch, torch_status):
-    import scipy
-    import sklearn
-    prov = {
-        "refvae_version": getattr(refvae, "__version__", None),
-        "git_revision": git_revision(),
-        "refvae_uncommitted_changes": git_dirty(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
-        "sklearn": sklearn.__version__,
-        "torch": torch.__version__ if torch is not None else torch_status,
-        "torch_blas": _torch_blas(torch),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "threads": THREADS,
-        "numba_threads": numba.get_num_threads(),
-        "torch_threads": torch.get_num_threads() if torch is not None else None,
-        "torch_interop_threads": torch.get_num_interop_threads() if torch is not None else None,
-        "thread_env": {v: os.environ.get(v) for v in THREAD_ENV_VARS},
-        "seed": args.seed,
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_start": list(os.getloadavg()),
-    }
-    try:
-        from threadpoolctl import threadpool_info
-        prov["threadpools"] = [{k: p.get(k) for k in ("internal_api", "num_threads", "version",
-                                                      "filepath")} for p in threadpool_info()]
-    except Exception:
-        prov["threadpools"] = "threadpoolctl unavailable"
-    return prov
-
-
-def _torch_blas(torch):
-    if torch is None:
-        return None
-    try:
-        cfg = torch.__config__.show()
-        for line in cfg.splitlines():
-            if "BLAS_INFO" in line:
-                return line.strip()
-        return "mkl" if torch.backends.mkl.is_available() else "unknown"
-    except Exception:
-        return "unknown"
+    """_bench.provenance with scikit-learn's version and torch's BLAS; the BLAS pools' library
+    paths; no Numba threading layer."""
+    return _bench.provenance(threads=THREADS, seed=args.seed, torch=torch, torch_status=torch_status,
+                             extra_versions=("sklearn",), threading_layer=False, with_torch_blas=True,
+                             pool_keys=("internal_api", "num_threads", "version", "filepath"))
 
 
 # ============================================================================ data and schedule
@@ -323,17 +166,6 @@ def epoch_loss(losses, batches):
 
 
 # ============================================================================ PyTorch twin
-
-def import_torch(disabled):
-    if disabled:
-        return None, "disabled (--no-torch)"
-    try:
-        import torch
-    except ImportError as exc:
-        return None, f"not installed ({exc})"
-    torch.set_num_threads(THREADS)
-    return torch, torch.__version__
-
 
 def make_torch_vae(torch, L, D):
     """The same network as nn.Linear layers (weight = W.T) and the same loss expression as refvae."""
@@ -753,25 +585,9 @@ def profile_epoch(model, init, x, sched, top=20):
 # ============================================================================ timing
 
 def timed(fn):
-    gc.collect()
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
-def med(ts):
-    return float(np.median(ts)) if ts else None
-
-
-def fmt_t(t):
-    if t is None:
-        return "-"
-    a = abs(t)
-    if a < 1e-3:
-        return f"{t * 1e6:.0f} µs"
-    if a < 1.0:
-        return f"{t * 1e3:.1f} ms"
-    return f"{t:.2f} s"
+    """(wall time, result) of one call of fn, after a garbage collection."""
+    out, (t,) = run_timed(fn, 1, False)
+    return t, out
 
 
 def rel(a, b):
@@ -789,7 +605,7 @@ def bench_latent(L, x, args, torch):
     log(f"\n=== L = {L}: {len(batches)} minibatches ({', '.join(str(len(b)) for b in batches[-2:])} "
         f"in the last two), {n_params} parameters")
     r = {"latent_dim": L, "n_batches": len(batches), "n_params": n_params, "contention": {}}
-    snap = cpu_snapshot()
+    load = _bench.LoadTracker(r["contention"])  # load.phase(name): contention since the last phase
 
     engines = {}
 
@@ -816,8 +632,7 @@ def bench_latent(L, x, args, torch):
     for name, fn in engines.items():
         fn()
         time.sleep(PAUSE_S)
-    phase_snap = cpu_snapshot()
-    r["contention"]["warmup"] = contention(snap, phase_snap)
+    load.phase("warmup")
 
     names = list(engines)
     times = {n: [] for n in names}
@@ -832,9 +647,7 @@ def bench_latent(L, x, args, torch):
             elif losses != first[name][0]:
                 r.setdefault("nondeterministic", []).append(name)
             time.sleep(PAUSE_S)
-    now = cpu_snapshot()
-    r["contention"]["timed_rounds"] = contention(phase_snap, now)
-    snap = now
+    load.phase("timed_rounds")
     for n in names:
         r[f"{n}_times"] = times[n]
         r[f"{n}_s"] = med(times[n])
@@ -889,9 +702,7 @@ def bench_latent(L, x, args, torch):
                if name == "torch64" else ""))
     if r.get("nondeterministic"):
         log(f"WARNING  repeated epochs gave different losses for {r['nondeterministic']}")
-    now = cpu_snapshot()
-    r["contention"]["agreement"] = contention(snap, now)
-    snap = now
+    load.phase("agreement")
 
     # ---- waterfall: GEMMs only -> bare NumPy twin -> refvae gradient only -> refvae with Adamax
     twin = NumpyTwin(init, L)
@@ -945,17 +756,14 @@ def bench_latent(L, x, args, torch):
         f"{fmt_t(w['refvae_grad_only'])}, Adamax steps alone {fmt_t(w['refvae_adamax_steps_only'])}, epoch "
         f"{fmt_t(w['refvae_epoch'])} (twin's batch losses agree to "
         f"{r['twin_max_rel_batch_loss_vs_refvae']:.1e} rel.)")
-    now = cpu_snapshot()
-    r["contention"]["waterfall"] = contention(snap, now)
+    load.phase("waterfall")
 
     # ---- unprofiled stage timings (one minibatch)
     r["stages"] = stage_timings(model, init, x, sched, args.stage_reps)
     log("stages   per minibatch of 64 (median of unprofiled calls):")
     for st in r["stages"]:
         log(f"         {fmt_t(st['s']):>9}  {st['stage']}")
-    snap2 = cpu_snapshot()
-    r["contention"]["stages"] = contention(now, snap2)
-    now = snap2
+    load.phase("stages")
 
     # ---- cProfile of one refvae epoch
     r["profile"] = profile_epoch(model, init, x, sched)
@@ -966,13 +774,7 @@ def bench_latent(L, x, args, torch):
         log(f"         {100 * c['fraction']:5.1f}%  {fmt_t(c['s']):>9}  {c['category']}")
     log("         top functions: " + ", ".join(f"{t['function']} {fmt_t(t['self_s_folded'])}"
                                              for t in p["top_functions"][:8]))
-    worst = max(c["others_cores"] for c in r["contention"].values())
-    r["contended"] = worst > CONTENDED_CORES
-    log("load     other processes used " + ", ".join(
-        f"{k} {c['others_cores']:.2f}" for k, c in r["contention"].items())
-        + f" cores on average (steal {max(c['steal_cores'] for c in r['contention'].values()):.2f}, "
-        f"load average {os.getloadavg()[0]:.2f})"
-        + ("  ** CONTENDED: timings are unreliable **" if r["contended"] else ""))
+    _bench.flag_contended(r, steal=True)
     return r
 
 
@@ -1025,16 +827,10 @@ def findings(results):
 
 def markdown(results, prov, args, run_contention, notes):
     out = ["# One training epoch: refvae vs PyTorch (`validation/bench_epoch.py`)", ""]
-    cpu = prov["cpu"]
-    out += [f"refvae {prov['refvae_version']} at `{prov['git_revision']}`"
-            + (f" (uncommitted changes under refvae/: {', '.join(prov['refvae_uncommitted_changes'])})"
-               if prov.get("refvae_uncommitted_changes") else "")
-            + f", {prov['date_utc']}; {cpu['model']} ({cpu['logical_cpus']} logical CPUs, "
-            f"{'/'.join(cpu['simd'])}), {prov['platform']}; Python {prov['python']}, NumPy {prov['numpy']}, "
-            f"Numba {prov['numba']}, SciPy {prov['scipy']}, scikit-learn {prov['sklearn']}, torch "
-            f"{prov['torch']}. **{prov['threads']} threads** (torch {prov['torch_threads']}, BLAS env vars "
-            f"{prov['threads']}, Numba {prov['numba_threads']}). Seed {prov['seed']}. Command: "
-            f"`{prov['command']}`. Load average at start {prov['loadavg_start'][0]:.2f}.", ""]
+    out += [_bench.md_versions(prov)
+            + f", scikit-learn {prov['sklearn']}, torch {prov['torch']}. **{prov['threads']} threads** "
+            f"(torch {prov['torch_threads']}, BLAS env vars {prov['threads']}, Numba "
+            f"{prov['numba_threads']}). " + _bench.md_run(prov), ""]
     out += [f"Setup: digits (first {N_TRAIN} images, values 0..16), categorical likelihood C = {NUM_VALS}, "
             f"hidden {HIDDEN}, leaky ReLU, batch {BATCH}, standard prior (MC KL), Adamax lr {LR:g}. "
             "Every timed epoch starts from the same initial parameters (refvae's, copied into "
@@ -1042,13 +838,9 @@ def markdown(results, prov, args, run_contention, notes):
             f"Median over {args.repeats} round(s) after one warm-up epoch per engine; each round "
             "times every engine once, in a rotated order. Ratio = refvae / torch (lower = refvae "
             f"faster; target ≤ {TARGET_RATIO:g}×).", ""]
-    bad = [r for r in results if r["contended"]]
-    out += [f"Machine load: other processes used {run_contention['others_cores']:.2f} cores on average "
-            f"during the run (steal {run_contention['steal_cores']:.2f}; load average at the end "
-            f"{run_contention['loadavg'][0]:.2f})"
-            + (". **Contended (timings unreliable): L = "
-               + ", ".join(str(r["latent_dim"]) for r in bad) + "**." if bad else
-               "; no phase was contended."), ""]
+    bad = [str(r["latent_dim"]) for r in results if r["contended"]]
+    out += [_bench.md_machine_load(run_contention, "Contended (timings unreliable): L = " + ", ".join(bad)
+                                   if bad else None), ""]
     out += ["## Time per epoch", "",
             "| L | refvae | torch float64 | torch float32 | refvae / torch64 (paired) | refvae / torch32 | speed target |",
             "|---|---|---|---|---|---|---|"]
@@ -1124,8 +916,7 @@ def markdown(results, prov, args, run_contention, notes):
 # ============================================================================ main
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _bench.arg_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="L = 2 only, 2 rounds (seconds)")
     p.add_argument("--latent", type=int, nargs="+", default=None, help="latent sizes (default 2 16)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds (median); default 7")
@@ -1149,22 +940,17 @@ def main(argv=None):
         args.repeats = min(args.repeats, 2)
         args.stage_reps = min(args.stage_reps, 10)
     args.repeats = max(1, args.repeats)
-    stem = "bench_epoch_quick" if args.quick else "bench_epoch"
-    json_path = Path(args.json) if args.json else RESULTS / f"{stem}.json"
-    md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
+    json_path, md_path = _bench.output_paths(args, "bench_epoch")
 
-    torch, torch_status = import_torch(args.no_torch)
-    if args.wait_idle > 0:
-        c = wait_for_idle(args.wait_idle)
-        log(f"machine before the run: others use {c['others_cores']:.2f} cores, load {c['loadavg'][0]:.2f}")
+    torch, torch_status = _bench.import_torch(args.no_torch, THREADS)
+    _bench.wait_before_run(args.wait_idle)
     t_start = time.perf_counter()
     snap_run = cpu_snapshot()
     x = load_train()
     prov = provenance(args, torch, torch_status)
     log(f"refvae {prov['refvae_version']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
         f"{prov['numpy']}, torch {prov['torch']} ({prov['torch_blas']}), scikit-learn {prov['sklearn']}")
-    if prov.get("refvae_uncommitted_changes"):
-        log(f"note: uncommitted changes under refvae/: {prov['refvae_uncommitted_changes']}")
+    _bench.log_uncommitted(prov)
     log(f"CPU {prov['cpu']['model']} ({prov['cpu']['logical_cpus']} logical); threads {THREADS} (torch "
         f"{prov['torch_threads']}, env " + ", ".join(f"{k}={v}" for k, v in prov["thread_env"].items())
         + f"); seed {args.seed}; load average {prov['loadavg_start']}")
@@ -1185,11 +971,7 @@ def main(argv=None):
         "pause_between_epochs_s": PAUSE_S, "target_ratio": TARGET_RATIO,
         "target_rel_loss": TARGET_REL_LOSS, "total_s": total, "contention": run_contention},
         "results": results, "findings": notes}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(markdown(results, prov, args, run_contention, notes))
-    log(f"wrote {json_path} and {md_path}")
+    _bench.write_report(json_path, md_path, report, markdown(results, prov, args, run_contention, notes))
     return 0
 
 

@@ -57,40 +57,23 @@ Results go to ``validation/results/bench_estimators.json`` and ``.md`` (``--quic
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _bench.py sits next to this script
+import _bench  # noqa: E402  (shared benchmark machinery; imports no NumPy)
 
-def _early_threads(argv):
-    """The thread count, parsed before NumPy is imported (BLAS reads its env vars at load time)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--threads", type=int, default=2)
-    ns, _ = p.parse_known_args(argv)
-    return max(1, ns.threads)
-
-
-THREADS = _early_threads(sys.argv[1:])
-THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-for _var in THREAD_ENV_VARS:
-    os.environ[_var] = str(THREADS)
-if THREADS > (os.cpu_count() or 1):
-    os.environ["NUMBA_NUM_THREADS"] = str(THREADS)
+THREADS = _bench.setup_threads(sys.argv[1:])  # BLAS thread env vars, before NumPy is imported
 
 import gc  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
 
-import refvae  # noqa: E402
+from _bench import chunk_rows, contention, cpu_snapshot, log, med, run_timed  # noqa: E402
 from refvae import estimators  # noqa: E402
 from refvae.mixture import mixture_log_prob  # noqa: E402
 from refvae.prior_mixtures import AggregatedPosterior  # noqa: E402
@@ -98,9 +81,6 @@ from refvae.priors import StandardPrior  # noqa: E402
 
 numba.set_num_threads(THREADS)
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
 LN_2PI = math.log(2.0 * math.pi)
 MIB = 2.0 ** 20
 DEFAULT_CASES = (("digits", 1000, 2), ("digits", 1000, 16), ("synthetic", 100_000, 2),
@@ -109,138 +89,9 @@ TAUS = (0.1, 0.01)
 SMALL_PAIRS = 5e7  # N*S*N + M*N below this: warm-up at the size and --repeats timed calls
 
 
-def log(*a):
-    print(*a, flush=True)
-
-
-# ============================================================================ machine load
-
-_CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-CONTENDED_CORES = 0.25
-
-
-def cpu_snapshot():
-    try:
-        with open("/proc/stat") as fh:
-            vals = [int(v) for v in fh.readline().split()[1:]]
-        busy = (vals[0] + vals[1] + vals[2] + vals[5] + vals[6]) / _CLK
-        steal = (vals[7] if len(vals) > 7 else 0) / _CLK
-    except (OSError, ValueError, IndexError):
-        busy = steal = float("nan")
-    t = os.times()
-    return time.perf_counter(), busy, steal, t.user + t.system + t.children_user + t.children_system
-
-
-def contention(s0, s1):
-    wall = max(s1[0] - s0[0], 1e-9)
-    own = s1[3] - s0[3]
-    return {"wall_s": wall, "own_cores": own / wall,
-            "others_cores": max(0.0, (s1[1] - s0[1]) - own) / wall,
-            "steal_cores": (s1[2] - s0[2]) / wall, "loadavg": list(os.getloadavg())}
-
-
-def wait_for_idle(max_wait, window=5.0):
-    t_end = time.perf_counter() + max_wait
-    while True:
-        s0 = cpu_snapshot()
-        time.sleep(window)
-        c = contention(s0, cpu_snapshot())
-        if c["others_cores"] < CONTENDED_CORES or time.perf_counter() >= t_end:
-            return c
-        log(f"waiting for an idle machine: others use {c['others_cores']:.2f} cores, load "
-            f"{c['loadavg'][0]:.2f}")
-
-
-# ============================================================================ provenance
-
-def git_revision():
-    gitdir = REPO / ".git"
-    try:
-        if gitdir.is_dir():
-            head = (gitdir / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head
-            ref = head.split(None, 1)[1]
-            loose = gitdir / ref
-            if loose.is_file():
-                return loose.read_text().strip()
-            packed = gitdir / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-            return None
-    except OSError:
-        pass
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                           timeout=10)
-        return r.stdout.strip() if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def git_dirty():
-    try:
-        r = subprocess.run(["git", "status", "--porcelain", "--", "refvae"], cwd=REPO,
-                           capture_output=True, text=True, timeout=10)
-        return [ln[3:] for ln in r.stdout.splitlines()] if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def cpu_model():
-    model, flags, n = None, set(), 0
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and model is None:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                elif line.startswith("processor"):
-                    n += 1
-    except OSError:
-        pass
-    simd = [fl for fl in ("sse4_2", "avx", "avx2", "fma", "avx512f") if fl in flags]
-    return {"model": model or platform.processor(), "logical_cpus": n or os.cpu_count(), "simd": simd}
-
-
-def _threading_layer():
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return "not yet initialised"
-
-
-def provenance(args):
-    import scipy
-    import sklearn
-    prov = {
-        "refvae_version": getattr(refvae, "__version__", None),
-        "git_revision": git_revision(),
-        "refvae_uncommitted_changes": git_dirty(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
-        "sklearn": sklearn.__version__,
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "threads": THREADS,
-        "numba_threads": numba.get_num_threads(),
-        "numba_threading_layer": _threading_layer(),
-        "thread_env": {v: os.environ.get(v) for v in THREAD_ENV_VARS},
-        "seed": args.seed,
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_start": list(os.getloadavg()),
-    }
-    try:
-        from threadpoolctl import threadpool_info
-        prov["threadpools"] = [{k: p.get(k) for k in ("internal_api", "num_threads", "version")}
-                               for p in threadpool_info()]
-    except Exception:
-        prov["threadpools"] = "threadpoolctl unavailable"
-    return prov
+def fmt_t(t):
+    """_bench.fmt_t, 600 s and above in minutes (extrapolated baselines run for hours)."""
+    return _bench.fmt_t(t, minutes=True)
 
 
 # ============================================================================ models
@@ -299,10 +150,6 @@ def make_case(kind, N, L, args):
 
 
 # ============================================================================ the NumPy/SciPy path
-
-def chunk_rows(N, L, budget_bytes):
-    return max(1, int(budget_bytes // (8 * N * L)))
-
 
 def scipy_log_q(z, means, log_vars, budget_bytes):
     """log q(z_b) = logsumexp_n [-ln N + log N(z_b | mu_n, diag exp(v_n))], broadcast over chunks."""
@@ -410,36 +257,6 @@ def flatten_refvae(stats=None, holes=None):
 
 # ============================================================================ timing
 
-def run_timed(fn, repeats, warmup):
-    if warmup:
-        fn()
-        gc.collect()
-    times, out = [], None
-    for _ in range(max(1, repeats)):
-        out = None
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, times
-
-
-def med(ts):
-    return float(np.median(ts)) if ts else None
-
-
-def fmt_t(t):
-    if t is None:
-        return "-"
-    if t < 1e-3:
-        return f"{t * 1e6:.0f} µs"
-    if t < 1.0:
-        return f"{t * 1e3:.1f} ms"
-    if t < 600:
-        return f"{t:.2f} s"
-    return f"{t / 60:.1f} min"
-
-
 def compare(ref, base):
     """Per estimate: |Δvalue|, relative Δvalue, |Δse|."""
     out = {}
@@ -511,7 +328,8 @@ def log_q_breakdown(model, x, seed_stats, seed_holes, S, M, reps):
 
 def bench_case(kind, N, L, args):
     S, M = args.n_samples, args.holes_samples
-    snap = cpu_snapshot()
+    load = _bench.LoadTracker({})  # load.phase(name): contention since the last phase (or now)
+    phase = load.phase
     model, x, desc = make_case(kind, N, L, args)
     pairs = N * S * N + M * N
     small = pairs <= SMALL_PAIRS
@@ -520,16 +338,10 @@ def bench_case(kind, N, L, args):
     budget = args.budget_mb * MIB
     r = {"kind": kind, "N": N, "L": L, "n_samples": S, "holes_samples": M, "description": desc,
          "pairs_stats": N * S * N, "pairs_holes": M * N, "repeats": reps, "warmup_at_size": small,
-         "chunk_queries": chunk_rows(N, L, budget), "contention": {}}
+         "chunk_queries": chunk_rows(N, L, budget), "contention": load.record}
     log(f"\n=== {kind}, N = {N}, L = {L}: {desc}")
     log(f"         H[q(z)]: {N * S} queries x {N} components; holes: {M} x {N}; refvae {reps} timed "
         f"call(s){' after a warm-up call at this size' if small else ''}")
-
-    def phase(name):
-        nonlocal snap
-        now = cpu_snapshot()
-        r["contention"][name] = contention(snap, now)
-        snap = now
 
     phase("setup (model, training)")
     # ---- refvae
@@ -604,12 +416,7 @@ def bench_case(kind, N, L, args):
            f"{max(v['se_abs_diff'] for v in est.values()):.1e}" if worst else
            "; estimates not compared (NumPy path extrapolated)"))
     phase("agreement")
-    worst_c = max(c["others_cores"] for c in r["contention"].values())
-    r["contended"] = worst_c > CONTENDED_CORES
-    log("load     other processes used " + ", ".join(
-        f"{k} {c['others_cores']:.2f}" for k, c in r["contention"].items())
-        + f" cores on average (load average {os.getloadavg()[0]:.2f})"
-        + ("  ** CONTENDED: timings are unreliable **" if r["contended"] else ""))
+    _bench.flag_contended(r)
     return r
 
 
@@ -618,17 +425,10 @@ def bench_case(kind, N, L, args):
 def markdown(results, prov, args, run_contention):
     out = ["# Estimators over the aggregated posterior: refvae vs NumPy/SciPy "
            "(`validation/bench_estimators.py`)", ""]
-    cpu = prov["cpu"]
-    out += [f"refvae {prov['refvae_version']} at `{prov['git_revision']}`"
-            + (f" (uncommitted changes under refvae/: {', '.join(prov['refvae_uncommitted_changes'])})"
-               if prov.get("refvae_uncommitted_changes") else "")
-            + f", {prov['date_utc']}; {cpu['model']} ({cpu['logical_cpus']} logical CPUs, "
-            f"{'/'.join(cpu['simd'])}), {prov['platform']}; Python {prov['python']}, NumPy {prov['numpy']}, "
-            f"Numba {prov['numba']}, SciPy {prov['scipy']}, scikit-learn {prov['sklearn']}. "
-            f"**{prov['threads']} threads** (Numba {prov['numba_threads']} [{prov['numba_threading_layer']}], "
-            f"BLAS env vars {prov['threads']}; NumPy ufuncs and scipy's logsumexp are single-threaded). "
-            f"Seed {prov['seed']}. Command: `{prov['command']}`. Load average at start "
-            f"{prov['loadavg_start'][0]:.2f}.", ""]
+    out += [_bench.md_versions(prov)
+            + f", scikit-learn {prov['sklearn']}. **{prov['threads']} threads** (Numba "
+            f"{prov['numba_threads']} [{prov['numba_threading_layer']}], BLAS env vars {prov['threads']}; "
+            "NumPy ufuncs and scipy's logsumexp are single-threaded). " + _bench.md_run(prov), ""]
     out += [f"`aggregated_posterior_stats(model, x, rng, n_samples={args.n_samples})` (H[q(z)] and the "
             f"other terms from the same draws) and `hole_metrics(model, x, rng, n_samples="
             f"{args.holes_samples}, taus={TAUS})`, end to end (encoding included), against the same "
@@ -638,13 +438,9 @@ def markdown(results, prov, args, run_contention):
             f"pairs, else {args.slow_repeats} call(s). NumPy/SciPy runs estimated above "
             f"{args.baseline_max_s:g} s ran on a prefix of the queries and are extrapolated (marked "
             "\"extrap.\"). Ratios are NumPy / refvae (higher = refvae faster).", ""]
-    bad = [r for r in results if r["contended"]]
-    out += [f"Machine load: other processes used {run_contention['others_cores']:.2f} cores on average "
-            f"during the run (steal {run_contention['steal_cores']:.2f}; load average at the end "
-            f"{run_contention['loadavg'][0]:.2f})"
-            + (". **Contended cases (timings unreliable): "
-               + ", ".join(f"({r['kind']}, N={r['N']}, L={r['L']})" for r in bad) + "**." if bad else
-               "; no phase was contended."), ""]
+    bad = [f"({r['kind']}, N={r['N']}, L={r['L']})" for r in results if r["contended"]]
+    out += [_bench.md_machine_load(run_contention, "Contended cases (timings unreliable): " + ", ".join(bad)
+                                   if bad else None), ""]
     out += ["## Times", "",
             "| data | N | L | refvae H[q(z)] stats | NumPy/SciPy | ratio | refvae holes | NumPy/SciPy | ratio | encoding alone |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -703,8 +499,7 @@ def parse_cases(items):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _bench.arg_parser(__doc__)
     p.add_argument("--quick", action="store_true",
                    help="digits N = 1000 with L = 2 and 16 only, 1 training epoch, 1 repeat")
     p.add_argument("--cases", nargs="+", default=None,
@@ -739,12 +534,8 @@ def main(argv=None):
         cases = [c for c in cases if c[1] <= 1000] or cases[:1]
         args.train_epochs = min(args.train_epochs, 1)
         args.repeats = 1
-    stem = "bench_estimators_quick" if args.quick else "bench_estimators"
-    json_path = Path(args.json) if args.json else RESULTS / f"{stem}.json"
-    md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
-    if args.wait_idle > 0:
-        c = wait_for_idle(args.wait_idle)
-        log(f"machine before the run: others use {c['others_cores']:.2f} cores, load {c['loadavg'][0]:.2f}")
+    json_path, md_path = _bench.output_paths(args, "bench_estimators")
+    _bench.wait_before_run(args.wait_idle)
     t_start = time.perf_counter()
     snap_run = cpu_snapshot()
     # warm-up of every path at a tiny size (Numba compilation or cache load, thread pools)
@@ -757,11 +548,10 @@ def main(argv=None):
     t_compile = time.perf_counter() - t0
     baseline_stats(m0, x0, 1, 1, args.budget_mb * MIB)
     baseline_holes(m0, x0, 2, 100, args.budget_mb * MIB)
-    prov = provenance(args)
+    prov = _bench.provenance(threads=THREADS, seed=args.seed, extra_versions=("sklearn",))
     log(f"refvae {prov['refvae_version']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
         f"{prov['numpy']}, Numba {prov['numba']}, SciPy {prov['scipy']}")
-    if prov.get("refvae_uncommitted_changes"):
-        log(f"note: uncommitted changes under refvae/: {prov['refvae_uncommitted_changes']}")
+    _bench.log_uncommitted(prov)
     log(f"CPU {prov['cpu']['model']} ({prov['cpu']['logical_cpus']} logical); threads {THREADS} (numba "
         f"{prov['numba_threads']} [{prov['numba_threading_layer']}]); seed {args.seed}; kernels "
         f"compiled/loaded in {t_compile:.2f} s; load average {prov['loadavg_start']}")
@@ -784,11 +574,7 @@ def main(argv=None):
                       "components: default_rng([seed, N, L]); stats draws: default_rng([seed, N, L, 2]); "
                       "prior draws: default_rng([seed, N, L, 3])"},
         "results": results}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(markdown(results, prov, args, run_contention))
-    log(f"wrote {json_path} and {md_path}")
+    _bench.write_report(json_path, md_path, report, markdown(results, prov, args, run_contention))
     return 0
 
 

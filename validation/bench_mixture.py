@@ -58,27 +58,14 @@ import argparse
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _bench.py sits next to this script
+import _bench  # noqa: E402  (shared benchmark machinery; imports no NumPy)
 
-def _early_threads(argv):
-    """The thread count, parsed before NumPy is imported (BLAS reads its env vars at load time)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--threads", type=int, default=2)
-    ns, _ = p.parse_known_args(argv)
-    return max(1, ns.threads)
-
-
-THREADS = _early_threads(sys.argv[1:])
-THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-for _var in THREAD_ENV_VARS:
-    os.environ[_var] = str(THREADS)
-if THREADS > (os.cpu_count() or 1):
-    os.environ["NUMBA_NUM_THREADS"] = str(THREADS)  # numba's pool defaults to the core count
+THREADS = _bench.setup_threads(sys.argv[1:])  # BLAS thread env vars, before NumPy is imported
 
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -89,14 +76,12 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
-import refvae  # noqa: E402
+from _bench import (CONTENDED_CORES, WAIT_BUDGET, chunk_rows, contention, cpu_snapshot,  # noqa: E402
+                    fmt_e, fmt_t, fmt_x, log, max_abs, med, run_timed)
 from refvae.mixture import mixture_log_prob, mixture_log_prob_vjp  # noqa: E402
 
 numba.set_num_threads(THREADS)
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
 DEFAULT_SIZES = ((1797, 1797, 2), (10000, 10000, 16), (1000, 60000, 32))
 TARGET_SIZE = (10000, 10000, 16)   # speed targets
 MEMORY_SIZE = (1000, 60000, 32)    # memory target
@@ -114,10 +99,6 @@ TARGETS = {
 }
 
 
-def log(*a):
-    print(*a, flush=True)
-
-
 # ============================================================================ data
 
 def make_inputs(B, K, L, seed):
@@ -130,11 +111,6 @@ def make_inputs(B, K, L, seed):
     z = means[comp] + np.exp(0.5 * log_vars[comp]) * rng.standard_normal((B, L))
     g = rng.standard_normal(B)
     return {"z": z, "means": means, "log_vars": log_vars, "log_weights": log_weights, "g": g}
-
-
-def chunk_rows(K, L, budget_bytes):
-    """Queries per chunk so that one (b, K, L) float64 array stays under the budget."""
-    return max(1, int(budget_bytes // (8 * K * L)))
 
 
 # ============================================================================ SciPy / NumPy path
@@ -196,17 +172,6 @@ def numpy_vjp(g, z, means, log_vars, log_weights, f, budget_bytes):
 
 # ============================================================================ PyTorch path
 
-def import_torch(disabled):
-    if disabled:
-        return None, "disabled (--no-torch)"
-    try:
-        import torch
-    except ImportError as exc:  # the columns then say "not installed"
-        return None, f"not installed ({exc})"
-    torch.set_num_threads(THREADS)
-    return torch, torch.__version__
-
-
 def _torch_mixture(torch, means, log_vars, logits):
     D = torch.distributions
     comp = D.Independent(D.Normal(means, torch.exp(0.5 * log_vars), validate_args=False), 1,
@@ -247,109 +212,6 @@ def torch_forward_backward(torch, g, z, means, log_vars, log_weights, budget_byt
         (lp * gt[b0:b0 + step]).sum().backward()
         f[b0:b0 + step] = lp.detach().numpy()
     return f, zt.grad.numpy(), mt.grad.numpy(), lvt.grad.numpy(), lwt.grad.numpy()
-
-
-# ============================================================================ timing helpers
-
-# ---------------------------------------------------------------- contention monitoring
-# The machine may be shared (other processes, other VMs on the host): every phase records how many
-# cores other processes used meanwhile (machine busy time from /proc/stat minus this process's and
-# its waited children's CPU time) and the hypervisor's steal time.
-
-_CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-CONTENDED_CORES = 0.25  # others using more than this on average: the phase's timings are suspect
-
-
-def cpu_snapshot():
-    try:
-        with open("/proc/stat") as fh:
-            vals = [int(v) for v in fh.readline().split()[1:]]
-        busy = (vals[0] + vals[1] + vals[2] + vals[5] + vals[6]) / _CLK  # user nice system irq softirq
-        steal = (vals[7] if len(vals) > 7 else 0) / _CLK
-    except (OSError, ValueError, IndexError):
-        busy = steal = float("nan")
-    t = os.times()
-    return time.perf_counter(), busy, steal, t.user + t.system + t.children_user + t.children_system
-
-
-def contention(s0, s1):
-    wall = max(s1[0] - s0[0], 1e-9)
-    own = s1[3] - s0[3]
-    return {"wall_s": wall, "own_cores": own / wall,
-            "others_cores": max(0.0, (s1[1] - s0[1]) - own) / wall,
-            "steal_cores": (s1[2] - s0[2]) / wall, "loadavg": list(os.getloadavg())}
-
-
-WAIT_BUDGET = {"left_s": float("inf"), "waited_s": 0.0}  # --max-total-wait
-
-
-def wait_for_idle(max_wait, window=5.0, quiet=False):
-    """Wait (up to max_wait seconds, and within the run's total budget) until other processes use
-    < CONTENDED_CORES cores over a window of `window` seconds."""
-    t_begin = time.perf_counter()
-    t_end = t_begin + min(max_wait, max(0.0, WAIT_BUDGET["left_s"]))
-    if t_end <= t_begin:
-        return None  # no waiting allowed (budget used up)
-    try:
-        return _wait_loop(t_end, window, quiet)
-    finally:
-        spent = time.perf_counter() - t_begin
-        WAIT_BUDGET["left_s"] -= spent
-        WAIT_BUDGET["waited_s"] += spent
-
-
-def _wait_loop(t_end, window, quiet):
-    while True:
-        s0 = cpu_snapshot()
-        time.sleep(window)
-        c = contention(s0, cpu_snapshot())
-        if c["others_cores"] < CONTENDED_CORES or time.perf_counter() >= t_end:
-            return c
-        if not quiet:
-            log(f"waiting for an idle machine: others use {c['others_cores']:.2f} cores, load "
-            f"{c['loadavg'][0]:.2f}")
-
-
-def run_timed(fn, repeats, warmup):
-    """(last result, list of wall times); one untimed call first if warmup."""
-    if warmup:
-        fn()
-        gc.collect()
-    times = []
-    out = None
-    for _ in range(max(1, repeats)):
-        out = None
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, times
-
-
-def med(times):
-    return float(np.median(times)) if times else None
-
-
-def fmt_t(t):
-    if t is None:
-        return "-"
-    if t < 1e-3:
-        return f"{t * 1e6:.0f} µs"
-    if t < 1.0:
-        return f"{t * 1e3:.1f} ms"
-    return f"{t:.2f} s"
-
-
-def fmt_x(x):
-    return "-" if x is None else f"{x:.1f}×"
-
-
-def fmt_e(x):
-    return "-" if x is None else f"{x:.1e}"
-
-
-def max_abs(a, b):
-    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
 # ============================================================================ machine peaks
@@ -680,87 +542,10 @@ def source_hashes():
     return out
 
 
-def git_revision():
-    """HEAD's commit, read from .git directly (no git process, no lock); `git rev-parse` as fallback."""
-    gitdir = REPO / ".git"
-    try:
-        if gitdir.is_dir():
-            head = (gitdir / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head
-            ref = head.split(None, 1)[1]
-            loose = gitdir / ref
-            if loose.is_file():
-                return loose.read_text().strip()
-            packed = gitdir / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-            return None  # branch without commits
-    except OSError:
-        pass
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                           timeout=10)
-        return r.stdout.strip() if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def cpu_model():
-    model, flags, n = None, set(), 0
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and model is None:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                elif line.startswith("processor"):
-                    n += 1
-    except OSError:
-        pass
-    simd = [fl for fl in ("sse4_2", "avx", "avx2", "fma", "avx512f") if fl in flags]
-    return {"model": model or platform.processor(), "logical_cpus": n or os.cpu_count(),
-            "simd": simd}
-
-
 def provenance(args, torch, torch_status):
-    import scipy
-    prov = {
-        "refvae_version": getattr(refvae, "__version__", None),
-        "git_revision": git_revision(),
-        "source_sha256_16": source_hashes(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
-        "torch": torch.__version__ if torch is not None else torch_status,
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "threads": THREADS,
-        "numba_threads": numba.get_num_threads(),
-        "numba_threading_layer": _threading_layer(),
-        "torch_threads": torch.get_num_threads() if torch is not None else None,
-        "torch_interop_threads": torch.get_num_interop_threads() if torch is not None else None,
-        "thread_env": {v: os.environ.get(v) for v in THREAD_ENV_VARS},
-        "seed": args.seed,
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    try:
-        from threadpoolctl import threadpool_info
-        prov["threadpools"] = [{k: p.get(k) for k in ("internal_api", "num_threads", "version")}
-                               for p in threadpool_info()]
-    except Exception:
-        prov["threadpools"] = "threadpoolctl unavailable"
-    return prov
-
-
-def _threading_layer():
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return "not yet initialised"
+    """_bench.provenance with the kernel sources' hashes; no git status, no start load average."""
+    return _bench.provenance(threads=THREADS, seed=args.seed, torch=torch, torch_status=torch_status,
+                             sources=source_hashes(), uncommitted=False, loadavg=False)
 
 
 # ============================================================================ one size
@@ -806,26 +591,9 @@ def bench_size(size, args, torch):
         f"SciPy/torch {slow_reps} repeat(s){' after a warm-up call' if slow_warm else ', no warm-up'}")
 
     def phase(name, fn):
-        """Run fn (a timing phase); if other processes used > CONTENDED_CORES meanwhile, wait for an
-        idle machine and run it again (up to --retries times); keep the least contended attempt."""
-        best = None
-        for attempt in range(1 + max(0, args.retries)):
-            if attempt > 0 or args.wait_idle > 0:
-                wait_for_idle(max(args.wait_idle, 60.0 if attempt else 0.0), quiet=True)
-            gc.collect()
-            s0 = cpu_snapshot()
-            res = fn()
-            c = contention(s0, cpu_snapshot())
-            c["attempt"] = attempt + 1
-            if best is None or c["others_cores"] < best[1]["others_cores"]:
-                best = (res, c)
-            if c["others_cores"] <= CONTENDED_CORES:
-                break
-            log(f"         ({name}: other processes used {c['others_cores']:.2f} cores; "
-                + ("retrying)" if attempt < args.retries else "giving up, keeping the least contended)"))
-            res = None
-        r["contention"][name] = best[1]
-        return best[0]
+        """fn, re-run while contended (up to --retries times; see _bench.retry_phase)."""
+        return _bench.retry_phase(name, fn, r["contention"], retries=args.retries,
+                                  wait_idle=args.wait_idle)
 
     # ---- refvae
     def refvae_phase():
@@ -938,13 +706,7 @@ def bench_size(size, args, torch):
                     f"{'ok' if mm['peak_reset_ok'] else 'FAILED, value is an upper bound'})"
                     + ("" if mm["same_sources_as_parent"] else
                        " ** refvae sources changed since the start of the run **"))
-    worst = max(c["others_cores"] for c in r["contention"].values())
-    r["contended"] = worst > CONTENDED_CORES
-    log("load     other processes used " + ", ".join(
-        f"{k} {c['others_cores']:.2f}" + (f" (attempt {c['attempt']})" if c["attempt"] > 1 else "")
-        for k, c in r["contention"].items())
-        + f" cores on average (steal {max(c['steal_cores'] for c in r['contention'].values()):.2f})"
-        + ("  ** CONTENDED: timings of this size are unreliable **" if r["contended"] else ""))
+    _bench.flag_contended(r, steal=True, loadavg=False, what="timings of this size are unreliable")
     return r
 
 
@@ -990,14 +752,11 @@ def markdown(results, peaks, prov, targets, args, run_contention):
         return f(r[key]) if key in r else ("not installed" if "torch" in key else "-")
 
     out = ["# Mixture kernel benchmark (`validation/bench_mixture.py`)", ""]
-    cpu = prov["cpu"]
-    out += [f"refvae {prov['refvae_version']} at `{prov['git_revision']}`, {prov['date_utc']}; "
-            f"{cpu['model']} ({cpu['logical_cpus']} logical CPUs, {'/'.join(cpu['simd'])}), "
-            f"{prov['platform']}; Python {prov['python']}, NumPy {prov['numpy']}, Numba {prov['numba']}, "
-            f"SciPy {prov['scipy']}, torch {prov['torch']}. **{prov['threads']} threads** everywhere "
+    out += [_bench.md_versions(prov)
+            + f", torch {prov['torch']}. **{prov['threads']} threads** everywhere "
             f"(Numba {prov['numba_threads']} [{prov['numba_threading_layer']}], torch "
-            f"{prov['torch_threads']}, BLAS env vars {prov['threads']}). Seed {prov['seed']}. "
-            f"Command: `{prov['command']}`. Kernel sources (sha256, 16 hex): "
+            f"{prov['torch_threads']}, BLAS env vars {prov['threads']}). " + _bench.md_run(prov)
+            + " Kernel sources (sha256, 16 hex): "
             + ", ".join(f"`{k}` {v}" for k, v in prov["source_sha256_16"].items())
             + ("" if prov.get("source_sha256_16_end", prov["source_sha256_16"]) == prov["source_sha256_16"]
                else " (**changed during the run**)") + ".", ""]
@@ -1118,8 +877,7 @@ def parse_sizes(items):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _bench.arg_parser(__doc__)
     p.add_argument("--quick", action="store_true",
                    help="first size only, one repeat (a smoke run in seconds)")
     p.add_argument("--sizes", nargs="+", default=None,
@@ -1158,17 +916,11 @@ def main(argv=None):
         sizes = sizes[:1]
         args.repeats = 1
         args.slow_repeats = 1
-    stem = "bench_mixture_quick" if args.quick else "bench_mixture"
-    json_path = Path(args.json) if args.json else RESULTS / f"{stem}.json"
-    md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
+    json_path, md_path = _bench.output_paths(args, "bench_mixture")
 
-    torch, torch_status = import_torch(args.no_torch)
+    torch, torch_status = _bench.import_torch(args.no_torch, THREADS)
     WAIT_BUDGET["left_s"] = args.max_total_wait
-    if args.wait_idle > 0:
-        c = wait_for_idle(args.wait_idle)
-        if c is not None:
-            log(f"machine before the run: others use {c['others_cores']:.2f} cores, load "
-                f"{c['loadavg'][0]:.2f}")
+    _bench.wait_before_run(args.wait_idle)
     t_start = time.perf_counter()
     snap_run = cpu_snapshot()
 
@@ -1239,11 +991,8 @@ def main(argv=None):
         "retries": args.retries,
         "contended_sizes": [list(c) for c in contended]},
         "targets_thresholds": TARGETS, "peaks": peaks, "results": results, "targets": targets}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(markdown(results, peaks, prov, targets, args, run_contention))
-    log(f"wrote {json_path} and {md_path}")
+    _bench.write_report(json_path, md_path, report,
+                        markdown(results, peaks, prov, targets, args, run_contention))
     return 0
 
 
