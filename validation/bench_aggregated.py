@@ -200,7 +200,7 @@ def bench_size(N, L, args, torch):
     r["dz_only"], dz_only = dz_only_time(ap, g, z, f_ref, args.repeats)
     if dz_only is not None:
         r["dz_only"]["maxabs_vs_log_prob_vjp"] = max_abs(dz_only, dz_ref)
-    log(f"refvae   log_prob {fmt_t(r['refvae_log_prob_s'])}   log_prob_vjp (forward + full VJP) "
+    log(f"refvae   log_prob {fmt_t(r['refvae_log_prob_s'])}   log_prob_vjp (forward + dz-only VJP) "
         f"{fmt_t(r['refvae_log_prob_vjp_s'])}   kernel VJP given f (all gradients) "
         f"{fmt_t(r['refvae_kernel_vjp_s'])}   dz-only kernel "
         + (fmt_t(r["dz_only"]["dz_kernel_s"]) if "dz_kernel_s" in r["dz_only"]
@@ -289,8 +289,8 @@ def markdown(results, prov, args, run_contention):
             f"timed after a probe of ≥ {args.probe} queries that also serves as warm-up; cases "
             f"estimated above {args.torch_max_s:g} s skipped (estimate = probe time × B / probe "
             "size). Ratios are torch / refvae (higher = refvae faster). `log_prob_vjp` is refvae's "
-            "forward + full VJP (dz plus the discarded component gradients); torch's forward+backward "
-            "differentiates with respect to z only.", ""]
+            "forward + the kernel's dz-only VJP (`z_only=True`: the components are data, their gradients "
+            "are not computed); torch's forward+backward differentiates with respect to z only.", ""]
     bad = [f"(N={r['N']}, L={r['L']})" for r in results if r["contended"]]
     out += [_bench.md_machine_load(run_contention, "Contended sizes (timings unreliable): " + ", ".join(bad)
                                    if bad else None), ""]
