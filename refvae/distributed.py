@@ -562,9 +562,33 @@ def _dashboard(client):
     return link
 
 
+def _compute_on(client, graph, progress, message):
+    """``client.compute(graph)`` and its gathered result, with a progress bar if asked.
+
+    NumPy components travel in the graph on purpose (see components_to_dask): the scheduler keeps
+    them, so a shard lost with a worker can be re-sent; the "Sending large graph" warning is
+    silenced for this reason. With ``progress``, prints the dashboard link and ``message`` first.
+    """
+    _, _, distributed = _require_dask()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        futs = client.compute(graph)
+    try:
+        if progress:
+            link = _dashboard(client)
+            if link:
+                print(f"Dask dashboard: {link}", flush=True)
+            print(message, flush=True)
+            distributed.progress(futs, notebook=False, scheduler=client.scheduler.address)
+            print(flush=True)
+        return client.gather(futs)
+    finally:
+        del futs
+
+
 def _log_mixture_on(client, z, comps, log_weights, chunk, split_every, threads_per_task, progress):
     """The cluster path on checked inputs (z (M, L) float64, comps a _Components)."""
-    dask, _, distributed = _require_dask()
+    dask, _, _ = _require_dask()
     means_da, log_vars_da = comps.to_dask(chunk)
     bounds = shard_bounds(comps.N, chunk)
     mblocks = means_da.to_delayed().ravel()
@@ -576,23 +600,12 @@ def _log_mixture_on(client, z, comps, log_weights, chunk, split_every, threads_p
     parts = [task(zf, mb, lb, w0 if log_weights is None else log_weights[a:b], i, a, b, threads_per_task)
              for i, ((a, b), mb, lb) in enumerate(zip(bounds, mblocks, lblocks))]
     root, _ = combine_tree(parts, split_every, dask.delayed(_combine_group, pure=True))
-    with warnings.catch_warnings():
-        # NumPy components travel in the graph on purpose (see components_to_dask): the scheduler
-        # keeps them, so a shard lost with a worker can be re-sent
-        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-        fut = client.compute(root)
     try:
-        if progress:
-            link = _dashboard(client)
-            if link:
-                print(f"Dask dashboard: {link}", flush=True)
-            print(f"log q(z): {len(z)} queries x {comps.N} components in {len(bounds)} shards of "
-                  f"<= {chunk}", flush=True)
-            distributed.progress(fut, notebook=False, scheduler=client.scheduler.address)
-            print(flush=True)
-        m, s = fut.result()
+        m, s = _compute_on(client, root, progress,
+                           f"log q(z): {len(z)} queries x {comps.N} components in {len(bounds)} "
+                           f"shards of <= {chunk}")
     finally:
-        del fut, zf
+        del zf
     return finalize_partials(m, s)
 
 
@@ -697,7 +710,7 @@ def _drawn_rows_and_sums_on(client, comps, idx, standard, chunk, progress):
     drawn rows in its range and returns them and its exact sums (:func:`_exact_sum`); the client
     combines them with one ``fsum`` (:func:`_combine_exact_sums`). Client memory O(M L + shards).
     """
-    dask, _, distributed = _require_dask()
+    dask, _, _ = _require_dask()
     means_da, log_vars_da = comps.to_dask(chunk)
     bounds = shard_bounds(comps.N, chunk)
     mblocks = means_da.to_delayed().ravel()
@@ -708,22 +721,9 @@ def _drawn_rows_and_sums_on(client, comps, idx, standard, chunk, progress):
     task = dask.delayed(_shard_drawn_rows_and_sums, pure=True)
     parts = [task(mb, lb, uniq[cuts[i]:cuts[i + 1]] - a, standard, i, a, b)
              for i, ((a, b), mb, lb) in enumerate(zip(bounds, mblocks, lblocks))]
-    with warnings.catch_warnings():
-        # Dask arrays made from NumPy arrays travel in the graph (as in _log_mixture_on)
-        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-        futs = client.compute(parts)
-    try:
-        if progress:
-            link = _dashboard(client)
-            if link:
-                print(f"Dask dashboard: {link}", flush=True)
-            print(f"q(z|x): {len(uniq)} drawn components and the exact sums over {comps.N} "
-                  f"components in {len(bounds)} shards of <= {chunk}", flush=True)
-            distributed.progress(futs, notebook=False, scheduler=client.scheduler.address)
-            print(flush=True)
-        results = client.gather(futs)
-    finally:
-        del futs
+    results = _compute_on(client, parts, progress,
+                          f"q(z|x): {len(uniq)} drawn components and the exact sums over {comps.N} "
+                          f"components in {len(bounds)} shards of <= {chunk}")
     mu_u = np.concatenate([r[0] for r in results])
     lv_u = np.concatenate([r[1] for r in results])
     if mu_u.shape[0] != len(uniq):  # pragma: no cover - a shard returned the wrong rows
