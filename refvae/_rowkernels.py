@@ -85,7 +85,10 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["categorical_forward", "categorical_vjp"]
+from .primitives import _log_softmax, _softmax_weights
+
+__all__ = ["categorical_forward", "categorical_vjp", "categorical_forward_numpy",
+           "categorical_vjp_numpy"]
 
 _DBL_MAX = 1.7976931348623157e308
 
@@ -176,4 +179,28 @@ def categorical_vjp(g, xi, p):
                 if c != k:
                     s += pc
             out[b, d, k] = gb * s
+    return out
+
+
+# --------------------------------------------------------------------------- NumPy twins
+
+def categorical_forward_numpy(xi, a):
+    """Plain NumPy twin of :func:`categorical_forward` (finite real logits): ``(log_prob, p)``.
+
+    ``log_prob[b] = sum_d log_softmax(a[b, d])[xi[b, d]]`` and ``p = softmax(a)`` along the last
+    axis, from :func:`refvae.primitives._log_softmax` and :func:`~refvae.primitives._softmax_weights`
+    (the same algorithm with NumPy's exp and pairwise sums: a few ulp from the kernel).
+    """
+    lsm = _log_softmax(a, axis=-1)
+    lp = np.take_along_axis(lsm, xi[:, :, None], axis=-1)[:, :, 0].sum(axis=1)
+    return lp, _softmax_weights(a, -1)
+
+
+def categorical_vjp_numpy(g, xi, p):
+    """Plain NumPy twin of :func:`categorical_vjp`: ``g_b ([c = x_bd] - p_bdc)``, the observed
+    entry as ``g_b sum_{c != k} p_c`` (the same products; NumPy's pairwise sum for the last)."""
+    off = p.copy()
+    np.put_along_axis(off, xi[:, :, None], 0.0, axis=-1)
+    out = -g[:, None, None] * off
+    np.put_along_axis(out, xi[:, :, None], g[:, None, None] * off.sum(axis=-1, keepdims=True), axis=-1)
     return out

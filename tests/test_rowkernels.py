@@ -115,6 +115,28 @@ def test_kernel_vs_numpy_random_c17():
     assert_close(p, _softmax_weights(rows, -1), "softmax, kernel vs NumPy")
 
 
+@given(finite_logit_rows(max_rows=6, max_len=9, extreme=False))
+def test_whole_forward_and_vjp_vs_numpy_twins(rows):
+    """The kernels on a (B, D, C) batch against their NumPy twins in the same module: log_prob
+    (a sum over D rows, so its scale is sum_d |log_softmax|), p, and the VJP for a random g."""
+    R, C = rows.shape
+    B = R // 2 + 1
+    D = -(-R // B)
+    a = np.ascontiguousarray(np.resize(rows, (B * D, C)).reshape(B, D, C))
+    rng = np.random.default_rng(R * 31 + C)
+    xi = rng.integers(0, C, size=(B, D)).astype(np.intp)
+    g = rng.normal(size=B)
+    ok, lp, p = _rowkernels.categorical_forward(xi, a)
+    lp_t, p_t = _rowkernels.categorical_forward_numpy(xi, a)
+    assert ok
+    scale = np.abs(np.take_along_axis(_log_softmax(a, axis=-1), xi[:, :, None], axis=-1)).sum(axis=(1, 2))
+    assert np.all(np.abs(lp - lp_t) <= TOL.rtol * scale + TOL.atol), (lp, lp_t)
+    assert_close(p, p_t, "softmax, kernel vs twin")
+    d = _rowkernels.categorical_vjp(g, xi, p)
+    d_t = _rowkernels.categorical_vjp_numpy(g, xi, p)
+    assert np.all(np.abs(d - d_t) <= TOL.rtol * np.abs(g)[:, None, None] + TOL.atol), "VJP, kernel vs twin"
+
+
 # --------------------------------------------------------------------------- vs mpmath
 
 @pytest.mark.parametrize("row", ADVERSARIAL_ROWS, ids=lambda r: str(r)[:40])
