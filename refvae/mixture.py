@@ -73,8 +73,8 @@ the natural scale of the rounding in this computation, the forward error is
 direction): each w carries <= 6u relative error (the <= 1 ulp of exp in a, the constant sqrt(1/2),
 the subtraction and the product), so a term's quadratic is within 13u of itself, the pairwise
 group sums add 2u, the compensated sums 2u each, the exps 2u, the final log and addition 2u:
-c <= 26 is guaranteed. Observed: c <= 2.4 over the random and adversarial cases of the tests (mpmath, >= 200 bits), recorded in
-``validation/kernel_accuracy.json``; the tests enforce c <= 4
+c <= 26 is guaranteed. Observed: c <= 2.4 over the random and adversarial cases of the tests
+(mpmath, >= 200 bits), recorded in ``validation/kernel_accuracy.json``; the tests enforce c <= 4
 (``tolerances.TOLERANCES['mixture_kernel_c']``) on every case they generate.
 
 *Special values.* A component with w_k = -inf contributes nothing and gets exactly zero gradient.
