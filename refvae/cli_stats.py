@@ -1,15 +1,28 @@
 """``refvae stats``: aggregated-posterior statistics of a saved model on a data file.
 
-    refvae stats --model DIR --data FILE.npy|npz [--scheduler ADDRESS] [--chunk N] [--samples S]
-                 [--queries M] [--holes M] [--seed N] [--out FILE.json] [--threads N] [--quiet]
+    refvae stats --model DIR (--data FILE.npy|npz | --components DIR|FILE.npz) [--scheduler ADDRESS]
+                 [--chunk N] [--samples S] [--queries M] [--holes M] [--seed N] [--out FILE.json]
+                 [--threads N] [--quiet]
+    refvae stats --model DIR --data FILE.npy|npz --write-components OUTDIR
 
-Loads the model (``VAE.load(DIR)``) and the data x (N, D) (``.npy``, or ``.npz`` with ``--key``,
-an array named ``x``, or a single array), and reports H[q(z)], CE[q(z)||p], KL[q(z)||p],
+Loads the model (``VAE.load(DIR)``) and either the data x (N, D) (``.npy``, or ``.npz`` with
+``--key``, an array named ``x``, or a single array), which this machine then encodes, or the
+components of q(z) themselves (``--components``: a directory holding ``means.npy`` and
+``log_vars.npy`` as written by :func:`refvae.distributed.encode_to_shards` or by
+``--write-components``, or an ``.npz`` file with arrays ``means`` and ``log_vars``), and reports H[q(z)], CE[q(z)||p], KL[q(z)||p],
 I_q(x; z), H[q(z|x)], E_x KL[q(z|x)||p] and its split (SPEC section 5) with standard errors, by
 :func:`refvae.distributed.aggregated_stats` -- on this machine by default, on a Dask cluster with
 ``--scheduler``. ``--holes M`` adds KL[p||q(z)] and the hole masses for tau = 0.1, 0.01 from M
 prior draws (a second generator, ``default_rng([seed, 1])``, so the statistics above do not depend
 on it). Generator of the statistics: ``numpy.random.default_rng(seed)``.
+
+Exactly one of ``--data`` and ``--components`` is given. With ``--components``, ``--queries M`` and
+``--scheduler``, the components are read only by the Dask workers (the files must be visible to
+them at the same path) and this machine holds O(M L + shards), never an (N, L) array (module
+docstring of :mod:`refvae.distributed`, "Drawn rows and exact sums"). ``--write-components OUTDIR``
+(with ``--data``) only encodes the data into ``OUTDIR/means.npy`` and ``OUTDIR/log_vars.npy``
+(:func:`~refvae.distributed.encode_to_shards`, in the batches of ``encode_all``, so the statistics
+from ``--components OUTDIR`` on this machine are bit-identical to those from ``--data``) and exits.
 
 ``--out FILE.json`` is written only after everything has been computed, to a temporary file that
 is moved into place, so an error (an unreachable scheduler, bad input) leaves no file.
@@ -35,7 +48,18 @@ HELP = "aggregated-posterior statistics (H[q(z)], KL[q(z)||p], I(x;z), holes) of
 def configure(p):
     """Add the options of ``refvae stats`` to an argparse parser."""
     p.add_argument("--model", required=True, help="directory of a saved model (VAE.save)")
-    p.add_argument("--data", required=True, help="data x (N, D): a .npy file, or an .npz file")
+    p.add_argument("--data", default=None,
+                   help="data x (N, D): a .npy file, or an .npz file (exactly one of --data and "
+                        "--components)")
+    p.add_argument("--components", default=None,
+                   help="the components of q(z) instead of the data: a directory with means.npy and "
+                        "log_vars.npy (written by --write-components or "
+                        "refvae.distributed.encode_to_shards(model, x, out_dir=DIR)), or an .npz "
+                        "file with arrays 'means' and 'log_vars'; with --scheduler they are read "
+                        "only by the workers (a shared file system)")
+    p.add_argument("--write-components", default=None, metavar="OUTDIR",
+                   help="only encode --data into OUTDIR/means.npy and OUTDIR/log_vars.npy (for "
+                        "--components OUTDIR) and exit")
     p.add_argument("--key", default=None,
                    help="array of the .npz file to use (default: 'x', or its only array)")
     p.add_argument("--scheduler", default=None,
@@ -131,6 +155,25 @@ def run(args) -> int:
         out_dir = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(out_dir):
             raise ValueError(f"--out: directory {out_dir!r} does not exist")
+    data = getattr(args, "data", None)
+    components = getattr(args, "components", None)
+    write_to = getattr(args, "write_components", None)
+    if (data is None) == (components is None):
+        raise ValueError("give exactly one of --data FILE and --components DIR|FILE.npz"
+                         + (" (got both)" if data is not None else ""))
+    if write_to is not None:
+        if data is None:
+            raise ValueError("--write-components encodes --data; it cannot be used with --components")
+        given = [f for f, v in (("--scheduler", args.scheduler), ("--out", args.out),
+                                ("--queries", args.queries)) if v is not None]
+        given += ["--holes"] if args.holes else []
+        if given:
+            raise ValueError(f"--write-components only writes the components and exits; drop "
+                             f"{', '.join(given)} (then run refvae stats --components {write_to})")
+        return _write_components(args, write_to)
+    comps = None
+    if components is not None:
+        comps = _check_components(components, dist)
     if args.scheduler is not None:
         dist._require_dask()
     quiet = bool(getattr(args, "quiet", False))
@@ -138,14 +181,23 @@ def run(args) -> int:
     started = time.perf_counter()
     with limit_threads(args.threads):
         model = VAE.load(args.model)
-        x = dist.load_array(args.data, getattr(args, "key", None), name="--data")
-        if x.shape[1] != model.x_dim:
-            raise ValueError(f"--data has D = {x.shape[1]} columns but the model expects "
-                             f"x_dim = {model.x_dim}")
-        N = x.shape[0]
+        if comps is None:
+            x = dist.load_array(data, getattr(args, "key", None), name="--data")
+            if x.shape[1] != model.x_dim:
+                raise ValueError(f"--data has D = {x.shape[1]} columns but the model expects "
+                                 f"x_dim = {model.x_dim}")
+            N = x.shape[0]
+            source = f"D = {x.shape[1]}"
+        else:
+            if comps.L != model.latent_dim:
+                raise ValueError(f"--components have L = {comps.L} columns but the model's "
+                                 f"latent_dim is {model.latent_dim}")
+            x = os.fspath(components)  # read by aggregated_stats / holes (on the workers)
+            N = comps.N
+            source = f"components {x}"
         where = f"Dask scheduler {args.scheduler}" if args.scheduler else "this machine"
         if not quiet:
-            print(f"refvae stats: N = {N}, D = {x.shape[1]}, L = {model.latent_dim}, prior "
+            print(f"refvae stats: N = {N}, {source}, L = {model.latent_dim}, prior "
                   f"{model.prior.name}, S = {args.samples}"
                   + (f", {args.queries} queries" if args.queries else "")
                   + f", seed {args.seed}, on {where}" + (f", chunk {chunk}" if args.scheduler else ""),
@@ -172,7 +224,9 @@ def run(args) -> int:
                 print(f"  {f'P_p[q/p < {t:g}]':<20s} {e.value: .6f} ± {e.se:.6f}")
         print(f"done in {seconds:.1f} s", flush=True)
     if args.out is not None:
-        result = {"command": "refvae stats", "model": os.fspath(args.model), "data": os.fspath(args.data),
+        result = {"command": "refvae stats", "model": os.fspath(args.model),
+                  "data": None if data is None else os.fspath(data),
+                  "components": None if components is None else os.fspath(components),
                   "N": int(N), "latent_dim": int(model.latent_dim), "prior": model.prior.name,
                   "samples": int(args.samples), "queries": args.queries, "seed": int(args.seed),
                   "rng": f"numpy.random.default_rng({args.seed})",
@@ -187,6 +241,50 @@ def run(args) -> int:
         _write_json_atomic(args.out, result)
         if not quiet:
             print(f"wrote {args.out}")
+    return 0
+
+
+def _check_components(path, dist):
+    """The components of ``--components`` (headers only): a ``_Components`` of kind 'file'."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise ValueError(f"--components: {p!r} does not exist (a directory with means.npy and "
+                         f"log_vars.npy, or an .npz file with arrays 'means' and 'log_vars')")
+    if not os.path.isdir(p) and not p.endswith(".npz"):
+        raise ValueError(f"--components: {p!r} is neither a directory with means.npy and "
+                         f"log_vars.npy (written by --write-components) nor an .npz file with "
+                         f"arrays 'means' and 'log_vars'")
+    try:
+        return dist._Components(p, None)
+    except ValueError as exc:
+        raise ValueError(f"--components: {exc}") from None
+
+
+def _write_components(args, out_dir):
+    """``--write-components OUTDIR``: encode ``--data`` with the model into OUTDIR; exit code 0."""
+    from . import distributed as dist
+    from .provenance import limit_threads
+    from .vae import VAE
+
+    data = os.fspath(args.data)
+    key = getattr(args, "key", None)
+    quiet = bool(getattr(args, "quiet", False))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--write-components: {out_dir!r} exists and is not a directory")
+    started = time.perf_counter()
+    with limit_threads(args.threads):
+        model = VAE.load(args.model)
+        if data.endswith(".npz") or not os.path.isfile(data):
+            x = dist.load_array(data, key, name="--data")  # also: "--data: file ... does not exist"
+        else:
+            x = data  # a .npy file: memory-mapped, read a batch at a time
+        try:
+            means, log_vars = dist.encode_to_shards(model, x, out_dir=out_dir)
+        except ValueError as exc:
+            raise ValueError(f"--data: {exc}") from None
+    if not quiet:
+        print(f"refvae stats: wrote {means} and {log_vars} in {time.perf_counter() - started:.1f} s; "
+              f"use --components {out_dir}", flush=True)
     return 0
 
 

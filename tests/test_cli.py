@@ -249,6 +249,108 @@ def test_missing_scikit_learn_names_the_data_extra(tmp_path, capsys, monkeypatch
     assert "refvae[data]" in line
 
 
+# =========================================================================== refvae stats --components
+
+@pytest.fixture(scope="module")
+def stats_files(tmp_path_factory):
+    """A small saved MoG-prior model (D = 6, L = 2), N = 300 data points in x.npy, and their
+    components written by ``refvae stats --write-components``."""
+    d = tmp_path_factory.mktemp("stats")
+    rng = np.random.default_rng(20261125)
+    model = refvae.VAE(6, 2, (8,), "tanh", "gaussian", prior="mog", rng=rng,
+                       prior_kwargs={"num_components": 3})
+    model.save(d / "model")
+    np.save(d / "x.npy", rng.normal(size=(300, 6)) * 2.0)
+    assert main(["stats", "--model", str(d / "model"), "--data", str(d / "x.npy"),
+                 "--write-components", str(d / "comps"), "--quiet"]) == 0
+    return d
+
+
+def _stats_json(d, source, out, *extra):
+    assert main(["stats", "--model", str(d / "model"), *source, "--samples", "2", "--seed", "4",
+                 "--holes", "50", "--out", str(out), "--quiet", *extra]) == 0
+    return load_strict_json(out)
+
+
+def test_write_components_equals_encode_all(stats_files):
+    from refvae.estimators import encode_all
+    d = stats_files
+    mu, lv = encode_all(refvae.VAE.load(d / "model"), np.load(d / "x.npy"))
+    assert sorted(p.name for p in (d / "comps").iterdir()) == ["log_vars.npy", "means.npy"]
+    assert np.array_equal(np.load(d / "comps" / "means.npy"), mu)
+    assert np.array_equal(np.load(d / "comps" / "log_vars.npy"), lv)
+
+
+@pytest.mark.parametrize("queries", [None, 100], ids=["all-draws", "queries"])
+def test_stats_from_components_equal_stats_from_data(stats_files, tmp_path, queries):
+    """On this machine ``--components`` (directory or .npz) gives the statistics and holes of
+    ``--data`` to the bit; the JSON records which input was used."""
+    d = stats_files
+    extra = [] if queries is None else ["--queries", str(queries)]
+    a = _stats_json(d, ["--data", str(d / "x.npy")], tmp_path / "a.json", *extra)
+    b = _stats_json(d, ["--components", str(d / "comps")], tmp_path / "b.json", *extra)
+    np.savez(tmp_path / "c.npz", means=np.load(d / "comps" / "means.npy"),
+             log_vars=np.load(d / "comps" / "log_vars.npy"))
+    c = _stats_json(d, ["--components", str(tmp_path / "c.npz")], tmp_path / "c.json", *extra)
+    assert (a["data"], a["components"]) == (str(d / "x.npy"), None)
+    assert (b["data"], b["components"]) == (None, str(d / "comps"))
+    assert c["components"] == str(tmp_path / "c.npz")
+    for other in (b, c):
+        assert other["N"] == a["N"] == 300 and other["queries"] == queries
+        assert other["stats"] == a["stats"] and other["holes"] == a["holes"]
+
+
+def test_stats_from_components_on_a_cluster(stats_files, tmp_path, monkeypatch):
+    """``--components DIR --queries M --scheduler`` (one shard): the same statistics as ``--data``
+    on this machine; H[q(z|x)] is then the correctly rounded mean instead of ``np.mean``, within
+    ``(d + 4) u mean|h|`` (refvae.distributed, "Drawn rows and exact sums"), the rest to the bit.
+    The client never reads the (N, L) components (``to_numpy`` and full reads raise)."""
+    distributed = pytest.importorskip("distributed")
+    from refvae import distributed as dist
+    d = stats_files
+    a = _stats_json(d, ["--data", str(d / "x.npy")], tmp_path / "a.json", "--queries", "100")
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the client materialised the (N, L) components")
+    monkeypatch.setattr(dist._Components, "to_numpy", refuse)
+    monkeypatch.setattr(dist._FileArray, "full", refuse)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0", silence_logs=50) as cluster:
+        b = _stats_json(d, ["--components", str(d / "comps")], tmp_path / "b.json", "--queries",
+                        "100", "--scheduler", cluster.scheduler_address, "--chunk", "300")
+    assert b["path"] == "dask" and b["components"] == str(d / "comps") and b["data"] is None
+    sa, sb = dict(a["stats"]), dict(b["stats"])
+    ha, hb = sa.pop("conditional_entropy"), sb.pop("conditional_entropy")
+    assert sb == sa and b["holes"] == a["holes"]
+    from refvae import gaussian
+    mean_abs = float(np.mean(np.abs(gaussian.entropy(np.load(d / "comps" / "log_vars.npy")))))
+    u, depth = 2.0 ** -53, 26  # d = 24 + ceil(log2(300 / 128))
+    assert abs(hb["value"] - ha["value"]) <= (depth + 4) * u * mean_abs
+    assert (hb["se"], hb["n"]) == (ha["se"], ha["n"]) == (0.0, 300)
+
+
+@pytest.mark.parametrize("source,words", [
+    ([], ["--data", "--components"]),
+    (["--data", "x.npy", "--components", "comps"], ["--data", "--components", "both"]),
+    (["--components", "nowhere"], ["--components", "nowhere", "does not exist"]),
+    (["--components", "x.npy"], ["--components", "x.npy", "directory", ".npz"]),
+    (["--components", "empty"], ["--components", "means.npy", "does not exist"]),
+    (["--components", "comps", "--write-components", "w"], ["--write-components", "--components"]),
+    (["--data", "x.npy", "--write-components", "w", "--queries", "5"], ["--write-components",
+                                                                        "--queries"]),
+])
+def test_stats_input_errors_give_one_line_and_exit_2(stats_files, tmp_path, capsys, monkeypatch,
+                                                     source, words):
+    d = stats_files
+    monkeypatch.chdir(d)
+    (d / "empty").mkdir(exist_ok=True)
+    out = tmp_path / "out.json"
+    rc = main(["stats", "--model", str(d / "model"), *source, "--out", str(out)]
+              if "--write-components" not in source else ["stats", "--model", str(d / "model"), *source])
+    assert_one_line_error(capsys, rc, *words)
+    assert not out.exists() and not (d / "w").exists()
+
+
 # =========================================================================== report internals
 
 def test_json_cleaning_turns_non_finite_numbers_into_null_with_a_note():
