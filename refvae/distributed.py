@@ -586,14 +586,21 @@ def _compute_on(client, graph, progress, message):
         del futs
 
 
-def _log_mixture_on(client, z, comps, log_weights, chunk, split_every, threads_per_task, progress):
-    """The cluster path on checked inputs (z (M, L) float64, comps a _Components)."""
-    dask, _, _ = _require_dask()
+def _shard_blocks(comps, chunk):
+    """``(bounds, mblocks, lblocks)``: the shards' row ranges [a, b) and the delayed blocks of the
+    means and log-variances, one per shard (a _Components as Dask arrays chunked by ``chunk``)."""
     means_da, log_vars_da = comps.to_dask(chunk)
     bounds = shard_bounds(comps.N, chunk)
     mblocks = means_da.to_delayed().ravel()
     lblocks = log_vars_da.to_delayed().ravel()
     assert len(mblocks) == len(lblocks) == len(bounds)
+    return bounds, mblocks, lblocks
+
+
+def _log_mixture_on(client, z, comps, log_weights, chunk, split_every, threads_per_task, progress):
+    """The cluster path on checked inputs (z (M, L) float64, comps a _Components)."""
+    dask, _, _ = _require_dask()
+    bounds, mblocks, lblocks = _shard_blocks(comps, chunk)
     w0 = -math.log(comps.N)  # the kernel's uniform weight, computed once here
     zf = client.scatter(z, broadcast=True, hash=False)  # a fresh key: no race with a release
     task = dask.delayed(_shard_partial, pure=True)
@@ -711,11 +718,7 @@ def _drawn_rows_and_sums_on(client, comps, idx, standard, chunk, progress):
     combines them with one ``fsum`` (:func:`_combine_exact_sums`). Client memory O(M L + shards).
     """
     dask, _, _ = _require_dask()
-    means_da, log_vars_da = comps.to_dask(chunk)
-    bounds = shard_bounds(comps.N, chunk)
-    mblocks = means_da.to_delayed().ravel()
-    lblocks = log_vars_da.to_delayed().ravel()
-    assert len(mblocks) == len(lblocks) == len(bounds)
+    bounds, mblocks, lblocks = _shard_blocks(comps, chunk)
     uniq, inverse = np.unique(np.asarray(idx, dtype=np.int64), return_inverse=True)
     cuts = np.searchsorted(uniq, [a for a, _ in bounds] + [comps.N])
     task = dask.delayed(_shard_drawn_rows_and_sums, pure=True)
