@@ -37,7 +37,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 __all__ = ["HELP", "add_parser", "configure", "run"]
@@ -100,20 +99,9 @@ def _write_json_atomic(path, obj):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"--out: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .io import _atomic_write_bytes  # numpy-free start-up: imported when a file is written
+    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+    _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _num(v):

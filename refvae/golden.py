@@ -115,13 +115,13 @@ import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._validation import check_choice
+from .io import _atomic_write_bytes
 from .tolerances import tolerance
 
 __all__ = ["CASE_PRIORS", "CASE_LIKELIHOODS", "DEFAULT_SEED", "CONVENTIONS", "KINK_MARGIN",
@@ -689,26 +689,6 @@ def _manifest(name, config, model, x, eps, draws, values, seed, idx, shifts, pro
 
 
 # =========================================================================== writing
-
-def _atomic_write_bytes(path, data):
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a data file is readable like any other
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
 
 def _npz_bytes(arrays):
     """A deterministic .npz (fixed timestamps and member order; deflated; no pickle)."""

@@ -39,7 +39,13 @@ _RESERVED = ("format_version", "refvae_version")
 
 
 def _atomic_write(path, write):
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, ``os.replace``."""
+    """Call ``write(fileobj)`` on a binary temporary file next to ``path``, fsync, and
+    ``os.replace`` it onto ``path``: readers see the old file or the new one, never a part.
+
+    The file gets the permissions of a normally created file (``0o666`` less the umask; mkstemp
+    makes ``0o600``). On any error the temporary file is removed and the error re-raised. The one
+    writer of every file refvae saves (parameters, golden cases, reports, statistics).
+    """
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
@@ -47,6 +53,9 @@ def _atomic_write(path, write):
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -54,6 +63,11 @@ def _atomic_write(path, write):
         except OSError:
             pass
         raise
+
+
+def _atomic_write_bytes(path, data):
+    """:func:`_atomic_write` of the bytes ``data``."""
+    _atomic_write(path, lambda fh: fh.write(data))
 
 
 def _check_params_for_saving(params):

@@ -57,6 +57,7 @@ import numpy as np
 
 from . import estimators as est
 from .gradcheck import check_vjp
+from .io import _atomic_write_bytes
 from .tolerances import TOLERANCES, U, tolerance
 
 __all__ = ["Profile", "PROFILES", "PRIOR_ORDER", "run_validation", "build_model", "load_data",
@@ -936,24 +937,6 @@ def _missing_parts(report):
     return notes
 
 
-def _atomic_write_text(path, text):
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_report(report, out, t_start=None):
     """Write ``report.json`` and ``report.md`` (atomically). Returns a summary dict."""
     if t_start is not None:
@@ -973,8 +956,8 @@ def write_report(report, out, t_start=None):
     clean = _clean(doc, "", nonfinite)
     clean["missing"] = clean["missing"] + nonfinite
     text = json.dumps(clean, indent=1, allow_nan=False, sort_keys=False)
-    _atomic_write_text(os.path.join(out, "report.json"), text + "\n")
-    _atomic_write_text(os.path.join(out, "report.md"), render_markdown(clean))
+    _atomic_write_bytes(os.path.join(out, "report.json"), (text + "\n").encode("utf-8"))
+    _atomic_write_bytes(os.path.join(out, "report.md"), render_markdown(clean).encode("utf-8"))
     return clean["summary"]
 
 

@@ -76,6 +76,7 @@ import numpy as np
 
 from . import golden as _golden
 from ._validation import check_choice
+from .io import _atomic_write_bytes
 from .tolerances import tolerance
 
 __all__ = ["PROFILES", "CHECKS", "load_adapter", "call_adapter", "load_known_deviations", "run",
@@ -933,7 +934,7 @@ class VerifyReport:
         text = json.dumps(_jsonable(self.to_dict()), indent=1, allow_nan=False) + "\n"
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
-        _golden._atomic_write_bytes(os.path.abspath(path), text.encode("utf-8"))
+        _atomic_write_bytes(os.path.abspath(path), text.encode("utf-8"))
         return path
 
     def format(self, verbose=False):
