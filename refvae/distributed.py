@@ -162,8 +162,8 @@ import numpy as np
 
 from . import gaussian
 from ._validation import as_float_array, check_positive_int, check_rng
-from .estimators import (Estimate, _draw_posterior, _estimate, _exact, _params, _prior_log_prob,
-                         encode_all)
+from .estimators import (Estimate, _draw_posterior, _estimate, _exact, _hole_estimates, _params,
+                         _prior_log_prob, encode_all)
 from .mixture import combine_partials, finalize_partials, mixture_log_prob, mixture_partial
 
 __all__ = ["log_qz", "log_mixture", "aggregated_stats", "holes", "encode_to_shards",
@@ -1010,12 +1010,7 @@ def holes(model, x_or_components, rng, n_samples=10000, taus=(0.1, 0.01), *, par
         z = model.prior.sample(p, M, rng)
         lpz = _prior_log_prob(model, p, z)
         lqz = _evaluate(z, comps, None, c, chunk, split_every, threads_per_task, progress)
-    log_ratio = lqz - lpz
-    masses = {}
-    for t in taus:
-        frac = float(np.mean(log_ratio < math.log(t)))
-        masses[t] = Estimate(frac, math.sqrt(frac * (1 - frac) / M), M)
-    return {"reverse_kl": _estimate(-log_ratio), "hole_mass": masses}
+    return _hole_estimates(lqz - lpz, taus)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -244,7 +244,14 @@ def hole_metrics(model, x, rng, n_samples=10000, taus=(0.1, 0.01), params=None, 
     z = model.prior.sample(p, M, rng)
     lpz = _prior_log_prob(model, p, z)
     lqz = aggregated.log_prob(z)
-    log_ratio = lqz - lpz
+    return _hole_estimates(lqz - lpz, taus)
+
+
+def _hole_estimates(log_ratio, taus):
+    """``{"reverse_kl", "hole_mass"}`` from ``log_ratio = ln q(z_m) - ln p(z_m)`` at M prior draws:
+    ``KL[p||q] ~ mean(-log_ratio)`` and ``P_p[q/p < tau] ~ mean(log_ratio < ln tau)`` with the
+    binomial standard error ``sqrt(f (1 - f) / M)``."""
+    M = len(log_ratio)
     masses = {}
     for t in taus:
         frac = float(np.mean(log_ratio < math.log(t)))

@@ -511,6 +511,18 @@ class _GridMixin:
                 "hidden": list(self.hidden), "activation": self.activation,
                 "component_trace_limit": self.component_trace_limit}
 
+    @property
+    def param_shapes(self):
+        """The grid MLP's weights (``prior.gtm.*``) and the mixture logits ``prior.logits`` (K,)."""
+        return {**self._shapes, "prior.logits": (self.K,)}
+
+    def init_params(self, rng):
+        """The grid MLP initialised by :func:`~refvae.layers.mlp_init`, uniform logits (zeros)."""
+        check_rng(rng)
+        params = mlp_init(self.sizes, "prior.gtm", rng)
+        params["prior.logits"] = np.zeros(self.K)
+        return params
+
 
 class GTMPrior(_GridMixin, _MixturePrior):
     r"""Generative-topographic-mapping prior (``gtm``; text section 4.4.1.4).
@@ -563,16 +575,6 @@ class GTMPrior(_GridMixin, _MixturePrior):
         _MixturePrior.__init__(self, latent_dim, component_trace_limit)
         self._init_grid(grid_size, u_min, u_max, hidden, activation)
         self.sizes, self._shapes = self._mlp_shapes(2 * self.latent_dim)
-
-    @property
-    def param_shapes(self):
-        return {**self._shapes, "prior.logits": (self.K,)}
-
-    def init_params(self, rng):
-        check_rng(rng)
-        params = mlp_init(self.sizes, "prior.gtm", rng)
-        params["prior.logits"] = np.zeros(self.K)
-        return params
 
     def config(self):
         return {"name": self.name, "kwargs": self._grid_config()}
@@ -649,16 +651,6 @@ class GTMVampPrior(_GridMixin, _MixturePrior):
         self.encoder, self.x_dim = _check_encoder(encoder, self.latent_dim, x_dim, self.name)
         self.data_range = _check_range(data_range, "data_range")
         self.sizes, self._shapes = self._mlp_shapes(self.x_dim)
-
-    @property
-    def param_shapes(self):
-        return {**self._shapes, "prior.logits": (self.K,)}
-
-    def init_params(self, rng):
-        check_rng(rng)
-        params = mlp_init(self.sizes, "prior.gtm", rng)
-        params["prior.logits"] = np.zeros(self.K)
-        return params
 
     def config(self):
         return {"name": self.name, "kwargs": {**self._grid_config(), "data_range": list(self.data_range)}}
