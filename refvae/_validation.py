@@ -12,7 +12,9 @@ import numbers
 import numpy as np
 from numba import njit
 
-__all__ = ["as_float_array", "check_same_shape", "check_choice", "check_positive_int", "check_rng"]
+__all__ = ["as_float_array", "check_same_shape", "check_choice", "check_positive_int", "check_rng",
+           "check_real", "check_mapping", "all_finite", "first_non_finite",
+           "NonFiniteIntermediateError", "check_parameter_memory", "MAX_PARAMETER_BYTES"]
 
 _DBL_MAX = 1.7976931348623157e308
 #: arrays at least this large are screened for non-finite entries by a Numba loop (one read, no
@@ -133,3 +135,104 @@ def check_rng(rng, name="rng"):
         raise TypeError(f"{name} must be a numpy.random.Generator (e.g. numpy.random.default_rng(0)), "
                         f"got {type(rng).__name__}")
     return rng
+
+
+def check_real(value, name, *, lo=None, hi=None, lo_open=False, hi_open=False):
+    """Return ``value`` as float if it is a finite real number in the given range; otherwise raise.
+
+    ``bool``, ``str``, ``None`` and other non-numbers are a ``TypeError`` (a bool is not a number
+    here); NaN, +-inf and values outside ``[lo, hi]`` (``(lo, ...`` with ``lo_open``, ``..., hi)``
+    with ``hi_open``) are a ``ValueError`` naming ``name`` and the range.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    lo_ok = lo is None or (v > lo if lo_open else v >= lo)
+    hi_ok = hi is None or (v < hi if hi_open else v <= hi)
+    if not (np.isfinite(v) and lo_ok and hi_ok):
+        rng_txt = ("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", " \
+            + ("inf" if hi is None else f"{hi:g}") + (")" if hi_open else "]")
+        raise ValueError(f"{name} must be a finite number in {rng_txt}, got {value!r}")
+    return v
+
+
+def check_mapping(value, name):
+    """``None`` -> ``{}``; a dict (any Mapping) -> a ``dict`` copy; anything else -> ``TypeError``."""
+    from collections.abc import Mapping
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict (or None), got {type(value).__name__} {value!r}")
+    return dict(value)
+
+
+# --------------------------------------------------------------------------- intermediates
+
+class NonFiniteIntermediateError(ValueError, FloatingPointError):
+    """Finite inputs gave a non-finite intermediate: an overflow (or inf - inf) inside a computation.
+
+    A ``ValueError`` (the inputs are finite but too large for float64) and a ``FloatingPointError``
+    (what a diverging training run raises), so either ``except`` clause catches it. The message
+    names the first intermediate that became non-finite.
+    """
+
+
+def all_finite(a) -> bool:
+    """True iff no entry of the array ``a`` (real or complex) is NaN or +-inf."""
+    a = np.asarray(a)
+    if a.dtype == np.float64 and a.size >= _SCREEN_MIN_SIZE:
+        return bool(_screen(a.reshape(-1), False))
+    return bool(np.all(np.isfinite(a)))
+
+
+def first_non_finite(named_arrays):
+    """The first ``(name, index, value)`` of the ``(name, array)`` pairs with a NaN or +-inf entry
+    (in the given order), or ``None`` if all are finite."""
+    for name, a in named_arrays:
+        a = np.asarray(a)
+        if a.dtype == object or not np.issubdtype(a.dtype, np.number):
+            continue
+        if not all_finite(a):
+            bad = ~np.isfinite(a)
+            idx = tuple(int(i) for i in np.argwhere(bad)[0]) if a.ndim else ()
+            return name, idx, a[idx]
+    return None
+
+
+# --------------------------------------------------------------------------- memory
+
+#: the largest parameter set (in bytes, 8 per float64 entry) a model or prior may ask for; a
+#: configuration beyond it is rejected before anything is allocated (so a typo such as
+#: ``hidden=[10**12]`` is a ValueError naming the sizes, not a MemoryError or a swapping machine)
+MAX_PARAMETER_BYTES = 2 ** 34   # 16 GiB
+
+
+def _physical_memory():
+    try:
+        import os
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):   # not POSIX: only the fixed limit applies
+        return None
+
+
+def _fmt_bytes(n):
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def check_parameter_memory(count, what, detail=""):
+    """Raise ``ValueError`` if ``count`` float64 parameters (8 bytes each) need more than
+    ``MAX_PARAMETER_BYTES`` or more than the machine's physical memory; ``what`` names the model
+    and ``detail`` the sizes that determine ``count``. Returns ``count``."""
+    need = 8 * int(count)
+    limit = MAX_PARAMETER_BYTES
+    phys = _physical_memory()
+    if phys:
+        limit = min(limit, phys)
+    if need > limit:
+        raise ValueError(f"{what} would have {int(count):,} parameters, which need {_fmt_bytes(need)} "
+                         f"(8 bytes each), more than the limit of {_fmt_bytes(limit)}"
+                         f"{' (' + detail + ')' if detail else ''}; choose smaller sizes")
+    return int(count)

@@ -35,17 +35,48 @@ References: SPEC.md sections 2, 3, 5; Tomczak, *Deep Generative Modeling*, eqs. 
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import gaussian, likelihoods
-from ._validation import as_float_array, check_choice, check_positive_int, check_rng
+from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
+                          check_mapping, check_parameter_memory, check_positive_int, check_real,
+                          check_rng, first_non_finite)
 from .layers import ACTIVATIONS, _mlp_backward, _mlp_forward, mlp_backward, mlp_forward, mlp_init
 from .priors import PRIORS, Prior, make_prior
 
-__all__ = ["VAE", "Encoder", "Decoder", "NegElbo"]
+__all__ = ["VAE", "Encoder", "Decoder", "NegElbo", "NonFiniteIntermediateError"]
+
+#: a fixed decoder log-variance v must keep exp(+-v/2) finite in float64
+MAX_ABS_DECODER_LOG_VAR = 1400.0
+#: the keys of a model configuration (``VAE.config()``; ``VAE.from_config`` reads them)
+CONFIG_REQUIRED = ("x_dim", "latent_dim", "hidden", "activation", "likelihood", "prior")
+CONFIG_OPTIONAL = ("num_vals", "prior_kwargs", "decoder_log_var", "kl")
+
+
+def _check_hidden(hidden):
+    """A tuple of positive layer widths from an int or a sequence of ints (TypeError otherwise)."""
+    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
+        hidden = (hidden,)
+    if isinstance(hidden, (str, bytes, dict)) or not hasattr(hidden, "__iter__"):
+        raise TypeError(f"hidden must be an int or a sequence of positive ints (layer widths), "
+                        f"got {type(hidden).__name__} {hidden!r}")
+    return tuple(check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
+
+
+def _max_abs(arrays):
+    """(largest |entry|, name) over ``(name, array)`` pairs (for error messages)."""
+    best, who = 0.0, None
+    for name, a in arrays:
+        a = np.asarray(a)
+        if a.size and np.issubdtype(a.dtype, np.number):
+            m = float(np.max(np.abs(a)))
+            if who is None or m > best:
+                best, who = m, name
+    return best, who
 
 
 class Encoder:
@@ -232,34 +263,64 @@ class VAE:
         check_rng(rng)
         self.x_dim = check_positive_int(x_dim, "x_dim")
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        self.hidden = tuple(check_positive_int(h, "hidden") for h in hidden)
+        self.hidden = _check_hidden(hidden)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         self.likelihood = check_choice(likelihood, "likelihood", tuple(likelihoods.LIKELIHOODS))
-        self.num_vals = check_positive_int(num_vals, "num_vals", minimum=2) if likelihood == "categorical" else None
+        if num_vals is None:
+            if likelihood == "categorical":
+                raise TypeError("num_vals must be an integer >= 2 for the categorical likelihood, got None")
+        else:
+            num_vals = check_positive_int(num_vals, "num_vals", minimum=2)
+        self.num_vals = num_vals if likelihood == "categorical" else None
         self.kl = check_choice(kl, "kl", ("mc", "analytic"))
-        if not (decoder_log_var == "learned" or (isinstance(decoder_log_var, numbers.Real)
-                                                 and np.isfinite(decoder_log_var))):
-            raise ValueError(f"decoder_log_var must be 'learned' or a finite float, got {decoder_log_var!r}")
+        if isinstance(decoder_log_var, str):
+            if decoder_log_var != "learned":
+                raise ValueError(f"decoder_log_var must be 'learned' or a finite float, got {decoder_log_var!r}")
+        else:
+            decoder_log_var = check_real(decoder_log_var, "decoder_log_var (a fixed log-variance, or "
+                                         "'learned')", lo=-MAX_ABS_DECODER_LOG_VAR,
+                                         hi=MAX_ABS_DECODER_LOG_VAR)
         self.decoder_log_var = decoder_log_var
         self.encoder = Encoder(self.x_dim, self.latent_dim, self.hidden, self.activation)
         self.decoder = Decoder(self.x_dim, self.latent_dim, self.hidden, self.activation,
                                self.likelihood, self.num_vals, decoder_log_var)
-        self.prior_kwargs = dict(prior_kwargs or {})
+        self.prior_kwargs = check_mapping(prior_kwargs, "prior_kwargs")
         if isinstance(prior, Prior):
+            if prior.latent_dim != self.latent_dim:
+                raise ValueError(f"prior has latent_dim {prior.latent_dim} but the VAE has latent_dim "
+                                 f"{self.latent_dim}; they must be equal")
+            if self.prior_kwargs:
+                raise ValueError("prior_kwargs apply to a prior given by name; a Prior instance "
+                                 f"({type(prior).__name__}) is used as constructed, got prior_kwargs "
+                                 f"{self.prior_kwargs!r}")
             self.prior = prior
         else:
+            if not isinstance(prior, str):
+                raise TypeError(f"prior must be a name ({', '.join(map(repr, PRIORS))}) or a Prior "
+                                f"instance, got {type(prior).__name__} {prior!r}")
             check_choice(prior, "prior", tuple(PRIORS))
             self.prior = make_prior(prior, self.latent_dim, **self._prior_context(prior),
                                     **self.prior_kwargs)
         if self.kl == "analytic" and self.prior.name != "standard":
             raise ValueError(f"kl='analytic' is available for the standard prior only, not {self.prior.name!r}")
+        self._check_size()
         self.params = {}
         self.params.update(self.encoder.init_params(rng))
         self.params.update(self.decoder.init_params(rng))
         self.params.update(self.prior.init_params(rng))
         self.prior.bind(self.params)
+
+    def _check_size(self):
+        """The parameter count, checked against the memory limit before anything is allocated."""
+        def mlp(sizes):
+            return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        n_enc, n_dec = mlp(self.encoder.sizes), mlp(self.decoder.sizes)
+        n_dec += self.x_dim if (self.likelihood == "gaussian" and self.decoder_log_var == "learned") else 0
+        n_prior = sum(math.prod(s) for s in self.prior.param_shapes.values())
+        check_parameter_memory(n_enc + n_dec + n_prior, "the VAE",
+                               f"x_dim={self.x_dim}, latent_dim={self.latent_dim}, hidden={self.hidden}"
+                               + (f", num_vals={self.num_vals}" if self.num_vals else "")
+                               + f"; encoder {n_enc:,}, decoder {n_dec:,}, prior {n_prior:,}")
 
     def _prior_context(self, name):
         """Arguments a prior may need from the model (the encoder, for the VampPrior family)."""
@@ -282,12 +343,33 @@ class VAE:
 
     @classmethod
     def from_config(cls, config, rng=None):
+        """Rebuild the architecture from :meth:`config`'s dict (parameters freshly initialised).
+
+        Required keys: ``CONFIG_REQUIRED`` (x_dim, latent_dim, hidden, activation, likelihood,
+        prior); optional: ``CONFIG_OPTIONAL`` (num_vals: default 17, or absent/None for a
+        non-categorical likelihood; prior_kwargs: default {}; decoder_log_var: "learned"; kl: "mc").
+        Other keys are ignored. A missing key is a ``ValueError`` naming it; every value is
+        checked by the constructor (``num_vals: 0`` is an error, not the default).
+        """
+        from collections.abc import Mapping
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a dict (VAE.config()), got {type(config).__name__}")
         cfg = dict(config)
-        num_vals = cfg.get("num_vals") or 17
-        return cls(cfg["x_dim"], cfg["latent_dim"], tuple(cfg["hidden"]), cfg["activation"],
+        missing = [k for k in CONFIG_REQUIRED if k not in cfg]
+        if missing:
+            raise ValueError(f"the model config is missing {', '.join(map(repr, missing))}; expected "
+                             f"the keys {', '.join(CONFIG_REQUIRED)} (and optionally "
+                             f"{', '.join(CONFIG_OPTIONAL)})")
+        num_vals = cfg.get("num_vals")
+        if num_vals is None:
+            num_vals = 17 if cfg["likelihood"] == "categorical" else None
+        hidden = cfg["hidden"]
+        if isinstance(hidden, list):
+            hidden = tuple(hidden)
+        return cls(cfg["x_dim"], cfg["latent_dim"], hidden, cfg["activation"],
                    cfg["likelihood"], num_vals, cfg["prior"],
                    rng=rng if rng is not None else np.random.default_rng(0),
-                   prior_kwargs=cfg.get("prior_kwargs") or {},
+                   prior_kwargs=cfg.get("prior_kwargs"),
                    decoder_log_var=cfg.get("decoder_log_var", "learned"), kl=cfg.get("kl", "mc"))
 
     def save(self, directory):
@@ -302,7 +384,10 @@ class VAE:
         _, cfg = load_params(directory)
         if "model" not in cfg:
             raise ValueError(f"{directory}/config.json has no 'model' entry; not a refvae model")
-        model = cls.from_config(cfg["model"])
+        try:
+            model = cls.from_config(cfg["model"])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{directory}/config.json: {e}") from None
         shapes = {k: v.shape for k, v in model.params.items()}
         params, _ = load_params(directory, shapes)
         for k in model.params:
@@ -330,32 +415,71 @@ class VAE:
         z = as_float_array(z, "z", shape=(None, self.latent_dim))
         return self.decoder.forward(p, z)[0]
 
+    def _overflow(self, candidates, x, eps, p, where="forward"):
+        """Raise :class:`NonFiniteIntermediateError` naming the first non-finite entry of the
+        ``(name, array)`` pairs ``candidates`` (data-flow order) and the largest inputs."""
+        hit = first_non_finite(candidates)
+        name, idx, val = hit if hit is not None else ("neg_elbo", (), np.nan)
+        val = complex(val) if np.iscomplexobj(val) else float(val)
+        mx = float(np.max(np.abs(x))) if x is not None and np.size(x) else 0.0
+        me = float(np.max(np.abs(eps))) if eps is not None and np.size(eps) else 0.0
+        mp, pname = _max_abs(p.items()) if isinstance(p, dict) else (0.0, None)
+        # which input is out of its usual range: eps ~ N(0, 1), parameters ~ 1, data as given
+        guess = max((me, "eps"), (mp, "the parameters"), (mx, "x"))[1]
+        raise NonFiniteIntermediateError(
+            f"the {where} pass overflowed at {name} ({val!r} at index {idx}): x, eps and the "
+            f"parameters are finite, but {name} is not representable in float64; largest |x| = "
+            f"{mx:.3g}, |eps| = {me:.3g}, |parameter| = {mp:.3g} ({pname}) "
+            f"({guess} too large?)")
+
     def forward(self, x, eps, params=None):
         """The whole forward pass; returns a cache with every intermediate (``cache["trace"]``:
-        ordered ``(name, array)`` pairs in data-flow order)."""
+        ordered ``(name, array)`` pairs in data-flow order).
+
+        x, eps and the parameters must be finite (``ValueError`` naming them otherwise). If they
+        are finite but an intermediate overflows (or becomes inf - inf), the pass stops with
+        :class:`~refvae._validation.NonFiniteIntermediateError` (a ``ValueError``) naming the first
+        non-finite intermediate of the trace and the largest |x|, |eps| and |parameter|: never a
+        NaN loss. With ``kl="analytic"``, ``log_pz`` and ``log_qz_x`` are reported but not used,
+        and may be ``-inf`` (their rounded value) when z is huge.
+        """
         p = self.params if params is None else params
         x = self._check_x(x)
         eps = self._check_eps(eps, x.shape[0])
         xl = self.decoder._check_x(x)       # x suits the likelihood (categorical: indices 0..C-1)
-        mu, log_var, enc_cache = self.encoder._forward(p, x)   # x checked above, not again
-        # mu, log_var: C-contiguous copies of the encoder's output halves, as the public
-        # gaussian.* functions would make them; the unchecked kernels then see the same arrays
-        mu_c, log_var_c = np.ascontiguousarray(mu), np.ascontiguousarray(log_var)
-        z = gaussian._reparameterize(mu_c, log_var_c, eps)
-        out, dec_cache = self.decoder.forward(p, z)
-        log_px_z, lik_cache = self.decoder._log_prob(p, x, xl, out)
-        log_pz, prior_cache = self.prior.forward(p, z)
-        log_qz_x = gaussian._log_prob(z, mu_c, log_var_c)
-        if self.kl == "analytic":
-            zeros = np.zeros(self.latent_dim)
-            kl = gaussian._kl(mu_c, log_var_c, zeros, zeros)
-        else:
-            kl = log_qz_x - log_pz
-        per_example = -(log_px_z - kl)
-        trace = list(enc_cache["trace"])
-        trace += [("mu", mu), ("log_var", log_var), ("eps", eps), ("z", z)]
-        trace += list(dec_cache["trace"])
-        trace += [("log_px_z", log_px_z)]
+
+        def check(arr, trace):
+            if not all_finite(arr):
+                self._overflow(trace, x, eps, p)
+
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            mu, log_var, enc_cache = self.encoder._forward(p, x)   # x checked above, not again
+            trace = list(enc_cache["trace"])
+            check(trace[-1][1], trace)
+            # mu, log_var: C-contiguous copies of the encoder's output halves, as the public
+            # gaussian.* functions would make them; the unchecked kernels then see the same arrays
+            mu_c, log_var_c = np.ascontiguousarray(mu), np.ascontiguousarray(log_var)
+            z = gaussian._reparameterize(mu_c, log_var_c, eps)
+            trace += [("mu", mu), ("log_var", log_var), ("eps", eps), ("z", z)]
+            check(z, trace)
+            out, dec_cache = self.decoder.forward(p, z)
+            trace += list(dec_cache["trace"])
+            check(out, trace)
+            log_px_z, lik_cache = self.decoder._log_prob(p, x, xl, out)
+            trace += [("log_px_z", log_px_z)]
+            check(log_px_z, trace)
+            used = list(trace)           # the intermediates the value depends on
+            log_pz, prior_cache = self.prior.forward(p, z)
+            log_qz_x = gaussian._log_prob(z, mu_c, log_var_c)
+            if self.kl == "analytic":
+                zeros = np.zeros(self.latent_dim)
+                kl = gaussian._kl(mu_c, log_var_c, zeros, zeros)
+            else:
+                kl = log_qz_x - log_pz
+                used += list(prior_cache["trace"]) + [("log_pz", log_pz), ("log_qz_x", log_qz_x)]
+            per_example = -(log_px_z - kl)
+            used += [("kl", kl), ("neg_elbo", per_example)]
+            check(per_example, used)
         trace += list(prior_cache["trace"])
         trace += [("log_pz", log_pz), ("log_qz_x", log_qz_x), ("kl", kl), ("neg_elbo", per_example)]
         return {"x": x, "eps": eps, "mu": mu, "log_var": log_var, "z": z, "out": out,
@@ -370,8 +494,25 @@ class VAE:
 
     @staticmethod
     def _reduce(per_example, reduction):
+        """The batch mean or sum of finite per-example values. A mean whose sum overflows is
+        computed with the values scaled by a power of two (exact scaling: the same rounding as the
+        plain mean); a sum beyond float64 is a :class:`NonFiniteIntermediateError`."""
         check_choice(reduction, "reduction", ("mean", "sum"))
-        return float(np.mean(per_example) if reduction == "mean" else np.sum(per_example))
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = np.mean(per_example) if reduction == "mean" else np.sum(per_example)
+        if np.isfinite(value):
+            return float(value.real if np.iscomplexobj(value) else value)
+        if reduction == "mean" and not np.iscomplexobj(per_example) and all_finite(per_example):
+            k = math.frexp(float(np.max(np.abs(per_example))))[1]
+            with np.errstate(over="ignore"):
+                value = math.ldexp(float(np.mean(np.ldexp(per_example, -k))), k) \
+                    if k <= 1100 else math.inf
+            if math.isfinite(value):
+                return value
+        raise NonFiniteIntermediateError(
+            f"neg_elbo with reduction={reduction!r} is not representable in float64: the per-example "
+            f"values are finite (largest |value| {float(np.max(np.abs(per_example))):.3g}) but their "
+            f"{reduction} overflows" + ("; use reduction='mean'" if reduction == "sum" else ""))
 
     def neg_elbo(self, x, eps, reduction="mean", params=None) -> NegElbo:
         """Negative ELBO (SPEC section 5) with its per-example parts."""
@@ -385,7 +526,22 @@ class VAE:
 
     # ------------------------------------------------------------------ backward
     def backward(self, cache, reduction="mean"):
-        """Gradient dict (keys and shapes of ``params``) of the reduced neg_elbo; see module doc."""
+        """Gradient dict (keys and shapes of ``params``) of the reduced neg_elbo; see module doc.
+
+        A gradient entry that overflows (finite forward pass, non-finite gradient) is a
+        :class:`~refvae._validation.NonFiniteIntermediateError` naming the parameter: never a
+        silent NaN or inf gradient.
+        """
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            grads = self._backward(cache, reduction)
+        for k, g in grads.items():
+            if not all_finite(g):
+                self._overflow([(f"d{k}", g)], cache.get("x"), cache.get("eps"), cache.get("params"),
+                               where="backward")
+        return grads
+
+    def _backward(self, cache, reduction):
+        """:meth:`backward` without the final check of the gradients."""
         check_choice(reduction, "reduction", ("mean", "sum"))
         p = cache["params"]
         B = cache["x"].shape[0]
