@@ -150,9 +150,15 @@ def check_real(value, name, *, lo=None, hi=None, lo_open=False, hi_open=False):
     lo_ok = lo is None or (v > lo if lo_open else v >= lo)
     hi_ok = hi is None or (v < hi if hi_open else v <= hi)
     if not (np.isfinite(v) and lo_ok and hi_ok):
-        rng_txt = ("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", " \
-            + ("inf" if hi is None else f"{hi:g}") + (")" if hi_open else "]")
-        raise ValueError(f"{name} must be a finite number in {rng_txt}, got {value!r}")
+        if lo is not None and hi is not None:
+            rng_txt = " in " + ("(" if lo_open else "[") + f"{lo:g}, {hi:g}" + (")" if hi_open else "]")
+        elif lo is not None:
+            rng_txt = (" > " if lo_open else " >= ") + f"{lo:g}"
+        elif hi is not None:
+            rng_txt = (" < " if hi_open else " <= ") + f"{hi:g}"
+        else:
+            rng_txt = ""
+        raise ValueError(f"{name} must be a finite number{rng_txt}, got {value!r}")
     return v
 
 

@@ -26,6 +26,16 @@ Three checks, from cheapest to most instructive:
     For teaching: perturbs individual entries one at a time and prints a table of analytic and
     numerical partial derivatives side by side.
 
+Settings and vacuous checks
+---------------------------
+Meaningless settings are a ``ValueError``/``TypeError`` naming the setting before anything runs:
+``n_directions`` and ``max_entries`` must be integers >= 1, ``step`` a finite number > 0, ``rtol``
+a finite number in [0, 1) (a relative tolerance >= 1 passes a zero gradient:
+``|0 - numeric| <= 1 * |numeric|``), and the checked inputs real (complex input is a ``TypeError``: the complex-step check
+``check_vjp_complex`` takes a *real* point and adds the imaginary step itself). A check with
+nothing to check (``args=()``, ``wrt=[]``, only empty arrays) returns a report that does *not*
+pass: ``passed`` is False, ``reason`` says why, ``worst`` is None and ``max_rel_err`` is inf.
+
 Calling conventions
 -------------------
 ``args`` is either a tuple of arrays, with ``f(*args)`` and ``vjp(g, *args)`` returning a tuple
@@ -48,9 +58,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
 
-from ._validation import check_rng
+from ._validation import check_positive_int, check_real, check_rng
 from .tolerances import EPS, tolerance
 
 __all__ = ["check_vjp", "check_vjp_complex", "check_elementwise", "GradcheckReport",
@@ -82,19 +94,26 @@ class GradcheckReport:
     method: str
     rtol: float
     entries: list = field(default_factory=list)
+    #: why nothing was checked (an empty report never passes); empty when there are entries
+    reason: str = ""
 
     @property
     def passed(self) -> bool:
-        return all(e.passed for e in self.entries)
+        """True iff there is at least one entry and every entry passed (a check that checked
+        nothing does not pass)."""
+        return bool(self.entries) and all(e.passed for e in self.entries)
 
     @property
-    def worst(self) -> GradcheckEntry:
-        """The entry with the largest relative error."""
+    def worst(self):
+        """The entry with the largest relative error (failed entries first); None if empty."""
+        if not self.entries:
+            return None
         return max(self.entries, key=lambda e: (not e.passed, e.rel_err))
 
     @property
     def max_rel_err(self) -> float:
-        return max(e.rel_err for e in self.entries)
+        """The largest relative error; ``inf`` for an empty report (nothing was shown to agree)."""
+        return max((e.rel_err for e in self.entries), default=math.inf)
 
     def by_name(self) -> dict:
         """Largest relative error per input name."""
@@ -104,6 +123,9 @@ class GradcheckReport:
         return out
 
     def __str__(self) -> str:
+        if not self.entries:
+            return (f"gradient check ({self.method}, rtol={self.rtol:.1e}): NOT PASSED: nothing was "
+                    f"checked ({self.reason or 'no entries'})")
         lines = [f"gradient check ({self.method}, rtol={self.rtol:.1e}): "
                  f"{'PASSED' if self.passed else 'FAILED'}; worst: {self.worst.name} "
                  f"rel err {self.worst.rel_err:.3e}",
@@ -129,6 +151,40 @@ def _as_named(args):
     if isinstance(args, (tuple, list)):
         return [f"arg{i}" for i in range(len(args))], [np.asarray(a) for a in args], False
     raise TypeError(f"args must be a tuple of arrays or a dict of named arrays, got {type(args).__name__}")
+
+
+def _real_inputs(names, arrays):
+    """float64 copies of the inputs; complex, str or object inputs are a TypeError naming them."""
+    out = []
+    for n, a in zip(names, arrays):
+        if np.iscomplexobj(a):
+            raise TypeError(f"input {n} is complex ({a.dtype}); the checks take a real point (for a "
+                            "complex-step check pass the real point to check_vjp_complex, which adds "
+                            "the imaginary step itself)")
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise TypeError(f"input {n} must be an array of real numbers, got dtype {a.dtype}")
+        out.append(np.array(a, dtype=np.float64))
+    return out
+
+
+def _check_settings(step=None, rtol=None):
+    """Validate a step override (finite > 0) and rtol (finite, in [0, 1))."""
+    if step is not None:
+        step = check_real(step, "step", lo=0.0, lo_open=True)
+    if rtol is not None:
+        rtol = check_real(rtol, "rtol", lo=0.0, hi=1.0, hi_open=True)
+    return step, rtol
+
+
+def _empty_reason(names, todo, arrays):
+    """Why a check would check nothing ('' if there is something to check)."""
+    if not names:
+        return "args is empty: there are no inputs"
+    if not todo:
+        return "wrt selects no inputs"
+    if all(arrays[names.index(n)].size == 0 for n in todo):
+        return f"the selected inputs {todo} are all empty arrays"
+    return ""
 
 
 def _call(f, names, arrays, is_dict):
@@ -162,17 +218,30 @@ def _select(names, wrt):
 
 
 def _scale(x):
-    """RMS of the finite entries of x, at least 1 (a -inf log-weight must not make the step inf)."""
+    """RMS of the finite entries of x, at least 1 (a -inf log-weight must not make the step inf).
+
+    Computed as ``m sqrt(mean((x/m)^2))`` with ``m = max|x|``, so that x ~ 1e300 does not
+    overflow the squares."""
     x = np.asarray(x, dtype=float)
     x = x[np.isfinite(x)]
-    return max(1.0, float(np.sqrt(np.mean(x * x)))) if x.size else 1.0
+    if not x.size:
+        return 1.0
+    m = float(np.max(np.abs(x)))
+    if m == 0.0:
+        return 1.0
+    y = x / m
+    return max(1.0, m * float(np.sqrt(np.mean(y * y))))
 
 
 def _setup(f, vjp, args, rng, wrt):
     check_rng(rng)
     names, arrays, is_dict = _as_named(args)
-    arrays = [np.array(a, dtype=np.float64) for a in arrays]
-    out = np.asarray(_call(f, names, arrays, is_dict), dtype=np.float64)
+    arrays = _real_inputs(names, arrays)
+    out = np.asarray(_call(f, names, arrays, is_dict))
+    if np.iscomplexobj(out):
+        raise TypeError(f"f returned a complex value ({out.dtype}) at a real point; the checks need a "
+                        "real-valued f")
+    out = np.asarray(out, dtype=np.float64)
     if not np.all(np.isfinite(out)):
         raise ValueError("f returned non-finite values at the check point; choose a point where f is finite")
     v = rng.standard_normal(out.shape)
@@ -205,9 +274,12 @@ def check_vjp(f, vjp, args, *, rng, wrt=None, method="central", step=None, rtol=
         named ``arg0``, ``arg1``, ...
     method : ``"central"`` (h = eps**(1/3) scale) or ``"richardson"`` (h = eps**(1/5) scale).
     step : float, optional; override the step (before multiplying by the scale).
-    rtol : float, optional; default from the tolerance table (``vjp_central_difference`` or
-        ``vjp_richardson``).
-    n_directions : int; independent directions per input.
+    rtol : float in [0, 1), optional; default from the tolerance table (``vjp_central_difference``
+        or ``vjp_richardson``).
+    n_directions : int >= 1; independent directions per input.
+
+    Raises ``ValueError``/``TypeError`` naming a meaningless setting (``n_directions < 1``,
+    ``step <= 0`` or not finite, ``rtol`` outside [0, 1)) or a complex input, before calling f.
 
     Returns
     -------
@@ -222,10 +294,15 @@ def check_vjp(f, vjp, args, *, rng, wrt=None, method="central", step=None, rtol=
     """
     if method not in ("central", "richardson"):
         raise ValueError(f"unknown method {method!r}; expected 'central' or 'richardson'")
+    n_directions = check_positive_int(n_directions, "n_directions")
+    step, rtol = _check_settings(step, rtol)
     if rtol is None:
         rtol = tolerance("vjp_central_difference" if method == "central" else "vjp_richardson").rtol
     names, arrays, is_dict, v, grads, todo = _setup(f, vjp, args, rng, wrt)
     base_h = step if step is not None else (EPS ** (1 / 3) if method == "central" else EPS ** (1 / 5))
+    reason = _empty_reason(names, todo, arrays)
+    if reason:
+        return GradcheckReport(method=method, rtol=rtol, reason=reason)
 
     def phi(idx, direction, t):
         """<v, f(x + t u)> and its rounding scale sum |v_i f_i|."""
@@ -239,6 +316,8 @@ def check_vjp(f, vjp, args, *, rng, wrt=None, method="central", step=None, rtol=
         idx = names.index(name)
         x = arrays[idx]
         g = _grad_of(grads, names, name, x)
+        if x.size == 0:
+            continue   # nothing to perturb (the report is non-empty: another input was checked)
         for d in range(n_directions):
             u = rng.standard_normal(x.shape)
             h = base_h * _scale(x)
@@ -277,15 +356,25 @@ def check_vjp_complex(f, vjp, args, *, rng, wrt=None, step=1e-30, rtol=None) -> 
     cancellation, so the default ``rtol`` is the ``complex_step`` entry of the tolerance table.
     The error is measured relative to the largest of |analytic|, |numeric|, sum |g_i u_i| and
     sum |v_i Im f_i| / h, so that a direction in which the terms cancel is not a false failure.
+
+    ``args`` is the *real* point (complex input is a ``TypeError``); ``step`` a finite number > 0
+    and ``rtol`` in [0, 1) (``ValueError`` otherwise). Nothing to check gives a report that does
+    not pass (see the module docstring).
     """
+    step, rtol = _check_settings(step, rtol)
     if rtol is None:
         rtol = tolerance("complex_step").rtol
     names, arrays, is_dict, v, grads, todo = _setup(f, vjp, args, rng, wrt)
+    reason = _empty_reason(names, todo, arrays)
+    if reason:
+        return GradcheckReport(method="complex-step", rtol=rtol, reason=reason)
     report = GradcheckReport(method="complex-step", rtol=rtol)
     for name in todo:
         idx = names.index(name)
         x = arrays[idx]
         g = _grad_of(grads, names, name, x)
+        if x.size == 0:
+            continue
         u = rng.standard_normal(x.shape)
         moved = [a.astype(np.complex128) for a in arrays]
         moved[idx] = x + 1j * step * u
@@ -309,17 +398,36 @@ def check_elementwise(f, vjp, args, *, rng, wrt=None, max_entries=8, step=None, 
     analytic ``vjp(v)[i]`` with the central difference
     ``(<v, f(x + h e_i)> - <v, f(x - h e_i)>) / 2h``, ``h = eps**(1/3) max(1, |x[i]|)``, and (with
     ``verbose``) prints one row per entry. ``v`` is a random cotangent, or 1 for a scalar ``f``.
+
+    ``max_entries`` is an integer >= 1, ``step`` a finite number > 0, ``rtol`` in [0, 1),
+    ``verbose`` a bool; inputs are real (``ValueError``/``TypeError`` naming the setting). Nothing
+    to check gives a report that does not pass (see the module docstring).
     """
+    max_entries = check_positive_int(max_entries, "max_entries")
+    step, rtol = _check_settings(step, rtol)
+    if not isinstance(verbose, (bool, np.bool_)):
+        raise TypeError(f"verbose must be True or False, got {verbose!r}")
     if rtol is None:
         rtol = tolerance("vjp_central_difference").rtol
     check_rng(rng)
     names, arrays, is_dict = _as_named(args)
-    arrays = [np.array(a, dtype=np.float64) for a in arrays]
-    out = np.asarray(_call(f, names, arrays, is_dict), dtype=np.float64)
+    arrays = _real_inputs(names, arrays)
+    out = np.asarray(_call(f, names, arrays, is_dict))
+    if np.iscomplexobj(out):
+        raise TypeError(f"f returned a complex value ({out.dtype}) at a real point; the checks need a "
+                        "real-valued f")
+    out = np.asarray(out, dtype=np.float64)
     v = np.ones(out.shape) if out.ndim == 0 else rng.standard_normal(out.shape)
     grads = _call_vjp(vjp, v, names, arrays, is_dict)
+    todo = _select(names, wrt)
+    reason = _empty_reason(names, todo, arrays)
+    if reason:
+        report = GradcheckReport(method="element-wise", rtol=rtol, reason=reason)
+        if verbose:
+            print(report)
+        return report
     report = GradcheckReport(method="element-wise", rtol=rtol)
-    for name in _select(names, wrt):
+    for name in todo:
         idx = names.index(name)
         x = arrays[idx]
         g = _grad_of(grads, names, name, x)
