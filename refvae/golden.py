@@ -358,10 +358,25 @@ def _kinked_layers(trace_names):
     return out
 
 
+#: kink-clearing shifts are rounded outward to a multiple of this (2^-20): a bias shift computed
+#: from pre-activations (matrix products) would otherwise inherit their last bits, which differ
+#: between BLAS kernels, and the committed parameters would not be reproducible across machines.
+#: A shift now changes only if a pre-activation's rounding moves it across a multiple of 2^-20
+#: (probability ~ 1e-16 / 1e-6 per shift).
+SHIFT_GRID = 2.0 ** -20
+
+
 def _smallest_clear_shift(v, margin):
-    """The shift d of least |d| with min_r |v_r + d| >= margin (v: the values of one unit)."""
+    """The shift d of least |d| with min_r |v_r + d| >= margin (v: the values of one unit).
+
+    Candidates put one value just beyond the edge of the forbidden set (-margin, margin) and are
+    rounded *outward* to the grid :data:`SHIFT_GRID` (down for the lower edge, up for the upper),
+    so the shift is exactly reproducible on any BLAS build and still clears the kink.
+    """
     target = margin * (1 + 1e-6)  # a little beyond, so that rounding cannot bring it back inside
-    cands = sorted({0.0, *(-v - target), *(-v + target)}, key=abs)
+    low = np.floor((-v - target) / SHIFT_GRID) * SHIFT_GRID
+    high = np.ceil((-v + target) / SHIFT_GRID) * SHIFT_GRID
+    cands = sorted({0.0, *low.tolist(), *high.tolist()}, key=abs)
     for d in cands:
         if np.all(np.abs(v + d) >= margin):
             return float(d)

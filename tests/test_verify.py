@@ -65,15 +65,43 @@ class FlippedGradient(RefvaeAdapter):
         return out
 
 
-def test_reference_adapter_passes_exactly():
+def test_reference_adapter_passes_the_committed_cases_within_rounding():
+    """The committed cases were written on one machine; here the matrix products may run other
+    BLAS kernels (``OPENBLAS_CORETYPE``), which move last bits. refvae promises agreement within the
+    golden bound c u (S_q + |e|) across machines (README, *Reproducibility*), not bit-identity: so
+    every quantity passes the harness, and refvae's own values stay within the tighter
+    refvae-against-refvae bound ``golden_regeneration`` (c = 32; the largest seen over OpenBLAS's
+    Haswell, Sandybridge, Nehalem and Prescott kernels was 0.55 of it; 0 on the machine that wrote
+    the cases)."""
     rep = run(RefvaeAdapter(), cases=cases("mog-bernoulli", "flow-gaussian"),
               checks=("golden", "normalisation", "sampler", "mixture"))
     assert rep.passed, rep.format()
     for r in rep.results:
-        assert all(q.status == "pass" and q.max_abs == 0.0 for q in r.quantities), r.case
+        case = golden.load_case(r.case)
+        assert all(q.status == "pass" for q in r.quantities), r.case
         assert r.first_divergence is None
+        outputs = golden.reference_outputs(case.model(), case.x, case.eps, case.draws)
+        for name, want in case.values.items():
+            err = np.abs(np.asarray(outputs[name]) - want)
+            bound = golden.allowed_error(want, case.scales[name], "float64",
+                                         c=golden.tolerance("golden_regeneration").rtol)
+            assert np.all(err <= bound), (r.case, name, float(np.max(err / bound)))
     assert rep.case("mog-bernoulli").check("mixture").status == "pass"
     assert rep.case("flow-gaussian").check("normalisation").status == "pass"
+
+
+@pytest.mark.parametrize("name", ["mog-bernoulli", "flow-gaussian", "vamp-categorical"])
+def test_reference_adapter_is_bit_identical_to_a_case_built_on_this_machine(name):
+    """Same machine, same code: the harness's view of refvae and refvae itself agree to the bit
+    (the promise on one machine). The case is rebuilt in memory here, so the BLAS kernels that
+    wrote it are the ones that run the adapter."""
+    prior, likelihood = name.split("-")
+    case = golden.build_case(prior, likelihood)
+    rep = run(RefvaeAdapter(), cases=[case], checks=("golden",))
+    assert rep.passed, rep.format()
+    r = rep.results[0]
+    assert r.quantities and all(q.status == "pass" and q.max_abs == 0.0 for q in r.quantities), \
+        [(q.name, q.max_abs) for q in r.quantities if q.max_abs != 0.0]
 
 
 def test_rescaled_encoder_input_is_reported_at_encoder_0_pre():
