@@ -228,17 +228,17 @@ def _fmt_bytes(n):
     return f"{n} bytes"
 
 
-def check_parameter_memory(count, what, detail=""):
-    """Raise ``ValueError`` if ``count`` float64 parameters (8 bytes each) need more than
-    ``MAX_PARAMETER_BYTES`` or more than the machine's physical memory; ``what`` names the model
-    and ``detail`` the sizes that determine ``count``. Returns ``count``."""
+def check_parameter_memory(count, what, detail="", kind="parameters"):
+    """Raise ``ValueError`` if ``count`` float64 values (8 bytes each; ``kind`` says what they are)
+    need more than ``MAX_PARAMETER_BYTES`` or more than the machine's physical memory; ``what``
+    names the model and ``detail`` the sizes that determine ``count``. Returns ``count``."""
     need = 8 * int(count)
     limit = MAX_PARAMETER_BYTES
     phys = _physical_memory()
     if phys:
         limit = min(limit, phys)
     if need > limit:
-        raise ValueError(f"{what} would have {int(count):,} parameters, which need {_fmt_bytes(need)} "
+        raise ValueError(f"{what} would have {int(count):,} {kind}, which need {_fmt_bytes(need)} "
                          f"(8 bytes each), more than the limit of {_fmt_bytes(limit)}"
                          f"{' (' + detail + ')' if detail else ''}; choose smaller sizes")
     return int(count)

@@ -43,7 +43,8 @@ import numbers
 
 import numpy as np
 
-from ._validation import as_float_array, check_choice, check_positive_int, check_rng
+from ._validation import (as_float_array, check_choice, check_parameter_memory, check_positive_int,
+                          check_rng)
 from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
 from .priors import Prior
 
@@ -111,12 +112,16 @@ class FlowPrior(Prior):
             hidden = (hidden,)
         if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
             raise TypeError(f"hidden must be an int or a sequence of ints, got {hidden!r}")
-        self.hidden = tuple(check_positive_int(h, "hidden") for h in hidden)
+        self.hidden = tuple(check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         self.init = check_choice(init, "init", ("identity", "random"))
         self.dim_a = self.latent_dim // 2             # ⌊L/2⌋ coordinates conditioned on
         self.dim_b = self.latent_dim - self.dim_a     # the rest, transformed
         self.sizes = (self.dim_a, *self.hidden, self.dim_b)
+        per_mlp = sum(a * b + b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+        check_parameter_memory(2 * self.num_couplings * per_mlp, "the flow prior",
+                               f"latent_dim={self.latent_dim}, num_couplings={self.num_couplings}, "
+                               f"hidden={self.hidden}")
 
     # ------------------------------------------------------------------ parameters
     def _prefix(self, k, net):

@@ -64,7 +64,8 @@ import numbers
 
 import numpy as np
 
-from ._validation import as_float_array, check_choice, check_positive_int, check_rng
+from ._validation import (as_float_array, check_choice, check_parameter_memory, check_positive_int,
+                          check_real, check_rng)
 from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
 from .mixture import mixture_log_prob, mixture_log_prob_vjp
 from .primitives import log_softmax, log_softmax_vjp
@@ -76,6 +77,9 @@ __all__ = ["MoGPrior", "VampPrior", "GTMPrior", "GTMVampPrior", "AggregatedPoste
 LN_2PI = math.log(2.0 * math.pi)
 DEFAULT_COMPONENT_TRACE_LIMIT = 4096  #: largest K for which the trace holds the (B, K) matrix
 MAX_TRACE_ENTRIES = 2 ** 24           #: and the matrix is never larger than this many entries
+#: largest MoG ``init_scale``: latent codes are O(1); a spread beyond this only makes the initial
+#: components' densities underflow at every data point
+MAX_INIT_SCALE = 1e6
 
 
 # --------------------------------------------------------------------------- helpers
@@ -115,29 +119,39 @@ def gtm_grid(grid_size, u_min, u_max):
 
 
 def _check_range(value, name):
-    """(lo, hi), finite floats with lo < hi."""
-    try:
-        lo, hi = value
-        lo, hi = float(lo), float(hi)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (lo, hi) of finite numbers, got {value!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+    """(lo, hi), finite floats with lo < hi and a finite width hi - lo.
+
+    Not a pair: ``ValueError``; an entry that is not a real number (bool, str, None):
+    ``TypeError``; NaN, inf, lo >= hi or hi - lo beyond float64: ``ValueError``.
+    """
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (lo, hi) of finite numbers, got {value!r}")
+    lo = check_real(value[0], f"{name}[0] (lo)")
+    hi = check_real(value[1], f"{name}[1] (hi)")
+    if not lo < hi:
         raise ValueError(f"{name} must be a pair (lo, hi) of finite numbers with lo < hi, got {value!r}")
+    if not math.isfinite(hi - lo):
+        raise ValueError(f"{name} must have a finite width hi - lo in float64, got {value!r}")
     return lo, hi
 
 
 def _check_real(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
+    """A finite real number: ``TypeError`` for bool/str/None, ``ValueError`` for NaN/inf."""
+    return check_real(value, name)
 
 
 def _check_hidden(hidden, name="hidden"):
-    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
         hidden = (hidden,)
-    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
-        raise ValueError(f"{name} must be a sequence of positive layer widths, got {hidden!r}")
-    return tuple(check_positive_int(h, name) for h in hidden)
+    if isinstance(hidden, (str, bytes, dict)) or not hasattr(hidden, "__iter__"):
+        raise TypeError(f"{name} must be an int or a sequence of positive layer widths, got "
+                        f"{type(hidden).__name__} {hidden!r}")
+    return tuple(check_positive_int(h, f"{name}[{i}]") for i, h in enumerate(hidden))
+
+
+def _mlp_count(sizes):
+    """Number of parameters of an MLP with layer widths ``sizes`` (no allocation)."""
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 def _param(params, name, shape):
@@ -307,7 +321,7 @@ class MoGPrior(_MixturePrior):
 
     Initialisation (``init_params``)
     --------------------------------
-    ``means = init_scale * rng.standard_normal((K, L))`` (default ``init_scale = 0.1``: the prior
+    ``means = init_scale * rng.standard_normal((K, L))`` (``init_scale`` in (0, 1e6], default 0.1: the prior
     starts within ~1% of N(0, I) in variance, with the symmetry between components broken),
     ``log_vars = 0``, ``logits = 0`` (uniform weights). The text's code draws the log-variances from
     N(0, 1) too; starting them at 0 makes the initial prior close to the standard one.
@@ -323,7 +337,10 @@ class MoGPrior(_MixturePrior):
                  component_trace_limit=DEFAULT_COMPONENT_TRACE_LIMIT):
         super().__init__(latent_dim, component_trace_limit)
         self.K = check_positive_int(num_components, "num_components")
-        self.init_scale = _check_real(init_scale, "init_scale")
+        self.init_scale = check_real(init_scale, "init_scale (the spread of the initial means)",
+                                     lo=0.0, lo_open=True, hi=MAX_INIT_SCALE)
+        check_parameter_memory(self.K * (2 * self.latent_dim + 1), "the mog prior",
+                               f"num_components={self.K}, latent_dim={self.latent_dim}")
 
     @property
     def param_shapes(self):
@@ -414,7 +431,9 @@ class VampPrior(_MixturePrior):
         self.K = check_positive_int(num_components, "num_components")
         self.encoder, self.x_dim = _check_encoder(encoder, self.latent_dim, x_dim, self.name)
         if not isinstance(learn_weights, (bool, np.bool_)):
-            raise ValueError(f"learn_weights must be True or False, got {learn_weights!r}")
+            raise TypeError(f"learn_weights must be True or False, got {learn_weights!r}")
+        check_parameter_memory(self.K * (self.x_dim + 1), "the vamp prior",
+                               f"num_components={self.K}, x_dim={self.x_dim}")
         self.learn_weights = bool(learn_weights)
         if init is None:
             init = "data" if init_data is not None else "uniform"
@@ -493,9 +512,19 @@ class _GridMixin:
         self.u_max = _check_real(u_max, "u_max")
         if not self.u_min < self.u_max:
             raise ValueError(f"u_min must be < u_max, got u_min={u_min!r}, u_max={u_max!r}")
+        if not math.isfinite(self.u_max - self.u_min):
+            raise ValueError(f"u_max - u_min must be finite in float64, got u_min={u_min!r}, "
+                             f"u_max={u_max!r}")
         self.hidden = _check_hidden(hidden)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         self.K = self.grid_size ** 2
+
+    def _check_grid_size(self, out_dim):
+        """Parameters (grid MLP and logits) and the fixed grid, checked before allocating."""
+        n = _mlp_count((2, *self.hidden, out_dim)) + self.K
+        check_parameter_memory(n + 2 * self.K, f"the {self.name} prior",
+                               f"grid_size={self.grid_size} (K = {self.K}), hidden={self.hidden}, "
+                               f"{out_dim} outputs; the grid itself holds 2K values")
         self.grid = gtm_grid(self.grid_size, self.u_min, self.u_max)
 
     def _mlp_shapes(self, out_dim):
@@ -574,6 +603,7 @@ class GTMPrior(_GridMixin, _MixturePrior):
                  activation="leaky_relu", component_trace_limit=DEFAULT_COMPONENT_TRACE_LIMIT):
         _MixturePrior.__init__(self, latent_dim, component_trace_limit)
         self._init_grid(grid_size, u_min, u_max, hidden, activation)
+        self._check_grid_size(2 * self.latent_dim)
         self.sizes, self._shapes = self._mlp_shapes(2 * self.latent_dim)
 
     def config(self):
@@ -650,6 +680,7 @@ class GTMVampPrior(_GridMixin, _MixturePrior):
         self._init_grid(grid_size, u_min, u_max, hidden, activation)
         self.encoder, self.x_dim = _check_encoder(encoder, self.latent_dim, x_dim, self.name)
         self.data_range = _check_range(data_range, "data_range")
+        self._check_grid_size(self.x_dim)
         self.sizes, self._shapes = self._mlp_shapes(self.x_dim)
 
     def config(self):

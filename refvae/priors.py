@@ -27,7 +27,8 @@ import math
 
 import numpy as np
 
-from ._validation import as_float_array, check_choice, check_positive_int, check_rng
+from ._validation import (as_float_array, check_choice, check_parameter_memory, check_positive_int,
+                          check_rng)
 
 __all__ = ["Prior", "StandardPrior", "PRIORS", "make_prior"]
 
@@ -96,8 +97,11 @@ class Prior:
         return self.backward(g, cache)
 
     def draw(self, n, rng, params=None):
-        """``n`` samples from the prior, shape (n, L) (alias of ``sample`` with bound params)."""
-        return self.sample(self._bound(params), check_positive_int(n, "n"), check_rng(rng))
+        """``n`` samples from the prior, shape (n, L) (alias of ``sample`` with bound params);
+        ``n`` a positive int whose (n, L) sample fits the memory limit (``ValueError`` otherwise)."""
+        n = check_positive_int(n, "n")
+        check_sample_size(n, self.latent_dim, f"a sample of the {self.name} prior")
+        return self.sample(self._bound(params), n, check_rng(rng))
 
 
 class StandardPrior(Prior):
@@ -118,7 +122,14 @@ class StandardPrior(Prior):
         return -g[:, None] * cache["z"], {}
 
     def sample(self, params, n, rng):
+        n = check_positive_int(n, "n")
+        check_sample_size(n, self.latent_dim, "a sample of the standard prior")
         return rng.standard_normal((n, self.latent_dim))
+
+
+def check_sample_size(n, width, what):
+    """``ValueError`` if an (n, width) float64 array would exceed the memory limit."""
+    check_parameter_memory(n * width, what, f"n={n} rows of width {width}", kind="values")
 
 
 #: name -> prior class; the other priors register themselves when the package is imported
@@ -127,7 +138,19 @@ PRIORS = {"standard": StandardPrior}
 
 
 def make_prior(name, latent_dim, **kwargs):
-    """Construct a prior by name (``PRIORS`` lists them); options go to its constructor."""
+    """Construct a prior by name (``PRIORS`` lists them); options go to its constructor.
+
+    An option the prior's constructor does not take is a ``ValueError`` naming it and the
+    options it does take."""
+    import inspect
     check_choice(name, "prior", tuple(PRIORS))
-    return PRIORS[name](latent_dim, **kwargs)
+    cls = PRIORS[name]
+    sig = inspect.signature(cls.__init__)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        known = [p for p in sig.parameters if p not in ("self", "latent_dim")]
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for the {name} prior; "
+                             f"it takes {', '.join(known) if known else 'no options'}")
+    return cls(latent_dim, **kwargs)
 

@@ -46,7 +46,7 @@ from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array
                           check_mapping, check_parameter_memory, check_positive_int, check_real,
                           check_rng, first_non_finite)
 from .layers import ACTIVATIONS, _mlp_backward, _mlp_forward, mlp_backward, mlp_forward, mlp_init
-from .priors import PRIORS, Prior, make_prior
+from .priors import PRIORS, Prior, check_sample_size, make_prior
 
 __all__ = ["VAE", "Encoder", "Decoder", "NegElbo", "NonFiniteIntermediateError"]
 
@@ -421,16 +421,20 @@ class VAE:
         hit = first_non_finite(candidates)
         name, idx, val = hit if hit is not None else ("neg_elbo", (), np.nan)
         val = complex(val) if np.iscomplexobj(val) else float(val)
-        mx = float(np.max(np.abs(x))) if x is not None and np.size(x) else 0.0
-        me = float(np.max(np.abs(eps))) if eps is not None and np.size(eps) else 0.0
         mp, pname = _max_abs(p.items()) if isinstance(p, dict) else (0.0, None)
+        sizes = [(mp, "the parameters", f"|parameter| = {mp:.3g} ({pname})")]
+        for arr, label in ((eps, "eps"), (x, "x")):
+            if arr is not None:
+                m = float(np.max(np.abs(arr))) if np.size(arr) else 0.0
+                sizes.insert(0, (m, label, f"|{label}| = {m:.3g}"))
         # which input is out of its usual range: eps ~ N(0, 1), parameters ~ 1, data as given
-        guess = max((me, "eps"), (mp, "the parameters"), (mx, "x"))[1]
+        guess = max(sizes, key=lambda t: t[0])[1]
+        names = [t[1] for t in sizes]
+        inputs = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         raise NonFiniteIntermediateError(
-            f"the {where} pass overflowed at {name} ({val!r} at index {idx}): x, eps and the "
-            f"parameters are finite, but {name} is not representable in float64; largest |x| = "
-            f"{mx:.3g}, |eps| = {me:.3g}, |parameter| = {mp:.3g} ({pname}) "
-            f"({guess} too large?)")
+            f"the {where} pass overflowed at {name} ({val!r} at index {idx}): {inputs} are finite, "
+            f"but {name} is not representable in float64; largest "
+            f"{', '.join(t[2] for t in sizes)} ({guess} too large?)")
 
     def forward(self, x, eps, params=None):
         """The whole forward pass; returns a cache with every intermediate (``cache["trace"]``:
@@ -611,10 +615,15 @@ class VAE:
     def sample(self, n, rng, params=None, mode="mean"):
         """Decode ``n`` draws from the prior: ``mode="mean"`` gives E[x|z], ``"sample"`` draws x."""
         check_rng(rng)
-        p = self.params if params is None else params
-        z = self.prior.sample(p, check_positive_int(n, "n"), rng)
-        out = self.decoder.forward(p, z)[0]
         check_choice(mode, "mode", ("mean", "sample"))
+        p = self.params if params is None else params
+        n = check_positive_int(n, "n")
+        check_sample_size(n, max(self.latent_dim, *self.decoder.sizes), "the sample")
+        z = self.prior.sample(p, n, rng)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out, dec_cache = self.decoder.forward(p, z)
+        if not all_finite(out):
+            self._overflow([("z", z)] + list(dec_cache["trace"]), None, None, p, where="sampling")
         if mode == "mean":
             return self.decoder.mean(p, out)
         if self.likelihood == "categorical":
