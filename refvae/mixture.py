@@ -77,6 +77,16 @@ c <= 26 is guaranteed. Observed: c <= 2.4 over the random and adversarial cases 
 (mpmath, >= 200 bits), recorded in ``validation/kernel_accuracy.json``; the tests enforce c <= 4
 (``tolerances.TOLERANCES['mixture_kernel_c']``) on every case they generate.
 
+*Range.* Log-variances must lie in [-1416, 1416] (``LOG_VAR_LIMIT``; a ``ValueError`` naming
+``log_vars`` otherwise): there ``a`` and ``2a`` are normal finite doubles. Within it the forward
+and the VJP are exact in the sense above for every finite z, mu: the VJP never forms e^{-v} on its
+own (it overflows for v < -709.78 and underflows for v > 745 where the gradients are finite) but
+``(z - mu) e^{-v} = ((z - mu) 2a) a`` (the first product overflows only when the result does, and
+underflows only when the result is below it) and ``1/2 ((z - mu)^2 e^{-v} - 1) = w^2 - 1/2`` from
+the forward's ``w = (z - mu) a``; with g = 1 a gradient is +-inf only when its exact value
+overflows. (Not covered: |z - mu| > 1.27e308, which needs |z| or |mu| > 6e307 -- the difference
+or (z - mu) 2a can overflow there, making the term -inf or the gradient inf.)
+
 *Special values.* A component with w_k = -inf contributes nothing and gets exactly zero gradient.
 If every term is -inf (all weights -inf, or every quadratic overflows), f = -inf and all gradients
 are 0, never NaN. No ``fastmath``: it breaks -inf handling (KERNEL-NOTES).
@@ -108,7 +118,7 @@ from ._validation import as_float_array
 
 __all__ = ["mixture_log_prob", "mixture_log_prob_vjp", "mixture_partial", "combine_partials",
            "finalize_partials", "mixture_log_prob_numpy", "mixture_log_prob_vjp_numpy",
-           "check_mixture_args", "TILE", "QUERY_BLOCK"]
+           "check_mixture_args", "TILE", "QUERY_BLOCK", "LOG_VAR_LIMIT"]
 
 LN_2PI = math.log(2.0 * math.pi)
 SQRT_HALF = math.sqrt(0.5)
@@ -116,6 +126,10 @@ TILE = 128          #: components per tile (a multiple of 4: the sum runs in fou
 QUERY_BLOCK = 16    #: queries per block (each tile is reused for this many queries)
 SKIP_MARGIN = 40.0  #: forward skips exp for t - m < -(ln K + SKIP_MARGIN)
 VJP_UNDERFLOW = -746.0  #: exp(x) == 0.0 exactly for x < -745.14
+#: log-variances must lie in [-LOG_VAR_LIMIT, LOG_VAR_LIMIT]: there a = sqrt(1/2) e^{-v/2} and 2a
+#: are normal finite doubles (2a overflows below -1418.9, a is subnormal above 1416.1), which is
+#: what the forward and the VJP need to be exact (see Numerics, "Range")
+LOG_VAR_LIMIT = 1416.0
 
 
 # --------------------------------------------------------------------------- input checking
@@ -125,8 +139,9 @@ def check_mixture_args(z, means, log_vars, log_weights=None, *, require_weights=
 
     Raises ``ValueError`` naming the argument for: wrong number of dimensions, K = 0 or B = 0 or
     L = 0, mismatched L between ``z`` and the components, ``log_vars`` not shaped like ``means``,
-    NaN or inf in z/means/log_vars, ``log_weights`` of the wrong length or containing NaN or +inf
-    (-inf is allowed: a switched-off component).
+    NaN or inf in z/means/log_vars, ``log_vars`` outside ``[-LOG_VAR_LIMIT, LOG_VAR_LIMIT]`` =
+    [-1416, 1416], ``log_weights`` of the wrong length or containing NaN or +inf (-inf is allowed:
+    a switched-off component).
     """
     z = as_float_array(z, "z", ndim=2)
     means = as_float_array(means, "means", ndim=2)
@@ -134,6 +149,11 @@ def check_mixture_args(z, means, log_vars, log_weights=None, *, require_weights=
     if z.shape[1] != L:
         raise ValueError(f"z has L = {z.shape[1]} columns but means has L = {L}; z must have shape (B, {L})")
     log_vars = as_float_array(log_vars, "log_vars", shape=(K, L))
+    if not (np.min(log_vars) >= -LOG_VAR_LIMIT and np.max(log_vars) <= LOG_VAR_LIMIT):
+        bad = np.argwhere(np.abs(log_vars) > LOG_VAR_LIMIT)[0]
+        raise ValueError(f"log_vars must lie in [-{LOG_VAR_LIMIT:g}, {LOG_VAR_LIMIT:g}] (variances "
+                         f"e^v within the float64 range); found {log_vars[tuple(bad)]!r} at index "
+                         f"{tuple(int(i) for i in bad)}")
     if log_weights is None:
         if require_weights:
             raise ValueError("log_weights is required for a partial over a shard of components "
@@ -427,8 +447,11 @@ def _responsibility_coefs(acc, coef, g, f, b0, nb, ebuf):
 
 
 @njit(parallel=True, cache=True)
-def _vjp_z_kernel(g, z, f, muT, aT, const, qb):
+def _vjp_z_kernel(g, z, f, muT, aT, const, qb, want_max=False):
     """dz[b] = -g_b sum_k r_bk (z_b - mu_k) e^{-v_k}; parallel over query blocks.
+
+    Returns ``(dz, tmax)``; with ``want_max``, ``tmax[b] = max_k t_bk`` (the terms are at hand:
+    one compare per term, to check a ``log_prob`` passed in), otherwise ``tmax`` is all -inf.
 
     Per tile: the terms of the block's queries (:func:`_tile_terms`, shared with the forward),
     coef = g r, then for each dimension the products coef_k (z_l - mu_kl) e^{-v_kl} into a tile
@@ -439,6 +462,7 @@ def _vjp_z_kernel(g, z, f, muT, aT, const, qb):
     B, L = z.shape
     n_tiles, _, T = muT.shape
     dz = np.zeros((B, L))
+    tmax = np.full(B, -np.inf)
     n_blocks = (B + qb - 1) // qb
     for blk in prange(n_blocks):
         b0 = blk * qb
@@ -450,6 +474,13 @@ def _vjp_z_kernel(g, z, f, muT, aT, const, qb):
         prod = np.empty(T)
         for ti in range(n_tiles):
             _tile_terms(acc, qc, z, b0, nb, muT, aT, const, ti)
+            if want_max:
+                for q in range(nb):
+                    mx = tmax[b0 + q]
+                    acc_q = acc[q]
+                    for k in range(T):
+                        mx = max(mx, acc_q[k])
+                    tmax[b0 + q] = mx
             if not _responsibility_coefs(acc, coef, g, f, b0, nb, ebuf):
                 continue
             for l in range(L):
@@ -460,8 +491,11 @@ def _vjp_z_kernel(g, z, f, muT, aT, const, qb):
                     c_q = coef[q]
                     for k in range(T):
                         a = a_row[k]
-                        # coef (z - mu) e^{-v}, with e^{-v} = 2 a^2
-                        x = c_q[k] * ((zl - mu_row[k]) * (2.0 * a * a))
+                        # coef (z - mu) e^{-v} = coef ((z - mu) 2a) a: e^{-v} = 2 a^2 is never
+                        # formed on its own (it overflows for v < -709.78 and underflows for
+                        # v > 745 where the product is finite); (z - mu) 2a overflows only if the
+                        # product does (a >= 1) and underflows only below it (2a < 1 or a < 1)
+                        x = c_q[k] * (((zl - mu_row[k]) * (2.0 * a)) * a)
                         prod[k] = x if c_q[k] != 0.0 else 0.0
                     s0 = 0.0
                     s1 = 0.0
@@ -473,7 +507,7 @@ def _vjp_z_kernel(g, z, f, muT, aT, const, qb):
                         s2 += prod[k + 2]
                         s3 += prod[k + 3]
                     dz[b0 + q, l] -= (s0 + s1) + (s2 + s3)
-    return dz
+    return dz, tmax
 
 
 @njit(parallel=True, cache=True)
@@ -520,9 +554,12 @@ def _vjp_components_kernel(g, z, f, muT, aT, const, K):
                         a = a_row[k]
                         c = c_q[k]
                         diff = zl - mu_row[k]
-                        ivd = diff * (2.0 * a * a)  # (z - mu) e^{-v}
-                        x_mu = c * ivd
-                        x_lv = c * (0.5 * (ivd * diff - 1.0))
+                        w = diff * a   # the forward's residual, w^2 = (z - mu)^2 e^{-v} / 2
+                        # (z - mu) e^{-v} = ((z - mu) 2a) a and 1/2 ((z - mu)^2 e^{-v} - 1) =
+                        # w^2 - 1/2: e^{-v} = 2 a^2 is never formed on its own (it overflows for
+                        # v < -709.78 and underflows for v > 745 where these are finite)
+                        x_mu = c * ((diff * (2.0 * a)) * a)
+                        x_lv = c * (w * w - 0.5)
                         dmu_row[k] += x_mu if c != 0.0 else 0.0
                         dlv_row[k] += x_lv if c != 0.0 else 0.0
         k0 = ti * T
@@ -546,7 +583,12 @@ def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=No
     Parameters
     ----------
     g : (B,) finite upstream gradient.
-    log_prob : (B,), optional. The forward result, if already computed (saves one pass).
+    log_prob : (B,), optional. The forward result, if already computed (saves one pass). It is
+        checked, not trusted: shape (B,), no NaN or +inf, and ``max_k t_bk <= log_prob_b <=
+        max_k t_bk + ln K`` up to a slack of ``LOG_PROB_CHECK_RTOL (1 + |max_k t_bk|)`` (1e-8
+        relative), ``-inf`` exactly on rows whose terms are all ``-inf``; otherwise a
+        ``ValueError`` naming ``log_prob``. (A value off by less than the slack passes and
+        scales the gradients by up to ``e^{slack}``.)
     z_only : bool. Compute dz only and return ``None`` for the component gradients (saves the
         pass over components, e.g. for the aggregated posterior, whose components are data).
     """
@@ -559,23 +601,51 @@ def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=No
         f = finalize_partials(m, s)
     else:
         f = as_float_array(log_prob, "log_prob", shape=(B,), allow_neg_inf=True)
-    dz = _vjp_z_kernel(g, z, f, muT, aT, const, QUERY_BLOCK)
+    dz, tmax = _vjp_z_kernel(g, z, f, muT, aT, const, QUERY_BLOCK, log_prob is not None)
+    if log_prob is not None:
+        _check_log_prob(f, tmax, means.shape[0])
     if z_only:
         return dz, None, None, None
     dmeans, dlog_vars, dlog_weights = _vjp_components_kernel(g, z, f, muT, aT, const, means.shape[0])
     return dz, dmeans, dlog_vars, dlog_weights
 
 
+#: slack of the ``log_prob`` check: relative to 1 + |max_k t_bk|, far above the rounding of any
+#: forward (the kernel, the sharded path, the NumPy twin), far below a wrong value that matters
+LOG_PROB_CHECK_RTOL = 1e-8
+
+
+def _check_log_prob(f, tmax, K):
+    """Reject a ``log_prob`` that cannot be the forward: since f = tmax + ln sum_k e^{t_k - tmax},
+    ``tmax <= f <= tmax + ln K`` (up to rounding), and f = -inf exactly when every term is -inf."""
+    live = tmax > -np.inf
+    slack = LOG_PROB_CHECK_RTOL * (1.0 + np.abs(np.where(live, tmax, 0.0)))
+    with np.errstate(invalid="ignore"):
+        ok = np.where(live, (f >= tmax - slack) & (f <= tmax + math.log(K) + slack), f == -np.inf)
+    if not ok.all():
+        b = int(np.argmin(ok))
+        raise ValueError(
+            f"log_prob is not the forward mixture_log_prob(z, means, log_vars, log_weights): "
+            f"log_prob[{b}] = {float(f[b])!r}, but it must lie in [max_k t, max_k t + ln K] = "
+            f"[{float(tmax[b])!r}, {float(tmax[b]) + math.log(K)!r}] (up to rounding); pass log_prob=None to "
+            f"recompute it")
+
+
 # --------------------------------------------------------------------------- NumPy twin
 
 def _twin_terms(z, means, log_vars, log_weights):
-    """t[b, k] for a chunk of queries (complex-safe: no abs/max on the value)."""
-    inv_var = np.exp(-log_vars)                                   # (K, L)
+    """t[b, k] for a chunk of queries (complex-safe: no abs/max on the value).
+
+    Also returns ``w = (z - mu) e^{-v/2}`` (b, K, L) and ``inv_sd = e^{-v/2}`` (K, L): the
+    gradients use ``w inv_sd = (z - mu) e^{-v}`` and ``w^2``, never ``e^{-v}`` on its own (which
+    overflows for v < -709.78 and underflows for v > 745 where the products are finite).
+    """
+    inv_sd = np.exp(-0.5 * log_vars)                              # (K, L)
     const = log_weights - 0.5 * np.sum(LN_2PI + log_vars, axis=-1)  # (K,)
-    diff = z[:, None, :] - means[None, :, :]                      # (b, K, L)
+    w = (z[:, None, :] - means[None, :, :]) * inv_sd[None]        # (b, K, L)
     with np.errstate(over="ignore"):  # an overflowing square is a -inf term, as in the kernel
-        quad = np.sum(diff * diff * inv_var[None], axis=-1)
-    return const[None, :] - 0.5 * quad, diff, inv_var
+        quad = np.sum(w * w, axis=-1)
+    return const[None, :] - 0.5 * quad, w, inv_sd
 
 
 def _twin_chunk(B, K, L, budget=2 ** 22):
@@ -621,15 +691,16 @@ def mixture_log_prob_vjp_numpy(g, z, means, log_vars, log_weights=None):
     step = _twin_chunk(B, K, L)
     for b0 in range(0, B, step):
         sl = slice(b0, b0 + step)
-        t, diff, inv_var = _twin_terms(z[sl], means, log_vars, log_weights)
+        t, w, inv_sd = _twin_terms(z[sl], means, log_vars, log_weights)
         fb = f[sl]
         live = np.isfinite(fb)
         with np.errstate(under="ignore", invalid="ignore"):
             r = np.where(live[:, None], np.exp(t - np.where(live, fb, 0.0)[:, None]), 0.0)
         gr = g[sl][:, None] * r                                   # (b, K)
         with np.errstate(over="ignore", invalid="ignore"):
-            ivd = diff * inv_var[None]                            # (b, K, L)
-            quad = ivd * diff
+            ivd = w * inv_sd[None]                                # (z - mu) e^{-v}, (b, K, L)
+            # (w is subnormal only where z - mu is; the twin accepts that loss of accuracy)
+            quad = w * w                                          # (z - mu)^2 e^{-v}
         dead = (r == 0)[:, :, None]                               # never 0 * inf
         ivd = np.where(dead, 0.0, ivd)
         quad = np.where(dead, 0.0, quad)

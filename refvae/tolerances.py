@@ -153,6 +153,14 @@ TOLERANCES: dict[str, Tolerance] = {
                "of t_bk (~ u P_bk per term of its sum over L <= 4 here) and of f_b (<= 4 u (|f_b| + S_b), "
                "mixture_kernel_c). Observed max 3.9 on random inputs; 8 = 2x margin. A formula error "
                "changes entries by O(1) relative and fails it by > 10 orders of magnitude"),
+    "mixture_vjp_extreme_single": Tolerance(
+        rtol=16 * U, atol=0.0,
+        reason="one component, one query (r = 1 exactly) at log-variances -745..1400 and z - mu up "
+               "to 1e200, vs mpmath: each gradient is one product chain from a = sqrt(1/2) e^{-v/2} "
+               "(<= 1 ulp exp, 1 rounding of sqrt(1/2), 1 product) and z - mu (<= 1 rounding): "
+               "(z - mu) 2a a <= 6 u, w^2 - 1/2 <= 8 u relative; the forward f has <= 4 u of "
+               "|f| + S (mixture_kernel_c) and S = |f| here. 16 u = 2x margin; the overflow or "
+               "underflow of e^{-v} on its own (the defect) gives NaN, 0 or inf instead"),
     # --- gaussian/primitives
     "logsumexp_vs_mpmath_conditioned": Tolerance(
         rtol=4 * EPS, atol=4 * EPS,
