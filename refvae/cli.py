@@ -9,8 +9,16 @@ Subcommands (a registry: each is one function decorated with :func:`subcommand`,
 - ``refvae gradcheck`` — gradient checks of ``neg_elbo`` on tiny models.
 
 Errors in the input (unknown prior or profile, a negative number of epochs, an output directory
-that cannot be written, a missing optional package) print one line on stderr and exit with code 2,
-without a traceback. An interrupted ``validate`` writes a partial report and exits with 130.
+that cannot be written or is in use by another run, a bad config file, a missing optional package)
+print one line on stderr and exit with code 2, without a traceback; an unexpected error prints one
+line too and exits with 1 (set ``REFVAE_TRACEBACK=1`` to see the traceback).
+
+Interruption: for the duration of every subcommand, SIGINT (Ctrl-C) and SIGTERM raise an interrupt
+(:class:`refvae.provenance.InterruptGuard`), also when they land inside a Numba call (where they
+surface as a ``SystemError`` caused by the ``KeyboardInterrupt``). The command prints one line and
+exits with 130 (SIGINT) or 143 (SIGTERM); an interrupted ``validate`` first writes a partial report
+(status "partial", the running prior "interrupted"). ``validate`` and ``train`` lock their output
+directory (:class:`refvae.io.DirectoryLock`): a second run into it is refused (exit 2).
 """
 
 from __future__ import annotations
@@ -121,6 +129,9 @@ def _train_options(p):
     p.add_argument("--out", required=True, help="directory for params.npz, config.json, history.json")
     p.add_argument("--max-epochs", type=int, default=None,
                    help="maximum epochs (default: the full profile's)")
+    p.add_argument("--data", choices=("digits", "synthetic"), default="digits",
+                   help="digits (scikit-learn, 1000/350/447; default) or synthetic (the same sizes "
+                        "from refvae.data.synthetic_split(default_rng([seed, 99])); no extra package)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     _common(p)
 
@@ -132,7 +143,8 @@ def cmd_train(args):
 
     import numpy as np
 
-    from .provenance import limit_threads, provenance
+    from .io import DirectoryLock, _atomic_write_bytes
+    from .provenance import REPRODUCIBILITY, InterruptGuard, limit_threads, provenance
     from .report import PROFILES, build_model, parse_priors, prepare_out_dir
     from .train import fit
     if "," in args.prior:
@@ -143,20 +155,28 @@ def cmd_train(args):
     latent_dim = _positive_int(args.latent_dim, "--latent-dim")
     _positive_int(args.seed, "--seed", minimum=0)
     _positive_int(args.threads, "--threads")
-    with limit_threads(args.threads):
-        data = _digits()
+    prepare_out_dir(args.out, subdirs=())
+    with limit_threads(args.threads), InterruptGuard() as guard, \
+            DirectoryLock(args.out, "refvae " + " ".join(args.argv)):
+        if args.data == "digits":
+            data, data_name = _digits(), "digits 1000/350/447"
+        else:
+            from .data import synthetic_split
+            data = synthetic_split(np.random.default_rng([args.seed, 99]))
+            data_name = f"synthetic_split(default_rng([{args.seed}, 99])) 1000/350/447"
         rng = np.random.default_rng([args.seed, latent_dim])
         model = build_model(prior, latent_dim, data["train"].shape[1], profile, rng)
-        prepare_out_dir(args.out, subdirs=())
         if not args.quiet:
             print(f"refvae train: prior {prior}, L = {latent_dim}, at most {max_epochs} epochs "
                   f"(patience {profile.patience}), seed {args.seed}, output {args.out}")
         res = fit(model, data["train"], data["val"], rng=rng, optimizer=profile.optimizer, lr=profile.lr,
                   batch_size=profile.batch_size, max_epochs=max_epochs, patience=profile.patience,
                   quiet=args.quiet)
+        guard.check()
+        guard.cleaning = True  # a signal while saving is acted on once both files are written
         model.save(args.out)
         history = {"prior": prior, "latent_dim": latent_dim, "seed": args.seed,
-                   "rng": f"default_rng([{args.seed}, {latent_dim}])", "data": "digits 1000/350/447",
+                   "rng": f"default_rng([{args.seed}, {latent_dim}])", "data": data_name,
                    "settings": {k: v for k, v in asdict(profile).items()
                                 if k in ("hidden", "activation", "likelihood", "num_vals", "optimizer", "lr",
                                          "batch_size", "patience")} | {"max_epochs": max_epochs},
@@ -164,10 +184,11 @@ def cmd_train(args):
                    "initial_val_loss": res.initial_val_loss, "best_epoch": res.best_epoch,
                    "best_val_loss": res.best_val_loss, "epochs_run": res.epochs_run,
                    "stopped_early": res.stopped_early, "seconds": res.seconds,
-                   "provenance": provenance()}
-        with open(os.path.join(args.out, "history.json"), "w", encoding="utf-8") as fh:
-            json.dump(history, fh, indent=1, allow_nan=False)
-            fh.write("\n")
+                   "provenance": {**provenance(), "reproducibility": REPRODUCIBILITY}}
+        text = json.dumps(history, indent=1, allow_nan=False) + "\n"
+        _atomic_write_bytes(os.path.join(args.out, "history.json"), text.encode("utf-8"))
+        guard.cleaning = False
+        guard.check()
         if not args.quiet:
             print(f"saved {os.path.join(args.out, 'params.npz')}, config.json and history.json "
                   f"(best validation negative ELBO {res.best_val_loss:.4f} at epoch {res.best_epoch})")
@@ -291,23 +312,52 @@ def main(argv=None) -> int:
               + " (see refvae --help)", file=sys.stderr)
         return 2
     args.argv = argv
+    from .provenance import InterruptGuard
     started = time.perf_counter()
+    guard = None
     try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print(f"refvae {args.command}: interrupted after {time.perf_counter() - started:.0f} s",
+        with InterruptGuard() as guard:
+            return int(args.func(args))
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line (see _failure)
+        return _failure(args.command, exc, guard, started)
+    except KeyboardInterrupt as exc:
+        return _failure(args.command, exc, guard, started)
+
+
+def _failure(command, exc, guard, started):
+    """One line on stderr for an exception of a subcommand; returns the exit code.
+
+    Interrupts (also a ``SystemError`` caused by a ``KeyboardInterrupt``, and any error after a
+    signal was received): 130 (SIGINT) or 143 (SIGTERM). Bad input (ValueError, TypeError,
+    OSError, a missing optional package): 2. Anything else: 1, with the traceback only when the
+    environment variable ``REFVAE_TRACEBACK`` is set.
+    """
+    from .provenance import interrupt_exit_code, interrupt_signal
+    sig = interrupt_signal(exc, guard)
+    if sig is not None:
+        what = "terminated (SIGTERM)" if sig == "SIGTERM" else f"interrupted ({sig})"
+        print(f"refvae {command}: {what} after {time.perf_counter() - started:.0f} s",
               file=sys.stderr)
-        return 130
-    except ImportError as exc:
+        return interrupt_exit_code(sig)
+    if isinstance(exc, ImportError):
         msg = _one_line(exc)
         if "scikit-learn" in msg or "sklearn" in msg:
             msg = ("the digits data needs scikit-learn, which is not installed; install the 'data' "
                    "extra: pip install refvae[data]")
-        print(f"refvae {args.command}: error: {msg}", file=sys.stderr)
+        print(f"refvae {command}: error: {msg}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, OSError) as exc:
-        print(f"refvae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+    if isinstance(exc, (ValueError, TypeError, OSError)):
+        print(f"refvae {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    if isinstance(exc, RecursionError):
+        print(f"refvae {command}: error: input nested too deeply ({_one_line(exc)})", file=sys.stderr)
+        return 2
+    if os.environ.get("REFVAE_TRACEBACK"):
+        import traceback
+        traceback.print_exception(exc)
+    print(f"refvae {command}: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+          f"(set REFVAE_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,28 +9,43 @@ A saved model is a directory with two files:
 * ``config.json`` — the caller's configuration (a JSON object) with ``format_version`` and
   ``refvae_version`` added, written with sorted keys and without NaN/Infinity.
 
-Reading uses ``np.load(..., allow_pickle=False)``: an object array (which would need pickle) is
-refused. Every problem with a file — missing, unreadable, malformed, missing or extra or
+Reading parses each member's ``.npy`` header before reading its data, without pickle: an object
+array (which would need pickle) is refused ("contains object arrays"), and an array whose header
+announces more data than the member holds or than the available memory is refused before anything
+is allocated ("array of shape ... needs ... GiB"); a file that is no ZIP archive, a corrupt ZIP
+structure and CRC/zlib errors are each named as such. Every problem with a file — missing, unreadable, malformed, missing or extra or
 mis-shaped arrays, non-float arrays, NaN/inf, a bad config — is a ``ValueError`` whose message
 names the file and the offending key.
 
 Each file is written to a temporary file in the same directory, flushed to disk and moved into
 place with ``os.replace`` (atomic on POSIX and Windows), so a crash never leaves a half-written
-``params.npz`` or ``config.json``. The two files are replaced one after the other (parameters
+``params.npz`` or ``config.json``. The temporary file is named
+``.<name>.refvae-tmp-<host>-<pid>-<random>``; one left behind by a killed process (SIGKILL, power
+loss) is removed by the next write into that directory once its process is gone from this host
+(:func:`remove_stale_temporaries`; files of any other naming are never touched). The two files are replaced one after the other (parameters
 first), so a crash between the two replacements can pair new parameters with the previous config;
 ``load_params`` with ``expected_keys_shapes`` detects a mismatch of keys or shapes.
 """
 
 from __future__ import annotations
 
+import errno
+import io as _io
 import json
+import math
 import os
+import re
+import socket
+import struct
 import tempfile
+import time
 import zipfile
+import zlib
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "PARAMS_FILE", "CONFIG_FILE", "save_params", "load_params"]
+__all__ = ["FORMAT_VERSION", "PARAMS_FILE", "CONFIG_FILE", "LOCK_FILE", "save_params", "load_params",
+           "DirectoryLock", "DirectoryInUseError", "remove_stale_temporaries", "pid_alive"]
 
 FORMAT_VERSION = 1  #: version of the directory layout written by :func:`save_params`
 PARAMS_FILE = "params.npz"
@@ -38,16 +53,166 @@ CONFIG_FILE = "config.json"
 _RESERVED = ("format_version", "refvae_version")
 
 
+# ---------------------------------------------------------------------- temporaries and locks
+_TMP_MARK = ".refvae-tmp-"
+#: ``.<name>.refvae-tmp-<host>-<pid>-<random>``: the names of refvae's own temporary files
+_TMP_RE = re.compile(r"^\..+\.refvae-tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+$")
+_CLEANED = set()  # directories already swept by this process
+
+
+def _host_tag():
+    """This host's name reduced to [A-Za-z0-9_] (at most 32 characters), for temporary-file names."""
+    return (re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host")[:32]
+
+
+def pid_alive(pid):
+    """True if a process ``pid`` exists on this host (it may belong to another user)."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _temp_prefix(path):
+    return f".{os.path.basename(path)}{_TMP_MARK}{_host_tag()}-{os.getpid()}-"
+
+
+def remove_stale_temporaries(directory, *, force=False):
+    """Remove refvae's own temporary files in ``directory`` whose process is gone from this host.
+
+    Only names of the form ``.<name>.refvae-tmp-<host>-<pid>-<random>`` (written by
+    :func:`_atomic_write` and ``prepare_out_dir``) are considered, and only those made on this
+    host by a process that no longer exists; nothing else is ever deleted. Each directory is swept
+    once per process unless ``force``. Returns the list of removed paths.
+    """
+    directory = os.fspath(directory) or "."
+    key = os.path.abspath(directory)
+    if key in _CLEANED and not force:
+        return []
+    _CLEANED.add(key)
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    me, host = os.getpid(), _host_tag()
+    for name in names:
+        m = _TMP_RE.match(name)
+        if m is None or m["host"] != host:
+            continue
+        pid = int(m["pid"])
+        if pid == me or pid_alive(pid):
+            continue
+        full = os.path.join(directory, name)
+        try:
+            if os.path.isfile(full) and not os.path.islink(full):
+                os.unlink(full)
+                removed.append(full)
+        except OSError:
+            pass
+    return removed
+
+
+LOCK_FILE = ".refvae.lock"  #: the lock file of an output directory (see :class:`DirectoryLock`)
+
+
+class DirectoryInUseError(OSError):
+    """Another refvae run holds the lock of an output directory (the CLI: one line, exit 2)."""
+
+
+class DirectoryLock:
+    """Context manager: an exclusive lock on an output directory, held for the whole run.
+
+    ``fcntl.flock`` on ``<directory>/.refvae.lock`` (created if missing; never deleted, so no two
+    runs can lock different files of the same name). The lock file holds the holder's pid, host,
+    start time and command (JSON); a second run into the same directory gets a
+    :class:`DirectoryInUseError` naming the directory and that pid. The operating system releases
+    the lock when the holder exits in any way, SIGKILL included, so a lock is never stale. Where
+    ``fcntl`` is unavailable (Windows) no lock is taken.
+    """
+
+    def __init__(self, directory, command="refvae"):
+        self.directory = os.fspath(directory)
+        self.path = os.path.join(self.directory, LOCK_FILE)
+        self.command = command
+        self.fd = None
+        self.info = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise OSError(f"cannot create the lock file {self.path!r}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = {}
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+            except (OSError, ValueError):
+                pass
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OSError(f"cannot lock {self.path!r}: {exc.strerror or exc}") from None
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+                   f"{holder.get('started', '?')}: {holder.get('command', '?')}"
+                   if isinstance(holder, dict) and holder else "pid unknown")
+            raise DirectoryInUseError(
+                f"output directory {self.directory!r} is in use by another refvae run ({who}); "
+                f"wait for it to finish or choose another output directory") from None
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(),
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": self.command}
+        data = json.dumps(self.info).encode("utf-8")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except OSError:
+            pass
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.fd is not None:
+            import fcntl
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
 def _atomic_write(path, write):
     """Call ``write(fileobj)`` on a binary temporary file next to ``path``, fsync, and
     ``os.replace`` it onto ``path``: readers see the old file or the new one, never a part.
 
     The file gets the permissions of a normally created file (``0o666`` less the umask; mkstemp
-    makes ``0o600``). On any error the temporary file is removed and the error re-raised. The one
-    writer of every file refvae saves (parameters, golden cases, reports, statistics).
+    makes ``0o600``). On any error (KeyboardInterrupt included) the temporary file is removed and
+    the error re-raised; one left by a killed process is named
+    ``.<name>.refvae-tmp-<host>-<pid>-<random>`` and removed by the next write into the directory
+    (:func:`remove_stale_temporaries`). The one writer of every file refvae saves (parameters,
+    golden cases, reports, figures, statistics).
     """
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    remove_stale_temporaries(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix="")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -154,12 +319,23 @@ def _no_duplicates(pairs):
     return out
 
 
+def _finite_float(text):
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"number {text} overflows float64")
+    return x
+
+
 def _load_config(path):
     if not os.path.isfile(path):
         raise ValueError(f"{path}: config file is missing")
     try:
         with open(path, encoding="utf-8") as fh:
-            config = json.load(fh, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+            config = json.load(fh, parse_constant=_reject_constant, parse_float=_finite_float,
+                               object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError(f"{path}: malformed config: nested too deeply (arrays/objects nested "
+                         f"beyond Python's recursion limit)") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"{path}: malformed config: {exc}") from None
     if not isinstance(config, dict):
@@ -192,6 +368,113 @@ def _normalise_shapes(expected):
     return out
 
 
+def _available_memory():
+    """Bytes of available memory (``MemAvailable`` of /proc/meminfo, else sysconf), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _gib(n):
+    return f"{n / 2.0 ** 30:.3g} GiB"
+
+
+def _open_npz(path):
+    """The ZipFile of an .npz file; ValueError saying what the file is when it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if not head:
+        raise ValueError(f"{path}: not an .npz archive: the file is empty")
+    if head.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{path}: not an .npz archive (a single .npy array?)")
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise ValueError(f"{path}: not an .npz archive: no ZIP signature (the file starts with "
+                         f"{head[:4]!r})")
+    try:
+        return zipfile.ZipFile(path, "r")
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
+        raise ValueError(f"{path}: not an .npz archive: corrupt ZIP structure ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+
+
+def _read_member(path, zf, info, k):
+    """One member of an .npz archive as an ndarray, read without pickle.
+
+    The ``.npy`` header is parsed first: an object dtype is refused ("contains object arrays"),
+    and the size the header announces is checked against the member's size and the available
+    memory before anything is allocated. CRC and zlib errors are reported as corruption.
+    """
+    where = f"{path}: key {k!r}"
+    if not info.filename.endswith(".npy"):
+        raise ValueError(f"{where}: member {info.filename!r} is not a .npy array")
+    try:
+        with zf.open(info) as fh:
+            head = fh.read(6 + 2 + 4)
+            buf = _io.BytesIO(head)
+            try:
+                version = np.lib.format.read_magic(buf)
+            except ValueError:
+                raise ValueError(f"{where}: not a .npy array (no NumPy header)") from None
+            hdr_len_size = 2 if version == (1, 0) else 4
+            fmt = "<H" if hdr_len_size == 2 else "<I"
+            hlen = struct.unpack(fmt, head[8:8 + hdr_len_size])[0]
+            rest = head[8 + hdr_len_size:]
+            need = hlen - len(rest)
+            if need > 100_000:
+                raise ValueError(f"{where}: .npy header of {hlen} bytes is not plausible")
+            header = head + fh.read(max(need, 0))
+            try:
+                hb = _io.BytesIO(header)
+                np.lib.format.read_magic(hb)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(hb)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(hb)
+                else:
+                    shape, fortran, dtype = np.lib.format._read_array_header(hb, version)
+            except ValueError as exc:
+                raise ValueError(f"{where}: malformed .npy header ({exc})") from None
+            if dtype.hasobject:
+                raise ValueError(f"{where} contains object arrays (refused: no pickle; dtype "
+                                 f"{dtype})")
+            count = math.prod(shape)
+            nbytes = count * dtype.itemsize
+            payload = info.file_size - len(header)
+            if nbytes > payload:
+                raise ValueError(f"{where}: array of shape {shape} ({dtype}) needs {_gib(nbytes)} "
+                                 f"({nbytes} bytes), but the archive member holds only {payload} "
+                                 f"bytes of data (truncated or forged header)")
+            avail = _available_memory()
+            if avail is not None and nbytes > avail:
+                raise ValueError(f"{where}: array of shape {shape} ({dtype}) needs {_gib(nbytes)}, "
+                                 f"more than the {_gib(avail)} of available memory")
+            data = fh.read(nbytes)
+            if len(data) != nbytes:
+                raise ValueError(f"{where}: truncated: {len(data)} of {nbytes} bytes of data")
+            if fh.read(1):
+                raise ValueError(f"{where}: {payload - nbytes} unexpected bytes after the array data")
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise ValueError(f"{where} is corrupt (CRC/zlib error: {exc})") from None
+    except NotImplementedError as exc:
+        raise ValueError(f"{where}: unsupported ZIP member ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot be read: {exc.strerror or exc}") from None
+    arr = np.frombuffer(data, dtype=dtype, count=count)
+    return arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
+
+
 def load_params(directory, expected_keys_shapes=None):
     """Read a directory written by :func:`save_params`; returns ``(params, config)``.
 
@@ -211,7 +494,10 @@ def load_params(directory, expected_keys_shapes=None):
     Raises
     ------
     ValueError
-        Naming the file and the offending key, if a file is missing or malformed; if arrays are
+        Naming the file and the offending key, if a file is missing or malformed (saying what:
+        not an .npz archive, a corrupt ZIP structure, "corrupt (CRC/zlib error)", "array of shape
+        ... needs ... GiB" when the header announces more data than the member holds or than the
+        available memory, "contains object arrays", a config "nested too deeply"); if arrays are
         missing, extra or mis-shaped relative to ``expected_keys_shapes``; if an array is not a
         real floating-point array (integer, bool, complex, object/pickled, structured, or wider
         than float64) or contains NaN/inf; or if the config is not a JSON object with
@@ -222,15 +508,15 @@ def load_params(directory, expected_keys_shapes=None):
     path = os.path.join(directory, PARAMS_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: parameter file is missing")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported as malformed
-        raise ValueError(f"{path}: not a readable .npz archive: {exc}") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: not an .npz archive (a single .npy array?)")
     params = {}
-    with npz:
-        keys = list(npz.files)
+    with _open_npz(path) as zf:
+        members = {}
+        for info in zf.infolist():
+            k = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if k in members:
+                raise ValueError(f"{path}: not a valid .npz archive: key {k!r} appears twice")
+            members[k] = info
+        keys = list(members)
         if expected is not None:
             missing = sorted(set(expected) - set(keys))
             extra = sorted(set(keys) - set(expected))
@@ -241,11 +527,8 @@ def load_params(directory, expected_keys_shapes=None):
         if not keys:
             raise ValueError(f"{path}: the archive holds no arrays")
         for k in keys:
-            try:
-                arr = npz[k]
-            except Exception as exc:  # noqa: BLE001 - object arrays, truncated members, ...
-                raise ValueError(f"{path}: key {k!r} cannot be read without pickle: {exc}") from None
-            if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
+            arr = _read_member(path, zf, members[k], k)
+            if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
                 raise ValueError(f"{path}: key {k!r} has dtype {getattr(arr, 'dtype', type(arr))}; "
                                  f"expected a float64 array")
             if expected is not None and arr.shape != expected[k]:

@@ -13,6 +13,14 @@
   :func:`limit_threads`).
 
 Nothing here raises: a value that cannot be determined is ``"unknown"`` or ``None``.
+:data:`REPRODUCIBILITY` is the one-line reproducibility promise that reports carry.
+
+Runs and interruption: :class:`InterruptGuard` (a context manager used by the command line and by
+``refvae.report.run_validation``) makes SIGINT (Ctrl-C) and SIGTERM raise :class:`Interrupted`
+(a ``KeyboardInterrupt``) for the duration of a run and records which signal came, and
+:func:`interrupt_signal` recognises an interrupt behind another exception: a Ctrl-C that lands
+while a Numba dispatcher is running surfaces as ``SystemError("... returned a result with an
+exception set")`` whose ``__cause__``/``__context__`` is the ``KeyboardInterrupt``.
 
 References: STYLE.md ("Reports and golden files carry provenance").
 """
@@ -21,12 +29,22 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from importlib import metadata
 
-__all__ = ["provenance", "git_revision", "cpu_model", "limit_threads", "package_version"]
+__all__ = ["provenance", "git_revision", "cpu_model", "limit_threads", "package_version",
+           "REPRODUCIBILITY", "run_identity", "Interrupted", "InterruptGuard", "interrupt_signal",
+           "interrupt_exit_code"]
+
+#: The reproducibility promise, in one line (reports and histories carry it).
+REPRODUCIBILITY = ("bit-identical on this machine for any thread count; across machines and BLAS "
+                   "builds the last printed digit can differ (matrix products' rounding)")
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -140,3 +158,101 @@ def provenance() -> dict:
         "numba_threads": numba.get_num_threads(),
         "blas_threads": _blas_threads(),
     }
+
+
+# =========================================================================== runs and interruption
+
+def run_identity() -> dict:
+    """``{"pid", "host", "started"}`` of this process (written into reports and lock files)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by :class:`InterruptGuard`'s handlers; ``signal_name`` is "SIGINT" or "SIGTERM"."""
+
+    def __init__(self, signal_name="SIGINT"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def interrupt_signal(exc, guard=None):
+    """The name of the signal behind ``exc`` ("SIGINT", "SIGTERM"), or None if it is no interrupt.
+
+    ``exc`` is an interrupt if it, or any exception on its ``__cause__``/``__context__`` chain, is
+    a ``KeyboardInterrupt`` (a Ctrl-C inside a Numba call arrives as a ``SystemError`` caused by
+    one), or if ``guard`` (an :class:`InterruptGuard`) has received a signal: then whatever
+    exception the signal provoked is the interrupt, never a failure of the computation.
+    """
+    seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return getattr(e, "signal_name", None) or (guard.received if guard else None) or "SIGINT"
+        todo += [e.__cause__, e.__context__]
+    if guard is not None and guard.received:
+        return guard.received
+    return None
+
+
+def interrupt_exit_code(signal_name):
+    """128 + the signal number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+    return 143 if signal_name == "SIGTERM" else 130
+
+
+class InterruptGuard:
+    """Context manager: for its duration SIGINT and SIGTERM raise :class:`Interrupted`.
+
+    Installed only in the main thread (elsewhere it does nothing but :meth:`check`); the previous
+    handlers are restored on exit, and guards nest (the inner one shares the outer one's record).
+    ``received`` is the name of the first signal received ("SIGINT"/"SIGTERM") or None. While
+    ``cleaning`` is True (set it while writing the final partial report) further signals are
+    recorded but do not raise, so the clean-up finishes. :meth:`check` raises :class:`Interrupted`
+    if a signal was received: a run calls it between steps, so that a ``KeyboardInterrupt`` which
+    some library swallowed still stops the run.
+    """
+
+    _active = None  # the outermost active guard (main thread)
+
+    def __init__(self):
+        self.received = None
+        self.cleaning = False
+        self._previous = None
+        self._outer = None
+
+    def _handler(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is None:
+            self.received = name
+        if not self.cleaning:
+            raise Interrupted(name)
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        outer = InterruptGuard._active
+        if outer is not None:  # nested: share the outer guard's record
+            self._outer = outer
+            return outer
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self._previous:
+            signal.signal(s, self._handler)
+        InterruptGuard._active = self
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            for s, h in self._previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+            self._previous = None
+            InterruptGuard._active = None
+        return False
+
+    def check(self):
+        """Raise :class:`Interrupted` if a signal was received (and we are not cleaning up)."""
+        if self.received and not self.cleaning:
+            raise Interrupted(self.received)

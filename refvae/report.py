@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -57,7 +58,9 @@ import numpy as np
 
 from . import estimators as est
 from .gradcheck import check_vjp
-from .io import _atomic_write_bytes
+from .io import DirectoryLock, _atomic_write, _atomic_write_bytes, _temp_prefix
+from .provenance import (REPRODUCIBILITY, InterruptGuard, Interrupted, interrupt_exit_code,
+                         interrupt_signal, run_identity)
 from .tolerances import TOLERANCES, U, tolerance
 
 __all__ = ["Profile", "PROFILES", "PRIOR_ORDER", "run_validation", "build_model", "load_data",
@@ -666,7 +669,7 @@ def plot_run(path, run, model, data, aggregated, profile, rng):
     ax_samp.set_axis_off()
     ax_samp.set_title("64 samples decoded from the prior: E[x | z], z ~ p(z)")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(path)
+    _atomic_write(path, lambda fh: fig.savefig(fh, format="png"))  # never a half-written PNG
     return os.path.basename(path)
 
 
@@ -776,6 +779,10 @@ def _train(run, model, data, profile, seed, quiet):
 
 PARTS = ("training", "test", "train_set", "holes", "log_likelihood", "gradcheck", "figure")
 
+#: names of the figures a run writes into ``<out>/figures`` (``<prior>_L<L>.png``); at the start
+#: of a run every file of this naming is removed, so a report never links a previous run's figure
+FIGURE_RE = re.compile(r"^(?:" + "|".join(PRIOR_ORDER) + r")_L[0-9]+\.png$")
+
 
 def prepare_out_dir(out, subdirs=("figures",)):
     """Create ``out`` (and its ``subdirs``) and prove it is writable; OSError with a clear message."""
@@ -783,7 +790,7 @@ def prepare_out_dir(out, subdirs=("figures",)):
         os.makedirs(out, exist_ok=True)
         for d in subdirs:
             os.makedirs(os.path.join(out, d), exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=out, prefix=_temp_prefix(os.path.join(out, "write-test"))):
             pass
     except OSError as exc:
         raise OSError(f"cannot write to the output directory {out!r}: "
@@ -791,18 +798,71 @@ def prepare_out_dir(out, subdirs=("figures",)):
     return out
 
 
+def remove_stale_figures(out):
+    """Remove the files of refvae's figure naming (:data:`FIGURE_RE`) from ``<out>/figures``;
+    nothing else is touched. Returns the removed names."""
+    fig_dir = os.path.join(out, "figures")
+    removed = []
+    try:
+        names = sorted(os.listdir(fig_dir))
+    except OSError:
+        return removed
+    for name in names:
+        full = os.path.join(fig_dir, name)
+        if FIGURE_RE.match(name) and os.path.isfile(full) and not os.path.islink(full):
+            try:
+                os.unlink(full)
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def _previous_report(out):
+    """The status/pid/host/started of an existing ``<out>/report.json`` (None if unreadable)."""
+    try:
+        with open(os.path.join(out, "report.json"), encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    proc = doc.get("process") if isinstance(doc.get("process"), dict) else {}
+    return {"status": doc.get("status"), "pid": proc.get("pid"), "host": proc.get("host"),
+            "started": proc.get("started") or doc.get("started")}
+
+
 def run_validation(profile, *, seed=0, out="validation/report", priors=PRIOR_ORDER, plots=True,
                    quiet=False, command=None, threads=None):
     """Run the validation (module docstring) and write the report. Returns the exit code:
-    0 (every run done, every check passed), 1 (a check failed or a run failed), 130 (interrupted:
-    a partial report is written)."""
+    0 (every run done, every check passed), 1 (a check failed or a run failed), 130 (interrupted
+    by Ctrl-C/SIGINT) or 143 (SIGTERM): then a partial report is written, status "partial", the
+    running prior "interrupted", ``interrupted_by`` the signal.
+
+    The output directory is locked for the run (:class:`refvae.io.DirectoryLock`): a second run
+    into it raises :class:`refvae.io.DirectoryInUseError` naming the other run's pid. A
+    ``report.json`` left "running" by a killed run is recognised (its process holds no lock) and
+    overwritten with a message on stderr; figures of refvae's naming from an earlier run are removed
+    (:func:`remove_stale_figures`), so the directory holds only what this run wrote.
+    """
+    prepare_out_dir(out)
+    with DirectoryLock(out, command or "refvae validate") as lock, InterruptGuard() as guard:
+        return _run_validation_locked(profile, seed, out, priors, plots, quiet, command, lock, guard)
+
+
+def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, lock, guard):
     t_start = time.perf_counter()
 
     def say(msg):
+        guard.check()
         if not quiet:
             print(msg, flush=True)
 
-    prepare_out_dir(out)
+    prev = _previous_report(out)
+    if prev is not None and prev["status"] == "running":
+        print(f"refvae validate: {os.path.join(out, 'report.json')} was left 'running' by pid "
+              f"{prev['pid']} on {prev['host']} (started {prev['started']}), which no longer holds "
+              f"the directory (killed?); it is stale and will be overwritten", file=sys.stderr)
     from .provenance import provenance
     data, data_desc = load_data(profile, seed)
     if plots and not _have_matplotlib():
@@ -814,8 +874,10 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=PRIOR_ORD
         plot_note = None
     report = {
         "schema": SCHEMA, "title": "refvae validation report", "command": command,
-        "status": "running", "seed": seed, "profile": asdict(profile), "data": data_desc,
-        "provenance": {**provenance(), "seed": seed, "profile": profile.name},
+        "status": "running", "interrupted_by": None, "process": run_identity(),
+        "seed": seed, "profile": asdict(profile), "data": data_desc,
+        "provenance": {**provenance(), "seed": seed, "profile": profile.name,
+                       "reproducibility": REPRODUCIBILITY},
         "tolerances": {k: {"rtol": v.rtol, "atol": v.atol, "reason": v.reason}
                        for k, v in TOLERANCES.items()},
         "kernel_accuracy": None, "runs": [], "timing": {}, "figures_note": plot_note,
@@ -840,6 +902,11 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=PRIOR_ORD
             print(f"  note: {plot_note}")
     current = None
     try:
+        write_report(report, out, t_start)  # "running", with this process's pid and host
+        removed = remove_stale_figures(out)
+        if removed:
+            say(f"removed {len(removed)} figure(s) of an earlier run from "
+                f"{os.path.join(out, 'figures')}")
         say("mixture kernel vs mpmath ...")
         t0 = time.perf_counter()
         report["kernel_accuracy"] = kernel_accuracy(np.random.default_rng([seed, 7777]),
@@ -862,23 +929,35 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=PRIOR_ORD
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # record, continue with the next prior
+                sig = interrupt_signal(exc, guard)
+                if sig is not None:  # e.g. SystemError from a Ctrl-C inside a Numba call
+                    raise Interrupted(sig) from exc
                 run["status"] = "failed"
                 run["error"] = f"{type(exc).__name__}: {exc}"
                 run["traceback"] = traceback.format_exc()
                 print(f"refvae validate: {run['prior']} L = {run['latent_dim']} failed: "
                       f"{run['error']}", file=sys.stderr)
+            guard.check()
             write_report(report, out, t_start)
         current = None
-    except KeyboardInterrupt:
+        guard.check()
+        guard.cleaning = True  # the work is done: a signal from here on does not undo it
+        report["status"] = "complete"
+        summary = write_report(report, out, t_start)
+    except BaseException as exc:
+        sig = interrupt_signal(exc, guard)
+        if sig is None:
+            raise
+        guard.cleaning = True  # a second Ctrl-C must not interrupt writing the partial report
         if current is not None:
             current["status"] = "interrupted"
         report["status"] = "partial"
+        report["interrupted_by"] = sig
         write_report(report, out, t_start)
-        print(f"refvae validate: interrupted; partial report written to "
+        what = "terminated (SIGTERM)" if sig == "SIGTERM" else f"interrupted ({sig})"
+        print(f"refvae validate: {what}; partial report written to "
               f"{os.path.join(out, 'report.md')}", file=sys.stderr)
-        return 130
-    report["status"] = "complete"
-    summary = write_report(report, out, t_start)
+        return interrupt_exit_code(sig)
     say(f"report: {os.path.join(out, 'report.md')} and report.json "
         f"({summary['checks_failed']} failed check(s), {summary['runs_failed']} failed run(s), "
         f"{report['timing']['total_seconds']:.0f} s)")
@@ -947,6 +1026,8 @@ def write_report(report, out, t_start=None):
     missing = _missing_parts(report)
     doc = dict(report)
     doc["missing"] = missing
+    doc["files"] = ["report.json", "report.md"] + [r["figure"] for r in report["runs"]
+                                                   if r.get("figure")]
     checks_failed = _count_failures(report)
     doc["summary"] = {"checks_failed": checks_failed,
                       "runs_failed": sum(r["status"] == "failed" for r in report["runs"]),
@@ -1035,8 +1116,13 @@ def render_markdown(r):
     """The report as Markdown (readable on its own; figures by relative path)."""
     prof, dd, prov = r["profile"], r["data"], r["provenance"]
     out = [f"# {r['title']}", ""]
-    status = {"complete": "complete", "partial": "**PARTIAL** (interrupted; see *Missing* below)",
-              "running": "in progress (written after each prior)"}.get(r["status"], r["status"])
+    by = r.get("interrupted_by")
+    why = "terminated by SIGTERM" if by == "SIGTERM" else f"interrupted ({by or 'Ctrl-C'})"
+    proc = r.get("process") or {}
+    status = {"complete": "complete", "partial": f"**PARTIAL** ({why}; see *Missing* below)",
+              "running": f"in progress (written after each prior; pid {proc.get('pid')} on "
+                         f"{proc.get('host')}; if that process is gone, the run was killed)"
+              }.get(r["status"], r["status"])
     s = r["summary"]
     out += [f"Status: {status}. Runs done: {s['runs_done']}/{s['runs_total']}; failed runs: "
             f"{s['runs_failed']}; failed checks: {s['checks_failed']}.", ""]
@@ -1062,7 +1148,8 @@ def render_markdown(r):
             f"prior index, part])`.", ""]
     out += ["Provenance: " + ", ".join(f"{k} `{prov.get(k)}`" for k in
             ("refvae", "git_revision", "git_dirty", "python", "numpy", "numba", "scipy", "platform",
-             "cpu_model", "numba_threads", "blas_threads")), ""]
+             "cpu_model", "numba_threads", "blas_threads")), "",
+            f"Reproducibility: {prov.get('reproducibility') or REPRODUCIBILITY}.", ""]
 
     runs = r["runs"]
     for L in prof["latent_dims"]:

@@ -156,9 +156,7 @@ def test_pickled_object_array_is_refused_and_never_unpickled(saved):
     arrays = {k: v for k, v in params.items() if k not in ("file", "allow_pickle")}
     arrays["encoder.0.b"] = np.array([Evil(), 1.0, 2.0], dtype=object)
     np.savez(directory / PARAMS_FILE, **arrays)  # np.savez pickles object arrays
-    with pytest.raises(ValueError, match="Object arrays cannot be loaded"):
-        np.load(directory / PARAMS_FILE, allow_pickle=False)["encoder.0.b"]  # what refvae relies on
-    with pytest.raises(ValueError, match=r"'encoder.0.b' cannot be read without pickle"):
+    with pytest.raises(ValueError, match=r"'encoder.0.b' contains object arrays \(refused: no pickle"):
         load_params(directory)
     assert _UNPICKLED == []
 
