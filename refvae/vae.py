@@ -540,7 +540,7 @@ class VAE:
             grads = self._backward(cache, reduction)
         for k, g in grads.items():
             if not all_finite(g):
-                self._overflow([(f"d{k}", g)], cache.get("x"), cache.get("eps"), cache.get("params"),
+                self._overflow([(f"grads[{k!r}]", g)], cache.get("x"), cache.get("eps"), cache.get("params"),
                                where="backward")
         return grads
 
