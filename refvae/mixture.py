@@ -352,10 +352,31 @@ def _partial_checked(z, means, log_vars, log_weights):
     return _forward_partial_kernel(z, muT, aT, const, _skip_threshold(means.shape[0]), QUERY_BLOCK)
 
 
+def _check_partial(m, s, m_name, s_name):
+    """A (m, s) partial as float64 arrays of one shape: m finite or -inf (an empty shard), s finite
+    and >= 0, s > 0 where m is finite (the sum includes its maximal term). ``ValueError`` naming
+    the offending argument otherwise."""
+    m = as_float_array(m, m_name, allow_neg_inf=True, allow_empty=True).reshape(np.shape(m))
+    s = as_float_array(s, s_name, allow_empty=True).reshape(np.shape(s))
+    if m.shape != s.shape:
+        raise ValueError(f"{m_name} and {s_name} must have the same shape (one entry per query), "
+                         f"got {m.shape} and {s.shape}")
+    bad = (s < 0) | ((s == 0) & (m > -np.inf))
+    if bad.any():
+        i = tuple(int(j) for j in np.argwhere(bad)[0])
+        raise ValueError(f"{s_name} must be >= 0, and > 0 where {m_name} is finite (s sums "
+                         f"exp(t - m) over the shard's terms); found s = {float(s[i])!r} with "
+                         f"m = {float(m[i])!r} at index {i}")
+    return m, s
+
+
 def finalize_partials(m, s):
-    """Turn a (m, s) partial into log-densities: f = m + log(s), and -inf where m = -inf."""
-    m = np.asarray(m, dtype=np.float64)
-    s = np.asarray(s, dtype=np.float64)
+    """Turn a (m, s) partial into log-densities: f = m + log(s), and -inf where m = -inf.
+
+    ``m``: finite or -inf; ``s``: same shape, finite, >= 0, and > 0 where m is finite (m = -inf
+    with s = 0 is an empty shard). Anything else is a ``ValueError`` naming ``m`` or ``s``.
+    """
+    m, s = _check_partial(m, s, "m", "s")
     out = np.full(m.shape, -np.inf)
     ok = m > -np.inf
     out[ok] = m[ok] + np.log(s[ok])
@@ -380,21 +401,37 @@ def combine_partials(partials):
 
     ``m = max_i m_i``, ``s = sum_i s_i exp(m_i - m)`` (shards with m_i = -inf contribute 0).
     Exact up to one rounding per shard; the fixed order makes the result reproducible.
+
+    Each partial is a pair ``(m_i, s_i)`` checked as in :func:`finalize_partials` (m finite or
+    -inf, s finite, >= 0 and > 0 where m is finite), all of one shape; otherwise a ``TypeError``
+    (not a pair) or ``ValueError`` naming ``partials[i]``. The result's s is finite: terms are
+    scaled by exp(m_i - m) <= 1, so it exceeds the float range only if the sum of the s_i does.
     """
-    partials = list(partials)
+    try:
+        partials = list(partials)
+    except TypeError:
+        raise TypeError(f"partials must be a sequence of (m, s) pairs, got "
+                        f"{type(partials).__name__}") from None
     if not partials:
         raise ValueError("partials must contain at least one (m, s) pair")
-    ms = [np.asarray(p[0], dtype=np.float64) for p in partials]
+    checked = []
+    for i, p in enumerate(partials):
+        if isinstance(p, (str, bytes)) or not hasattr(p, "__len__") or len(p) != 2:
+            raise TypeError(f"partials[{i}] must be an (m, s) pair of arrays, got "
+                            f"{type(p).__name__}" + (f" of length {len(p)}" if hasattr(p, "__len__") else ""))
+        mi, si = _check_partial(p[0], p[1], f"partials[{i}] m", f"partials[{i}] s")
+        if checked and mi.shape != checked[0][0].shape:
+            raise ValueError(f"partials[{i}] has shape {mi.shape} but partials[0] has "
+                             f"{checked[0][0].shape}: all partials must cover the same queries")
+        checked.append((mi, si))
+    ms = [mi for mi, _ in checked]
     shape = ms[0].shape
-    if any(mi.shape != shape for mi in ms):
-        raise ValueError("all partials must have the same number of queries")
     m = ms[0].copy()
     for mi in ms[1:]:
         m = np.maximum(m, mi)
     s = np.zeros(shape)
     finite = m > -np.inf
-    for mi, (_, si) in zip(ms, partials):
-        si = np.asarray(si, dtype=np.float64)
+    for mi, si in checked:
         use = finite & (mi > -np.inf)
         s[use] += si[use] * np.exp(mi[use] - m[use])
     return m, s

@@ -101,3 +101,138 @@ def test_mixture_log_vars_beyond_limit_named_error(fn, v):
             "twin": lambda: mixture_log_prob_vjp_numpy(np.ones(1), z, mu, lv, lw)}[fn]
     with pytest.raises(ValueError, match=r"log_vars must lie in \[-1416, 1416\].*index \(1, 0\)"):
         call()
+
+
+# =========================================================================== log_prob passed to the VJP (item 5)
+
+def _vjp_case(seed=0, B=5, K=4, L=3):
+    r = np.random.default_rng(seed)
+    return (r.standard_normal(B), r.standard_normal((B, L)), r.standard_normal((K, L)),
+            r.uniform(-1, 1, (K, L)), np.log(r.dirichlet(np.ones(K))))
+
+
+@pytest.mark.hostile("magnitude", "named error")
+@pytest.mark.parametrize("how", ["+1", "-1", "+ln K + 1e-6", "-inf", "1e300", "-1e300", "row 3 + 1.5"])
+def test_mixture_vjp_wrong_log_prob_named_error(how):
+    """A log_prob outside [max_k t, max_k t + ln K] (off by 1, -inf, +-1e300) passed to the mixture VJP."""
+    g, z, mu, lv, lw = _vjp_case()
+    f = mixture_log_prob(z, mu, lv, lw)
+    bad = {"+1": f + 1, "-1": f - 1, "+ln K + 1e-6": f + math.log(4) + 1e-6 + 1e-8 * abs(f),
+           "-inf": np.full(5, -np.inf), "1e300": np.full(5, 1e300), "-1e300": np.full(5, -1e300),
+           "row 3 + 1.5": f + np.array([0, 0, 0, 1.5, 0])}[how]
+    with pytest.raises(ValueError, match=r"log_prob is not the forward.*log_prob\[\d\]"):
+        mixture_log_prob_vjp(g, z, mu, lv, lw, log_prob=bad)
+
+
+@pytest.mark.hostile("non-finite", "named error")
+@pytest.mark.parametrize("value,shape", [(np.nan, 5), (np.inf, 5), (0.0, 4), (0.0, (5, 1))])
+def test_mixture_vjp_log_prob_nan_inf_shape_named_error(value, shape):
+    """log_prob with NaN, +inf or the wrong shape passed to the mixture VJP."""
+    g, z, mu, lv, lw = _vjp_case()
+    f = np.full(shape, value)
+    with pytest.raises(ValueError, match="log_prob"):
+        mixture_log_prob_vjp(g, z, mu, lv, lw, log_prob=f)
+
+
+@pytest.mark.hostile("magnitude", "exact value")
+@pytest.mark.parametrize("seed", range(4))
+def test_mixture_vjp_correct_log_prob_accepted_same_bits(seed):
+    """The forward's own log_prob (and the twin's, and the sharded one) passes the check, same bits."""
+    g, z, mu, lv, lw = _vjp_case(seed, B=40, K=300, L=4)
+    lw[::7] = -np.inf
+    z[3] = 1e3                                      # a row whose terms are all far in the tail
+    f = mixture_log_prob(z, mu, lv, lw)
+    want = mixture_log_prob_vjp(g, z, mu, lv, lw)
+    for given_f in (f, mixture.mixture_log_prob_numpy(z, mu, lv, lw),
+                    finalize_partials(*combine_partials([mixture_partial(z, mu[:150], lv[:150], lw[:150]),
+                                                         mixture_partial(z, mu[150:], lv[150:], lw[150:])]))):
+        got = mixture_log_prob_vjp(g, z, mu, lv, lw, log_prob=given_f)
+        if given_f is f:
+            assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        else:
+            assert all(np.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(got, want))
+
+
+@pytest.mark.hostile("non-finite", "exact value")
+def test_mixture_vjp_log_prob_minus_inf_rows_accepted():
+    """log_prob = -inf on rows whose terms are all -inf (all weights -inf) is the forward: zero gradients."""
+    z, mu, lv = np.zeros((2, 2)), np.zeros((3, 2)), np.zeros((3, 2))
+    lw = np.full(3, -np.inf)
+    got = mixture_log_prob_vjp(np.ones(2), z, mu, lv, lw, log_prob=np.full(2, -np.inf))
+    assert all(np.array_equal(a, np.zeros_like(a)) for a in got)
+    with pytest.raises(ValueError, match=r"log_prob\[0\] = 0.0"):
+        mixture_log_prob_vjp(np.ones(2), z, mu, lv, lw, log_prob=np.zeros(2))
+
+
+# =========================================================================== partial combiners (item 4)
+
+def _partial(seed=0):
+    r = np.random.default_rng(seed)
+    return mixture_partial(r.standard_normal((3, 2)), r.standard_normal((4, 2)), np.zeros((4, 2)),
+                           np.full(4, -math.log(8)))
+
+
+_P0 = _partial(0)
+_P1 = _partial(1)
+
+
+@pytest.mark.hostile("non-finite", "named error")
+@pytest.mark.parametrize("m,s,match", [
+    (np.array([np.nan, 0, 0]), np.ones(3), r"partials\[1\] m must not contain NaN"),
+    (np.array([np.inf, 0, 0]), np.ones(3), r"partials\[1\] m must not contain NaN or \+inf"),
+    (np.zeros(3), np.array([1.0, np.nan, 1.0]), r"partials\[1\] s must not contain NaN"),
+    (np.zeros(3), np.array([1.0, np.inf, 1.0]), r"partials\[1\] s must not contain"),
+    (np.zeros(3), np.array([1.0, -np.inf, 1.0]), r"partials\[1\] s must not contain"),
+    (np.zeros(3), np.array([1.0, -2.0, 1.0]), r"partials\[1\] s must be >= 0.*index \(1,\)"),
+    (np.zeros(3), np.array([1.0, 0.0, 1.0]), r"partials\[1\] s must be >= 0, and > 0 where"),
+    (np.full(3, -np.inf), -np.ones(3), r"partials\[1\] s must be >= 0"),
+])
+def test_combine_partials_bad_values_named_error(m, s, match):
+    """combine_partials with NaN/+inf m, non-finite or negative s, or s = 0 at a finite m."""
+    with pytest.raises(ValueError, match=match):
+        combine_partials([_P0, (m, s)])
+
+
+@pytest.mark.hostile("shape", "named error")
+@pytest.mark.parametrize("parts,exc,match", [
+    ([], ValueError, "partials must contain at least one"),
+    ([_P0, (np.zeros(4), np.ones(4))], ValueError, r"partials\[1\] has shape \(4,\)"),
+    ([_P0, (np.zeros(3), np.ones(4))], ValueError, r"partials\[1\] m and partials\[1\] s must have the same shape"),
+    ([_P0, (np.zeros(3),)], TypeError, r"partials\[1\] must be an \(m, s\) pair"),
+    ([np.zeros(3)], TypeError, r"partials\[0\] must be an \(m, s\) pair"),
+    ([_P0, "ms"], TypeError, r"partials\[1\] must be an \(m, s\) pair"),
+    (5, TypeError, "partials must be a sequence"),
+    ([_P0, (np.zeros(3), np.array(["a", "b", "c"]))], TypeError, r"partials\[1\] s must be an array"),
+])
+def test_combine_partials_bad_shapes_named_error(parts, exc, match):
+    """combine_partials with mismatched shapes, non-pairs, an empty list or a non-sequence."""
+    with pytest.raises(exc, match=match):
+        combine_partials(parts)
+
+
+@pytest.mark.hostile("non-finite", "exact value")
+def test_combine_partials_empty_shard_and_finalize_exact():
+    """An empty shard (m = -inf, s = 0) combines to the other shard exactly; all-empty gives -inf."""
+    empty = (np.full(3, -np.inf), np.zeros(3))
+    m, s = combine_partials([empty, _P0, empty])
+    assert np.array_equal(m, _P0[0]) and np.array_equal(s, _P0[1])
+    m, s = combine_partials([empty, empty])
+    assert np.all(m == -np.inf) and np.all(s == 0)
+    assert np.all(finalize_partials(m, s) == -np.inf)
+    both = finalize_partials(*combine_partials([_P0, _P1]))
+    assert np.all(np.isfinite(both))
+
+
+@pytest.mark.hostile("non-finite", "named error")
+@pytest.mark.parametrize("m,s,match", [
+    (np.array([np.nan]), np.ones(1), r"^m must not contain NaN"),
+    (np.array([np.inf]), np.ones(1), r"^m must not contain NaN or \+inf"),
+    (np.zeros(1), np.array([np.nan]), r"^s must not contain NaN"),
+    (np.zeros(1), np.array([-1.0]), r"^s must be >= 0"),
+    (np.zeros(1), np.array([0.0]), r"^s must be >= 0, and > 0 where m is finite"),
+    (np.zeros(2), np.ones(3), r"^m and s must have the same shape"),
+])
+def test_finalize_partials_bad_values_named_error(m, s, match):
+    """finalize_partials with NaN/+inf m, NaN/negative s, s = 0 at finite m, mismatched shapes."""
+    with pytest.raises(ValueError, match=match):
+        finalize_partials(m, s)
