@@ -29,6 +29,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ._validation import as_float_array, check_choice, check_positive_int, check_rng
 from .optim import OPTIMIZERS, make_optimizer
 
@@ -89,6 +91,21 @@ def _finite_loss(value, what):
     if not math.isfinite(value):
         raise FloatingPointError(f"{what} is {value}; training diverged (try a smaller lr)")
     return value
+
+
+def _check_grads(grads, epoch, batch, step):
+    """Stop at the first non-finite gradient entry, naming the parameter, epoch, batch and step
+    (before the optimiser sees it: one NaN would poison the moment estimates of every later step)."""
+    if not isinstance(grads, dict):
+        raise TypeError(f"model.neg_elbo_and_grad must return (value, dict of gradients), got "
+                        f"gradients of type {type(grads).__name__}")
+    for name, gr in grads.items():
+        gr = np.asarray(gr)
+        if gr.dtype.kind in "fc" and not np.isfinite(gr).all():
+            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(gr))[0])
+            raise FloatingPointError(
+                f"the gradient of parameter {name!r} is {gr[idx].item()!r} at index {idx} (epoch {epoch}, "
+                f"batch {batch}, step {step}); training diverged (try a smaller lr)")
 
 
 class _Reporter:
@@ -177,7 +194,9 @@ def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=6
         An unknown optimizer, lr <= 0, batch_size < 1, max_epochs or patience < 0, empty or
         mis-shaped data or eps_val (the message names the argument).
     FloatingPointError
-        If a training or validation loss is NaN or infinite (the best parameters are restored).
+        If a training or validation loss is NaN or infinite, or a gradient entry is (checked at
+        every step before the optimiser uses it; the message names the parameter, the epoch, the
+        batch and the step). The best parameters are restored.
     """
     t_start = time.perf_counter()
     latent_dim = _check_model(model)
@@ -208,6 +227,7 @@ def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=6
         result.initial_val_loss = result.best_val_loss = _finite_loss(
             model.loss(x_val, eps_val), "the validation loss before training")
         since_best = 0
+        step = 0
         for epoch in range(1, max_epochs + 1):
             perm = rng.permutation(n_train)
             weighted = []
@@ -217,6 +237,8 @@ def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=6
                 value, grads = model.neg_elbo_and_grad(x_train[batch], eps)
                 value = _finite_loss(value, f"the training loss at epoch {epoch}, batch "
                                             f"{start // batch_size + 1}")
+                step += 1
+                _check_grads(grads, epoch, start // batch_size + 1, step)
                 opt.step(grads)
                 weighted.append(value * len(batch))
             train = math.fsum(weighted) / n_train

@@ -6,6 +6,7 @@ errors are checked by exception type and a ``match=`` on the argument's name.
 """
 
 import math
+import re
 
 import mpmath
 import numpy as np
@@ -236,3 +237,50 @@ def test_finalize_partials_bad_values_named_error(m, s, match):
     """finalize_partials with NaN/+inf m, NaN/negative s, s = 0 at finite m, mismatched shapes."""
     with pytest.raises(ValueError, match=match):
         finalize_partials(m, s)
+
+
+# =========================================================================== train.fit gradients (item 2)
+
+class _PoisonedGrad:
+    """A quadratic toy model whose gradient of one parameter is ``bad`` from training step ``at``."""
+
+    def __init__(self, name, bad, at, index):
+        self.latent_dim = 2
+        self.params = {"w": np.zeros(3), "a": np.zeros((2, 2))}
+        self.name, self.bad, self.at, self.index = name, bad, at, index
+        self.step = 0
+        self.val_params = []
+
+    def neg_elbo_and_grad(self, x, eps):
+        self.step += 1
+        grads = {"w": self.params["w"] - x.mean(0), "a": np.ones((2, 2)) * 0.1}
+        if self.step >= self.at:
+            grads[self.name] = grads[self.name].copy()
+            grads[self.name][self.index] = self.bad
+        return float(np.sum((self.params["w"] - x.mean(0)) ** 2)), grads
+
+    def loss(self, x, eps):
+        self.val_params.append({k: v.copy() for k, v in self.params.items()})
+        return float(np.sum((self.params["w"] - x.mean(0)) ** 2)) + 10.0 / len(self.val_params)
+
+
+@pytest.mark.hostile("non-finite", "clean stop")
+@pytest.mark.parametrize("name,bad,at,index,where", [
+    ("w", np.nan, 1, (1,), r"epoch 1, batch 1, step 1"),
+    ("a", np.inf, 7, (1, 0), r"epoch 2, batch 2, step 7"),
+    ("w", -np.inf, 11, (2,), r"epoch 3, batch 1, step 11"),
+])
+def test_fit_stops_at_first_non_finite_gradient(name, bad, at, index, where):
+    """train.fit with a NaN/inf gradient entry: FloatingPointError naming parameter, epoch, step; best params restored."""
+    from refvae.train import fit
+    rng = np.random.default_rng(0)
+    x_train, x_val = rng.normal(2.0, 1.0, (50, 3)), rng.normal(2.0, 1.0, (20, 3))
+    model = _PoisonedGrad(name, bad, at, index)
+    idx = re.escape(str(index))
+    with pytest.raises(FloatingPointError,
+                       match=rf"gradient of parameter '{name}' is -?(nan|inf) at index {idx} \({where}\)"):
+        fit(model, x_train, x_val, rng=rng, batch_size=10, max_epochs=5, patience=5, quiet=True)
+    assert all(np.all(np.isfinite(v)) for v in model.params.values())
+    best = model.val_params[-1]  # validation losses decrease every epoch: the last one is the best
+    for k in model.params:
+        np.testing.assert_array_equal(model.params[k], best[k])
