@@ -273,3 +273,19 @@ def check_vjp_robust(f, vjp, args, *, seed, method="central", retries=2):
                 raise GradcheckError(f"{report}\n\nre-check of {name} with a fresh cotangent and "
                                      f"direction:\n{again}")
     return report
+
+
+# --- hostile shapes (tests/test_hostile_sweep.py)
+@st.composite
+def bad_shapes(draw, shape, free_axes=(), max_ndim=3, max_len=4):
+    """A shape that is NOT valid for an argument whose valid shapes are ``shape`` with any
+    positive length on the axes in ``free_axes`` (e.g. the batch axis): a different number of
+    dimensions (0-d included), a different length on a fixed axis, or a zero-length axis."""
+    n = len(shape)
+    free = {a % n for a in free_axes} if n else set()
+
+    def invalid(s):
+        return (len(s) != n or any(d == 0 for d in s)
+                or any(d != shape[i] for i, d in enumerate(s) if i not in free))
+    return draw(st.lists(st.integers(0, max_len), min_size=0, max_size=max_ndim).map(tuple)
+                .filter(invalid))
