@@ -162,6 +162,17 @@ TOLERANCES: dict[str, Tolerance] = {
                "|f| + S (mixture_kernel_c) and S = |f| here. 16 u = 2x margin; the overflow or "
                "underflow of e^{-v} on its own (the defect) gives NaN, 0 or inf instead"),
     # --- gaussian/primitives
+    "gaussian_extreme_vs_mpmath": Tolerance(
+        rtol=16 * U, atol=0.0,
+        reason="closed-form Gaussians (log_prob, entropy, cross_entropy, kl, reparameterize and "
+               "their VJPs) at log-variances up to +-1e308 and differences up to 2e308 vs mpmath "
+               "(256 bits), L = 1, relative to the sum of |terms| of each value: x exp(a) is one "
+               "exp (<= 1 ulp) and one product for |a| <= 708, and four factors exp(a/4) (a/4 "
+               "exact) and four products beyond (<= 8 u); v_q - v_p enters with its TwoSum error "
+               "(else its rounding would cost |a| u); r^2/2, the halvings and the sum over L add "
+               "a few u. Observed max 6.7 u over the grid of tests/test_hostile_numerics.py; 16 u "
+               "= 2x margin. The defects (NaN, 0 or inf where the value is finite) fail it by "
+               "orders of magnitude"),
     "logsumexp_vs_mpmath_conditioned": Tolerance(
         rtol=4 * EPS, atol=4 * EPS,
         reason="logsumexp vs mpmath (dps=50) on arbitrary rows, applied as |err| <= atol + rtol * "

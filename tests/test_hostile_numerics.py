@@ -284,3 +284,134 @@ def test_fit_stops_at_first_non_finite_gradient(name, bad, at, index, where):
     best = model.val_params[-1]  # validation losses decrease every epoch: the last one is the best
     for k in model.params:
         np.testing.assert_array_equal(model.params[k], best[k])
+
+
+# =========================================================================== closed-form Gaussians (item 3)
+
+_MP = mpmath.mpf
+_LN2PI = None
+
+
+def _ln2pi():
+    return mpmath.log(2 * mpmath.pi)
+
+
+def _d(a, b):
+    return _MP(float(a)) - _MP(float(b))
+
+
+def _ex_log_prob(z, mu, v):
+    """(value, scale, dz, dmu, dv, dv_scale) for L = 1, g = 1, exact in mpmath."""
+    d, v = _d(z, mu), _MP(v)
+    q = d * d * mpmath.exp(-v)
+    val = -(_ln2pi() + v + q) / 2
+    ivd = d * mpmath.exp(-v)
+    return val, abs(_ln2pi() + v) / 2 + q / 2, -ivd, ivd, (q - 1) / 2, q / 2 + _MP(0.5)
+
+
+def _ex_ce_kl(mq, vq, mp, vp):
+    """exact CE, KL (with scales) and their gradients for L = 1, g = 1."""
+    d, vq, vp = _d(mq, mp), _MP(vq), _MP(vp)
+    a = vq - vp
+    ratio = mpmath.exp(a)
+    q = d * d * mpmath.exp(-vp)
+    ivd = d * mpmath.exp(-vp)
+    ce = (_ln2pi() + vp + ratio + q) / 2
+    ce_scale = (abs(_ln2pi() + vp) + ratio + q) / 2
+    kl = (mpmath.expm1(a) - a + q) / 2
+    ce_grads = (ivd, ratio / 2, -ivd, (1 - ratio - q) / 2)
+    kl_grads = (ivd, mpmath.expm1(a) / 2, -ivd, -(mpmath.expm1(a) + q) / 2)
+    grad_scales = (abs(ivd), ratio / 2 + _MP(0.5), abs(ivd), (1 + ratio + q) / 2)
+    return ce, ce_scale, kl, kl / 1 if kl > 0 else _MP(1), ce_grads, kl_grads, grad_scales
+
+
+def _assert_exact(got, want, scale, what, rtol=None):
+    """|got - want| <= rtol * scale (+ a few subnormal spacings); +-inf only if want is beyond range."""
+    rtol = tolerance("gaussian_extreme_vs_mpmath").rtol if rtol is None else rtol
+    got = float(np.asarray(got).ravel()[0])
+    if abs(want) > DBL_MAX:
+        assert got == (math.inf if want > 0 else -math.inf), f"{what}: {got!r}, exact {mpmath.nstr(want, 5)}"
+        return
+    assert math.isfinite(got), f"{what}: {got!r}, exact {float(want)!r}"
+    err = abs(_MP(got) - want)
+    assert err <= rtol * scale + 4 * TINY, f"{what}: {got!r}, exact {float(want)!r}, err {float(err):.3g}"
+
+
+_LV = (-1e308, -1e5, -3000.0, -1500.0, -1420.0, -745.0, -720.0, -3.0, 0.5, 745.0, 1420.0, 1500.0,
+       3000.0, 1e5, 1e308)
+_DZ = ((0.0, 0.0), (1e-300, 0.0), (1e-10, 0.0), (1.5, -0.25), (1e10, 3.0), (1e300, -1e300),
+       (1e308, -1e308))
+
+
+@pytest.mark.hostile("magnitude", "exact value")
+@pytest.mark.parametrize("v", _LV)
+@pytest.mark.parametrize("z,mu", _DZ)
+def test_gaussian_log_prob_and_vjp_extreme_exact(z, mu, v):
+    """gaussian.log_prob and its VJP at log_var from -1e308 to 1e308 and z - mu up to 2e308 vs mpmath."""
+    val, scale, dz, dmu, dv, dv_scale = _ex_log_prob(z, mu, v)
+    _assert_exact(gaussian.log_prob([z], [mu], [v]), val, scale, "log_prob")
+    gz, gmu, gv = gaussian.log_prob_vjp(1.0, [z], [mu], [v])
+    _assert_exact(gz, dz, abs(dz), "dz")
+    _assert_exact(gmu, dmu, abs(dmu), "dmu")
+    _assert_exact(gv, dv, dv_scale, "dlog_var")
+    # a zero cotangent gives zero gradients, never 0 * inf
+    assert all(np.array_equal(a, [0.0]) for a in gaussian.log_prob_vjp(0.0, [z], [mu], [v]))
+
+
+@pytest.mark.hostile("magnitude", "exact value")
+@pytest.mark.parametrize("v", [[1e308, 1e308], [-1e308, -1e308], [1.7e308, -1.7e308], [1e308, 5e307, 5e307]])
+def test_gaussian_entropy_huge_exact(v):
+    """gaussian.entropy([1e308, 1e308]) and other sums that overflow term by term (exact ~1e308)."""
+    want = mpmath.fsum((_ln2pi() + 1 + _MP(x)) / 2 for x in v)
+    _assert_exact(gaussian.entropy(v), want, sum(abs(_ln2pi() + 1 + _MP(x)) / 2 for x in v), "entropy")
+    assert np.array_equal(gaussian.entropy_vjp(1.0, v)[0], np.full(len(v), 0.5))
+
+
+_VQP = ((0.0, 0.0), (-1e308, 1e308), (1e308, -1e308), (710.0, 0.0), (709.0, -1.2), (-1500.0, -1500.0),
+        (3000.0, 1500.0), (-745.0, 745.0), (1e5, 1e5 - 700.0), (0.5, -1420.0), (-1e300, 1e300))
+
+
+@pytest.mark.hostile("magnitude", "exact value")
+@pytest.mark.parametrize("vq,vp", _VQP)
+@pytest.mark.parametrize("mq,mp", ((0.0, 0.0), (1e-300, 0.0), (2.0, -1.0), (1e300, -1e300), (1e308, -1e308)))
+def test_gaussian_cross_entropy_kl_and_vjps_extreme_exact(mq, mp, vq, vp):
+    """gaussian.cross_entropy/kl and their VJPs at log-variances to +-1e308, mean gaps to 2e308, vs mpmath."""
+    ce, ce_scale, kl, _, ce_g, kl_g, g_scales = _ex_ce_kl(mq, vq, mp, vp)
+    args = ([mq], [vq], [mp], [vp])
+    _assert_exact(gaussian.cross_entropy(*args), ce, ce_scale, "cross_entropy")
+    _assert_exact(gaussian.kl(*args), kl, kl, "kl")
+    for name, got, want, sc in zip(("dmu_q", "dlog_var_q", "dmu_p", "dlog_var_p"),
+                                   gaussian.cross_entropy_vjp(1.0, *args), ce_g, g_scales):
+        _assert_exact(got, want, sc, f"cross_entropy_vjp {name}")
+    for name, got, want, sc in zip(("dmu_q", "dlog_var_q", "dmu_p", "dlog_var_p"),
+                                   gaussian.kl_vjp(1.0, *args), kl_g, g_scales):
+        _assert_exact(got, want, sc, f"kl_vjp {name}")
+    assert all(np.array_equal(a, [0.0]) for a in gaussian.kl_vjp(0.0, *args))
+    assert all(np.array_equal(a, [0.0]) for a in gaussian.cross_entropy_vjp(0.0, *args))
+
+
+_REP = ((0.0, 1500.0, 0.0), (0.0, 1500.0, 1e-300), (1.0, -1500.0, 1e300), (-2.0, 3000.0, 1e-308),
+        (0.0, -1e308, 1e308), (5.0, 1e308, 0.0), (1e308, -2.0, -1e308), (0.0, 10.0, 1e300),
+        (0.0, 1500.0, 1.0), (0.0, 1e308, 1e-300), (1e308, 0.0, 1e308), (0.0, 1418.0, 1.0))
+
+
+@pytest.mark.hostile("magnitude", "exact value")
+@pytest.mark.parametrize("mu,v,eps", _REP)
+def test_gaussian_reparameterize_extreme_exact_or_named_error(mu, v, eps):
+    """reparameterize(mu, log_var, eps) at log_var to +-1e308, eps to 1e308: exact z, or ValueError on overflow."""
+    sd_eps = mpmath.exp(_MP(v) / 2) * _MP(eps)
+    z = _MP(mu) + sd_eps
+    if abs(z) > DBL_MAX:
+        with pytest.raises(ValueError, match=r"overflows float64.*log_var=.*eps="):
+            gaussian.reparameterize([mu], [v], [eps])
+    else:
+        _assert_exact(gaussian.reparameterize([mu], [v], [eps]), z, abs(_MP(mu)) + abs(sd_eps), "z")
+    deps, dlv = mpmath.exp(_MP(v) / 2), sd_eps / 2
+    if abs(deps) > DBL_MAX or abs(dlv) > DBL_MAX:
+        with pytest.raises(ValueError, match=r"the gradient d(eps|log_var) overflows.*log_var="):
+            gaussian.reparameterize_vjp([1.0], [mu], [v], [eps])
+    else:
+        gmu, gv, ge = gaussian.reparameterize_vjp([1.0], [mu], [v], [eps])
+        assert np.array_equal(gmu, [1.0])
+        _assert_exact(gv, dlv, abs(dlv), "dlog_var")
+        _assert_exact(ge, deps, abs(deps), "deps")
