@@ -22,7 +22,16 @@ them at the same path) and this machine holds O(M L + shards), never an (N, L) a
 docstring of :mod:`refvae.distributed`, "Drawn rows and exact sums"). ``--write-components OUTDIR``
 (with ``--data``) only encodes the data into ``OUTDIR/means.npy`` and ``OUTDIR/log_vars.npy``
 (:func:`~refvae.distributed.encode_to_shards`, in the batches of ``encode_all``, so the statistics
-from ``--components OUTDIR`` on this machine are bit-identical to those from ``--data``) and exits.
+from ``--components OUTDIR`` on this machine are bit-identical to those from ``--data``) and exits;
+the files are fsynced and readable by other users (umask permissions), and
+``OUTDIR/components.json`` (N, L, dtype, sizes and SHA-256 of both files) is written last, so
+``--components OUTDIR`` can tell a complete set from a partial or mixed one (it checks the
+manifest when present).
+
+Sizes are checked before anything is allocated: a ``--samples``, ``--queries`` or ``--holes``
+whose arrays on this machine would exceed the available memory (``MemAvailable``) is refused in
+one line that says how much it needs and how much fits; ``--chunk`` larger than N is one shard.
+``--connect-timeout`` must be a finite number of seconds > 0.
 
 ``--out FILE.json`` is written only after everything has been computed, to a temporary file that
 is moved into place, so an error (an unreachable scheduler, bad input) leaves no file.
@@ -95,6 +104,63 @@ def _check_int(value, flag, minimum):
     return value
 
 
+def _available_memory():
+    """``(bytes, source)``: the memory this machine can allocate now (``MemAvailable`` of
+    /proc/meminfo, else the free physical pages from ``os.sysconf``), or ``(None, None)``."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE")), "free pages"
+    except (AttributeError, ValueError, OSError):
+        return None, None
+
+
+def _gb(n):
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
+
+
+def _check_memory(args, N, L, K, components_here, available=None):
+    """Refuse (``ValueError``, one line) a ``--samples``/``--queries``/``--holes`` request whose
+    arrays on this machine would not fit in the available memory, before anything is allocated.
+
+    The bytes are those of the float64 arrays that would be allocated (8 bytes each): for each of
+    the N*S draws of q(z|x) (``--samples``, without ``--queries``) or each of the M ``--queries``
+    draws, z and its noise (L each), log q(z), log p(z) and four estimator temporaries, the
+    drawn component (mean, log-variance: 2L, with ``--queries``) and the prior's (K,) component
+    log-densities; for each of the M ``--holes`` prior draws z (L), its noise (L), log p(z),
+    log q(z), their difference, and (K,); plus the (N, L) means and log-variances when they are
+    held here (``components_here``). ``available``: bytes (default: :func:`_available_memory`).
+    """
+    if available is None:
+        available, source = _available_memory()
+    else:
+        source = "given"
+    if not available:
+        return
+    base = 16 * N * L if components_here else 0
+    per_draw = 8 * (2 * L + 6 + K)
+    requests = []
+    if args.queries is None:
+        requests.append(("--samples", args.samples, N, per_draw, "N*S draws of q(z|x)"))
+    else:
+        requests.append(("--queries", args.queries, 1, per_draw + 16 * L, "M draws from q(z)"))
+    if args.holes:
+        requests.append(("--holes", args.holes, 1, 8 * (2 * L + 4 + K), "M prior draws"))
+    for flag, value, times, each, what in requests:
+        need = base + value * times * each
+        if need > available:
+            fits = max(0, (available - base) // (times * each))
+            raise ValueError(
+                f"{flag} {value} with N = {N}, L = {L} needs {_gb(need)} on this machine for the "
+                f"{what} ({each} bytes each{', plus the (N, L) components' if base else ''}); at "
+                f"most {flag} {fits} fits in the {_gb(available)} available ({source})")
+
+
 def _write_json_atomic(path, obj):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -139,7 +205,27 @@ def run(args) -> int:
     chunk = dist.DEFAULT_CHUNK if args.chunk is None else args.chunk
     if chunk < 1:
         raise ValueError(f"--chunk must be a positive integer (components per shard), got {chunk}")
+    timeout = getattr(args, "connect_timeout", 10.0)
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"--connect-timeout must be a finite number of seconds > 0, got {timeout}")
+    timeout = float(timeout)
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise ValueError("--scheduler: empty address; give one such as tcp://host:8786 (or omit "
+                         "--scheduler to compute on this machine)")
+    for flag, value in (("--model", args.model), ("--data", getattr(args, "data", None)),
+                        ("--components", getattr(args, "components", None)),
+                        ("--out", args.out), ("--write-components", getattr(args, "write_components", None))):
+        if value is not None and not str(value).strip():
+            raise ValueError(f"{flag}: empty path")
+    if not os.path.isdir(args.model):
+        raise ValueError(f"--model: {args.model!r} "
+                         + ("is not a directory" if os.path.exists(args.model) else "does not exist")
+                         + " (a directory written by VAE.save or refvae train)")
+    if getattr(args, "data", None) is not None and os.path.isdir(args.data):
+        raise ValueError(f"--data: {args.data!r} is a directory; expected a .npy or .npz file")
     if args.out is not None:
+        if os.path.isdir(args.out):
+            raise ValueError(f"--out: {args.out!r} is a directory; expected the path of a JSON file")
         out_dir = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(out_dir):
             raise ValueError(f"--out: directory {out_dir!r} does not exist")
@@ -165,7 +251,6 @@ def run(args) -> int:
     if args.scheduler is not None:
         dist._require_dask()
     quiet = bool(getattr(args, "quiet", False))
-    timeout = float(getattr(args, "connect_timeout", 10.0))
     started = time.perf_counter()
     with limit_threads(args.threads):
         model = VAE.load(args.model)
@@ -183,6 +268,11 @@ def run(args) -> int:
             x = os.fspath(components)  # read by aggregated_stats / holes (on the workers)
             N = comps.N
             source = f"components {x}"
+        K = int(getattr(model.prior, "K", 0) or 0) if model.prior.name != "standard" else 0
+        _check_memory(args, N, model.latent_dim, K,
+                      components_here=not (comps is not None and args.scheduler is not None
+                                           and args.queries is not None))
+        chunk = min(chunk, N)  # a chunk >= N is one shard (the same result); keeps Dask's sizes small
         where = f"Dask scheduler {args.scheduler}" if args.scheduler else "this machine"
         if not quiet:
             print(f"refvae stats: N = {N}, {source}, L = {model.latent_dim}, prior "
@@ -271,8 +361,9 @@ def _write_components(args, out_dir):
         except ValueError as exc:
             raise ValueError(f"--data: {exc}") from None
     if not quiet:
-        print(f"refvae stats: wrote {means} and {log_vars} in {time.perf_counter() - started:.1f} s; "
-              f"use --components {out_dir}", flush=True)
+        print(f"refvae stats: wrote {means}, {log_vars} and (last) "
+              f"{os.path.join(out_dir, dist.COMPONENTS_MANIFEST)} in "
+              f"{time.perf_counter() - started:.1f} s; use --components {out_dir}", flush=True)
     return 0
 
 

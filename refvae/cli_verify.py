@@ -8,9 +8,13 @@
     in DIR (exit 1 if a value moved beyond rounding).
 
 ``refvae verify --impl module:factory [--cases DIR] [--profile float64|float32]
-[--known-deviations FILE] [--json OUT]``
+[--known-deviations FILE] [--json OUT] [--no-checksums]``
     Runs :func:`refvae.verify.run` and prints its report; exit 0 when everything passes, 1 when
-    something fails (every failure has a reproduction snippet in the report).
+    something fails (every failure has a reproduction snippet in the report). The cases are first
+    checked against the ``SHA256SUMS`` of their directory: a file that does not match is
+    "corrupt golden case <name>: <file> does not match SHA256SUMS" (exit 2, nothing is run and
+    nothing is blamed on the implementation); a missing ``SHA256SUMS`` is an error too unless
+    ``--no-checksums`` is given.
 
 Both functions take an ``argparse.Namespace`` and return the exit code; input errors (an unknown
 prior, a missing file) raise ``ValueError``, which ``refvae.cli.main`` prints in one line with
@@ -83,11 +87,21 @@ def run_golden(args) -> int:
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     quiet = getattr(args, "quiet", False)
+    for flag, value in (("--out", args.out), ("--compare", args.compare)):
+        if value is not None and not str(value).strip():
+            raise ValueError(f"{flag}: empty path; give a directory")
+        if value is not None and os.path.exists(value) and not os.path.isdir(value):
+            raise ValueError(f"{flag} {value}: exists and is not a directory")
     if args.compare is not None:
+        if not os.path.isdir(args.compare):
+            raise ValueError(f"--compare {args.compare}: no such directory of golden cases")
         failed = []
         for prior in priors:
             for lik in likelihoods:
                 name = golden.case_name(prior, lik)
+                if not os.path.isdir(os.path.join(args.compare, name)):
+                    raise ValueError(f"--compare {args.compare}: holds no case {name!r} (choose the "
+                                     f"cases with --prior/--likelihood)")
                 old = golden.load_case(os.path.join(args.compare, name))
                 problems = golden.compare_cases(golden.build_case(prior, lik, args.seed), old)
                 if problems:
@@ -140,6 +154,9 @@ def verify_options(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the checks' random draws (default 0)")
     p.add_argument("--verbose", action="store_true", help="list every quantity and check")
     p.add_argument("--quiet", action="store_true", help="print only the final verdict line")
+    p.add_argument("--no-checksums", action="store_true",
+                   help="use the cases without checking them against SHA256SUMS (by default a "
+                        "missing SHA256SUMS or a file that does not match it is an error)")
 
 
 def add_verify_parser(subparsers):
@@ -158,22 +175,35 @@ def run_verify(args) -> int:
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.known_deviations is not None:
-        load_known_deviations(args.known_deviations)  # a bad file is a usage error, before any work
+        try:  # a bad file is a usage error, before any work
+            load_known_deviations(args.known_deviations)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ValueError(f"--known-deviations: {exc}") from None
     cases_dir = args.cases if args.cases is not None else golden.golden_dir()
     if not os.path.isdir(cases_dir):
         raise ValueError(f"--cases {cases_dir}: not a directory")
-    if getattr(args, "case", None):
-        wanted = [n.strip() for n in args.case.split(",") if n.strip()]
+    if getattr(args, "case", None) is not None:
+        wanted = list(dict.fromkeys(n.strip() for n in args.case.split(",") if n.strip()))
+        if not wanted:
+            raise ValueError(f"--case {args.case!r}: names no case; give comma-separated case "
+                             f"names (or omit --case for every case in {cases_dir})")
         cases = []
         for n in wanted:
             path = os.path.join(cases_dir, n)
-            if not os.path.isdir(path):
+            if os.sep in n or "/" in n or n in (".", "..") or not os.path.isdir(path):
                 raise ValueError(f"--case {n!r}: no such case in {cases_dir}")
             cases.append(path)
     else:
         cases = cases_dir
     if args.json is not None:
+        if not args.json.strip():
+            raise ValueError("--json: empty path; give the file to write the JSON report to")
+        if os.path.isdir(args.json):
+            raise ValueError(f"--json {args.json}: is a directory; give the file to write the JSON "
+                             f"report to")
         d = os.path.dirname(os.path.abspath(args.json))
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise ValueError(f"--json {args.json}: {d} is not a directory")
         if os.path.exists(d) and not os.access(d, os.W_OK):
             raise ValueError(f"--json {args.json}: the directory is not writable")
     adapter = load_adapter(args.impl)
@@ -181,7 +211,8 @@ def run_verify(args) -> int:
     report = run(adapter, cases=cases, profile=args.profile,
                  known_deviations=args.known_deviations, checks=checks,
                  prior_checks=getattr(args, "prior_checks", "once"), json_out=args.json,
-                 impl=args.impl, seed=args.seed)
+                 impl=args.impl, seed=args.seed,
+                 checksums=not getattr(args, "no_checksums", False))
     text = report.format(verbose=getattr(args, "verbose", False))
     print(text.splitlines()[-1] if quiet else text)
     if args.json is not None and not quiet:

@@ -41,7 +41,12 @@ The cluster path
   ``means.npy`` and ``log_vars.npy`` (as written by :func:`encode_to_shards`; ``log_vars=None``).
   Each shard task reads only its own rows on its worker (a memory map of the ``.npy`` file; for an
   ``.npz`` member a forward read of the ZIP stream, O(shard) memory), so the files must be visible
-  to the workers at the same path (a shared file system). The client reads only the headers.
+  to the workers at the same path (a shared file system). The client reads only the headers
+  (and, for a directory with the ``components.json`` manifest that :func:`encode_to_shards`
+  writes last, checks N, L, dtype, sizes and the files' SHA-256 against it: a partial or mixed
+  set is a ``ValueError``). Every read of rows re-checks the file's shape, dtype and size on
+  disk against those of the header first read: a file swapped in meanwhile is a ``ValueError``
+  "component file X changed: expected ..., found ...", never silently fewer rows.
 
 *Queries* z (M, L) are scattered once to every worker (``client.scatter(z, broadcast=True)``).
 
@@ -149,11 +154,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import json
 import math
 import numbers
 import os
 import sys
-import tempfile
 import threading
 import warnings
 import zipfile
@@ -174,6 +180,9 @@ DEFAULT_CHUNK = 65536          #: components per shard (16 MiB of components at 
 DEFAULT_SPLIT_EVERY = 8        #: fan-in of the combination tree
 DEFAULT_CONNECT_TIMEOUT = 10.0  #: seconds to wait for a scheduler given by address
 ENCODE_CHUNK = 1024            #: rows encoded at a time (= estimators.encode_all's batch_size)
+COMPONENT_FILES = ("means.npy", "log_vars.npy")  #: the files of a directory of components
+COMPONENTS_MANIFEST = "components.json"          #: written last by encode_to_shards
+COMPONENTS_FORMAT = "refvae-components"
 
 _SCALE_HINT = "install the 'scale' extra: pip install refvae[scale]"
 
@@ -288,6 +297,7 @@ class _FileArray:
                 with zipfile.ZipFile(self.path) as zf:
                     with zf.open(_npz_member(zf, self.path, key)) as fh:
                         shape, _, dtype = _npz_member_header(fh)
+            self.size = os.path.getsize(self.path)  # re-checked whenever rows are read
         except ValueError as exc:
             raise ValueError(f"{name}: cannot read {self.path!r} ({exc})") from None
         except (OSError, zipfile.BadZipFile) as exc:
@@ -304,35 +314,77 @@ class _FileArray:
         return f"_FileArray({self.path!r}, key={self.key!r}, shape={self.shape})"
 
     def rows(self, a, b):
-        """Rows a..b-1 as a float64 C-contiguous array (memory O((b - a) L))."""
-        return _read_rows(self.path, self.key, a, b, self.shape, self.name)
+        """Rows a..b-1 as a float64 C-contiguous array (memory O((b - a) L)); a file whose shape,
+        dtype or size on disk changed since the header was read is a ``ValueError``."""
+        return _read_rows(self.path, self.key, a, b, self.shape, self.name, self.dtype.str, self.size)
 
     def full(self):
         return self.rows(0, self.shape[0])
 
 
-def _read_rows(path, key, a, b, shape, name):
-    """Rows a..b-1 of the array in ``path`` (``key`` None: a .npy file; else an .npz member)."""
+def _read_rows(path, key, a, b, shape, name, dtype=None, size=None):
+    """Rows a..b-1 of the array in ``path`` (``key`` None: a .npy file; else an .npz member).
+
+    ``shape`` (and, when given, ``dtype``, a dtype string, and ``size``, the file's bytes on disk)
+    are what the header said when the file was first opened: a file replaced since then (fewer
+    rows, another dtype, another size) is a ``ValueError`` "<name>: component file <path> changed:
+    expected ..., found ...", never fewer rows.
+    """
+    where = f"{name}: component file {path!r}" + ("" if key is None else f"[{key!r}]")
+    shape = tuple(int(s) for s in shape)
+
+    def check_size():
+        if size is None:
+            return
+        try:
+            found = os.path.getsize(path)
+        except OSError as exc:
+            raise ValueError(f"{where} changed: it cannot be read any more ({exc})") from None
+        if found != size:
+            raise ValueError(f"{where} changed: expected {size} bytes on disk (shape {shape}), "
+                             f"found {found}")
+
+    def check_header(fshape, fdtype):
+        if tuple(fshape) != shape or (dtype is not None and fdtype != np.dtype(dtype)):
+            raise ValueError(f"{where} changed: expected shape {shape}"
+                             + ("" if dtype is None else f" ({np.dtype(dtype)})")
+                             + f", found {tuple(fshape)}" + ("" if dtype is None else f" ({fdtype})"))
+
     if key is None:
-        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        try:
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            check_size()  # a shorter file: say so in bytes
+            raise ValueError(f"{where} changed: expected a .npy file of shape {shape}, but it cannot "
+                             f"be read ({exc})") from None
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"{where} changed: expected a .npy file of shape {shape}, found an archive")
+        check_header(arr.shape, arr.dtype)
+        check_size()
         out = np.array(arr[a:b], dtype=np.float64, order="C")
         del arr
+        if out.shape[0] != b - a:
+            raise ValueError(f"{where} changed: expected rows {a}..{b - 1}, found {out.shape[0]} rows")
         return out
-    with zipfile.ZipFile(path) as zf:
-        with zf.open(_npz_member(zf, path, key)) as fh:
-            fshape, fortran, dtype = _npz_member_header(fh)
-            if tuple(fshape) != tuple(shape):
-                raise ValueError(f"{name}: {path!r}[{key!r}] changed shape from {shape} to {fshape}")
-            if fortran:  # column-major on disk: rows are not contiguous; read the member once
-                data = np.frombuffer(fh.read(), dtype=dtype).reshape(fshape, order="F")
-                return np.array(data[a:b], dtype=np.float64, order="C")
-            row = int(fshape[1]) * dtype.itemsize
-            fh.seek(a * row, 1)  # forward read of the stream: O(1) memory
-            buf = fh.read((b - a) * row)
-            if len(buf) != (b - a) * row:
-                raise ValueError(f"{name}: {path!r}[{key!r}] is truncated")
-            return np.array(np.frombuffer(buf, dtype=dtype).reshape(b - a, fshape[1]),
-                            dtype=np.float64, order="C")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            with zf.open(_npz_member(zf, path, key)) as fh:
+                fshape, fortran, fdtype = _npz_member_header(fh)
+                check_header(fshape, fdtype)
+                check_size()
+                if fortran:  # column-major on disk: rows are not contiguous; read the member once
+                    data = np.frombuffer(fh.read(), dtype=fdtype).reshape(fshape, order="F")
+                    return np.array(data[a:b], dtype=np.float64, order="C")
+                row = int(fshape[1]) * fdtype.itemsize
+                fh.seek(a * row, 1)  # forward read of the stream: O(1) memory
+                buf = fh.read((b - a) * row)
+                if len(buf) != (b - a) * row:
+                    raise ValueError(f"{where} is truncated")
+                return np.array(np.frombuffer(buf, dtype=fdtype).reshape(b - a, fshape[1]),
+                                dtype=np.float64, order="C")
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        check_size()
+        raise ValueError(f"{where} changed: it cannot be read any more ({exc})") from None
 
 
 def load_array(path, key=None, name="data"):
@@ -374,8 +426,9 @@ class _Components:
             p = os.fspath(means)
             if log_vars is None:
                 if os.path.isdir(p):
-                    self.means = _FileArray(os.path.join(p, "means.npy"), None, "means")
-                    self.log_vars = _FileArray(os.path.join(p, "log_vars.npy"), None, "log_vars")
+                    self.means = _FileArray(os.path.join(p, COMPONENT_FILES[0]), None, "means")
+                    self.log_vars = _FileArray(os.path.join(p, COMPONENT_FILES[1]), None, "log_vars")
+                    _check_components_manifest(p, self.means, self.log_vars)
                 elif p.endswith(".npz"):
                     self.means = _FileArray(p, "means", "means")
                     self.log_vars = _FileArray(p, "log_vars", "log_vars")
@@ -437,7 +490,7 @@ class _Components:
                 out.append(a.astype(np.float64).rechunk((chunk, self.L)))
             else:
                 blocks = [da.from_delayed(dask.delayed(_read_rows, pure=True)(a.path, a.key, lo, hi, a.shape,
-                                                                              a.name),
+                                                                              a.name, a.dtype.str, a.size),
                                           shape=(hi - lo, self.L), dtype=np.float64)
                           for lo, hi in bounds]
                 out.append(da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0])
@@ -801,9 +854,14 @@ def encode_to_shards(model, x, chunk=ENCODE_CHUNK, out_dir=None, *, params=None)
     ``x``: (N, D) array, or a path to a ``.npy`` file (memory-mapped: rows are read ``chunk`` at a
     time). Returns ``(means, log_vars)``, each (N, L): arrays, or with ``out_dir`` the paths of
     ``out_dir/means.npy`` and ``out_dir/log_vars.npy``, written chunk by chunk (memory O(chunk))
-    to temporary files that are moved into place only when complete (a crash leaves no half-written
-    file under either name). The paths, or ``out_dir`` itself, can be passed to :func:`log_qz` and
-    :func:`aggregated_stats` as the components.
+    through :func:`refvae.io._atomic_write` (temporary files, fsynced, given the permissions of a
+    normally created file, 0o666 less the umask, so workers running as another user can read them,
+    and moved into place only when complete: a crash leaves no half-written file under either
+    name). Then ``out_dir/components.json`` is written LAST (N, L, dtype, each file's size and
+    SHA-256); an existing one is removed before either file is replaced, so a present manifest
+    means a complete set, and readers of the directory (:class:`_Components`) check it. The
+    paths, or ``out_dir`` itself, can be passed to :func:`log_qz` and :func:`aggregated_stats` as
+    the components.
 
     With the default ``chunk`` (1024) the rows are encoded in the same batches as
     :func:`refvae.estimators.encode_all`, so the arrays are bit-identical to its output.
@@ -835,28 +893,96 @@ def encode_to_shards(model, x, chunk=ENCODE_CHUNK, out_dir=None, *, params=None)
         return means, log_vars
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    finals = [os.path.join(out_dir, "means.npy"), os.path.join(out_dir, "log_vars.npy")]
-    tmps = []
-    try:
-        for f in finals:
-            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(f)}.", suffix=".tmp")
-            os.close(fd)
-            tmps.append(tmp)
-        maps = [np.lib.format.open_memmap(t, mode="w+", dtype=np.float64, shape=(N, L)) for t in tmps]
-        for n0, mu, lv in blocks():
-            maps[0][n0:n0 + len(mu)] = mu
-            maps[1][n0:n0 + len(mu)] = lv
-        for mm in maps:
-            mm.flush()
-        del maps
-        for t, f in zip(tmps, finals):
-            os.replace(t, f)
-        tmps = []
-    finally:
-        for t in tmps:
-            with contextlib.suppress(OSError):
-                os.unlink(t)
+    finals = [os.path.join(out_dir, COMPONENT_FILES[0]), os.path.join(out_dir, COMPONENT_FILES[1])]
+    manifest_path = os.path.join(out_dir, COMPONENTS_MANIFEST)
+    from .io import _atomic_write, _atomic_write_bytes
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f8")), "fortran_order": False,
+              "shape": (N, L)}
+    files = {}
+
+    def write_both(fm, fl):
+        hm, hl = _HashingWriter(fm), _HashingWriter(fl)
+        for h in (hm, hl):
+            np.lib.format.write_array_header_1_0(h, header)
+        for _, mu, lv in blocks():
+            hm.write(np.ascontiguousarray(mu, dtype="<f8").tobytes())
+            hl.write(np.ascontiguousarray(lv, dtype="<f8").tobytes())
+        files[COMPONENT_FILES[0]], files[COMPONENT_FILES[1]] = hm.summary(), hl.summary()
+        # everything is encoded: the old set stops being described before either file is replaced
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(manifest_path)
+
+    # log_vars.npy is replaced first (inner), then means.npy; each fsynced, umask permissions
+    _atomic_write(finals[0], lambda fm: _atomic_write(finals[1], lambda fl: write_both(fm, fl)))
+    manifest = {"format": COMPONENTS_FORMAT, "format_version": 1, "N": int(N), "L": int(L),
+                "dtype": "float64", "files": files,
+                "written_by": "refvae.distributed.encode_to_shards"}
+    _atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     return finals[0], finals[1]
+
+
+class _HashingWriter:
+    """A binary file wrapper that counts and SHA-256-hashes what is written through it."""
+
+    def __init__(self, fh):
+        self.fh, self.sha, self.bytes = fh, hashlib.sha256(), 0
+
+    def write(self, data):
+        self.sha.update(data)
+        self.bytes += len(data)
+        return self.fh.write(data)
+
+    def summary(self):
+        return {"bytes": self.bytes, "sha256": self.sha.hexdigest()}
+
+
+def _file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_components_manifest(directory, means, log_vars):
+    """Check ``directory/components.json`` (when present) against the two component files.
+
+    The manifest is written last by :func:`encode_to_shards`, after both files are in place, and
+    removed before either is replaced; when present it must agree with the files: N, L, dtype,
+    each file's size and SHA-256 (read here in 1 MiB blocks). Otherwise a ``ValueError`` names the
+    manifest and what differs (an incomplete or mixed set of components). Without a manifest
+    (files written otherwise) nothing can be checked.
+    """
+    path = os.path.join(directory, COMPONENTS_MANIFEST)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, "rb") as fh:
+            m = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"components manifest {path!r} is malformed ({exc})") from None
+    expected = {"format": COMPONENTS_FORMAT, "format_version": 1, "N": means.shape[0],
+                "L": means.shape[1], "dtype": "float64"}
+    if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
+        raise ValueError(f"components manifest {path!r} must be an object with 'files'")
+    for k, v in expected.items():
+        if m.get(k) != v or isinstance(m.get(k), bool):
+            raise ValueError(f"components manifest {path!r}: {k} is {m.get(k)!r:.60}, but the files "
+                             f"hold {v!r} (an incomplete or mixed set of components)")
+    for fa, fname in ((means, COMPONENT_FILES[0]), (log_vars, COMPONENT_FILES[1])):
+        if fa.dtype != np.dtype("<f8"):
+            raise ValueError(f"components manifest {path!r}: {fname} has dtype {fa.dtype}, the "
+                             f"manifest says float64")
+        entry = m["files"].get(fname)
+        if not isinstance(entry, dict):
+            raise ValueError(f"components manifest {path!r} does not list {fname}")
+        if entry.get("bytes") != fa.size:
+            raise ValueError(f"components manifest {path!r}: {fname} has {fa.size} bytes, the "
+                             f"manifest says {entry.get('bytes')!r:.40} (an incomplete or mixed set "
+                             f"of components)")
+        if entry.get("sha256") != _file_sha256(fa.path):
+            raise ValueError(f"components manifest {path!r}: {fname} does not match its SHA-256 "
+                             f"(an incomplete or mixed set of components, or a changed file)")
 
 
 # =========================================================================== estimators

@@ -115,6 +115,7 @@ import io
 import json
 import math
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 
@@ -127,6 +128,7 @@ from .tolerances import tolerance
 __all__ = ["CASE_PRIORS", "CASE_LIKELIHOODS", "DEFAULT_SEED", "CONVENTIONS", "KINK_MARGIN",
            "PROFILE_ROUNDOFF", "GoldenCase", "case_name", "build_case", "write_case", "write_cases",
            "load_case", "list_cases", "golden_dir", "write_checksums", "verify_checksums",
+           "require_checksums",
            "compare_cases", "reference_model", "reference_outputs", "allowed_error", "prior_box"]
 
 FORMAT = "refvae-golden-case"
@@ -821,32 +823,103 @@ def write_checksums(directory) -> str:
     return path
 
 
-def verify_checksums(directory=None) -> list:
-    """Problems with ``SHA256SUMS`` in ``directory`` (default: the committed cases); [] if none.
+_CHECKSUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 
-    Integrity only (a corrupted or edited file): see the module docstring for why regeneration
-    is compared by value instead.
+
+def _read_checksums(path):
+    """``{relative path: digest}`` from a ``SHA256SUMS`` file (``sha256sum`` format).
+
+    A line that is not ``<64 hex digits>  <case>/<file>``, a path that leaves the directory
+    (absolute, ``..``) or a path listed twice is a ``ValueError`` naming the file and the line.
     """
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot be read as a checksum list ({exc})") from None
+    entries = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _CHECKSUM_LINE.fullmatch(line)
+        if m is None:
+            raise ValueError(f"{path}, line {i}: malformed checksum line {line[:80]!r}; expected "
+                             f"'<64 hex digits>  <case>/<file>'")
+        digest, rel = m.group(1).lower(), m.group(2)
+        if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in rel.split("/")):
+            raise ValueError(f"{path}, line {i}: {rel!r} is not a relative path inside {os.path.dirname(path)!r}")
+        if rel in entries:
+            raise ValueError(f"{path}, line {i}: {rel!r} is listed twice")
+        entries[rel] = digest
+    return entries
+
+
+def _checksum_problems(directory, cases=None):
+    """``(sums_path, [(rel, kind), ...])`` with kind in 'missing-sums', 'differs', 'listed but
+    missing', 'not listed'; only the files of ``cases`` (names) when given."""
     directory = golden_dir() if directory is None else os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise ValueError(f"directory {directory!r}: not a directory of golden cases")
     path = os.path.join(directory, CHECKSUM_FILE)
     if not os.path.isfile(path):
-        return [f"{path} is missing"]
-    problems, listed = [], set()
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            digest, rel = line.rstrip("\n").split("  ", 1)
-            listed.add(rel)
-            full = os.path.join(directory, rel)
-            if not os.path.isfile(full):
-                problems.append(f"{rel}: listed but missing")
-            elif _sha256(full) != digest:
-                problems.append(f"{rel}: SHA-256 differs from {CHECKSUM_FILE}")
+        return path, [(CHECKSUM_FILE, "missing-sums")]
+    wanted = None if cases is None else {os.fspath(c) for c in cases}
+
+    def selected(rel):
+        return wanted is None or rel.split("/", 1)[0] in wanted
+
+    problems = []
+    listed = _read_checksums(path)
+    for rel, digest in listed.items():
+        if not selected(rel):
+            continue
+        full = os.path.join(directory, rel)
+        if not os.path.isfile(full):
+            problems.append((rel, "listed but missing"))
+        elif _sha256(full) != digest:
+            problems.append((rel, "differs"))
     for rel in _case_files(directory):
-        if rel not in listed:
-            problems.append(f"{rel}: not listed in {CHECKSUM_FILE}")
-    return problems
+        if selected(rel) and rel not in listed:
+            problems.append((rel, "not listed"))
+    return path, problems
+
+
+def verify_checksums(directory=None, cases=None) -> list:
+    """Problems with ``SHA256SUMS`` in ``directory`` (default: the committed cases); [] if none.
+
+    ``cases``: names of the cases to check (default: every file listed and every case present).
+    Integrity only (a corrupted or edited file): see the module docstring for why regeneration
+    is compared by value instead. A missing ``SHA256SUMS`` is one problem; a directory that does
+    not exist, or a malformed line of ``SHA256SUMS``, is a ``ValueError`` naming it (and the line).
+    """
+    path, problems = _checksum_problems(directory, cases)
+    text = {"differs": f"SHA-256 differs from {CHECKSUM_FILE}", "listed but missing": "listed but missing",
+            "not listed": f"not listed in {CHECKSUM_FILE}"}
+    return [f"{path} is missing" if kind == "missing-sums" else f"{rel}: {text[kind]}"
+            for rel, kind in problems]
+
+
+def require_checksums(directory=None, cases=None):
+    """Raise ``ValueError`` unless every file of the cases in ``directory`` (only ``cases``, names,
+    when given) matches ``SHA256SUMS``: ``"corrupt golden case <name>: <file> does not match
+    SHA256SUMS"``; a missing ``SHA256SUMS`` is an error too (it says how to go on without it)."""
+    path, problems = _checksum_problems(directory, cases)
+    if not problems:
+        return
+    msgs = []
+    for rel, kind in problems:
+        if kind == "missing-sums":
+            raise ValueError(f"golden cases in {os.path.dirname(path)}: {CHECKSUM_FILE} is missing, so "
+                             f"the cases cannot be checked for corruption; write it with "
+                             f"refvae.golden.write_checksums (refvae golden does) or pass --no-checksums "
+                             f"(checksums=False) to use the cases unchecked")
+        case, _, f = rel.partition("/")
+        msgs.append(f"corrupt golden case {case}: {f} " + {
+            "differs": f"does not match {CHECKSUM_FILE}",
+            "listed but missing": f"is listed in {CHECKSUM_FILE} but missing",
+            "not listed": f"is not listed in {CHECKSUM_FILE} (regenerate it, or pass --no-checksums)"}[kind])
+    more = f" (and {len(msgs) - 1} more problem(s))" if len(msgs) > 1 else ""
+    raise ValueError(f"{msgs[0]} ({path}){more}")
 
 
 # =========================================================================== reading
@@ -866,11 +939,83 @@ def list_cases(directory=None) -> list:
     return [os.path.join(directory, n) for n in names]
 
 
+def _config_sizes(config):
+    """``(key, number of entries)`` for the sizes of a case configuration that determine how much a
+    model allocates (x_dim, latent_dim, num_vals, batch_size, hidden widths; the prior's
+    num_components, grid_size (its square: the grid points), num_couplings and hidden widths)."""
+    def ints(d, keys, prefix):
+        for k in keys:
+            v = d.get(k)
+            vals = v if isinstance(v, list) else [v]
+            for x in vals:
+                if isinstance(x, int) and not isinstance(x, bool):
+                    yield f"{prefix}{k}", (x * x if k == "grid_size" else x)
+
+    yield from ints(config, ("x_dim", "latent_dim", "num_vals", "batch_size", "hidden"), "")
+    pk = config.get("prior_kwargs")
+    if isinstance(pk, dict):
+        yield from ints(pk, ("num_components", "grid_size", "num_couplings", "hidden"), "prior_kwargs.")
+
+
+def _check_manifest(m, where):
+    """The structure of a parsed ``manifest.json`` (``where`` names it in every message); returns
+    ``(order, parameter_shapes)``: ``[(name, shape), ...]`` and ``{name: shape}``."""
+    if not isinstance(m, dict):
+        raise ValueError(f"{where} holds a JSON {type(m).__name__}, expected an object")
+    fmt, version = m.get("format"), m.get("format_version")
+    if fmt != FORMAT or type(version) is not int or version != FORMAT_VERSION:
+        raise ValueError(f"{where}: format {fmt!r:.80} version {version!r:.80}; this refvae reads "
+                         f"{FORMAT!r} version {FORMAT_VERSION}")
+
+    def shape_of(v, what):
+        if not isinstance(v, list) or len(v) > 8 or any(type(s) is not int or not 0 <= s <= 2 ** 31
+                                                        for s in v):
+            raise ValueError(f"{where}: {what} must be a shape (a list of at most 8 integers in "
+                             f"[0, 2^31]), got {v!r:.80}")
+        return tuple(v)
+
+    name = m.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}: 'name' must be a non-empty string, got {name!r:.80}")
+    config = m.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: 'config' must be an object (VAE.config() plus batch_size), got "
+                         f"{config!r:.80}")
+    for k in ("prior", "likelihood"):
+        if not isinstance(config.get(k), str):
+            raise ValueError(f"{where}: config.{k} must be a string, got {config.get(k)!r:.80}")
+    params = m.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise ValueError(f"{where}: 'parameters' must be a non-empty object {{name: shape}}, got "
+                         f"{params!r:.80}")
+    shapes = {k: shape_of(v, f"parameters[{k!r}]") for k, v in params.items()}
+    order = m.get("order")
+    if not isinstance(order, list) or not order:
+        raise ValueError(f"{where}: 'order' must be a non-empty list of {{name, shape}} objects, got "
+                         f"{order!r:.80}")
+    out, seen = [], set()
+    for i, e in enumerate(order):
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not e["name"]:
+            raise ValueError(f"{where}: order[{i}] must be an object with a non-empty 'name' string "
+                             f"and a 'shape', got {e!r:.80}")
+        if e["name"] in seen:
+            raise ValueError(f"{where}: order[{i}] repeats the quantity {e['name']!r}")
+        seen.add(e["name"])
+        out.append((e["name"], shape_of(e.get("shape"), f"order[{i}].shape")))
+    return out, shapes
+
+
 def load_case(path_or_name, directory=None) -> GoldenCase:
     """Read a case: a directory path, or a case name in ``directory`` (default: the committed cases).
 
-    Every problem (missing file, pickle, unknown format, arrays that do not match the manifest)
-    is a ``ValueError`` naming the file.
+    Every problem is a ``ValueError`` naming the case directory and the file (``"golden case
+    <path>: manifest.json ..."``): a missing file, pickle, an unknown format, a manifest that is
+    not an object or lacks a key or has a value of the wrong type, arrays that do not match the
+    manifest, non-real or non-finite arrays, a configuration that does not build a refvae model
+    with these parameters (each size in it -- widths, dimensions, components, grid points -- must be
+    at most the number of numbers in ``case.npz``, so a tampered size cannot allocate more than
+    the case holds). Integrity against
+    ``SHA256SUMS`` is checked separately (:func:`require_checksums`).
     """
     path = os.fspath(path_or_name)
     if not os.path.isdir(path):
@@ -878,54 +1023,103 @@ def load_case(path_or_name, directory=None) -> GoldenCase:
     mpath, apath = os.path.join(path, MANIFEST_FILE), os.path.join(path, ARRAYS_FILE)
     if not (os.path.isfile(mpath) and os.path.isfile(apath)):
         raise ValueError(f"{path}: not a golden case (needs {MANIFEST_FILE} and {ARRAYS_FILE})")
+    where, awhere = f"golden case {path}: {MANIFEST_FILE}", f"golden case {path}: {ARRAYS_FILE}"
     try:
-        with open(mpath, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{mpath}: malformed manifest: {exc}") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{mpath}: format {manifest.get('format')!r} version "
-                         f"{manifest.get('format_version')!r}; this refvae reads {FORMAT!r} "
-                         f"version {FORMAT_VERSION}")
+        with open(mpath, "rb") as fh:
+            manifest = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{where} is malformed: {exc}") from None
+    order_shapes, param_shapes = _check_manifest(manifest, where)
     try:
         with np.load(apath, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:  # noqa: BLE001 - any unreadable archive is reported as malformed
-        raise ValueError(f"{apath}: cannot be read without pickle: {exc}") from None
+        raise ValueError(f"{awhere} cannot be read without pickle: {exc}") from None
+    for k, v in arrays.items():
+        if v.dtype.kind not in "fiu":
+            raise ValueError(f"{awhere}: member {k!r} has dtype {v.dtype}; expected real numbers")
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            raise ValueError(f"{awhere}: member {k!r} holds NaN or inf")
+    for k in ("input.x", "input.eps"):
+        if k not in arrays or arrays[k].ndim != 2:
+            raise ValueError(f"{awhere}: needs a 2-D array {k!r}"
+                             + (f", got shape {arrays[k].shape}" if k in arrays else ""))
 
     def take(prefix):
         return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
     params = {k: np.asarray(v, np.float64) for k, v in take("param.").items()}
     values_raw = take("value.")
-    order = [e["name"] for e in manifest["order"]]
+    order = [n for n, _ in order_shapes]
     if set(order) != set(values_raw):
-        raise ValueError(f"{apath}: value. arrays do not match the manifest's order "
+        raise ValueError(f"{awhere}: value. arrays do not match the manifest's order "
                          f"(missing {sorted(set(order) - set(values_raw))}, "
                          f"extra {sorted(set(values_raw) - set(order))})")
     flat = np.asarray(arrays.get("scales", np.zeros(0)), np.float64)
-    sizes = [int(np.prod(e["shape"], dtype=np.int64)) for e in manifest["order"]]
+    sizes = [math.prod(shape) for _, shape in order_shapes]
     if flat.shape != (sum(sizes),):
-        raise ValueError(f"{apath}: 'scales' has shape {flat.shape}, expected ({sum(sizes)},) "
+        raise ValueError(f"{awhere}: 'scales' has shape {flat.shape}, expected ({sum(sizes)},) "
                          f"(every quantity's scale, ravelled, in the manifest's order)")
+    if np.any(flat < 0):
+        raise ValueError(f"{awhere}: 'scales' has negative entries (condition scales are >= 0)")
     offsets = np.cumsum([0] + sizes)
-    scales_raw = {e["name"]: flat[offsets[i]:offsets[i + 1]].reshape(e["shape"])
-                  for i, e in enumerate(manifest["order"])}
-    if list(params) != list(manifest["parameters"]):
-        params = {k: params[k] for k in manifest["parameters"] if k in params}
-        if set(params) != set(manifest["parameters"]):
-            raise ValueError(f"{apath}: parameters do not match the manifest")
-    values = {k: np.asarray(values_raw[k], np.float64) for k in order}
-    scales = {k: np.asarray(scales_raw[k], np.float64) for k in order}
-    for e in manifest["order"]:
-        if list(values[e["name"]].shape) != e["shape"]:
-            raise ValueError(f"{apath}: value.{e['name']} has shape {values[e['name']].shape}, "
-                             f"the manifest says {tuple(e['shape'])}")
+    for n, shape in order_shapes:
+        if values_raw[n].shape != shape:
+            raise ValueError(f"{awhere}: value.{n} has shape {values_raw[n].shape}, the manifest "
+                             f"says {shape}")
+    values = {n: np.asarray(values_raw[n], np.float64) for n in order}
+    scales = {n: flat[offsets[i]:offsets[i + 1]].reshape(shape)
+              for i, (n, shape) in enumerate(order_shapes)}
+    if set(params) != set(param_shapes):
+        raise ValueError(f"{awhere}: param. arrays do not match the manifest's parameters "
+                         f"(missing {sorted(set(param_shapes) - set(params))}, "
+                         f"extra {sorted(set(params) - set(param_shapes))})")
+    params = {k: params[k] for k in param_shapes}
+    for k, shape in param_shapes.items():
+        if params[k].shape != shape:
+            raise ValueError(f"{awhere}: param.{k} has shape {params[k].shape}, the manifest says "
+                             f"{shape}")
     x = np.asarray(arrays["input.x"], np.float64)
     eps = np.asarray(arrays["input.eps"], np.float64)
+    if x.shape[0] != eps.shape[0]:
+        raise ValueError(f"{awhere}: input.x has {x.shape[0]} rows but input.eps has {eps.shape[0]}")
+    config = manifest["config"]
+    numbers = sum(a.size for a in arrays.values())
+    big = [(k, n) for k, n in _config_sizes(config) if abs(n) > numbers]
+    if big:
+        raise ValueError(f"{where}: config.{big[0][0]} asks for {big[0][1]} entries, more than the "
+                         f"{numbers} numbers in {ARRAYS_FILE}; not the configuration of these arrays")
+    if "batch_size" in config and (type(config["batch_size"]) is not int
+                                   or config["batch_size"] != x.shape[0]):
+        raise ValueError(f"{where}: config.batch_size is {config['batch_size']!r:.80} but input.x "
+                         f"has {x.shape[0]} rows")
+    try:
+        model = reference_model(config, params)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
+            ZeroDivisionError) as exc:
+        raise ValueError(f"{where}: config does not describe a refvae model with the parameters of "
+                         f"{ARRAYS_FILE}: {type(exc).__name__}: {exc}") from None
+    for k in params:
+        if params[k].shape != model.params[k].shape:
+            raise ValueError(f"{awhere}: param.{k} has shape {params[k].shape}, the configuration "
+                             f"needs {model.params[k].shape}")
+    if x.shape[1] != model.x_dim or eps.shape[1] != model.latent_dim:
+        raise ValueError(f"{awhere}: input.x {x.shape} and input.eps {eps.shape} do not fit the "
+                         f"configuration (x_dim {model.x_dim}, latent_dim {model.latent_dim})")
     draws = take("draw.")
+    if "prior_sample.z" in values:
+        d_eps, d_idx = draws.get("prior_sample.eps"), draws.get("prior_sample.index")
+        if d_eps is None or d_eps.shape != values["prior_sample.z"].shape:
+            raise ValueError(f"{awhere}: draw.prior_sample.eps must have the shape of "
+                             f"value.prior_sample.z {values['prior_sample.z'].shape}")
+        K = getattr(model.prior, "K", None) if model.prior.name not in ("standard", "flow") else None
+        if K is not None and (d_idx is None or d_idx.dtype.kind not in "iu"
+                              or d_idx.shape != d_eps.shape[:1] or np.any(d_idx < 0)
+                              or np.any(d_idx >= K)):
+            raise ValueError(f"{awhere}: draw.prior_sample.index must hold {d_eps.shape[0]} "
+                             f"component indices in 0..{K - 1}")
     references = {k: np.asarray(v, np.float64) for k, v in take("reference.").items()}
-    return GoldenCase(manifest["name"], manifest["config"], params, x, eps, draws, values, scales,
+    return GoldenCase(manifest["name"], config, params, x, eps, draws, values, scales,
                       references, manifest, os.path.abspath(path))
 
 

@@ -96,7 +96,9 @@ FAILING = ("fail", "shape", "nonfinite", "error")
 def load_adapter(spec):
     """``factory()`` for ``"package.module:factory"`` or ``"path/to/file.py:factory"``.
 
-    Raises ``ValueError`` naming the spec when the module or the factory cannot be found.
+    Raises ``ValueError`` naming the spec when the module or the factory cannot be found, or when
+    importing the module or calling the factory raises (the message gives the exception and the
+    line of the adapter's file it came from).
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(f"--impl must be 'module:factory' or 'path/to/file.py:factory', got {spec!r}")
@@ -113,18 +115,35 @@ def load_adapter(spec):
         sys.modules[name] = module
         try:
             loader_spec.loader.exec_module(module)
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - the adapter's own error, named in one line
             sys.modules.pop(name, None)
-            raise
+            raise ValueError(f"--impl {spec!r}: importing {path} raised {_where(exc)}") from exc
     else:
         try:
             module = importlib.import_module(mod_name)
         except ModuleNotFoundError as exc:
             raise ValueError(f"--impl {spec!r}: cannot import {mod_name!r} ({exc})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"--impl {spec!r}: importing {mod_name!r} raised {_where(exc)}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"--impl {spec!r}: {mod_name} has no callable {attr!r}")
-    return factory()
+    try:
+        return factory()
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"--impl {spec!r}: {attr}() raised {_where(exc)}") from exc
+
+
+def _where(exc):
+    """``"Type: message (file, line n)"`` of an exception (its innermost frame)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        loc = f" ({exc.filename}, line {exc.lineno})"
+    elif tb:
+        loc = f" ({tb[-1].filename}, line {tb[-1].lineno})"
+    else:
+        loc = ""
+    return f"{type(exc).__name__}: {exc}{loc}"
 
 
 def _runner(adapter):
@@ -1055,7 +1074,8 @@ def _adapter_name(adapter, impl):
 
 
 def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CHECKS,
-        prior_checks="once", json_out=None, impl=None, seed=0, say=None) -> VerifyReport:
+        prior_checks="once", json_out=None, impl=None, seed=0, say=None,
+        checksums=True) -> VerifyReport:
     """Run the golden comparison and the checks; return a :class:`VerifyReport`.
 
     Parameters
@@ -1073,6 +1093,11 @@ def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CH
     impl : the factory spec, for the report and the reproduction snippets.
     seed : seed of the checks' random draws (directions, samples).
     say : callable for progress lines (e.g. ``print``), optional.
+    checksums : bool (default True). Check every case read from disk against the ``SHA256SUMS``
+        of its directory before anything runs (:func:`refvae.golden.require_checksums`): a file
+        that does not match is a ``ValueError`` "corrupt golden case <name>: <file> does not match
+        SHA256SUMS" (the case is at fault, not the adapter), and so is a missing ``SHA256SUMS``.
+        ``False`` uses the cases unchecked. Cases given as ``GoldenCase`` objects are not files.
     """
     t0 = time.perf_counter()
     check_choice(profile, "profile", PROFILES)
@@ -1089,7 +1114,9 @@ def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CH
         known = load_known_deviations(known_deviations)
     else:
         known = validate_known_deviations(known_deviations)
-    cases_dir, case_list = _resolve_cases(cases)
+    if not isinstance(checksums, bool):
+        raise TypeError(f"checksums must be True or False, got {type(checksums).__name__}")
+    cases_dir, case_list = _resolve_cases(cases, checksums)
     results, seen_priors = [], set()
     for case in case_list:
         t1 = time.perf_counter()
@@ -1145,15 +1172,39 @@ def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CH
     return report
 
 
-def _resolve_cases(cases):
+def _checked(path, checksums):
+    """``load_case(path)`` after checking the case's files against its directory's SHA256SUMS."""
+    if checksums:
+        full = os.path.abspath(path)
+        _golden.require_checksums(os.path.dirname(full), [os.path.basename(full)])
+    return _golden.load_case(path)
+
+
+def _resolve_cases(cases, checksums=True):
     if cases is None or isinstance(cases, (str, os.PathLike)):
         directory = _golden.golden_dir() if cases is None else os.fspath(cases)
         if os.path.isfile(os.path.join(directory, _golden.MANIFEST_FILE)):
-            return os.path.dirname(os.path.abspath(directory)), [_golden.load_case(directory)]
-        return os.path.abspath(directory), [_golden.load_case(p) for p in _golden.list_cases(directory)]
+            return os.path.dirname(os.path.abspath(directory)), [_checked(directory, checksums)]
+        paths = _golden.list_cases(directory)
+        if checksums:  # every case of the directory, and nothing listed may be missing
+            _golden.require_checksums(directory)
+        return os.path.abspath(directory), [_golden.load_case(p) for p in paths]
+    if not isinstance(cases, (list, tuple)):
+        raise TypeError(f"cases must be None, a directory, or a list of case names/paths/GoldenCase "
+                        f"objects, got {type(cases).__name__}")
+    if not cases:
+        raise ValueError("cases must not be empty: no golden case to verify against")
     out = []
     for c in cases:
-        out.append(c if isinstance(c, _golden.GoldenCase) else _golden.load_case(c))
+        if isinstance(c, _golden.GoldenCase):
+            out.append(c)
+        elif isinstance(c, (str, os.PathLike)):
+            p = os.fspath(c)
+            out.append(_checked(p if os.path.isdir(p) else os.path.join(_golden.golden_dir(), p),
+                                checksums))
+        else:
+            raise TypeError(f"cases[{len(out)}] must be a case name, a path or a GoldenCase, got "
+                            f"{type(c).__name__}")
     dirs = {os.path.dirname(c.path) for c in out if c.path}
     return (dirs.pop() if len(dirs) == 1 else "(several)"), out
 

@@ -276,7 +276,8 @@ def test_write_components_equals_encode_all(stats_files):
     from refvae.estimators import encode_all
     d = stats_files
     mu, lv = encode_all(refvae.VAE.load(d / "model"), np.load(d / "x.npy"))
-    assert sorted(p.name for p in (d / "comps").iterdir()) == ["log_vars.npy", "means.npy"]
+    assert sorted(p.name for p in (d / "comps").iterdir()) == ["components.json", "log_vars.npy",
+                                                               "means.npy"]
     assert np.array_equal(np.load(d / "comps" / "means.npy"), mu)
     assert np.array_equal(np.load(d / "comps" / "log_vars.npy"), lv)
 
