@@ -40,6 +40,13 @@ Randomness: every part draws from its own generator ``default_rng([seed, L, prio
 (prior index in ``PRIOR_ORDER``), so a run of one prior reproduces the same numbers as a run of all.
 
 JSON: every number is finite; anything not computed is ``null`` with an entry in ``missing``.
+
+Runs: the output directory is locked for the run (a second run into it is refused, naming this
+run's pid); ``report.json`` is written "running" (with pid, host and start time under ``process``)
+at the start and after each prior; SIGINT (Ctrl-C) or SIGTERM, also inside a Numba call, stops the
+run with a "partial" report (``interrupted_by`` the signal, the running prior "interrupted"); a
+"running" report whose process is gone is recognised as stale and overwritten; figures of
+refvae's naming left by an earlier run are removed; ``files`` lists what the run wrote.
 """
 
 from __future__ import annotations
@@ -949,7 +956,7 @@ def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, lo
         if sig is None:
             raise
         guard.cleaning = True  # a second Ctrl-C must not interrupt writing the partial report
-        if current is not None:
+        if current is not None and current["status"] not in ("done", "failed"):
             current["status"] = "interrupted"
         report["status"] = "partial"
         report["interrupted_by"] = sig
