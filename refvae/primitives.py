@@ -36,6 +36,9 @@ Numerics, shared by all of them
   every finite perturbation, so its partial derivative is 0; an output that is infinite (a row
   of ``logsumexp`` equal to ``+-inf``, an entry of ``log_softmax`` equal to ``-inf``) is constant
   under finite perturbations of any input, so its cotangent does not propagate.
+* **Cotangents** ``g`` must be finite (NaN or +-inf is a ``ValueError`` naming ``g``); any finite
+  ``g`` up to +-1.8e308 is accepted, and a gradient is +-inf only where its exact value is beyond
+  the float range.
 * **Complex step.** Every forward also accepts complex128 input with a tiny imaginary part, for
   ``refvae.gradcheck.check_vjp_complex``: branch decisions and the shift ``m`` use the real part
   only, and every formula is analytic in ``x``. (Only the imaginary part of a complex result is
@@ -77,9 +80,10 @@ def _check_axis(axis, ndim, name="axis", array_name="x"):
 
 
 def _check_cotangent(g, shape, name="g"):
-    g = as_float_array(g, name, finite=False, allow_empty=True, allow_complex=True).reshape(np.shape(g))
-    if np.isnan(g).any():
-        raise ValueError(f"{name} must not contain NaN")
+    """The cotangent, broadcast to ``shape``: finite (NaN or +-inf is a ``ValueError`` naming it:
+    an infinite cotangent times a zero partial has no value, and in ``log_softmax_vjp`` two
+    infinite entries meet as inf - inf)."""
+    g = as_float_array(g, name, allow_empty=True, allow_complex=True).reshape(np.shape(g))
     try:
         return np.broadcast_to(g, shape)
     except ValueError:
@@ -304,7 +308,9 @@ def log_softmax_vjp(g, x, axis=-1, ans=None):
           (``p_j = 1 - 1e-18``, where ``1 - p_j`` in float64 would be 0 and the textbook form
           ``g_j - p_j sum g`` loses every digit);
         * ``sum_{k != j} g_k = (G_hi - g_j) + G_lo`` from a compensated sum of g
-          (:func:`_sum_hi_lo`), so a cotangent concentrated on one entry does not cancel.
+          (:func:`_sum_hi_lo`), so a cotangent concentrated on one entry does not cancel; if the
+          sum of g overflows (entries near 1.8e308) it is redone with g scaled by 2^-64, so
+          ``dx`` is +-inf only where its exact value is beyond the float range.
 
         Each of the two products is then accurate to a few ulp and the error of ``dx_j`` is a few
         ulp of ``|g_j| (1 - p_j) + p_j |sum_{k != j} g_k|``, the natural scale of the result.
@@ -334,9 +340,19 @@ def log_softmax_vjp(g, x, axis=-1, ans=None):
         p = np.where(live, np.exp(dl) * (1.0 + c) / (1.0 + s1), 0.0)
         q = np.where(live, -np.expm1((dl - np.log1p(s1)) + c), 0.0)   # 1 - p_j, accurate near p_j = 1
     gl = np.where(live, g, 0.0)
-    hi, lo = _sum_hi_lo(gl, axis)
-    rest = (hi - gl) + lo                               # sum_{k != j} g_k
-    return gl * q - p * rest
+    with np.errstate(over="ignore", invalid="ignore"):   # an overflowing sum is redone below
+        hi, lo = _sum_hi_lo(gl, axis)
+    if np.iscomplexobj(hi) or np.all(np.isfinite(hi)):
+        rest = (hi - gl) + lo                           # sum_{k != j} g_k
+        return gl * q - p * rest
+    # the sum of g overflows (entries near 1.8e308): redo it with g scaled by 2^-64 (exact for
+    # every entry that matters), and scale p * rest back (inf only if the exact product is)
+    scale = 2.0 ** -64
+    gs = gl * scale
+    hi, lo = _sum_hi_lo(gs, axis)
+    rest = (hi - gs) + lo
+    with np.errstate(over="ignore"):
+        return gl * q - (p * rest) / scale
 
 
 # --------------------------------------------------------------------------- softplus family

@@ -11,7 +11,7 @@ import re
 import mpmath
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from refvae import gaussian, mixture
@@ -415,3 +415,117 @@ def test_gaussian_reparameterize_extreme_exact_or_named_error(mu, v, eps):
         assert np.array_equal(gmu, [1.0])
         _assert_exact(gv, dlv, abs(dlv), "dlog_var")
         _assert_exact(ge, deps, abs(deps), "deps")
+
+
+# =========================================================================== primitives (item 6)
+
+from refvae import primitives as P  # noqa: E402
+
+_any_float = st.floats(allow_nan=False, allow_infinity=True, width=64)
+_finite_float = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+def _mp_softplus(x):
+    x = _MP(x)
+    return x + mpmath.log1p(mpmath.exp(-x)) if x > 0 else mpmath.log1p(mpmath.exp(x))
+
+
+def _mp_sigmoid(x):
+    return 1 / (1 + mpmath.exp(-_MP(x)))
+
+
+def _rel_ok(got, want, rtol):
+    got = float(got)
+    if mpmath.isinf(want) or abs(want) > DBL_MAX:
+        return got == (math.inf if want > 0 else -math.inf)
+    return abs(_MP(got) - want) <= rtol * abs(want) + 2 * TINY
+
+
+@pytest.mark.hostile("magnitude", "exact value")
+@settings(max_examples=200)
+@given(x=_any_float)
+def test_primitives_elementwise_whole_float_line_exact(x):
+    """softplus/log_sigmoid/sigmoid (and VJPs at g = 1) at any float64 incl. +-inf, +-1e308, subnormals vs mpmath."""
+    tol = tolerance("primitive_vs_mpmath").rtol
+    with mpmath.workdps(60):
+        for got, want in ((P.softplus([x])[0], _mp_softplus(x)),
+                          (P.log_sigmoid([x])[0], -_mp_softplus(-x)),
+                          (P.sigmoid([x])[0], _mp_sigmoid(x)),
+                          (P.softplus_vjp([1.0], [x])[0], _mp_sigmoid(x)),
+                          (P.log_sigmoid_vjp([1.0], [x])[0], _mp_sigmoid(-x))):
+            assert _rel_ok(got, want, tol), (x, float(got), float(want))
+
+
+@pytest.mark.hostile("magnitude", "exact value")
+@settings(max_examples=150)
+@given(row=st.lists(_any_float, min_size=1, max_size=5))
+def test_logsumexp_whole_float_line_exact(row):
+    """logsumexp of rows of any float64 (+-inf, +-1e308, subnormals, huge spreads) vs mpmath."""
+    tol = tolerance("logsumexp_vs_mpmath_conditioned")
+    got = float(P.logsumexp(np.array(row)))
+    with mpmath.workdps(60):
+        if any(v == math.inf for v in row):
+            assert got == math.inf
+            return
+        fin = [_MP(v) for v in row if v != -math.inf]
+        if not fin:
+            assert got == -math.inf
+            return
+        want = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in fin))
+        w = [mpmath.exp(v - want) for v in fin]
+        scale = abs(want) + mpmath.fsum(wi * abs(v) for wi, v in zip(w, fin))
+        assert abs(_MP(got) - want) <= tol.atol + tol.rtol * scale, (row, got, float(want))
+
+
+@pytest.mark.hostile("magnitude", "exact value")
+@settings(max_examples=150)
+@given(row=st.lists(_any_float, min_size=1, max_size=5),
+       g=st.lists(st.floats(-1e308, 1e308, width=64), min_size=5, max_size=5))
+@example(row=[5e-324, -5e-324], g=[1e308] * 5)
+@example(row=[0.0, 0.0, 1.0], g=[1e308, 1e308, -1e308, 0.0, 0.0])
+@example(row=[0.0, -np.inf, 1e308], g=[1e308] * 5)
+def test_primitive_vjps_finite_cotangents_never_nan(row, g):
+    """logsumexp_vjp/log_softmax_vjp/softplus_vjp/log_sigmoid_vjp: any x, any finite g up to 1e308: no NaN, sums exact."""
+    x = np.array(row)
+    gx = np.array(g[:len(row)])
+    outs = (P.logsumexp_vjp(gx[0], x), P.log_softmax_vjp(gx, x), P.softplus_vjp(gx, x),
+            P.log_sigmoid_vjp(gx, x))
+    for o in outs:
+        assert not np.isnan(o).any(), (row, g, outs)
+    # log_softmax_vjp: the exact |dx_j| = |g_j - p_j sum_k g_k| <= |g_j| + sum_k |g_k|: where that
+    # bound is below the float maximum the result must be finite (a spurious overflow of the sum
+    # of g gave -inf or NaN), and within it everywhere (checked scaled)
+    n = len(row)
+    sc = 2.0 ** -64
+    bound = np.abs(gx) * sc + np.sum(np.abs(gx) * sc)
+    assert np.all(np.abs(outs[1]) * sc <= bound * (1 + 1e-14)), (row, g, outs[1])
+    ok = bound < DBL_MAX * sc / 1.01
+    assert np.all(np.isfinite(outs[1][ok])), (row, g, outs[1])
+
+
+@pytest.mark.hostile("non-finite", "named error")
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("fn", ["logsumexp_vjp", "log_softmax_vjp", "softplus_vjp", "log_sigmoid_vjp"])
+def test_primitive_vjps_non_finite_cotangent_named_error(fn, bad):
+    """Primitive VJPs with a NaN or +-inf cotangent g (no value: inf * 0, inf - inf): ValueError naming g."""
+    x = np.array([[0.0, -np.inf, 3.0]])
+    g = np.array([[1.0, bad, 2.0]]) if fn != "logsumexp_vjp" else np.array([bad])
+    with pytest.raises(ValueError, match=r"^g must not contain NaN or inf"):
+        getattr(P, fn)(g, x)
+
+
+@pytest.mark.hostile("non-finite", "named error")
+@pytest.mark.parametrize("fn", ["logsumexp", "log_softmax", "softplus", "log_sigmoid", "sigmoid"])
+def test_primitives_nan_input_named_error(fn):
+    """Primitives with NaN input: ValueError naming x and the index."""
+    with pytest.raises(ValueError, match=r"^x must not contain NaN.*index \(1, 0\)"):
+        getattr(P, fn)(np.array([[0.0], [np.nan]]))
+
+
+@pytest.mark.hostile("shape", "named error")
+@pytest.mark.parametrize("x", [np.zeros(0), np.zeros((2, 0)), np.zeros((0, 3))])
+@pytest.mark.parametrize("fn", ["logsumexp", "log_softmax", "softplus", "log_sigmoid", "sigmoid"])
+def test_primitives_empty_input_named_error(fn, x):
+    """Primitives with an empty array: ValueError naming x."""
+    with pytest.raises(ValueError, match=r"^x must not be empty"):
+        getattr(P, fn)(x)
