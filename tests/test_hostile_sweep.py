@@ -606,6 +606,91 @@ TABLE["priors.Prior.log_prob"] = Entry(mb(_bound_mog, "log_prob", z=_rows(3)), a
 TABLE["priors.Prior.draw"] = Entry(mb(_bound_mog, "draw", n=3, rng=R), ints={"n": 1},
                                    objects=("rng",), extra=True)
 
+TABLE["vae.VAE.neg_elbo_and_grad"] = Entry(
+    mb(lambda c: c.model(), "neg_elbo_and_grad", x=lazy(lambda c: c.x(3)), eps=_EPS,
+       reduction="sum"),
+    arrays={"x": 1, "eps": 0}, options=("reduction",), extra=True)
+TABLE["vae.VAE.forward"] = Entry(mb(lambda c: c.model(), "forward", x=lazy(lambda c: c.x(3)), eps=_EPS),
+                                 arrays={"x": 1, "eps": 0}, extra=True)
+TABLE["vae.VAE.save"] = Entry(mb(lambda c: c.model(), "save", directory=lazy(lambda c: c.fresh("save"))),
+                              paths={"directory": "outdir"}, extra=True,
+                              label={"directory": r"directory|a-regular-file"})
+
+
+def _config_text(c, **changes):
+    cfg = c.model().config()
+    cfg.update(changes)
+    return cfg
+
+
+TABLE["vae.VAE.from_config"] = Entry(
+    b(vae.VAE.from_config, config=lazy(lambda c: c.model().config()), rng=R), extra=True,
+    legal=[("rng", "none")],
+    custom=[("config", "list", lambda c: [1, 2], "type", "error"),
+            ("config", "None", lambda c: None, "type", "error"),
+            ("config", "no x_dim", lambda c: {k: v for k, v in c.model().config().items()
+                                              if k != "x_dim"}, "shape", "error"),
+            ("config", "x_dim str", lambda c: _config_text(c, x_dim="four"), "type", "error"),
+            ("config", "x_dim 0", lambda c: _config_text(c, x_dim=0), "option", "error"),
+            ("config", "latent_dim NaN", lambda c: _config_text(c, latent_dim=math.nan),
+             "non-finite", "error"),
+            ("config", "unknown prior", lambda c: _config_text(c, prior="bogus"), "option", "error"),
+            ("config", "hidden nested", lambda c: _config_text(c, hidden=[[3]]), "type", "error"),
+            ("config", "huge sizes", lambda c: _config_text(c, x_dim=10 ** 9, hidden=[10 ** 9]),
+             "resources", "error"),
+            ("config", "unknown key", lambda c: _config_text(c, bogus=1), "option", "error")],
+    label={"config": r"config|x_dim|latent_dim|prior|hidden|bogus"})
+TABLE["priors.Prior.log_prob_vjp"] = Entry(mb(lambda c: _bound_mog(c), "log_prob_vjp", g=np.ones(3),
+                                              z=_rows(3)),
+                                           arrays={"g": 0, "z": 0}, extra=True)
+TABLE["prior_flow.FlowPrior.transform"] = Entry(
+    mb(lambda c: prior_flow.FlowPrior(2, 1, (3,), "tanh", "random"), "transform",
+       params=lazy(lambda c: prior_flow.FlowPrior(2, 1, (3,), "tanh", "random").init_params(c.rng())),
+       z=_rows(3)),
+    arrays={"z": 1}, objects=("params",), legal=[("z", "complex")], extra=True,
+    custom=[("params", "NaN weights", lambda c: {k: np.full(np.shape(v), np.nan) for k, v in
+                                                 prior_flow.FlowPrior(2, 1, (3,), "tanh", "random")
+                                                 .init_params(c.rng()).items()}, "non-finite", "error"),
+            ("params", "missing key", lambda c: dict(list(prior_flow.FlowPrior(
+                2, 1, (3,), "tanh", "random").init_params(c.rng()).items())[1:]), "shape", "error")],
+    label={"params": r"params|prior\.|flow"})
+TABLE["prior_mixtures.AggregatedPosterior.from_model"] = Entry(
+    b(prior_mixtures.AggregatedPosterior.from_model, model=M, x=X, batch_size=2), extra=True,
+    arrays={"x": 1}, ints={"batch_size": 1}, objects=("model",))
+_OPT = lambda c: optim.Adam({"w": np.zeros(3), "b": np.zeros(2)})  # noqa: E731
+TABLE["optim.Adam.step"] = Entry(
+    mb(_OPT, "step", grads={"w": np.ones(3), "b": np.ones(2)}), extra=True,
+    custom=[("grads", "NaN", lambda c: {"w": np.array([np.nan, 0, 0]), "b": np.ones(2)},
+             "non-finite", "error"),
+            ("grads", "inf", lambda c: {"w": np.array([np.inf, 0, 0]), "b": np.ones(2)},
+             "non-finite", "error"),
+            ("grads", "missing key", lambda c: {"w": np.ones(3)}, "shape", "error"),
+            ("grads", "extra key", lambda c: {"w": np.ones(3), "b": np.ones(2), "v": np.ones(1)},
+             "shape", "error"),
+            ("grads", "wrong shape", lambda c: {"w": np.ones(4), "b": np.ones(2)}, "shape", "error"),
+            ("grads", "complex", lambda c: {"w": np.ones(3) + 1j, "b": np.ones(2)}, "type", "error"),
+            ("grads", "str", lambda c: {"w": "abc", "b": np.ones(2)}, "type", "error"),
+            ("grads", "None", lambda c: None, "type", "error")],
+    label={"grads": r"grads|\bw\b|\bb\b|\bv\b"})
+
+
+def _state(c, **changes):
+    st = _OPT(c).state_dict()
+    st.update(changes)
+    return st
+
+
+TABLE["optim.Adam.load_state_dict"] = Entry(
+    mb(_OPT, "load_state_dict", state=lazy(lambda c: _OPT(c).state_dict())), extra=True,
+    custom=[("state", "list", lambda c: [1, 2], "type", "error"),
+            ("state", "missing key", lambda c: {k: v for k, v in _OPT(c).state_dict().items()
+                                                if k != "lr"}, "shape", "error"),
+            ("state", "lr NaN", lambda c: _state(c, lr=math.nan), "non-finite", "error"),
+            ("state", "t negative", lambda c: _state(c, t=-1), "option", "error"),
+            ("state", "other type", lambda c: _state(c, type="Adamax"), "option", "error"),
+            ("state", "betas str", lambda c: _state(c, betas="ab"), "type", "error")],
+    label={"state": r"state"})
+
 # --- estimators
 _EST_OBJ = ("model", "rng")
 _XL = {"x": r"\bx\b"}
