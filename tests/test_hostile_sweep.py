@@ -1381,8 +1381,31 @@ def _call(entry, kw):
         return fn(**base_kw)
 
 
+def _declared_args(entry):
+    names = set(entry.arrays) | set(entry.ints) | set(entry.reals) | set(entry.options)
+    names |= set(entry.paths) | set(entry.objects) | {a for a, _ in entry.legal}
+    return names | {c[0] for c in entry.custom}
+
+
+def _check_signature(key, entry):
+    """None if every argument the table perturbs is a parameter of the callable (a misspelt name
+    would make every case 'pass' with Python's own TypeError 'unexpected keyword argument'), else
+    what is wrong."""
+    fn, _ = entry.build(CTX)
+    target = fn.__init__ if isinstance(fn, type) else fn
+    params = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(_declared_args(entry) - set(params))
+    return f"the table perturbs {unknown}, which {key} does not take" if unknown else None
+
+
 def _baseline(key):
     entry = TABLE[key]
+    if ("sig", key) not in _BASELINE:
+        _BASELINE[("sig", key)] = _check_signature(key, entry)
+    if _BASELINE[("sig", key)]:
+        _fail(f"BASELINE {key}: {_BASELINE[('sig', key)]}")
     if not entry.baseline:
         return
     if key not in _BASELINE:
