@@ -1374,10 +1374,12 @@ def has_nan(obj, depth=0):
 _BASELINE = {}
 
 
-def _call(entry, kw):
+def _call(entry, kw, limit=60):
+    """Call the entry's callable with ``kw`` replacing valid arguments; ``limit`` seconds at most
+    (the valid call first compiles the Numba kernels, which takes long on a loaded machine)."""
     fn, base_kw = entry.build(CTX)
     base_kw.update(kw)
-    with _guards(entry.guards), _time_limit(20):
+    with _guards(entry.guards), _time_limit(limit):
         return fn(**base_kw)
 
 
@@ -1410,7 +1412,7 @@ def _baseline(key):
         return
     if key not in _BASELINE:
         try:
-            _call(entry, {})
+            _call(entry, {}, limit=300)
             _BASELINE[key] = None
         except _Reached:
             _BASELINE[key] = None
