@@ -8,8 +8,9 @@ arguments are arrays, sizes, real scalars, options, paths or other objects; the 
 perturbs ONE argument at a time:
 
 - arrays: an extra / a missing dimension, a mismatched length, a zero-length axis, NaN, +inf,
-  -inf, complex, a string, None;
-- sizes (integers): below the minimum, negative, bool, float, NaN, inf, a string, None;
+  -inf, complex, a string, None, a ragged list of lists, an object array;
+- sizes (integers): below the minimum, negative, bool, float, NaN, inf, a string, None (and the
+  valid value as a NumPy integer, which must be accepted);
 - real scalars: NaN, +-inf, complex, bool, a string, None;
 - options: an unknown string, None, an integer;
 - paths: nonexistent, a directory where a file is expected, a file where a directory is expected;
@@ -754,7 +755,10 @@ TABLE["distributed.aggregated_stats"] = Entry(
       chunk=2, split_every=2, threads_per_task=1),
     arrays={"x_or_components": 1}, ints={"n_samples": 1, "n_queries": 1, **_DIST_INTS},
     objects=_EST_OBJ, legal=[("n_queries", "none"), ("threads_per_task", "none")], label=_XOC,
-    str_paths=("x_or_components",), custom=list(_DIST_CUSTOM))
+    str_paths=("x_or_components",),
+    custom=list(_DIST_CUSTOM) + [("n_queries", "one query", lambda c: 1, "option", "ok"),
+                                 ("n_samples", "one sample of one row",
+                                  lambda c: 1, "option", "ok")])
 TABLE["distributed.holes"] = Entry(
     b(distributed.holes, model=MOG, x_or_components=X, rng=R, n_samples=20, taus=(0.1, 0.01),
       chunk=2, split_every=2, threads_per_task=1),
@@ -1196,9 +1200,11 @@ if _MISSING or _STALE:
 
 ARRAY_KINDS = {"extra": "shape", "missing": "shape", "mismatch": "shape", "empty": "shape",
                "scalar": "shape", "nan": "non-finite", "posinf": "non-finite",
-               "neginf": "non-finite", "complex": "type", "str": "type", "none": "type"}
+               "neginf": "non-finite", "complex": "type", "str": "type", "none": "type",
+               "ragged list": "type", "object array": "type"}
 INT_KINDS = {"below minimum": "option", "negative": "option", "bool": "type", "float": "type",
-             "nan": "non-finite", "inf": "non-finite", "str": "type", "none": "type"}
+             "nan": "non-finite", "inf": "non-finite", "str": "type", "none": "type",
+             "numpy int": "type"}
 REAL_KINDS = {"nan": "non-finite", "posinf": "non-finite", "neginf": "non-finite",
               "complex": "type", "bool": "type", "str": "type", "none": "type"}
 OPTION_KINDS = {"unknown": "option", "none": "type", "int": "type"}
@@ -1237,6 +1243,17 @@ def _array_value(base, kind, axis):
         return b
     if kind == "complex":
         return a + 0.5j
+    if kind == "ragged list":      # lists of lists of unequal lengths
+        lst = a.tolist() if a.ndim else [float(a)]
+        if a.ndim >= 2:
+            lst[0] = lst[0][:-1]
+        else:
+            lst = [lst[:1]] + lst[1:] + [1.0]
+        return lst
+    if kind == "object array":     # what a pickled array holds
+        out = np.empty(a.shape, dtype=object)
+        out[...] = a
+        return out
     return {"str": "abc", "none": None}[kind]
 
 
@@ -1272,6 +1289,11 @@ def build_cases():
         for arg, minimum in e.ints.items():
             for kind, cls in INT_KINDS.items():
                 if kind == "negative" and minimum - 1 <= -1:
+                    continue
+                if kind == "numpy int":   # the valid value as a NumPy integer: legal
+                    cases.append(Case(key, arg, kind, cls, "ok",
+                                      lambda c, base, m=minimum: np.int64(m + 1 if base is None
+                                                                          else base)))
                     continue
                 add(arg, kind, cls, lambda c, base, k=kind, m=minimum: _int_value(m, k))
         for arg in e.reals:
@@ -1449,6 +1471,8 @@ def run_case(case):
     try:
         result = _call(entry, {case.arg: value})
     except _Reached as exc:
+        if case.expect == "ok":
+            return   # a legal value: the run went on, as it should
         _fail(f"ACCEPTED {what}: no error; the run went on to {exc}")
     except _Hang as exc:
         _fail(f"HANG {what}: {exc}")
@@ -1544,7 +1568,7 @@ def test_legal_nonfinite(case):
 @pytest.mark.hostile("type", "legal result")
 @cases_of("type", "ok")
 def test_legal_types(case):
-    """Legal types (None for optional arguments, complex input of the complex-step paths) give no NaN."""
+    """Legal types (NumPy integers, None for optional arguments, complex-step input) give no NaN."""
     run_case(case)
 
 
