@@ -402,11 +402,24 @@ def _open_npz(path):
         raise ValueError(f"{path}: not an .npz archive: no ZIP signature (the file starts with "
                          f"{head[:4]!r})")
     try:
-        return zipfile.ZipFile(path, "r")
+        zf = zipfile.ZipFile(path, "r")
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
         raise ValueError(f"{path}: not an .npz archive: corrupt ZIP structure ({exc})") from None
     except OSError as exc:
         raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    # a damaged central directory can parse as fewer members: compare with the end record's count
+    try:
+        with open(path, "rb") as fh:
+            end = zipfile._EndRecData(fh)
+        total = None if end is None else int(end[zipfile._ECD_ENTRIES_TOTAL])
+    except (AttributeError, IndexError, OSError, TypeError, ValueError):  # private API changed
+        total = None
+    if total is not None and total != len(zf.infolist()):
+        zf.close()
+        raise ValueError(f"{path}: not an .npz archive: corrupt ZIP structure (the end record "
+                         f"counts {total} members, the central directory lists "
+                         f"{len(zf.infolist())})")
+    return zf
 
 
 def _read_member(path, zf, info, k):
@@ -467,7 +480,7 @@ def _read_member(path, zf, info, k):
                 raise ValueError(f"{where}: {payload - nbytes} unexpected bytes after the array data")
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise ValueError(f"{where} is corrupt (CRC/zlib error: {exc})") from None
-    except NotImplementedError as exc:
+    except (NotImplementedError, RuntimeError) as exc:  # unknown compression, "encrypted", ...
         raise ValueError(f"{where}: unsupported ZIP member ({exc})") from None
     except OSError as exc:
         raise ValueError(f"{where}: cannot be read: {exc.strerror or exc}") from None

@@ -210,25 +210,60 @@ class InterruptGuard:
     Installed only in the main thread (elsewhere it does nothing but :meth:`check`); the previous
     handlers are restored on exit, and guards nest (the inner one shares the outer one's record).
     ``received`` is the name of the first signal received ("SIGINT"/"SIGTERM") or None. While
-    ``cleaning`` is True (set it while writing the final partial report) further signals are
-    recorded but do not raise, so the clean-up finishes. :meth:`check` raises :class:`Interrupted`
-    if a signal was received: a run calls it between steps, so that a ``KeyboardInterrupt`` which
-    some library swallowed still stops the run.
+    ``cleaning`` is True (set it first thing when handling the interrupt, and while writing the
+    final partial report) further signals are recorded but do not raise, so the clean-up finishes.
+
+    A ``KeyboardInterrupt`` can be swallowed: raised inside a finaliser (llvmlite's ``__del__``
+    during a Numba compilation was seen to print "Exception ignored ... KeyboardInterrupt" and let
+    the run end "complete"). So after a signal the interrupt is raised again every
+    :attr:`REPEAT` seconds (``SIGALRM`` timer, POSIX) until the run sets ``cleaning``, and
+    :meth:`check` raises it at the run's own checkpoints (between steps).
     """
 
     _active = None  # the outermost active guard (main thread)
+    REPEAT = 0.5    #: seconds between repeated interrupts until the run acknowledges one
 
     def __init__(self):
         self.received = None
-        self.cleaning = False
+        self._cleaning = False
         self._previous = None
-        self._outer = None
+        self._alarm_previous = None
+
+    @property
+    def cleaning(self):
+        return self._cleaning
+
+    @cleaning.setter
+    def cleaning(self, value):
+        self._cleaning = bool(value)
+        if self._cleaning:
+            self._disarm()
+
+    def _arm(self):
+        if self._previous is None or not hasattr(signal, "setitimer"):
+            return
+        if self._alarm_previous is None:
+            self._alarm_previous = signal.signal(signal.SIGALRM, self._repeat)
+        signal.setitimer(signal.ITIMER_REAL, self.REPEAT)
+
+    def _disarm(self):
+        if self._alarm_previous is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._alarm_previous)
+            self._alarm_previous = None
+
+    def _repeat(self, signum, frame):
+        if self.received is None or self._cleaning:
+            return
+        signal.setitimer(signal.ITIMER_REAL, self.REPEAT)
+        raise Interrupted(self.received)
 
     def _handler(self, signum, frame):
         name = signal.Signals(signum).name
         if self.received is None:
             self.received = name
-        if not self.cleaning:
+        if not self._cleaning:
+            self._arm()
             raise Interrupted(name)
 
     def __enter__(self):
@@ -236,7 +271,6 @@ class InterruptGuard:
             return self
         outer = InterruptGuard._active
         if outer is not None:  # nested: share the outer guard's record
-            self._outer = outer
             return outer
         self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in self._previous:
@@ -246,6 +280,7 @@ class InterruptGuard:
 
     def __exit__(self, *exc_info):
         if self._previous is not None:
+            self._disarm()
             for s, h in self._previous.items():
                 signal.signal(s, h if h is not None else signal.SIG_DFL)
             self._previous = None

@@ -952,10 +952,12 @@ def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, lo
         report["status"] = "complete"
         summary = write_report(report, out, t_start)
     except BaseException as exc:
+        if guard.received:
+            guard.cleaning = True  # first: no repeated/second Ctrl-C while writing the partial report
         sig = interrupt_signal(exc, guard)
         if sig is None:
             raise
-        guard.cleaning = True  # a second Ctrl-C must not interrupt writing the partial report
+        guard.cleaning = True
         if current is not None and current["status"] not in ("done", "failed"):
             current["status"] = "interrupted"
         report["status"] = "partial"
