@@ -50,6 +50,8 @@ import time
 
 __all__ = ["HELP", "add_parser", "configure", "run"]
 
+MAX_TASK_THREADS = 4096  #: the largest --threads with --scheduler (the workers' cores are not known here)
+
 HELP = "aggregated-posterior statistics (H[q(z)], KL[q(z)||p], I(x;z), holes) of a saved model"
 
 
@@ -69,7 +71,7 @@ def configure(p):
                    help="only encode --data into OUTDIR/means.npy and OUTDIR/log_vars.npy (for "
                         "--components OUTDIR) and exit")
     p.add_argument("--key", default=None,
-                   help="array of the .npz file to use (default: 'x', or its only array)")
+                   help="array of an .npz --data file to use (default: 'x', or its only array)")
     p.add_argument("--scheduler", default=None,
                    help="address of a Dask scheduler (e.g. tcp://host:8786); default: this machine")
     p.add_argument("--chunk", type=int, default=None,
@@ -83,8 +85,9 @@ def configure(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the generator (default 0)")
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
     p.add_argument("--threads", type=int, default=1,
-                   help="Numba and BLAS threads on this machine (default 1); on the cluster each "
-                        "shard task uses this many Numba threads too")
+                   help="Numba and BLAS threads on this machine (default 1; at most "
+                        "NUMBA_NUM_THREADS); on the cluster each shard task uses this many Numba "
+                        "threads too")
     p.add_argument("--connect-timeout", type=float, default=10.0,
                    help="seconds to wait for the scheduler (default 10)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -223,6 +226,19 @@ def run(args) -> int:
                          + " (a directory written by VAE.save or refvae train)")
     if getattr(args, "data", None) is not None and os.path.isdir(args.data):
         raise ValueError(f"--data: {args.data!r} is a directory; expected a .npy or .npz file")
+    key = getattr(args, "key", None)
+    if key is not None and not str(getattr(args, "data", None) or "").endswith(".npz"):
+        raise ValueError(f"--key {key!r}: only an .npz --data file has named arrays"
+                         + (" (--components uses the arrays 'means' and 'log_vars')"
+                            if getattr(args, "components", None) is not None else ""))
+    if args.scheduler is None:
+        import numba
+        most = int(numba.config.NUMBA_NUM_THREADS)
+        if args.threads > most:
+            raise ValueError(f"--threads {args.threads}: this machine runs at most {most} threads "
+                             f"(NUMBA_NUM_THREADS)")
+    elif args.threads > MAX_TASK_THREADS:
+        raise ValueError(f"--threads {args.threads}: at most {MAX_TASK_THREADS} threads per shard task")
     if args.out is not None:
         if os.path.isdir(args.out):
             raise ValueError(f"--out: {args.out!r} is a directory; expected the path of a JSON file")

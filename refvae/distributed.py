@@ -390,6 +390,8 @@ def _read_rows(path, key, a, b, shape, name, dtype=None, size=None):
 def load_array(path, key=None, name="data"):
     """Load a 2-D array from a ``.npy`` file (memory-mapped, ``allow_pickle=False``) or an ``.npz``
     file (``key``, else the member named ``x``, else its only member); returns float64."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{name}: file {path!r} does not exist")
@@ -472,8 +474,8 @@ class _Components:
         if self.kind == "numpy":
             return self.means, self.log_vars
         if self.kind == "file":
-            return (as_float_array(self.means.full(), "means", shape=(self.N, self.L)),
-                    as_float_array(self.log_vars.full(), "log_vars", shape=(self.N, self.L)))
+            return tuple(as_float_array(fa.full(), f"{fa.name} (in {fa.path!r})", shape=(self.N, self.L))
+                         for fa in (self.means, self.log_vars))
         return (as_float_array(np.asarray(self.means.compute()), "means", shape=(self.N, self.L)),
                 as_float_array(np.asarray(self.log_vars.compute()), "log_vars", shape=(self.N, self.L)))
 
@@ -567,9 +569,13 @@ def combine_tree(partials, split_every=DEFAULT_SPLIT_EVERY, combine=None):
     Returns the root and the number of levels.
     """
     split_every = _check_split_every(split_every)
+    if isinstance(partials, (str, bytes)) or not hasattr(partials, "__iter__"):
+        raise TypeError(f"partials must be a list of (m, s) pairs, got {type(partials).__name__}")
     level = list(partials)
     if not level:
         raise ValueError("partials must contain at least one (m, s) pair")
+    if combine is not None and not callable(combine):
+        raise TypeError(f"combine must be None or a callable, got {type(combine).__name__}")
     combine = _combine_group if combine is None else combine
     depth = 0
     while len(level) > 1:
@@ -987,6 +993,12 @@ def _check_components_manifest(directory, means, log_vars):
 
 # =========================================================================== estimators
 
+def _check_model(model):
+    if not (hasattr(model, "params") and hasattr(model, "encoder") and hasattr(model, "prior")):
+        raise TypeError(f"model must be a refvae VAE, got {type(model).__name__}")
+    return model
+
+
 def _data_or_components(model, x_or_components):
     """('x', x) for a data array; ('components', _Components) for a pair, dict, path or directory."""
     obj = x_or_components
@@ -1045,6 +1057,7 @@ def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n
     ``mutual_information``, ``avg_kl``, ``avg_kl_split``.
     """
     check_rng(rng)
+    _check_model(model)
     S = check_positive_int(n_samples, "n_samples")
     M = None if n_queries is None else check_positive_int(n_queries, "n_queries")
     chunk, split_every, threads_per_task = _common_checks(chunk, split_every, threads_per_task, client,
@@ -1123,8 +1136,14 @@ def holes(model, x_or_components, rng, n_samples=10000, taus=(0.1, 0.01), *, par
     Returns ``{"reverse_kl": Estimate, "hole_mass": {tau: Estimate}}``.
     """
     check_rng(rng)
+    _check_model(model)
     M = check_positive_int(n_samples, "n_samples", minimum=2)
-    taus = tuple(float(t) for t in np.atleast_1d(taus))
+    if isinstance(taus, (str, bytes)) or taus is None:
+        raise TypeError(f"taus must be a number or a sequence of numbers, got {type(taus).__name__}")
+    try:
+        taus = tuple(float(t) for t in np.atleast_1d(np.asarray(taus, dtype=np.float64)))
+    except (TypeError, ValueError):
+        raise TypeError(f"taus must be a number or a sequence of numbers, got {taus!r:.60}") from None
     if not all(t > 0 and math.isfinite(t) for t in taus):
         raise ValueError(f"taus must be positive finite thresholds, got {taus}")
     chunk, split_every, threads_per_task = _common_checks(chunk, split_every, threads_per_task, client,

@@ -121,7 +121,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_choice
+from ._validation import as_float_array, check_choice, check_positive_int, check_real
 from .io import _atomic_write_bytes
 from .tolerances import tolerance
 
@@ -206,21 +206,43 @@ CONVENTIONS = {
 }
 
 
+def _check_dir_arg(value, name):
+    """``os.fspath(value)`` of a path argument (``TypeError`` naming it otherwise; not empty)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
+    value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+    return value
+
+
 def golden_dir() -> str:
     """The directory of the committed golden cases (package data ``refvae/golden_cases``)."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden_cases")
 
 
 def case_name(prior, likelihood) -> str:
-    """``"<prior>-<likelihood>"``, e.g. ``"mog-categorical"``."""
+    """``"<prior>-<likelihood>"``, e.g. ``"mog-categorical"``; prior in :data:`CASE_PRIORS`,
+    likelihood in :data:`CASE_LIKELIHOODS` (else ``ValueError``)."""
+    check_choice(prior, "prior", CASE_PRIORS)
+    check_choice(likelihood, "likelihood", CASE_LIKELIHOODS)
     return f"{prior}-{likelihood}"
 
 
 def allowed_error(values, scales, profile="float64", c=None):
-    """Per-element tolerance ``c u (S_q + |e|) + tiny`` (module docstring, *Tolerances*)."""
+    """Per-element tolerance ``c u (S_q + |e|) + tiny`` (module docstring, *Tolerances*).
+
+    ``values`` (finite) and ``scales`` (finite, >= 0, broadcastable to values); ``c`` a
+    finite number > 0 (default ``tolerances["verify_golden"]``). Anything else is a ``ValueError``
+    or ``TypeError`` naming the argument.
+    """
     check_choice(profile, "profile", tuple(PROFILE_ROUNDOFF))
     u = PROFILE_ROUNDOFF[profile]
-    c = tolerance("verify_golden").rtol if c is None else c
+    c = tolerance("verify_golden").rtol if c is None else check_real(c, "c", lo=0, lo_open=True)
+    values = as_float_array(values, "values", allow_empty=True)
+    scales = as_float_array(scales, "scales", allow_empty=True)
+    if np.any(scales < 0):
+        raise ValueError("scales must be >= 0 (condition scales)")
     tiny = float(np.finfo(np.float32 if profile == "float32" else np.float64).tiny)
     return c * u * (np.asarray(scales, np.float64) + np.abs(np.asarray(values, np.float64))) + tiny
 
@@ -275,8 +297,13 @@ class GoldenCase:
 # =========================================================================== the reference
 
 def reference_model(config, params):
-    """A refvae VAE built from a case configuration, with ``params`` copied in."""
+    """A refvae VAE built from a case configuration, with ``params`` copied in (finite arrays of
+    the model's shapes; else a ``ValueError`` naming the parameter)."""
     from .vae import VAE
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict (VAE.config() plus batch_size), got {type(config).__name__}")
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict name -> array, got {type(params).__name__}")
     cfg = {k: v for k, v in config.items() if k != "batch_size"}
     model = VAE.from_config(cfg, np.random.default_rng(0))
     missing = sorted(set(model.params) - set(params))
@@ -284,7 +311,8 @@ def reference_model(config, params):
     if missing or extra:
         raise ValueError(f"parameters do not match the configuration: missing {missing}, extra {extra}")
     for k in model.params:
-        model.params[k] = np.array(params[k], dtype=np.float64)
+        model.params[k] = as_float_array(params[k], f"params[{k!r}]", shape=model.params[k].shape,
+                                         allow_empty=True).copy()
     model.prior.bind(model.params)
     return model
 
@@ -307,6 +335,7 @@ def reference_outputs(model, x, eps, draws=None, params=None):
 
     ``draws`` (optional) holds ``prior_sample.eps`` (and ``prior_sample.index`` for mixtures).
     """
+    _check_model(model)
     p = model.params if params is None else params
     cache = model.forward(x, eps, p)
     out = {}
@@ -498,6 +527,7 @@ def prior_box(model):
       h = (longest side) / 700; outside <= P(u not in [-7, 7]^2) <= 4 Phi(-7) ~ 5e-12.
     """
     from scipy import stats
+    _check_model(model)
     if model.latent_dim != 2:
         raise ValueError(f"prior_box needs L = 2, the model has L = {model.latent_dim}")
     name = model.prior.name
@@ -595,6 +625,12 @@ def _quadrature_nll(model, x, max_halvings=4, atol=1e-4):
     return nll
 
 
+def _check_model(model):
+    if not (hasattr(model, "params") and hasattr(model, "prior") and hasattr(model, "latent_dim")):
+        raise TypeError(f"model must be a refvae VAE, got {type(model).__name__}")
+    return model
+
+
 def build_case(prior, likelihood, seed=DEFAULT_SEED) -> GoldenCase:
     """Build one golden case in memory (deterministic given ``seed``).
 
@@ -608,6 +644,7 @@ def build_case(prior, likelihood, seed=DEFAULT_SEED) -> GoldenCase:
     from .vae import VAE
     check_choice(prior, "prior", CASE_PRIORS)
     check_choice(likelihood, "likelihood", CASE_LIKELIHOODS)
+    seed = check_positive_int(seed, "seed", minimum=0)
     ip, il = CASE_PRIORS.index(prior), CASE_LIKELIHOODS.index(likelihood)
     rng = np.random.default_rng([seed, ip, il])
     S = SIZES
@@ -773,6 +810,7 @@ def write_case(out_dir, prior, likelihood, seed=DEFAULT_SEED, checksums=True) ->
     With ``checksums``, ``out_dir/SHA256SUMS`` is rewritten for every case in ``out_dir``.
     Returns the case directory.
     """
+    out_dir = _check_dir_arg(out_dir, "out_dir")
     case = build_case(prior, likelihood, seed)
     path = _write_case_files(case, os.path.join(os.fspath(out_dir), case.name))
     if checksums:
@@ -782,7 +820,22 @@ def write_case(out_dir, prior, likelihood, seed=DEFAULT_SEED, checksums=True) ->
 
 def write_cases(out_dir, priors=CASE_PRIORS, likelihoods=CASE_LIKELIHOODS, seed=DEFAULT_SEED,
                 say=None) -> list:
-    """Write every (prior, likelihood) case to ``out_dir`` and the checksum list; returns the paths."""
+    """Write every (prior, likelihood) case to ``out_dir`` and the checksum list; returns the paths.
+
+    ``priors``/``likelihoods``: non-empty lists of names; ``say``: None or a callable.
+    """
+    out_dir = _check_dir_arg(out_dir, "out_dir")
+    for arg, name, choices in ((priors, "priors", CASE_PRIORS),
+                               (likelihoods, "likelihoods", CASE_LIKELIHOODS)):
+        if isinstance(arg, str) or not isinstance(arg, (list, tuple)):
+            raise TypeError(f"{name} must be a list of names from {choices}, got {type(arg).__name__}")
+        if not arg:
+            raise ValueError(f"{name} must not be empty")
+        for a in arg:
+            check_choice(a, name[:-1], choices)
+    seed = check_positive_int(seed, "seed", minimum=0)
+    if say is not None and not callable(say):
+        raise TypeError(f"say must be None or a callable (e.g. print), got {type(say).__name__}")
     paths = []
     for prior in priors:
         for likelihood in likelihoods:
@@ -816,7 +869,9 @@ def _case_files(directory):
 
 def write_checksums(directory) -> str:
     """Write ``directory/SHA256SUMS`` (``sha256sum -c`` format) for every case file in it."""
-    directory = os.fspath(directory)
+    directory = _check_dir_arg(directory, "directory")
+    if not os.path.isdir(directory):
+        raise ValueError(f"directory {directory!r}: not a directory of golden cases")
     lines = [f"{_sha256(os.path.join(directory, rel))}  {rel}" for rel in _case_files(directory)]
     path = os.path.join(directory, CHECKSUM_FILE)
     _atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
@@ -847,7 +902,8 @@ def _read_checksums(path):
                              f"'<64 hex digits>  <case>/<file>'")
         digest, rel = m.group(1).lower(), m.group(2)
         if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in rel.split("/")):
-            raise ValueError(f"{path}, line {i}: {rel!r} is not a relative path inside {os.path.dirname(path)!r}")
+            raise ValueError(f"{path}, line {i}: {rel!r} is not a relative path inside "
+                             f"{os.path.dirname(path)!r}")
         if rel in entries:
             raise ValueError(f"{path}, line {i}: {rel!r} is listed twice")
         entries[rel] = digest
@@ -857,13 +913,22 @@ def _read_checksums(path):
 def _checksum_problems(directory, cases=None):
     """``(sums_path, [(rel, kind), ...])`` with kind in 'missing-sums', 'differs', 'listed but
     missing', 'not listed'; only the files of ``cases`` (names) when given."""
-    directory = golden_dir() if directory is None else os.fspath(directory)
+    directory = golden_dir() if directory is None else _check_dir_arg(directory, "directory")
     if not os.path.isdir(directory):
         raise ValueError(f"directory {directory!r}: not a directory of golden cases")
+    wanted = None
+    if cases is not None:
+        if isinstance(cases, str) or not isinstance(cases, (list, tuple, set)):
+            raise TypeError(f"cases must be a list of case names, got {type(cases).__name__}")
+        wanted = set()
+        for c in cases:
+            if not isinstance(c, str) or not os.path.isdir(os.path.join(directory, c)) \
+                    or os.sep in c or "/" in c or c in (".", ".."):
+                raise ValueError(f"cases: no case {c!r} in {directory}")
+            wanted.add(c)
     path = os.path.join(directory, CHECKSUM_FILE)
     if not os.path.isfile(path):
         return path, [(CHECKSUM_FILE, "missing-sums")]
-    wanted = None if cases is None else {os.fspath(c) for c in cases}
 
     def selected(rel):
         return wanted is None or rel.split("/", 1)[0] in wanted
@@ -1017,9 +1082,10 @@ def load_case(path_or_name, directory=None) -> GoldenCase:
     the case holds). Integrity against
     ``SHA256SUMS`` is checked separately (:func:`require_checksums`).
     """
-    path = os.fspath(path_or_name)
+    path = _check_dir_arg(path_or_name, "path_or_name")
     if not os.path.isdir(path):
-        path = os.path.join(golden_dir() if directory is None else os.fspath(directory), path)
+        path = os.path.join(golden_dir() if directory is None else _check_dir_arg(directory, "directory"),
+                            path)
     mpath, apath = os.path.join(path, MANIFEST_FILE), os.path.join(path, ARRAYS_FILE)
     if not (os.path.isfile(mpath) and os.path.isfile(apath)):
         raise ValueError(f"{path}: not a golden case (needs {MANIFEST_FILE} and {ARRAYS_FILE})")
@@ -1133,7 +1199,12 @@ def compare_cases(new, old, c_regen=None) -> list:
     Monte Carlo references within a relative 1e-6 (they are estimates computed with the same
     seeds: only rounding moves them).
     """
-    c_regen = tolerance("golden_regeneration").rtol if c_regen is None else c_regen
+    c_regen = (tolerance("golden_regeneration").rtol if c_regen is None
+               else check_real(c_regen, "c_regen", lo=0, lo_open=True))
+    for arg, name in ((new, "new"), (old, "old")):
+        if not isinstance(arg, GoldenCase):
+            raise TypeError(f"{name} must be a GoldenCase (build_case or load_case), got "
+                            f"{type(arg).__name__}")
     problems = []
     if new.config != old.config:
         problems.append(f"config differs: {new.config} vs {old.config}")

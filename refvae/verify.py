@@ -75,7 +75,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import golden as _golden
-from ._validation import check_choice
+from ._validation import check_choice, check_positive_int
 from .io import _atomic_write_bytes
 from .tolerances import tolerance
 
@@ -156,8 +156,46 @@ def _runner(adapter):
                      "method and is not callable")
 
 
+MAX_SAMPLER_DRAWS = 10 ** 8  #: the largest ``n`` of :func:`check_sampler` (1.6 GB of draws at L = 2)
+
+
+def _check_case(case):
+    if not isinstance(case, (_golden.GoldenCase, _Sub)):
+        raise TypeError(f"case must be a refvae.golden.GoldenCase (from refvae.golden.load_case), got "
+                        f"{type(case).__name__}")
+    return case
+
+
+def _check_seed(seed):
+    return check_positive_int(seed, "seed", minimum=0)
+
+
+def _check_outputs(outputs):
+    if outputs is not None and not isinstance(outputs, dict):
+        raise TypeError(f"outputs must be a dict name -> array (or None), got {type(outputs).__name__}")
+    return outputs
+
+
+def _check_args(adapter, case, profile, seed=0, outputs=None):
+    """The arguments every check shares: an adapter with run(), a GoldenCase, a profile, a seed."""
+    _runner(adapter)
+    _check_case(case)
+    check_choice(profile, "profile", PROFILES)
+    _check_seed(seed)
+    _check_outputs(outputs)
+
+
+def _check_grid(grid):
+    if grid is not None and not (isinstance(grid, dict) and "logp" in grid and "h" in grid):
+        raise TypeError(f"grid must be None or the dict made by refvae.verify._density_grid, got "
+                        f"{type(grid).__name__}")
+
+
 def call_adapter(adapter, case, params=None):
     """The adapter's outputs for a case (fresh copies of the inputs), as a dict."""
+    _check_case(case)
+    if params is not None and not isinstance(params, dict):
+        raise TypeError(f"params must be a dict name -> array (or None), got {type(params).__name__}")
     config, p, x, eps = case.inputs()
     if params is not None:
         p = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
@@ -323,6 +361,9 @@ def compare_case(outputs, case, profile="float64"):
     """Compare an adapter's outputs with a case: a list of :class:`QuantityResult` in data-flow
     order (``missing`` for quantities the adapter does not report)."""
     check_choice(profile, "profile", PROFILES)
+    _check_case(case)
+    if not isinstance(outputs, dict):
+        raise TypeError(f"outputs must be a dict name -> array, got {type(outputs).__name__}")
     results = []
     for pos, name in enumerate(case.order):
         want = case.values[name]
@@ -478,6 +519,7 @@ def check_gradient(adapter, case, profile="float64", seed=0, outputs=None):
     """The adapter's ``grad.*`` against central differences of its own ``loss`` (or the mean of
     its ``neg_elbo``), one random direction per parameter."""
     from .gradcheck import check_vjp
+    _check_args(adapter, case, profile, seed, outputs)
     out = call_adapter(adapter, case) if outputs is None else outputs
     names = [k for k in case.params if f"grad.{k}" in out]
     if not names or ("loss" not in out and "neg_elbo" not in out):
@@ -565,6 +607,8 @@ def check_normalisation(adapter, case, profile="float64", grid=None):
     piecewise smooth), the reference prior's mass outside the box (<= 4 Phi(-R), R = 10 sd for
     mixtures, f^-1([-7, 7]^2) for the flow), and the rounding of exp(log p).
     """
+    _check_args(adapter, case, profile)
+    _check_grid(grid)
     why = _needs_l2(case, "prior_log_prob", adapter)
     if why:
         return CheckResult("normalisation", "skip", why)
@@ -615,8 +659,15 @@ def check_sampler(adapter, case, profile="float64", grid=None, n=20000, seed=0):
     when the p-value is below ``tolerances["verify_chi_square"].atol`` = 1e-6 (the false-failure
     probability). With n = 20000, a sampler that uses exp(log_var) as the standard deviation gives
     statistics of 4000-18000 on 63 degrees of freedom on the committed cases (p = 0).
+    ``n``: 2 <= n <= :data:`MAX_SAMPLER_DRAWS`.
     """
     from scipy import stats
+    _check_args(adapter, case, profile, seed)
+    _check_grid(grid)
+    n = check_positive_int(n, "n", minimum=2)
+    if n > MAX_SAMPLER_DRAWS:
+        raise ValueError(f"n = {n} draws is more than the {MAX_SAMPLER_DRAWS} the sampler check "
+                         f"allows ({16 * n / 1e9:.1f} GB of (n, 2) draws)")
     why = _needs_l2(case, "prior_sample", adapter) or _needs_l2(case, "prior_log_prob", adapter)
     if why:
         return CheckResult("sampler", "skip", why)
@@ -681,6 +732,8 @@ def check_mixture(adapter, case, profile="float64", outputs=None, n_points=256, 
     components are used. If the adapter reports ``prior.log_weights``, they must be normalised.
     """
     from .primitives import log_softmax, logsumexp
+    _check_args(adapter, case, profile, seed, outputs)
+    n_points = check_positive_int(n_points, "n_points", minimum=1)
     if case.prior not in MIXTURE_PRIORS:
         return CheckResult("mixture", "skip", f"not a mixture prior ({case.prior})")
     if not callable(getattr(adapter, "prior_log_prob", None)):
@@ -782,6 +835,7 @@ def check_nll(adapter, case, profile="float64", outputs=None, seed=0):
     single-sample ``neg_elbo`` to rounding, or that is closer to the expected negative ELBO than
     to the NLL, is reported as a negative ELBO labelled NLL.
     """
+    _check_args(adapter, case, profile, seed, outputs)
     out = _outputs_or_run(adapter, case, outputs)
     config, params, x = case.inputs()[:3]
     if "nll" in out:
@@ -871,13 +925,15 @@ def load_known_deviations(path):
     ``check.<name>`` (``check.nll``). ``reason`` must be a non-empty string. Anything else is a
     ``ValueError`` naming the file and the entry.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path of the known-deviations file must be a path, got {type(path).__name__}")
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read the known-deviations file: {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"{path}: not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: not JSON (or nested too deeply): {exc}") from None
     return validate_known_deviations(data, path)
 
 
@@ -1102,12 +1158,21 @@ def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CH
     t0 = time.perf_counter()
     check_choice(profile, "profile", PROFILES)
     check_choice(prior_checks, "prior_checks", ("once", "all"))
+    if isinstance(checks, str) or not isinstance(checks, (list, tuple)):
+        raise TypeError(f"checks must be a list of names from {CHECKS}, got {type(checks).__name__}")
     checks = tuple(checks)
+    if not checks:
+        raise ValueError(f"checks must name at least one of {', '.join(CHECKS)}; got none")
     for c in checks:
         check_choice(c, "check", CHECKS)
+    seed = _check_seed(seed)
     if isinstance(adapter, str):
         impl = impl or adapter
-        adapter = load_adapter(adapter)
+        try:
+            adapter = load_adapter(adapter)
+        except ValueError as exc:
+            raise ValueError(f"adapter {adapter!r}: {exc}") from None
+    _runner(adapter)
     if known_deviations is None:
         known = []
     elif isinstance(known_deviations, (str, os.PathLike)):

@@ -70,6 +70,12 @@ def _edit_manifest_number(path):
     path.write_text(text.replace('"kink_margin": 0.1', '"kink_margin": 0.2', 1))
 
 
+def _alter_first_digest(path):
+    text = path.read_text()
+    assert text.split()[1] == f"{CASE}/case.npz"
+    path.write_text(("1" if text[0] == "0" else "0") + text[1:])
+
+
 TAMPER = {
     "flipped byte in case.npz": ("case.npz", lambda d: _flip_byte(d / CASE / "case.npz"),
                                  "does not match SHA256SUMS"),
@@ -80,9 +86,8 @@ TAMPER = {
     "unlisted file": ("manifest.json", lambda d: (d / "SHA256SUMS").write_text(
         "\n".join(l for l in (d / "SHA256SUMS").read_text().splitlines() if "manifest" not in l) + "\n"),
         "is not listed in SHA256SUMS"),
-    "altered digest": ("case.npz", lambda d: (d / "SHA256SUMS").write_text(
-        re.sub(r"^[0-9a-f]", "0", (d / "SHA256SUMS").read_text().replace("\n0", "\n1"))),
-        "does not match SHA256SUMS"),
+    "altered digest": ("case.npz", lambda d: _alter_first_digest(d / "SHA256SUMS"),
+                       "does not match SHA256SUMS"),
 }
 
 
@@ -93,8 +98,6 @@ def test_verify_refuses_a_case_that_does_not_match_its_checksums(cases, capsys, 
     """refvae verify on a tampered golden case: 'corrupt golden case <name>: <file> ...', exit 2."""
     f, tamper, words = TAMPER[how]
     tamper(cases)
-    if how == "altered digest":  # the first listed file is case.npz of the one case
-        assert (cases / "SHA256SUMS").read_text().startswith("0")
     argv = {"directory": [], "--case": ["--case", CASE]}.get(select)
     if argv is None:
         rc = verify(cases / CASE)
@@ -365,12 +368,14 @@ def test_stats_memory_limit_is_the_byte_count_of_the_arrays(flag, N, L, K):
     (["--threads", "0"], ["--threads"]),
     (["--seed", "-1"], ["--seed"]),
     (["--key", "nope"], ["--data"]),
+    (["--key", "x"], ["--key", "only an .npz --data file"]),
+    (["--threads", "1000000"], ["--threads 1000000", "at most"]),
 ])
 def test_stats_bad_flags_give_one_line(stats_dir, capsys, tmp_path, monkeypatch, argv, words):
     """refvae stats with empty, negative, zero or meaningless flags: one line naming the flag, exit 2."""
     monkeypatch.chdir(tmp_path)
     argv = [str(tmp_path) if a == "DIR" else a for a in argv]
-    if "--key" in argv:
+    if argv == ["--key", "nope"]:
         np.savez(tmp_path / "x.npz", a=np.zeros((3, 6)), b=np.zeros((3, 6)))
         rc = main(["stats", "--model", str(stats_dir / "model"), "--data", str(tmp_path / "x.npz"),
                    "--quiet", *argv])
@@ -593,3 +598,54 @@ def test_golden_bad_flags_give_one_line(capsys, tmp_path, argv, words):
     rc = main(["golden", "--prior", "standard", "--likelihood", "bernoulli", *argv, "--quiet"])
     one_line_error(capsys, rc, *words)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def _api_cases():
+    from refvae import verify as v
+    A = v.RefvaeAdapter()
+
+    def case():
+        return golden.load_case(CASE)
+    return [
+        ("run(cases=[])", lambda: v.run(A, cases=[], checks=("golden",)), ValueError, "cases must not be empty"),
+        ("run(checks=())", lambda: v.run(A, cases=[CASE], checks=()), ValueError, "checks must name"),
+        ("run(seed=nan)", lambda: v.run(A, cases=[CASE], checks=("golden",), seed=float("nan")),
+         TypeError, "seed"),
+        ("run(adapter=None)", lambda: v.run(None, cases=[CASE], checks=("golden",)), ValueError, "adapter"),
+        ("run(checksums='yes')", lambda: v.run(A, cases=[CASE], checksums="yes"), TypeError, "checksums"),
+        ("check_gradient(profile=None)", lambda: v.check_gradient(A, case(), profile=None), ValueError,
+         "profile"),
+        ("check_nll(case=None)", lambda: v.check_nll(A, None), TypeError, "case must be"),
+        ("check_sampler(n=10**15)", lambda: v.check_sampler(A, case(), n=10 ** 15), ValueError, "n = "),
+        ("check_mixture(n_points=0)", lambda: v.check_mixture(A, golden.load_case("mog-gaussian"),
+                                                              n_points=0), ValueError, "n_points"),
+        ("compare_case(outputs='abc')", lambda: v.compare_case("abc", case()), TypeError, "outputs"),
+        ("load_known_deviations(None)", lambda: v.load_known_deviations(None), TypeError, "path"),
+        ("compare_cases(c_regen=nan)", lambda: golden.compare_cases(case(), case(), c_regen=float("nan")),
+         ValueError, "c_regen"),
+        ("compare_cases(new=None)", lambda: golden.compare_cases(None, case()), TypeError, "new"),
+        ("allowed_error(c=inf)", lambda: golden.allowed_error(1.0, 1.0, c=float("inf")), ValueError, "c must"),
+        ("allowed_error(values=nan)", lambda: golden.allowed_error(float("nan"), 1.0), ValueError, "values"),
+        ("allowed_error(scales=-1)", lambda: golden.allowed_error(1.0, -1.0), ValueError, "scales"),
+        ("write_cases(priors=())", lambda: golden.write_cases("unused", priors=()), ValueError, "priors"),
+        ("build_case(seed=-1)", lambda: golden.build_case("standard", "bernoulli", seed=-1), ValueError, "seed"),
+        ("case_name(prior=None)", lambda: golden.case_name(None, "gaussian"), ValueError, "prior"),
+        ("reference_model(config=[1])", lambda: golden.reference_model([1], {}), TypeError, "config"),
+        ("require_checksums(cases='x')", lambda: golden.require_checksums(None, "standard-gaussian"),
+         TypeError, "cases"),
+        ("require_checksums(cases=['bogus'])", lambda: golden.require_checksums(None, ["bogus"]),
+         ValueError, "no case 'bogus'"),
+        ("load_case(None)", lambda: golden.load_case(None), TypeError, "path_or_name"),
+        ("holes(taus='0.1')", lambda: dist.holes(None, None, np.random.default_rng(0), 10, taus="0.1"),
+         TypeError, "model"),
+        ("combine_tree(None)", lambda: dist.combine_tree(None), TypeError, "partials"),
+        ("load_array(None)", lambda: dist.load_array(None), TypeError, "path"),
+    ]
+
+
+@pytest.mark.hostile("option", "named error")
+@pytest.mark.parametrize("what,call,exc,match", _api_cases(), ids=[c[0] for c in _api_cases()])
+def test_verify_golden_and_distributed_functions_name_bad_arguments(what, call, exc, match):
+    """Bad seeds, profiles, cases, checks, tolerances and paths of the library functions: a named error."""
+    with pytest.raises(exc, match=re.escape(match)):
+        call()
