@@ -43,6 +43,7 @@ import numpy as np
 
 from . import gaussian
 from ._validation import as_float_array, check_positive_int, check_rng
+from .mixture import LOG_VAR_LIMIT
 from .prior_mixtures import AggregatedPosterior
 
 __all__ = ["Estimate", "elbo_terms", "conditional_entropy", "cross_entropy", "omega_decomposition",
@@ -66,12 +67,30 @@ class Estimate:
         return f"{self.value:{spec}} ± {self.se:{spec}}"
 
 
-def _estimate(v):
-    """Estimate of the mean of v (N, S): stratified SE for S >= 2, conservative SE for S = 1."""
+def _check_values(v, what):
+    """NaN among Monte Carlo values (an inf - inf of two infinite log-densities) is a ValueError
+    naming the quantity and the row of x; ``+-inf`` values are legal (exact log-densities beyond
+    the float range) but may not mix signs."""
+    bad = np.isnan(v)
+    if bad.any() or (np.any(v == np.inf) and np.any(v == -np.inf)):
+        n = int(np.argwhere(bad)[0][0]) if bad.any() else int(np.argwhere(np.isinf(v))[0][0])
+        raise ValueError(f"{what} is undefined at x[{n}] (an infinite log-density minus another, "
+                         f"inf - inf): the model's densities are beyond the float range there")
+
+
+def _estimate(v, what="the estimate"):
+    """Estimate of the mean of v (N, S): stratified SE for S >= 2, conservative SE for S = 1.
+
+    If some values are infinite (all of one sign: log-densities beyond the float range) the
+    value is that infinity and ``se = inf``; NaN is a ``ValueError`` (:func:`_check_values`).
+    """
     v = np.asarray(v, dtype=np.float64)
     if v.ndim == 1:
         v = v[:, None]
+    _check_values(v, what)
     N, S = v.shape
+    if not np.all(np.isfinite(v)):
+        return Estimate(float(np.mean(v)), math.inf, int(v.size))
     value = float(np.mean(v))
     if S >= 2:
         se = math.sqrt(float(np.sum(np.var(v, axis=1, ddof=1))) / S) / N
@@ -82,16 +101,63 @@ def _estimate(v):
     return Estimate(value, se, int(v.size))
 
 
-def _exact(v):
+def _exact(v, what="the value"):
+    v = np.asarray(v, dtype=np.float64)
+    _check_values(v.reshape(v.shape[0], -1) if v.ndim else v.reshape(1, 1), what)
     return Estimate(float(np.mean(v)), 0.0, int(np.size(v)))
 
 
+_MODEL_ATTRS = ("params", "encoder", "decoder", "prior", "latent_dim", "x_dim")
+#: the largest array of draws (elements) an estimator allocates at once: 2^28 float64 = 2 GiB
+MAX_DRAW_ELEMENTS = 2 ** 28
+
+
+def _check_model(model):
+    """``TypeError`` naming ``model`` unless it looks like a :class:`refvae.vae.VAE`."""
+    missing = [a for a in _MODEL_ATTRS if not hasattr(model, a)]
+    if missing:
+        raise TypeError(f"model must be a refvae.vae.VAE (with .params, .encoder, .decoder, .prior, "
+                        f".latent_dim, .x_dim), got {type(model).__name__} without "
+                        f"{', '.join(missing)}")
+    return model
+
+
+def _check_aggregated(aggregated, model):
+    """``None`` or an aggregated posterior (an object with ``log_prob``, ``means``, ``log_vars``)."""
+    if aggregated is None:
+        return None
+    if not callable(getattr(aggregated, "log_prob", None)) or not hasattr(aggregated, "means") \
+            or not hasattr(aggregated, "log_vars"):
+        raise TypeError(f"aggregated must be a refvae.prior_mixtures.AggregatedPosterior (or None "
+                        f"to build it from x), got {type(aggregated).__name__}")
+    if np.shape(aggregated.means)[-1] != model.latent_dim:
+        raise ValueError(f"aggregated has latent dimension {np.shape(aggregated.means)[-1]}, the "
+                         f"model {model.latent_dim}")
+    return aggregated
+
+
+def _check_draws(n_rows, n_samples, width, name="n_samples"):
+    """``ValueError`` naming ``name`` if an (n_rows, n_samples, width) array of draws would exceed
+    :data:`MAX_DRAW_ELEMENTS` (2 GiB)."""
+    total = int(n_rows) * int(n_samples) * int(width)
+    if total > MAX_DRAW_ELEMENTS:
+        raise ValueError(f"{name} = {n_samples} needs {n_rows} x {n_samples} x {width} = {total:.3g} "
+                         f"draws at once, more than {MAX_DRAW_ELEMENTS:.3g} (2 GiB); use fewer "
+                         f"samples or a smaller data set")
+
+
 def _params(model, params):
-    return model.params if params is None else params
+    _check_model(model)
+    if params is None:
+        return model.params
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of parameter arrays (or None for model.params), "
+                        f"got {type(params).__name__}")
+    return params
 
 
 def _check_x(model, x):
-    return as_float_array(x, "x", shape=(None, model.x_dim))
+    return as_float_array(x, "x", shape=(None, _check_model(model).x_dim))
 
 
 def encode_all(model, x, params=None, batch_size=1024):
@@ -104,13 +170,38 @@ def encode_all(model, x, params=None, batch_size=1024):
         mu, lv, _ = model.encoder.forward(p, x[n0:n0 + batch_size])
         mus.append(mu)
         lvs.append(lv)
-    return np.concatenate(mus), np.concatenate(lvs)
+    mu, lv = np.concatenate(mus), np.concatenate(lvs)
+    bad = ~(np.isfinite(mu) & np.isfinite(lv))
+    if bad.any():
+        n = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"the encoder's output for x[{n}] is not finite (mu = {mu[n].tolist()}, "
+                         f"log_var = {lv[n].tolist()}): x (max |x| = {float(np.max(np.abs(x[n]))):.3g} "
+                         f"in that row) or the parameters are outside the range the model handles")
+    return mu, lv
 
 
-def _draw_posterior(mu, lv, S, rng):
-    """z (N, S, L) with z[n, s] ~ q(z|x_n)."""
+def _draw_posterior(mu, lv, S, rng, row0=0):
+    """z (N, S, L) with z[n, s] ~ q(z|x_n); a ``ValueError`` naming the row of x if a draw is
+    beyond the float range (an encoder output too large for the model, e.g. from a huge x)."""
     eps = rng.standard_normal((mu.shape[0], S, mu.shape[1]))
-    return mu[:, None, :] + np.exp(0.5 * lv)[:, None, :] * eps
+    z = gaussian._reparameterize(mu[:, None, :], lv[:, None, :], eps)
+    bad = ~np.isfinite(z)
+    if bad.any():
+        n = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"a draw from q(z|x[{row0 + n}]) overflows float64 (encoder mu = "
+                         f"{mu[n].tolist()}, log_var = {lv[n].tolist()}): x or the parameters are "
+                         f"outside the range the model handles")
+    return z
+
+
+def _check_mixture_range(lv):
+    """The aggregated posterior needs log-variances within the mixture kernel's range."""
+    bad = np.abs(lv) > LOG_VAR_LIMIT
+    if bad.any():
+        n = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"the encoder's log_var for x[{n}] is {lv[n].tolist()}, outside "
+                         f"[-{LOG_VAR_LIMIT:g}, {LOG_VAR_LIMIT:g}] where the aggregated posterior q(z) "
+                         f"is evaluated: x or the parameters are outside the range the model handles")
 
 
 def _prior_log_prob(model, p, z):
@@ -128,6 +219,7 @@ def elbo_terms(model, x, rng, n_samples=1, params=None, batch_size=256):
     S = check_positive_int(n_samples, "n_samples")
     p = _params(model, params)
     x = _check_x(model, x)
+    _check_draws(x.shape[0], S, model.latent_dim)
     mu, lv = encode_all(model, x, p)
     N, L = mu.shape
     z = _draw_posterior(mu, lv, S, rng)
@@ -146,8 +238,8 @@ def elbo_terms(model, x, rng, n_samples=1, params=None, batch_size=256):
         lq[sl] = gaussian.log_prob(z[sl], mu[sl, None, :], lv[sl, None, :])
     omega = lpz - lq
     elbo = lpx + omega
-    return {"re": _estimate(lpx), "omega": _estimate(omega), "elbo": _estimate(elbo),
-            "neg_elbo": _estimate(-elbo)}
+    return {"re": _estimate(lpx, "RE"), "omega": _estimate(omega, "Omega"),
+            "elbo": _estimate(elbo, "the ELBO"), "neg_elbo": _estimate(-elbo, "the negative ELBO")}
 
 
 def conditional_entropy(model, x, params=None):
@@ -169,6 +261,7 @@ def cross_entropy(model, x, rng, n_samples=1, params=None):
     if model.prior.name == "standard":
         zero = np.zeros(mu.shape[1])
         return _exact(gaussian.cross_entropy(mu, lv, zero, zero))
+    _check_draws(mu.shape[0], S, mu.shape[1])
     z = _draw_posterior(mu, lv, S, rng)
     N, _, L = z.shape
     lpz = _prior_log_prob(model, p, z.reshape(N * S, L)).reshape(N, S)
@@ -201,8 +294,11 @@ def aggregated_posterior_stats(model, x, rng, n_samples=1, params=None, aggregat
     S = check_positive_int(n_samples, "n_samples")
     p = _params(model, params)
     x = _check_x(model, x)
+    aggregated = _check_aggregated(aggregated, model)
+    _check_draws(x.shape[0], S, model.latent_dim)
     mu, lv = encode_all(model, x, p)
     if aggregated is None:
+        _check_mixture_range(lv)
         aggregated = AggregatedPosterior(model.latent_dim, mu, lv)
     N, L = mu.shape
     z = _draw_posterior(mu, lv, S, rng)
@@ -234,12 +330,15 @@ def hole_metrics(model, x, rng, n_samples=10000, taus=(0.1, 0.01), params=None, 
     """
     check_rng(rng)
     M = check_positive_int(n_samples, "n_samples", minimum=2)
-    taus = tuple(float(t) for t in np.atleast_1d(taus))
-    if not all(t > 0 and math.isfinite(t) for t in taus):
+    taus = tuple(float(t) for t in as_float_array(taus, "taus", ndim=(0, 1)).reshape(-1))
+    if not all(t > 0 for t in taus):
         raise ValueError(f"taus must be positive finite thresholds, got {taus}")
     p = _params(model, params)
+    aggregated = _check_aggregated(aggregated, model)
+    _check_draws(M, 1, model.latent_dim)
     if aggregated is None:
         mu, lv = encode_all(model, x, p)
+        _check_mixture_range(lv)
         aggregated = AggregatedPosterior(model.latent_dim, mu, lv)
     z = model.prior.sample(p, M, rng)
     lpz = _prior_log_prob(model, p, z)
@@ -274,6 +373,10 @@ def log_likelihood(model, x, rng, n_samples=5000, params=None, max_rows=512):
     Returns a dict: ``log_px`` (N,), ``se`` (N,), ``ess`` (N,), ``elbo`` (N,) (the mean of lw, the
     single-sample ELBO averaged over the same S draws, <= E ln p_hat), and ``mean`` (an
     :class:`Estimate` of the data-set average of ln p(x), se = sqrt(sum se_n^2) / N).
+
+    A row whose S log-weights are all ``-inf`` (the decoder gives probability 0 to x at every
+    draw) gets ``log_px = -inf``, ``se = inf``, ``ess = 0`` (never NaN); a NaN or ``+inf``
+    log-weight is a ``ValueError`` naming the row of x.
     """
     check_rng(rng)
     S = check_positive_int(n_samples, "n_samples", minimum=2)
@@ -292,13 +395,19 @@ def log_likelihood(model, x, rng, n_samples=5000, params=None, max_rows=512):
         done = 0
         while done < S:
             c = min(chunk, S - done)
-            eps = rng.standard_normal((c, L))
-            z = mu[n] + np.exp(0.5 * lv[n]) * eps
+            z = _draw_posterior(mu[n:n + 1], lv[n:n + 1], c, rng, row0=n)[0]
             out = model.decoder.forward(p, z)[0]
             lw = (model.decoder.log_prob(p, np.repeat(xn, c, axis=0), out)
                   + _prior_log_prob(model, p, z)
                   - gaussian.log_prob(z, mu[n], lv[n]))
+            if np.isnan(lw).any() or (lw == np.inf).any():
+                raise ValueError(f"the importance log-weight of x[{n}] is {float(lw[~(lw < np.inf)][0])}: "
+                                 f"the model's log-densities are not finite there")
             cmax = float(np.max(lw))
+            if cmax == -np.inf:      # every weight of this chunk is 0: nothing to add
+                total[n] += float(np.sum(lw))
+                done += c
+                continue
             if cmax > m[n]:
                 if m[n] > -np.inf:
                     s1[n] *= math.exp(m[n] - cmax)
@@ -309,10 +418,12 @@ def log_likelihood(model, x, rng, n_samples=5000, params=None, max_rows=512):
             s2[n] += float(np.sum(w * w))
             total[n] += float(np.sum(lw))
             done += c
-    log_px = m + np.log(s1) - math.log(S)
-    var = np.maximum(s2 - s1 * s1 / S, 0.0) / (S - 1)
-    se = np.sqrt(var / S) / (s1 / S)
-    ess = s1 * s1 / s2
+    live = m > -np.inf          # rows with a nonzero weight (m = -inf: every weight is 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_px = np.where(live, m + np.log(np.where(live, s1, 1.0)) - math.log(S), -np.inf)
+        var = np.maximum(s2 - s1 * s1 / S, 0.0) / (S - 1)
+        se = np.where(live, np.sqrt(var / S) / (s1 / S), np.inf)
+        ess = np.where(live, s1 * s1 / np.where(live, s2, 1.0), 0.0)
     mean = Estimate(float(np.mean(log_px)), float(np.sqrt(np.sum(se * se))) / N, int(N * S))
     return {"log_px": log_px, "se": se, "ess": ess, "elbo": total / S, "mean": mean}
 
@@ -326,12 +437,15 @@ def density_grid(model, x, n=101, lims=None, params=None, aggregated=None):
     +- 4 posterior standard deviations and [-3, 3]^2. Returns a dict with ``z1``, ``z2`` (n,),
     ``log_p``, ``log_q``, ``log_ratio`` (n, n; rows follow z2, columns z1, as ``meshgrid``).
     """
-    if model.latent_dim != 2:
+    if _check_model(model).latent_dim != 2:
         raise ValueError(f"density_grid needs latent_dim = 2, the model has {model.latent_dim}")
     n = check_positive_int(n, "n", minimum=2)
+    _check_draws(n, n, 2, "n")
     p = _params(model, params)
+    aggregated = _check_aggregated(aggregated, model)
     if aggregated is None:
         mu, lv = encode_all(model, x, p)
+        _check_mixture_range(lv)
         aggregated = AggregatedPosterior(2, mu, lv)
     if lims is None:
         sd = np.exp(0.5 * aggregated.log_vars)

@@ -143,6 +143,8 @@ def check_mixture_args(z, means, log_vars, log_weights=None, *, require_weights=
     [-1416, 1416], ``log_weights`` of the wrong length or containing NaN or +inf (-inf is allowed:
     a switched-off component).
     """
+    if not isinstance(require_weights, (bool, np.bool_)):
+        raise TypeError(f"require_weights must be a bool, got {type(require_weights).__name__}")
     z = as_float_array(z, "z", ndim=2)
     means = as_float_array(means, "means", ndim=2)
     K, L = means.shape
@@ -629,6 +631,8 @@ def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=No
     z_only : bool. Compute dz only and return ``None`` for the component gradients (saves the
         pass over components, e.g. for the aggregated posterior, whose components are data).
     """
+    if not isinstance(z_only, (bool, np.bool_)):
+        raise TypeError(f"z_only must be a bool, got {type(z_only).__name__}")
     z, means, log_vars, log_weights = check_mixture_args(z, means, log_vars, log_weights)
     B = z.shape[0]
     g = as_float_array(g, "g", shape=(B,))
@@ -715,11 +719,14 @@ def mixture_log_prob_numpy(z, means, log_vars, log_weights=None, *, _checked=Fal
 
 
 def mixture_log_prob_vjp_numpy(g, z, means, log_vars, log_weights=None):
-    """Plain NumPy twin of :func:`mixture_log_prob_vjp` (forms the (b, K, L) chunk explicitly)."""
-    z, means, log_vars, log_weights = _twin_args(z, means, log_vars, log_weights)
+    """Plain NumPy twin of :func:`mixture_log_prob_vjp` (forms the (b, K, L) chunk explicitly).
+
+    Real input only (checked as by :func:`check_mixture_args`); ``g`` finite, shape (B,).
+    """
+    z, means, log_vars, log_weights = check_mixture_args(z, means, log_vars, log_weights)
     B, L = z.shape
     K = means.shape[0]
-    g = np.asarray(g, dtype=np.float64)
+    g = as_float_array(g, "g", shape=(B,))
     f = mixture_log_prob_numpy(z, means, log_vars, log_weights, _checked=True)
     dz = np.zeros((B, L))
     dmeans = np.zeros((K, L))

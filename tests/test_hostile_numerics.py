@@ -529,3 +529,149 @@ def test_primitives_empty_input_named_error(fn, x):
     """Primitives with an empty array: ValueError naming x."""
     with pytest.raises(ValueError, match=r"^x must not be empty"):
         getattr(P, fn)(x)
+
+
+# =========================================================================== estimators (item 6)
+
+from refvae import estimators as E  # noqa: E402
+from refvae.vae import VAE  # noqa: E402
+
+
+def _small_vae(prior="standard", likelihood="gaussian"):
+    return VAE(3, 2, (4,), "tanh", likelihood, prior=prior, rng=np.random.default_rng(1))
+
+
+_EST_CALLS = {
+    "encode_all": lambda m, x, r: E.encode_all(m, x),
+    "elbo_terms": lambda m, x, r: E.elbo_terms(m, x, r, 2),
+    "conditional_entropy": lambda m, x, r: E.conditional_entropy(m, x),
+    "cross_entropy": lambda m, x, r: E.cross_entropy(m, x, r, 2),
+    "omega_decomposition": lambda m, x, r: E.omega_decomposition(m, x, r, 2),
+    "aggregated_posterior_stats": lambda m, x, r: E.aggregated_posterior_stats(m, x, r, 2),
+    "hole_metrics": lambda m, x, r: E.hole_metrics(m, x, r, 20),
+    "log_likelihood": lambda m, x, r: E.log_likelihood(m, x, r, 10),
+    "density_grid": lambda m, x, r: E.density_grid(m, x, 5),
+}
+
+
+def _values(out):
+    vals = []
+    if isinstance(out, dict):
+        for v in out.values():
+            vals += _values(v)
+    elif isinstance(out, E.Estimate):
+        vals += [out.value, out.se]
+    elif isinstance(out, tuple):
+        for v in out:
+            vals += _values(v)
+    else:
+        vals += np.ravel(out).tolist()
+    return vals
+
+
+@pytest.mark.hostile("type", "named error")
+@pytest.mark.parametrize("model", [None, "vae", 3])
+@pytest.mark.parametrize("fn", sorted(_EST_CALLS))
+def test_estimators_bad_model_named_error(fn, model):
+    """Every estimator with model None, a string or a number: TypeError naming model."""
+    with pytest.raises(TypeError, match=r"^model must be a refvae.vae.VAE"):
+        _EST_CALLS[fn](model, np.zeros((4, 3)), np.random.default_rng(0))
+
+
+@pytest.mark.hostile("non-finite", "named error")
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("fn", sorted(_EST_CALLS))
+def test_estimators_non_finite_x_named_error(fn, bad):
+    """Every estimator with NaN or +-inf in the data x: ValueError naming x and the index."""
+    x = np.zeros((4, 3))
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match=r"^x must not contain NaN or inf.*index \(2, 1\)"):
+        _EST_CALLS[fn](_small_vae("mog"), x, np.random.default_rng(0))
+
+
+@pytest.mark.hostile("shape", "named error")
+@pytest.mark.parametrize("x", [np.zeros((0, 3)), np.zeros((4, 2)), np.zeros(3), np.zeros((2, 2, 3))])
+@pytest.mark.parametrize("fn", sorted(_EST_CALLS))
+def test_estimators_bad_x_shape_named_error(fn, x):
+    """Every estimator with empty, mis-sized or mis-dimensioned x: ValueError naming x."""
+    with pytest.raises(ValueError, match=r"^x must (have shape|not be empty)"):
+        _EST_CALLS[fn](_small_vae("mog"), x, np.random.default_rng(0))
+
+
+@pytest.mark.hostile("magnitude", "named error")
+@settings(max_examples=25)
+@given(scale=st.sampled_from([1e10, 1e100, 1e300, 1.7e308, -1e300, 5e-324, 1e-300, 1.0]),
+       fn=st.sampled_from(sorted(_EST_CALLS)), prior=st.sampled_from(["standard", "mog"]),
+       likelihood=st.sampled_from(["gaussian", "bernoulli"]))
+def test_estimators_extreme_x_named_error_or_no_nan(scale, fn, prior, likelihood):
+    """Every estimator with data of magnitude 5e-324..1.7e308: a ValueError naming x[n], or a result without NaN."""
+    x = np.full((4, 3), scale)
+    x[1] *= 0.5
+    try:
+        out = _EST_CALLS[fn](_small_vae(prior, likelihood), x, np.random.default_rng(0))
+    except ValueError as exc:
+        assert re.match(r"^(a draw from q\(z\|x\[\d\]\) overflows|the encoder's log_var for x\[\d\]|"
+                        r"x must lie in \[0, 1\]|.* is undefined at x\[\d\])", str(exc)), str(exc)
+        return
+    assert not any(v != v for v in _values(out))
+
+
+@pytest.mark.hostile("option", "named error")
+@pytest.mark.parametrize("taus,exc,match", [
+    (None, TypeError, r"^taus must be an array of real numbers"),
+    ("0.1", TypeError, r"^taus must be an array of real numbers"),
+    ((0.1, np.nan), ValueError, r"^taus must not contain NaN"),
+    ((np.inf,), ValueError, r"^taus must not contain NaN or inf"),
+    ((0.0,), ValueError, r"^taus must be positive"),
+    ((-0.5, 0.1), ValueError, r"^taus must be positive"),
+    ((), ValueError, r"^taus must not be empty"),
+    (((0.1,),), ValueError, r"^taus must have 0 or 1 dimension"),
+])
+def test_hole_metrics_bad_taus_named_error(taus, exc, match):
+    """hole_metrics with taus None, a string, NaN, inf, 0, negative, empty or nested: named error."""
+    with pytest.raises(exc, match=match):
+        E.hole_metrics(_small_vae("mog"), np.zeros((4, 3)), np.random.default_rng(0), 20, taus=taus)
+
+
+@pytest.mark.hostile("type", "named error")
+@pytest.mark.parametrize("fn", ["aggregated_posterior_stats", "hole_metrics", "density_grid"])
+def test_estimators_bad_aggregated_named_error(fn):
+    """aggregated that is not an aggregated posterior (a string): TypeError naming aggregated."""
+    call = {"aggregated_posterior_stats": lambda m, r: E.aggregated_posterior_stats(m, np.zeros((4, 3)), r, 2, aggregated="q"),
+            "hole_metrics": lambda m, r: E.hole_metrics(m, np.zeros((4, 3)), r, 20, aggregated="q"),
+            "density_grid": lambda m, r: E.density_grid(m, None, 5, aggregated="q")}[fn]
+    with pytest.raises(TypeError, match=r"^aggregated must be a refvae.prior_mixtures.AggregatedPosterior"):
+        call(_small_vae("mog"), np.random.default_rng(0))
+
+
+@pytest.mark.hostile("resources", "named error")
+@pytest.mark.parametrize("fn,call", [
+    ("elbo_terms", lambda m, r: E.elbo_terms(m, np.zeros((4, 3)), r, n_samples=10 ** 9)),
+    ("cross_entropy", lambda m, r: E.cross_entropy(m, np.zeros((4, 3)), r, n_samples=10 ** 9)),
+    ("aggregated_posterior_stats", lambda m, r: E.aggregated_posterior_stats(m, np.zeros((4, 3)), r, 10 ** 9)),
+    ("hole_metrics", lambda m, r: E.hole_metrics(m, np.zeros((4, 3)), r, n_samples=10 ** 9)),
+    ("density_grid", lambda m, r: E.density_grid(m, np.zeros((4, 3)), n=10 ** 5)),
+])
+def test_estimators_huge_sample_counts_named_error(fn, call):
+    """Sample counts whose draws would need more than 2 GiB at once: ValueError naming the count, before allocating."""
+    with pytest.raises(ValueError, match=r"^(n_samples|n) = \d+ needs .* more than"):
+        call(_small_vae("mog"), np.random.default_rng(0))
+
+
+@pytest.mark.hostile("non-finite", "exact value")
+def test_log_likelihood_all_zero_weights_gives_minus_inf_not_nan():
+    """log_likelihood when the decoder gives probability 0 at every draw: log_px = -inf, se = inf, ess = 0 (no NaN)."""
+    model = _small_vae()
+    real = model.decoder.log_prob
+
+    def zero_prob(p, x, out):
+        lp = real(p, x, out)
+        return np.where(np.arange(len(lp)) >= 0, -np.inf, lp) if x[0, 0] == 7.0 else lp
+
+    model.decoder.log_prob = zero_prob
+    x = np.array([[0.1, 0.2, 0.3], [7.0, 0.0, 0.0]])
+    out = E.log_likelihood(model, x, np.random.default_rng(0), n_samples=6, max_rows=4)
+    assert np.isfinite(out["log_px"][0]) and np.isfinite(out["se"][0]) and out["ess"][0] > 0
+    assert out["log_px"][1] == -np.inf and out["se"][1] == np.inf and out["ess"][1] == 0.0
+    assert out["elbo"][1] == -np.inf
+    assert out["mean"].value == -np.inf and not math.isnan(out["mean"].se)
