@@ -206,11 +206,13 @@ def test_sigkill_during_save_leaves_a_temporary_that_the_next_save_removes(tmp_p
 # =========================================================================== in-process interrupts
 
 @pytest.mark.hostile("interruption", "clean stop")
-@pytest.mark.parametrize("where", ["train", "evaluate", "kernel-check", "swallowed", "after-signal"])
+@pytest.mark.parametrize("where", ["train", "evaluate", "kernel-check", "swallowed", "after-signal",
+                                   "swallowed-then-busy"])
 def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, capsys, where):
     """A SystemError caused by KeyboardInterrupt (Ctrl-C inside Numba) in training, evaluation or
-    the kernel check, a Ctrl-C that a library swallowed, and an error raised after a signal: the
-    run stops as interrupted (exit 130, "partial"), never marks a prior failed or ends complete."""
+    the kernel check, a Ctrl-C that a library swallowed (then 10 s of work without a checkpoint),
+    and an error raised after a signal: the run stops promptly as interrupted (exit 130,
+    "partial"), never marks a prior failed or ends complete."""
     real_train = rep._train
     real_ll = rep.est.log_likelihood
 
@@ -218,7 +220,7 @@ def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, cap
         if run["prior"] == "mog":
             if where == "train":
                 interrupt_error()
-            if where in ("swallowed", "after-signal"):
+            if where.startswith(("swallowed", "after-signal")):
                 try:
                     os.kill(os.getpid(), signal.SIGINT)   # handled by refvae's guard ...
                     time.sleep(1.0)
@@ -226,6 +228,9 @@ def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, cap
                     pass
                 if where == "after-signal":
                     raise ValueError("some error provoked by the interrupt")
+                if where == "swallowed-then-busy":        # no checkpoint for 10 s: the guard
+                    for _ in range(200):                  # repeats the interrupt (SIGALRM)
+                        time.sleep(0.05)
         return real_train(run, *a, **k)
 
     def log_likelihood(model, *a, **k):
@@ -238,8 +243,10 @@ def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, cap
     if where == "kernel-check":
         monkeypatch.setattr(rep, "kernel_accuracy", interrupt_error)
     out = tmp_path / "r"
+    t0 = time.monotonic()
     rc = main(["validate", "--profile", "tiny", "--out", str(out), "--priors", "standard,mog,vamp",
                "--no-plots", "--quiet"])
+    seconds = time.monotonic() - t0
     err = capsys.readouterr().err
     assert rc == 130, err
     assert "Traceback" not in err and "failed" not in err
@@ -248,7 +255,11 @@ def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, cap
     expected = (["pending"] * 3 if where == "kernel-check"
                 else ["done", "interrupted", "pending"])
     assert [r["status"] for r in doc["runs"]] == expected
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and signal.getitimer(
+        signal.ITIMER_REAL) == (0.0, 0.0)
+    if where == "swallowed-then-busy":
+        assert seconds < 8.0, seconds  # stopped by the repeated interrupt, not after the 10 s
 
 
 @pytest.mark.hostile("interruption", "clean stop")
