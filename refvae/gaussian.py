@@ -32,7 +32,7 @@ Range
 Every finite float64 is accepted everywhere (log-variances included: ``|log_var|`` up to 1.8e308).
 ``exp(+-v/2)`` is never formed on its own where it would overflow or underflow while the quantity
 built from it is finite: ``(z - mu) e^{-v/2}``, ``(z - mu) e^{-v}``, ``e^{v_q - v_p}/2`` and
-``e^{v/2} eps`` are products ``x * exp(a)`` split into three factors ``exp(a/3)`` beyond
+``e^{v/2} eps`` are products ``x * exp(a)`` split into four factors ``exp(a/4)`` beyond
 ``|a| = 708``; a difference ``z - mu`` that overflows is formed from the halves; ``r^2/2`` as
 ``(r/2) r``; sums over L that overflow with finite terms are redone with scaled terms. So every
 forward and gradient is within a few ulp of the exact value (mpmath-checked in
@@ -354,7 +354,7 @@ def log_prob(z, mu, log_var):
 
     Numerics
         The standardised residual ``r = (z - mu) exp(-v/2)`` is formed first (``exp(-v/2)``
-        split into three factors beyond ``|v| = 1416``) and ``r^2/2`` without overflow, so every
+        split into four factors beyond ``|v| = 1416``) and ``r^2/2`` without overflow, so every
         finite ``v`` is accepted and ``z = mu`` gives ``-(ln 2pi + v)/2`` (749.08 at v = -1500).
         The result is ``-inf`` only when the exact value is below ``-1.8e308`` (module docstring,
         "Range"); the gradients are ``+-inf`` only where their exact values overflow.
@@ -513,7 +513,7 @@ def reparameterize(mu, log_var, eps):
 
     Numerics
         Exact up to two roundings per entry (a few for ``|log_var| > 1416``, where ``exp(v/2)``
-        alone over- or underflows and ``e^{v/2} eps`` is formed in three factors: e.g.
+        alone over- or underflows and ``e^{v/2} eps`` is formed in four factors: e.g.
         ``reparameterize(0, 1500, 1e-300) = 5.258e25``). Any finite inputs. If ``z`` itself is
         beyond the float range (``reparameterize(0, 1500, 1)``, ``eps = 1e300`` with
         ``log_var = 10``) a ``ValueError`` naming ``log_var`` and ``eps`` is raised, never
