@@ -70,7 +70,11 @@ def as_float_array(x, name, *, ndim=None, shape=None, finite=True, allow_neg_inf
     else:
         if isinstance(x, (str, bytes)) or x is None:
             raise TypeError(f"{name} must be an array of real numbers, got {type(x).__name__}")
-        arr = np.asarray(x)
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as e:   # a ragged list of lists, an unconvertible object
+            raise TypeError(f"{name} must be an array of real numbers (a rectangular nested list "
+                            f"or an ndarray), got {type(x).__name__}: {e}") from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
             raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
         if np.iscomplexobj(arr):

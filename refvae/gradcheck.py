@@ -31,10 +31,12 @@ Settings and vacuous checks
 Meaningless settings are a ``ValueError``/``TypeError`` naming the setting before anything runs:
 ``n_directions`` and ``max_entries`` must be integers >= 1, ``step`` a finite number > 0, ``rtol``
 a finite number in [0, 1) (a relative tolerance >= 1 passes a zero gradient:
-``|0 - numeric| <= 1 * |numeric|``), and the checked inputs real (complex input is a ``TypeError``: the complex-step check
-``check_vjp_complex`` takes a *real* point and adds the imaginary step itself). A check with
-nothing to check (``args=()``, ``wrt=[]``, only empty arrays) returns a report that does *not*
-pass: ``passed`` is False, ``reason`` says why, ``worst`` is None and ``max_rel_err`` is inf.
+``|0 - numeric| <= 1 * |numeric|``), ``f`` and ``vjp`` callables, ``args`` non-empty and ``wrt``
+(when given) non-empty, and the inputs real and free of NaN (complex input is a ``TypeError``: the
+complex-step check ``check_vjp_complex`` takes a *real* point and adds the imaginary step itself).
+When the selected inputs are all empty arrays there is nothing to check: the report does *not*
+pass (``passed`` is False, ``reason`` says why, ``worst`` is None, ``max_rel_err`` is inf and
+``raise_if_failed`` raises).
 
 Calling conventions
 -------------------
@@ -154,7 +156,10 @@ def _as_named(args):
 
 
 def _real_inputs(names, arrays):
-    """float64 copies of the inputs; complex, str or object inputs are a TypeError naming them."""
+    """float64 copies of the inputs; complex, str or object inputs are a TypeError naming them,
+    NaN a ValueError (+-inf is kept: a -inf log-weight is a legal input)."""
+    if not names:
+        raise ValueError("args is empty: there are no inputs to check (pass a tuple or dict of arrays)")
     out = []
     for n, a in zip(names, arrays):
         if np.iscomplexobj(a):
@@ -163,8 +168,19 @@ def _real_inputs(names, arrays):
                             "the imaginary step itself)")
         if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise TypeError(f"input {n} must be an array of real numbers, got dtype {a.dtype}")
-        out.append(np.array(a, dtype=np.float64))
+        a = np.array(a, dtype=np.float64)
+        if np.isnan(a).any():
+            idx = tuple(int(i) for i in np.argwhere(np.isnan(a))[0])
+            raise ValueError(f"input {n} of args contains NaN at index {idx}; choose a point where the "
+                             "inputs are numbers")
+        out.append(a)
     return out
+
+
+def _check_callables(f, vjp):
+    for name, fn in (("f", f), ("vjp", vjp)):
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__} {fn!r:.60}")
 
 
 def _check_settings(step=None, rtol=None):
@@ -178,10 +194,6 @@ def _check_settings(step=None, rtol=None):
 
 def _empty_reason(names, todo, arrays):
     """Why a check would check nothing ('' if there is something to check)."""
-    if not names:
-        return "args is empty: there are no inputs"
-    if not todo:
-        return "wrt selects no inputs"
     if all(arrays[names.index(n)].size == 0 for n in todo):
         return f"the selected inputs {todo} are all empty arrays"
     return ""
@@ -210,7 +222,11 @@ def _call_vjp(vjp, g, names, arrays, is_dict):
 def _select(names, wrt):
     if wrt is None:
         return list(names)
+    if not (isinstance(wrt, str) or hasattr(wrt, "__iter__")):
+        raise TypeError(f"wrt must be an input name or a list of names, got {type(wrt).__name__}")
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
+    if not wrt:
+        raise ValueError(f"wrt is empty: it selects none of the inputs {names} (None checks all)")
     unknown = [w for w in wrt if w not in names]
     if unknown:
         raise ValueError(f"wrt names {unknown} are not among the inputs {names}")
@@ -234,9 +250,11 @@ def _scale(x):
 
 
 def _setup(f, vjp, args, rng, wrt):
+    _check_callables(f, vjp)
     check_rng(rng)
     names, arrays, is_dict = _as_named(args)
     arrays = _real_inputs(names, arrays)
+    _select(names, wrt)   # settings first: before f runs
     out = np.asarray(_call(f, names, arrays, is_dict))
     if np.iscomplexobj(out):
         raise TypeError(f"f returned a complex value ({out.dtype}) at a real point; the checks need a "
@@ -279,7 +297,8 @@ def check_vjp(f, vjp, args, *, rng, wrt=None, method="central", step=None, rtol=
     n_directions : int >= 1; independent directions per input.
 
     Raises ``ValueError``/``TypeError`` naming a meaningless setting (``n_directions < 1``,
-    ``step <= 0`` or not finite, ``rtol`` outside [0, 1)) or a complex input, before calling f.
+    ``step <= 0`` or not finite, ``rtol`` outside [0, 1), empty ``args`` or ``wrt``, ``f`` or
+    ``vjp`` not callable) or a complex or NaN input, before calling f.
 
     Returns
     -------
@@ -358,9 +377,10 @@ def check_vjp_complex(f, vjp, args, *, rng, wrt=None, step=1e-30, rtol=None) -> 
     sum |v_i Im f_i| / h, so that a direction in which the terms cancel is not a false failure.
 
     ``args`` is the *real* point (complex input is a ``TypeError``); ``step`` a finite number > 0
-    and ``rtol`` in [0, 1) (``ValueError`` otherwise). Nothing to check gives a report that does
+    and ``rtol`` in [0, 1) (``ValueError`` otherwise). Only empty inputs give a report that does
     not pass (see the module docstring).
     """
+    step = check_real(step, "step", lo=0.0, lo_open=True)
     step, rtol = _check_settings(step, rtol)
     if rtol is None:
         rtol = tolerance("complex_step").rtol
@@ -400,8 +420,8 @@ def check_elementwise(f, vjp, args, *, rng, wrt=None, max_entries=8, step=None, 
     ``verbose``) prints one row per entry. ``v`` is a random cotangent, or 1 for a scalar ``f``.
 
     ``max_entries`` is an integer >= 1, ``step`` a finite number > 0, ``rtol`` in [0, 1),
-    ``verbose`` a bool; inputs are real (``ValueError``/``TypeError`` naming the setting). Nothing
-    to check gives a report that does not pass (see the module docstring).
+    ``verbose`` a bool; inputs are real (``ValueError``/``TypeError`` naming the setting). Only
+    empty inputs give a report that does not pass (see the module docstring).
     """
     max_entries = check_positive_int(max_entries, "max_entries")
     step, rtol = _check_settings(step, rtol)
@@ -409,9 +429,11 @@ def check_elementwise(f, vjp, args, *, rng, wrt=None, max_entries=8, step=None, 
         raise TypeError(f"verbose must be True or False, got {verbose!r}")
     if rtol is None:
         rtol = tolerance("vjp_central_difference").rtol
+    _check_callables(f, vjp)
     check_rng(rng)
     names, arrays, is_dict = _as_named(args)
     arrays = _real_inputs(names, arrays)
+    _select(names, wrt)
     out = np.asarray(_call(f, names, arrays, is_dict))
     if np.iscomplexobj(out):
         raise TypeError(f"f returned a complex value ({out.dtype}) at a real point; the checks need a "

@@ -54,6 +54,36 @@ def _check_dy(dy, shape, name="dy"):
     return as_float_array(dy, name, shape=tuple(shape))
 
 
+def _check_act_cache(cache, who):
+    """The cache of an activation: the (real or complex) input array its forward returned."""
+    if not (isinstance(cache, np.ndarray) and (np.issubdtype(cache.dtype, np.floating)
+                                                or np.issubdtype(cache.dtype, np.complexfloating))):
+        raise TypeError(f"cache must be the array returned by {who}_forward (its input x), got "
+                        f"{type(cache).__name__}")
+    return cache
+
+
+def _check_linear_cache(cache):
+    """The cache of :func:`linear_forward`: the pair ``(x, W)`` of 2-d arrays, x (B, in), W (in, out)."""
+    if not (isinstance(cache, tuple) and len(cache) == 2
+            and all(isinstance(a, np.ndarray) and a.ndim == 2 for a in cache)
+            and cache[0].shape[1] == cache[1].shape[0]):
+        raise TypeError("cache must be the pair (x, W) returned by linear_forward, got "
+                        f"{type(cache).__name__}")
+    return cache
+
+
+_MLP_CACHE_KEYS = ("prefix", "layers", "y_shape")
+
+
+def _check_mlp_cache(cache):
+    """The cache of :func:`mlp_forward`: a dict with (at least) the keys it wrote."""
+    if not isinstance(cache, dict) or any(k not in cache for k in _MLP_CACHE_KEYS):
+        raise TypeError("cache must be the dict returned by mlp_forward (keys "
+                        f"{', '.join(_MLP_CACHE_KEYS)}, ...), got {type(cache).__name__}")
+    return cache
+
+
 # =========================================================================== linear
 
 def _linear_fwd(x, W, b):
@@ -128,7 +158,7 @@ def linear_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    x, W = cache
+    x, W = _check_linear_cache(cache)
     dy = _check_dy(dy, (x.shape[0], W.shape[1]))
     return _linear_bwd(dy, cache)
 
@@ -272,6 +302,7 @@ def relu_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
+    cache = _check_act_cache(cache, "relu")
     return _relu_bwd(_check_dy(dy, cache.shape), cache)
 
 
@@ -321,6 +352,7 @@ def leaky_relu_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
+    cache = _check_act_cache(cache, "leaky_relu")
     return _leaky_bwd(_check_dy(dy, cache.shape), cache)
 
 
@@ -374,6 +406,7 @@ def tanh_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
+    cache = _check_act_cache(cache, "tanh")
     return _tanh_bwd(_check_dy(dy, cache.shape), cache)
 
 
@@ -425,6 +458,7 @@ def sigmoid_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
+    cache = _check_act_cache(cache, "sigmoid")
     return _sigmoid_bwd(_check_dy(dy, cache.shape), cache)
 
 
@@ -474,6 +508,7 @@ def softplus_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
+    cache = _check_act_cache(cache, "softplus")
     return _softplus_bwd(_check_dy(dy, cache.shape), cache)
 
 
@@ -500,6 +535,7 @@ def activation_forward(name, x):
 def activation_backward(name, dy, cache):
     """Backward of :func:`activation_forward` with the same ``name``: returns ``dx``."""
     check_choice(name, "activation", tuple(ACTIVATIONS))
+    cache = _check_act_cache(cache, "activation")
     return ACTIVATIONS[name][1](_check_dy(dy, cache.shape), cache)
 
 
@@ -688,6 +724,7 @@ def mlp_backward(dy, cache):
     ----------
     SPEC.md section 3 (gradient dicts have the keys and shapes of the parameter dict).
     """
+    cache = _check_mlp_cache(cache)
     return _mlp_backward(_check_dy(dy, cache["y_shape"]), cache)
 
 

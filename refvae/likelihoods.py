@@ -55,11 +55,11 @@ def _check_categorical_x(x, C):
     return x.astype(np.intp)
 
 
-def _check_categorical(x, logits, num_vals):
+def _check_categorical(x, logits, num_vals, allow_complex=True):
     C = check_positive_int(num_vals, "num_vals")
     x = as_float_array(x, "x", ndim=2)
     B, D = x.shape
-    logits = as_float_array(logits, "logits", ndim=2, allow_complex=True)
+    logits = as_float_array(logits, "logits", ndim=2, allow_complex=allow_complex)
     if logits.shape != (B, D * C):
         raise ValueError(f"logits must have shape (B, D*C) = ({B}, {D * C}) for x of shape {x.shape} "
                          f"and num_vals={C}, got {logits.shape}")
@@ -174,8 +174,8 @@ def categorical_log_prob_vjp(g, x, logits, num_vals):
     --------
     ``softmax_c = exp(a_c - m) / (1 + s')`` from the forward's exact shift (:mod:`refvae._rowkernels`;
     a few ulp): <= 1, no overflow; entries far below the row maximum underflow to 0, which is
-    their correct value to within the smallest float. The imaginary part of complex logits is
-    ignored (the gradient at the real part). At the observed value the
+    their correct value to within the smallest float. Complex logits are a ``TypeError`` (the
+    VJP is evaluated at a real point; only the forward takes the complex step). At the observed value the
     entry :math:`1 - \operatorname{softmax}_k` is computed as :math:`\sum_{c \ne k}\operatorname{softmax}_c`
     (positive terms only): the subtraction would lose every digit when the prediction is confident
     (logits [0, -19, -19] give 1 - p_k = 1.1e-8, of which 1 - p_k in float64 keeps 8 digits).
@@ -184,7 +184,7 @@ def categorical_log_prob_vjp(g, x, logits, num_vals):
     ----------
     SPEC.md section 2.
     """
-    xi, a, C = _check_categorical(x, logits, num_vals)
+    xi, a, C = _check_categorical(x, logits, num_vals, allow_complex=False)
     B, D, _ = a.shape
     g = _check_g(g, B)
     # the fused kernels, as in the VAE's fast path: softmax weights from the forward, then
@@ -195,9 +195,9 @@ def categorical_log_prob_vjp(g, x, logits, num_vals):
 
 # =========================================================================== Bernoulli
 
-def _check_bernoulli(x, logits):
+def _check_bernoulli(x, logits, allow_complex=True):
     x = as_float_array(x, "x", ndim=2)
-    logits = as_float_array(logits, "logits", ndim=2, allow_complex=True)
+    logits = as_float_array(logits, "logits", ndim=2, allow_complex=allow_complex)
     if logits.shape != x.shape:
         raise ValueError(f"logits must have the shape of x {x.shape}, got {logits.shape}")
     bad = (x < 0) | (x > 1)
@@ -259,26 +259,26 @@ def bernoulli_log_prob_vjp(g, x, logits):
     --------
     The first form is evaluated: for binary x it is exactly one term, :math:`\sigma(-a)` or
     :math:`-\sigma(a)`, with full relative accuracy even where ``x - sigmoid(a)`` would cancel
-    (x = 1, a = 40 gives 4.2e-18, not 0).
+    (x = 1, a = 40 gives 4.2e-18, not 0). Complex logits are a ``TypeError`` (the VJP is
+    evaluated at a real point).
 
     References
     ----------
     SPEC.md section 2.
     """
-    x, a = _check_bernoulli(x, logits)
+    x, a = _check_bernoulli(x, logits, allow_complex=False)
     g = _check_g(g, x.shape[0])
-    a = np.real(a)
     return g[:, None] * (x * sigmoid(-a) - (1.0 - x) * sigmoid(a))
 
 
 # =========================================================================== Gaussian
 
-def _check_gaussian(x, mean, log_var):
+def _check_gaussian(x, mean, log_var, allow_complex=True):
     x = as_float_array(x, "x", ndim=2)
-    mean = as_float_array(mean, "mean", ndim=2, allow_complex=True)
+    mean = as_float_array(mean, "mean", ndim=2, allow_complex=allow_complex)
     if mean.shape != x.shape:
         raise ValueError(f"mean must have the shape of x {x.shape}, got {mean.shape}")
-    log_var = as_float_array(log_var, "log_var", ndim=(1, 2), allow_complex=True)
+    log_var = as_float_array(log_var, "log_var", ndim=(1, 2), allow_complex=allow_complex)
     B, D = x.shape
     if log_var.shape not in ((D,), (B, D)):
         raise ValueError(f"log_var must have shape (D,) = ({D},) or (B, D) = {(B, D)}, got {log_var.shape}")
@@ -337,13 +337,14 @@ def gaussian_log_prob_vjp(g, x, mean, log_var):
 
     Numerics
     --------
-    As :func:`refvae.gaussian.log_prob_vjp`.
+    As :func:`refvae.gaussian.log_prob_vjp`. Complex ``mean`` or ``log_var`` is a ``TypeError``
+    (the VJP is evaluated at a real point).
 
     References
     ----------
     SPEC.md section 2.
     """
-    x, mean, log_var = _check_gaussian(x, mean, log_var)
+    x, mean, log_var = _check_gaussian(x, mean, log_var, allow_complex=False)
     g = _check_g(g, x.shape[0])
-    _, dmean, dlog_var = gaussian.log_prob_vjp(g, x, np.real(mean), np.real(log_var))
+    _, dmean, dlog_var = gaussian.log_prob_vjp(g, x, mean, log_var)
     return dmean, dlog_var  # gaussian.log_prob_vjp sums a (D,) log_var's gradient over the batch

@@ -55,18 +55,21 @@ import numbers
 import numpy as np
 from numba import njit
 
-from ._validation import as_float_array
+from ._validation import all_finite, as_float_array
 
 __all__ = ["Adam", "Adamax", "OPTIMIZERS", "make_optimizer"]
 
 
-def _check_hyper(value, name, *, upper=None):
-    """A finite real number ``>= 0`` (and ``< upper`` when given), as torch checks them."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+def _check_hyper(value, name, *, upper=None, positive=False):
+    """A finite real number ``>= 0`` (``> 0`` with ``positive``; ``< upper`` when given), as torch
+    checks them (torch accepts lr = 0, a step that changes nothing; here it is an error)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value) or value < 0.0 or (upper is not None and value >= upper):
-        bound = f"in [0, {upper})" if upper is not None else ">= 0 and finite"
+    if not math.isfinite(value) or value < 0.0 or (upper is not None and value >= upper) \
+            or (positive and value == 0.0):
+        bound = (f"in [0, {upper})" if upper is not None
+                 else ("> 0 and finite" if positive else ">= 0 and finite"))
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return value
 
@@ -86,6 +89,10 @@ def _check_params(params):
                             f"got {what}")
         if not p.flags.writeable:
             raise ValueError(f"params[{k!r}] is read-only; the optimiser updates parameters in place")
+        if not all_finite(p):
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(p))[0]) if p.ndim else ()
+            raise ValueError(f"params[{k!r}] must not contain NaN or inf; found {float(p[bad])!r} at "
+                             f"index {bad}")
     return params
 
 
@@ -196,7 +203,7 @@ class _Optimizer:
 
     def __init__(self, params, lr=None, betas=(0.9, 0.999), eps=1e-8):
         self.params = _check_params(params)
-        self.lr = _check_hyper(self._default_lr if lr is None else lr, "lr")
+        self.lr = _check_hyper(self._default_lr if lr is None else lr, "lr", positive=True)
         try:
             beta1, beta2 = betas
         except (TypeError, ValueError):
@@ -290,7 +297,7 @@ class _Optimizer:
         t = state["t"]
         if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
             raise ValueError(f"state['t'] must be an integer >= 0, got {t!r}")
-        lr = _check_hyper(state["lr"], "state['lr']")
+        lr = _check_hyper(state["lr"], "state['lr']", positive=True)
         b = state["betas"]
         if not isinstance(b, (list, tuple)) or len(b) != 2:
             raise ValueError(f"state['betas'] must be a pair, got {b!r}")

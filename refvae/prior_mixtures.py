@@ -90,10 +90,16 @@ def component_log_densities(z, means, log_vars):
     Forward: ``-1/2 sum_l [ln 2 pi + v_kl + (z_bl - mu_kl)^2 e^{-v_kl}]``, computed in chunks of
     queries so that the (b, K, L) temporary stays below ~2**22 entries. Memory O(B K): never call
     it on a large mixture (the density itself goes through the streaming kernel).
+
+    z (B, L), means and log_vars (K, L): finite real arrays (``ValueError``/``TypeError`` naming
+    the argument otherwise).
     """
-    z = np.asarray(z, dtype=np.float64)
-    means = np.asarray(means, dtype=np.float64)
-    log_vars = np.asarray(log_vars, dtype=np.float64)
+    z = as_float_array(z, "z", ndim=2)
+    means = as_float_array(means, "means", ndim=2)
+    if means.shape[1] != z.shape[1]:
+        raise ValueError(f"means must have shape (K, L) = (K, {z.shape[1]}) for z of shape {z.shape}, "
+                         f"got {means.shape}")
+    log_vars = as_float_array(log_vars, "log_vars", shape=means.shape)
     B, L = z.shape
     K = means.shape[0]
     out = np.empty((B, K))
@@ -110,10 +116,17 @@ def gtm_grid(grid_size, u_min, u_max):
     r"""The fixed GTM grid: K = g^2 points of [u_min, u_max]^2, shape (K, 2).
 
     ``a = linspace(u_min, u_max, g)``; point ``k = i g + j`` is ``(a_i, a_j)`` (C order, as in the
-    text's code). For g = 1 the single point is ``(u_min, u_min)``.
+    text's code). For g = 1 the single point is ``(u_min, u_min)``. ``u_min < u_max`` finite reals
+    with a finite width (``TypeError``/``ValueError`` naming them otherwise).
     """
     g = check_positive_int(grid_size, "grid_size")
-    a = np.linspace(float(u_min), float(u_max), g)
+    lo, hi = check_real(u_min, "u_min"), check_real(u_max, "u_max")
+    if not lo < hi:
+        raise ValueError(f"u_min must be < u_max, got u_min={u_min!r}, u_max={u_max!r}")
+    if not math.isfinite(hi - lo):
+        raise ValueError(f"u_max - u_min must be finite in float64, got u_min={u_min!r}, u_max={u_max!r}")
+    check_parameter_memory(2 * g * g, "the GTM grid", f"grid_size={g}", kind="values")
+    a = np.linspace(lo, hi, g)
     ui, uj = np.meshgrid(a, a, indexing="ij")
     return np.ascontiguousarray(np.stack([ui.ravel(), uj.ravel()], axis=1))
 
@@ -257,7 +270,9 @@ class _MixturePrior(Prior):
             trace.append(("prior.logits", logits))
         trace.append(("prior.log_weights", np.full(K, -math.log(K)) if log_w is None else log_w))
         if self._want_component_trace(z.shape[0], K):
-            trace.append(("prior.component_log_prob", component_log_densities(z, means, log_vars)))
+            # (the real parts under a complex-step forward: the matrix is for traces only)
+            trace.append(("prior.component_log_prob",
+                          component_log_densities(np.real(z), np.real(means), np.real(log_vars))))
         trace.append(("prior.log_p", log_p))
         cache = {"z": z, "means": means, "log_vars": log_vars, "log_weights": log_w,
                  "log_p": log_p, "components": ccache, "trace": trace}
@@ -759,7 +774,11 @@ class AggregatedPosterior(_MixturePrior):
         if means is None or log_vars is None:
             raise ValueError("means and log_vars (N, L) are required for the aggregated posterior; "
                              "build it with AggregatedPosterior.from_model(model, x)")
-        self.means = as_float_array(means, "means", shape=(None, self.latent_dim))
+        means = as_float_array(means, "means", ndim=2)
+        if means.shape[1] != self.latent_dim:
+            raise ValueError(f"means has {means.shape[1]} columns but latent_dim is {self.latent_dim}; "
+                             f"means must have shape (N, latent_dim) = (N, {self.latent_dim})")
+        self.means = means
         self.log_vars = as_float_array(log_vars, "log_vars", shape=self.means.shape)
         self.K = self.means.shape[0]
 

@@ -67,6 +67,17 @@ def _check_hidden(hidden):
     return tuple(check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
 
 
+def _check_directory(directory):
+    """A directory argument: a str or os.PathLike (TypeError naming it otherwise)."""
+    import os
+    if isinstance(directory, str) and not directory:
+        raise ValueError("directory must be a non-empty path, got ''")
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a path (str or os.PathLike), got {type(directory).__name__} "
+                        f"{directory!r}")
+    return directory
+
+
 def _max_abs(arrays):
     """(largest |entry|, name) over ``(name, array)`` pairs (for error messages)."""
     best, who = 0.0, None
@@ -90,9 +101,11 @@ class Encoder:
     prefix = "encoder"
 
     def __init__(self, x_dim, latent_dim, hidden, activation):
-        self.x_dim, self.latent_dim = x_dim, latent_dim
+        self.x_dim = x_dim = check_positive_int(x_dim, "x_dim")
+        self.latent_dim = latent_dim = check_positive_int(latent_dim, "latent_dim")
+        hidden = _check_hidden(hidden)
         self.sizes = (x_dim, *hidden, 2 * latent_dim)
-        self.activation = activation
+        self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
 
     def init_params(self, rng):
         return mlp_init(self.sizes, self.prefix, rng)
@@ -134,13 +147,23 @@ class Decoder:
     prefix = "decoder"
 
     def __init__(self, x_dim, latent_dim, hidden, activation, likelihood, num_vals, log_var):
-        self.x_dim, self.latent_dim = x_dim, latent_dim
-        self.likelihood = likelihood
+        self.x_dim = x_dim = check_positive_int(x_dim, "x_dim")
+        self.latent_dim = latent_dim = check_positive_int(latent_dim, "latent_dim")
+        hidden = _check_hidden(hidden)
+        self.likelihood = check_choice(likelihood, "likelihood", tuple(likelihoods.LIKELIHOODS))
+        if likelihood == "categorical" or num_vals is not None:
+            num_vals = check_positive_int(num_vals, "num_vals", minimum=2)
         self.num_vals = num_vals
-        self.fixed_log_var = None if log_var == "learned" else float(log_var)
+        if isinstance(log_var, str):
+            if log_var != "learned":
+                raise ValueError(f"log_var must be 'learned' or a finite float, got {log_var!r}")
+            self.fixed_log_var = None
+        else:
+            self.fixed_log_var = check_real(log_var, "log_var (a fixed log-variance, or 'learned')",
+                                            lo=-MAX_ABS_DECODER_LOG_VAR, hi=MAX_ABS_DECODER_LOG_VAR)
         out = x_dim * num_vals if likelihood == "categorical" else x_dim
         self.sizes = (latent_dim, *tuple(reversed(hidden)), out)
-        self.activation = activation
+        self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
 
     def init_params(self, rng):
         params = mlp_init(self.sizes, self.prefix, rng)
@@ -165,12 +188,15 @@ class Decoder:
         return likelihoods.gaussian_log_prob(x, out, self._log_var(params))
 
     def log_prob_vjp(self, g, params, x, out):
-        """``(dout, grads)``: VJP of ``log_prob`` w.r.t. the decoder output (and decoder.log_var)."""
+        """``(dout, grads)``: VJP of ``log_prob`` w.r.t. the decoder output (and decoder.log_var).
+
+        Complex ``out`` (the cache of a complex-step forward) is differentiated at its real part."""
+        out = np.real(out)
         if self.likelihood == "categorical":
             return likelihoods.categorical_log_prob_vjp(g, x, out, self.num_vals), {}
         if self.likelihood == "bernoulli":
             return likelihoods.bernoulli_log_prob_vjp(g, x, out), {}
-        dmean, dlog_var = likelihoods.gaussian_log_prob_vjp(g, x, out, self._log_var(params))
+        dmean, dlog_var = likelihoods.gaussian_log_prob_vjp(g, x, out, np.real(self._log_var(params)))
         grads = {} if self.fixed_log_var is not None else {"decoder.log_var": dlog_var}
         return dmean, grads
 
@@ -348,8 +374,8 @@ class VAE:
         Required keys: ``CONFIG_REQUIRED`` (x_dim, latent_dim, hidden, activation, likelihood,
         prior); optional: ``CONFIG_OPTIONAL`` (num_vals: default 17, or absent/None for a
         non-categorical likelihood; prior_kwargs: default {}; decoder_log_var: "learned"; kl: "mc").
-        Other keys are ignored. A missing key is a ``ValueError`` naming it; every value is
-        checked by the constructor (``num_vals: 0`` is an error, not the default).
+        A missing or an unknown key is a ``ValueError`` naming it; every value is checked by the
+        constructor (``num_vals: 0`` is an error, not the default).
         """
         from collections.abc import Mapping
         if not isinstance(config, Mapping):
@@ -359,6 +385,11 @@ class VAE:
         if missing:
             raise ValueError(f"the model config is missing {', '.join(map(repr, missing))}; expected "
                              f"the keys {', '.join(CONFIG_REQUIRED)} (and optionally "
+                             f"{', '.join(CONFIG_OPTIONAL)})")
+        unknown = [k for k in cfg if k not in CONFIG_REQUIRED + CONFIG_OPTIONAL]
+        if unknown:
+            raise ValueError(f"the model config has unknown key(s) {', '.join(map(repr, unknown))}; "
+                             f"expected the keys {', '.join(CONFIG_REQUIRED)} (and optionally "
                              f"{', '.join(CONFIG_OPTIONAL)})")
         num_vals = cfg.get("num_vals")
         if num_vals is None:
@@ -375,12 +406,14 @@ class VAE:
     def save(self, directory):
         """Write ``params.npz`` and ``config.json`` to ``directory`` (no pickle)."""
         from .io import save_params
+        _check_directory(directory)
         save_params(directory, self.params, {"model": self.config()})
 
     @classmethod
     def load(cls, directory):
         """Rebuild a model saved with :meth:`save`; mismatched arrays give a ValueError."""
         from .io import load_params
+        _check_directory(directory)
         _, cfg = load_params(directory)
         if "model" not in cfg:
             raise ValueError(f"{directory}/config.json has no 'model' entry; not a refvae model")

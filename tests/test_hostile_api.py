@@ -73,6 +73,7 @@ _GRADCHECK_BAD = [
     (check_vjp_complex, dict(step=0.0), ValueError, "step"),
     (check_vjp_complex, dict(step=float("nan")), ValueError, "step"),
     (check_vjp_complex, dict(rtol=float("inf")), ValueError, "rtol"),
+    (check_vjp_complex, dict(step=None), TypeError, "step"),
 ]
 
 
@@ -98,20 +99,46 @@ def test_gradcheck_meaningless_settings_are_named(fn, kwargs, exc, match):
 
 @pytest.mark.hostile("option", "named error")
 @pytest.mark.parametrize("fn", [check_vjp, check_vjp_complex, check_elementwise])
-@pytest.mark.parametrize("case", ["no-args", "empty-wrt", "empty-array"])
-def test_gradcheck_nothing_to_check_does_not_pass(fn, case):
-    """A gradient check with args=(), wrt=[] or only empty inputs does not pass and says why."""
+@pytest.mark.parametrize("args,wrt,exc,match", [
+    ((), None, ValueError, "args is empty"), ({}, None, ValueError, "args is empty"),
+    ((_X,), [], ValueError, "wrt is empty"), ((_X,), "b", ValueError, "wrt names"),
+    ((_X,), 3, TypeError, "wrt must be"), ((np.array([np.nan, 1.0]),), None, ValueError, "arg0 .*NaN"),
+    ("a", None, TypeError, "args must be"), (None, None, TypeError, "args must be"),
+])
+def test_gradcheck_empty_or_bad_args_are_named(fn, args, wrt, exc, match):
+    """gradcheck with args=() or {}, wrt=[], an unknown wrt, NaN or non-array args: named error."""
     kw = dict(verbose=False) if fn is check_elementwise else {}
-    if case == "no-args":
-        report = fn(lambda: np.float64(1.0), lambda g: (), (), rng=np.random.default_rng(0), **kw)
-        reason = "args is empty"
-    elif case == "empty-wrt":
-        report = fn(_f, _vjp, (_X,), rng=np.random.default_rng(0), wrt=[], **kw)
-        reason = "wrt selects no inputs"
-    else:
-        report = fn(lambda x: np.sum(x), lambda g, x: (np.full_like(x, g),), (np.zeros(0),),
-                    rng=np.random.default_rng(0), **kw)
-        reason = "empty arrays"
+    called = []
+
+    def f(*a):
+        called.append(1)
+        return np.float64(1.0)
+
+    with pytest.raises(exc, match=match):
+        fn(f, lambda g, *a: (), args, rng=np.random.default_rng(0), wrt=wrt, **kw)
+    assert not called
+
+
+@pytest.mark.hostile("type", "named error")
+@pytest.mark.parametrize("fn", [check_vjp, check_vjp_complex, check_elementwise])
+@pytest.mark.parametrize("which", ["f", "vjp"])
+@pytest.mark.parametrize("bad", [None, "abc", 3])
+def test_gradcheck_non_callable_f_or_vjp(fn, which, bad):
+    """gradcheck with f or vjp None, a str or an int: TypeError naming it."""
+    kw = dict(verbose=False) if fn is check_elementwise else {}
+    fv = {"f": _f, "vjp": _vjp, which: bad}
+    with pytest.raises(TypeError, match=f"{which} must be callable"):
+        fn(fv["f"], fv["vjp"], (_X,), rng=np.random.default_rng(0), **kw)
+
+
+@pytest.mark.hostile("shape", "named error")
+@pytest.mark.parametrize("fn", [check_vjp, check_vjp_complex, check_elementwise])
+def test_gradcheck_nothing_to_check_does_not_pass(fn):
+    """A gradient check whose only input is an empty array does not pass and says why."""
+    kw = dict(verbose=False) if fn is check_elementwise else {}
+    report = fn(lambda x: np.sum(x), lambda g, x: (np.full_like(x, g),), (np.zeros(0),),
+                rng=np.random.default_rng(0), **kw)
+    reason = "empty arrays"
     assert report.passed is False
     assert report.entries == [] and reason in report.reason
     assert report.worst is None and report.max_rel_err == math.inf
