@@ -844,7 +844,10 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=PRIOR_ORD
     """Run the validation (module docstring) and write the report. Returns the exit code:
     0 (every run done, every check passed), 1 (a check failed or a run failed), 130 (interrupted
     by Ctrl-C/SIGINT) or 143 (SIGTERM): then a partial report is written, status "partial", the
-    running prior "interrupted", ``interrupted_by`` the signal.
+    running prior "interrupted", ``interrupted_by`` the signal. An error in a prior's run marks
+    that run "failed" and the next prior runs; an error outside (the kernel check, writing the
+    report, MemoryError while building the report) is re-raised after the report is written with
+    status "failed" and the error, so no report is left "running".
 
     The output directory is locked for the run (:class:`refvae.io.DirectoryLock`): a second run
     into it raises :class:`refvae.io.DirectoryInUseError` naming the other run's pid. A
@@ -853,11 +856,11 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=PRIOR_ORD
     (:func:`remove_stale_figures`), so the directory holds only what this run wrote.
     """
     prepare_out_dir(out)
-    with DirectoryLock(out, command or "refvae validate") as lock, InterruptGuard() as guard:
-        return _run_validation_locked(profile, seed, out, priors, plots, quiet, command, lock, guard)
+    with DirectoryLock(out, command or "refvae validate"), InterruptGuard() as guard:
+        return _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard)
 
 
-def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, lock, guard):
+def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard):
     t_start = time.perf_counter()
 
     def say(msg):
@@ -955,7 +958,13 @@ def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, lo
         if guard.received:
             guard.cleaning = True  # first: no repeated/second Ctrl-C while writing the partial report
         sig = interrupt_signal(exc, guard)
-        if sig is None:
+        if sig is None:  # an error outside a prior's run: never leave the report "running"
+            report["status"] = "failed"
+            report["error"] = f"{type(exc).__name__}: {exc}"
+            try:
+                write_report(report, out, t_start)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
             raise
         guard.cleaning = True
         if current is not None and current["status"] not in ("done", "failed"):

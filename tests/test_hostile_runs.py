@@ -327,6 +327,26 @@ def test_rerun_with_fewer_priors_removes_only_refvaes_stale_figures(tmp_path, ca
     assert [n for n in os.listdir(out) if "refvae-tmp" in n] == []
 
 
+@pytest.mark.hostile("resources", "clean stop")
+def test_out_of_memory_outside_a_prior_leaves_a_failed_report_not_a_running_one(tmp_path, monkeypatch,
+                                                                               capsys):
+    """MemoryError in the kernel check (outside any prior's run): one line, exit 1, and report.json
+    says "failed" with the error — never "running"."""
+    def oom(*a, **k):
+        raise MemoryError("cannot allocate 745 GiB")
+
+    monkeypatch.setattr(rep, "kernel_accuracy", oom)
+    out = tmp_path / "r"
+    rc = main(["validate", "--profile", "tiny", "--out", str(out), "--priors", "standard",
+               "--no-plots", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err_lines(err) == [err.strip()] and "Traceback" not in err
+    assert "MemoryError: cannot allocate 745 GiB" in err
+    doc = read_json(out / "report.json")
+    assert doc["status"] == "failed" and doc["error"] == "MemoryError: cannot allocate 745 GiB"
+    assert [r["status"] for r in doc["runs"]] == ["pending"]
+
+
 # =========================================================================== two runs, one directory
 
 @pytest.mark.hostile("concurrency", "named error")
