@@ -442,6 +442,8 @@ def _read_member(path, zf, info, k):
                 raise ValueError(f"{where}: not a .npy array (no NumPy header)") from None
             hdr_len_size = 2 if version == (1, 0) else 4
             fmt = "<H" if hdr_len_size == 2 else "<I"
+            if len(head) < 8 + hdr_len_size:
+                raise ValueError(f"{where}: truncated .npy header ({len(head)} bytes)")
             hlen = struct.unpack(fmt, head[8:8 + hdr_len_size])[0]
             rest = head[8 + hdr_len_size:]
             need = hlen - len(rest)

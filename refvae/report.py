@@ -1144,6 +1144,8 @@ def render_markdown(r):
     s = r["summary"]
     out += [f"Status: {status}. Runs done: {s['runs_done']}/{s['runs_total']}; failed runs: "
             f"{s['runs_failed']}; failed checks: {s['checks_failed']}.", ""]
+    if r.get("error"):
+        out += [f"Error: `{r['error']}`", ""]
     if r.get("command"):
         out += [f"Command: `{r['command']}`", ""]
     out += ["## Set-up", "",

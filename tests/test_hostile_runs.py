@@ -345,6 +345,7 @@ def test_out_of_memory_outside_a_prior_leaves_a_failed_report_not_a_running_one(
     doc = read_json(out / "report.json")
     assert doc["status"] == "failed" and doc["error"] == "MemoryError: cannot allocate 745 GiB"
     assert [r["status"] for r in doc["runs"]] == ["pending"]
+    assert "Error: `MemoryError: cannot allocate 745 GiB`" in (out / "report.md").read_text()
 
 
 # =========================================================================== two runs, one directory
@@ -438,6 +439,9 @@ def _cases():
     odd = __import__("io").BytesIO()
     with zipfile.ZipFile(odd, "w") as zf:
         zf.writestr("readme.txt", "hello")
+    short = __import__("io").BytesIO()
+    with zipfile.ZipFile(short, "w") as zf:
+        zf.writestr("a.npy", b"\x93NUMPY\x02\x00\x10\x00")
     return [
         ("empty", b"", "not an .npz archive: the file is empty"),
         ("random bytes", bytes(np.random.default_rng(5).integers(0, 256, 300, dtype=np.uint8)),
@@ -451,6 +455,7 @@ def _cases():
          r"key 'a': array of shape \(100000000000,\) \(float64\) needs 745 GiB"),
         ("object array", obj, r"key 'a' contains object arrays \(refused: no pickle"),
         ("not a .npy member", odd.getvalue(), r"key 'readme.txt': member 'readme.txt' is not a .npy"),
+        ("short .npy header", short.getvalue(), r"key 'a': truncated .npy header \(10 bytes\)"),
     ]
 
 
@@ -458,8 +463,8 @@ def _cases():
 @pytest.mark.parametrize("name, data, message", _cases(), ids=[c[0] for c in _cases()])
 def test_corrupt_params_file_says_what_happened(tmp_path, name, data, message):
     """Empty, random, pickled, .npy, truncated, bad-CRC, zlib-corrupt, forged-745-GiB-header,
-    object-array and non-.npy-member params.npz: a ValueError saying what happened, naming the
-    file, never suggesting allow_pickle."""
+    object-array, non-.npy-member and short-header params.npz: a ValueError saying what happened,
+    naming the file, never suggesting allow_pickle."""
     save_params(tmp_path, {"a": np.ones(3)}, {})
     (tmp_path / PARAMS_FILE).write_bytes(data)
     with pytest.raises(ValueError, match=message) as info:
