@@ -139,6 +139,7 @@ def _train_options(p):
 @subcommand("train", "train one model on the digits data and save it with its history")
 @_options(_train_options)
 def cmd_train(args):
+    from contextlib import ExitStack
     from dataclasses import asdict
 
     import numpy as np
@@ -155,9 +156,7 @@ def cmd_train(args):
     latent_dim = _positive_int(args.latent_dim, "--latent-dim")
     _positive_int(args.seed, "--seed", minimum=0)
     _positive_int(args.threads, "--threads")
-    prepare_out_dir(args.out, subdirs=())
-    with limit_threads(args.threads), InterruptGuard() as guard, \
-            DirectoryLock(args.out, "refvae " + " ".join(args.argv)):
+    with limit_threads(args.threads), InterruptGuard() as guard, ExitStack() as held:
         if args.data == "digits":
             data, data_name = _digits(), "digits 1000/350/447"
         else:
@@ -166,6 +165,8 @@ def cmd_train(args):
             data_name = f"synthetic_split(default_rng([{args.seed}, 99])) 1000/350/447"
         rng = np.random.default_rng([args.seed, latent_dim])
         model = build_model(prior, latent_dim, data["train"].shape[1], profile, rng)
+        prepare_out_dir(args.out, subdirs=())  # after every check of the arguments
+        held.enter_context(DirectoryLock(args.out, "refvae " + " ".join(args.argv)))
         if not args.quiet:
             print(f"refvae train: prior {prior}, L = {latent_dim}, at most {max_epochs} epochs "
                   f"(patience {profile.patience}), seed {args.seed}, output {args.out}")
