@@ -16,9 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from refvae import layers, likelihoods
 from refvae._validation import NonFiniteIntermediateError
 from refvae.gradcheck import (GradcheckError, GradcheckReport, _scale, check_elementwise, check_vjp,
                               check_vjp_complex)
+from refvae.optim import make_optimizer
 from refvae.prior_flow import FlowPrior
 from refvae.prior_mixtures import (AggregatedPosterior, GTMPrior, GTMVampPrior, MoGPrior, VampPrior)
 from refvae.priors import StandardPrior, make_prior
@@ -677,3 +679,67 @@ def test_mean_reduction_exact_through_the_model():
     assert math.isfinite(res.value)
     assert abs(mpmath.mpf(res.value) - want) <= 4 * U * abs(want)
     assert abs(mpmath.mpf(float(res.per_example[0])) - exact_one) <= 4 * U * exact_one
+
+
+# =========================================================================== optimisers, layers, likelihoods
+
+@pytest.mark.hostile("option", "named error")
+@pytest.mark.parametrize("name", ["adam", "adamax"])
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(lr=0.0), ValueError, "lr must be > 0"), (dict(lr=-1e-3), ValueError, "lr"),
+    (dict(lr=float("nan")), ValueError, "lr"), (dict(lr=True), TypeError, "lr"),
+    (dict(lr="1e-3"), TypeError, "lr"), (dict(eps=float("inf")), ValueError, "eps"),
+    (dict(betas=(1.0, 0.9)), ValueError, r"betas\[0\]"), (dict(betas=(0.9, float("nan"))), ValueError, r"betas\[1\]"),
+])
+def test_optimiser_meaningless_hyperparameters(name, kwargs, exc, match):
+    """make_optimizer with lr 0/negative/NaN/bool/str, eps inf, betas 1 or NaN: named error."""
+    with pytest.raises(exc, match=match):
+        make_optimizer(name, {"w": np.zeros(3)}, **kwargs)
+
+
+@pytest.mark.hostile("non-finite", "named error")
+@pytest.mark.parametrize("name", ["adam", "adamax"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_optimiser_non_finite_parameters(name, bad):
+    """make_optimizer on parameters holding NaN or inf: ValueError naming the parameter and index."""
+    w = np.zeros((2, 3))
+    w[1, 2] = bad
+    with pytest.raises(ValueError, match=r"params\['w'\] must not contain NaN or inf.*\(1, 2\)"):
+        make_optimizer(name, {"v": np.zeros(2), "w": w})
+
+
+@pytest.mark.hostile("type", "named error")
+@pytest.mark.parametrize("call,arg", [
+    (lambda r: layers.linear_forward(r, np.zeros((3, 2)), np.zeros(2)), "x"),
+    (lambda r: layers.tanh_forward(r), "x"),
+    (lambda r: likelihoods.bernoulli_log_prob(r, np.zeros((2, 3))), "x"),
+    (lambda r: likelihoods.gaussian_log_prob(np.zeros((2, 3)), r, np.zeros(3)), "mean"),
+    (lambda r: StandardPrior(3).log_prob(r), "z"),
+])
+def test_ragged_lists_are_named(call, arg):
+    """A ragged list of lists where an array is expected: TypeError naming the argument."""
+    ragged = [[0.0, 1.0, 2.0], [0.0, 1.0]]
+    with pytest.raises(TypeError, match=f"{arg} must be an array of real numbers .*rectangular"):
+        call(ragged)
+
+
+@pytest.mark.hostile("type", "named error")
+@pytest.mark.parametrize("fn,args,arg", [
+    ("categorical_log_prob_vjp", lambda c: (np.ones(2), np.zeros((2, 3)), c(np.zeros((2, 9))), 3), "logits"),
+    ("bernoulli_log_prob_vjp", lambda c: (np.ones(2), np.zeros((2, 3)), c(np.zeros((2, 3)))), "logits"),
+    ("gaussian_log_prob_vjp", lambda c: (np.ones(2), np.zeros((2, 3)), c(np.zeros((2, 3))), np.zeros(3)), "mean"),
+    ("gaussian_log_prob_vjp", lambda c: (np.ones(2), np.zeros((2, 3)), np.zeros((2, 3)), c(np.zeros(3))), "log_var"),
+])
+def test_likelihood_vjp_rejects_complex(fn, args, arg):
+    """Likelihood VJPs with complex logits/mean/log_var: TypeError naming it (no silent real part)."""
+    with pytest.raises(TypeError, match=f"{arg} must be real"):
+        getattr(likelihoods, fn)(*args(lambda a: a + 1e-3j))
+
+
+@pytest.mark.hostile("type", "named error")
+@pytest.mark.parametrize("fn", ["relu", "leaky_relu", "tanh", "sigmoid", "softplus", "linear", "mlp"])
+@pytest.mark.parametrize("cache", [None, "abc", (1, 2)])
+def test_layer_backward_bad_cache(fn, cache):
+    """<layer>_backward with a cache that its forward did not make (None, str, tuple): TypeError."""
+    with pytest.raises(TypeError, match="cache must be"):
+        getattr(layers, f"{fn}_backward")(np.ones((2, 2)), cache)
