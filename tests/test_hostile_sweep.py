@@ -1729,6 +1729,8 @@ CLI_FLAG_CASES = [
      "--out"),
     ("train-out-is-a-file", lambda: ["train", "--prior", "standard", "--latent-dim", "2", "--out",
                                      F.file()], "--out"),
+    ("train-data-unknown", _train("--data", "mnist"), "--data"),
+    ("train-data-empty", _train("--data", ""), "--data"),
     # gradcheck
     ("gradcheck-prior-empty", lambda: ["gradcheck", "--prior", ""], "--prior"),
     ("gradcheck-prior-unknown", lambda: ["gradcheck", "--prior", "bogus"], "--prior"),
@@ -1814,6 +1816,7 @@ CLI_FLAG_CASES = [
     ("verify-json-is-a-dir", _verify("--json", F.dir()), "--json"),
     ("verify-json-inside-a-file", lambda: ["verify", "--impl", IMPL, "--cases", F.cases(), "--json",
                                            os.path.join(F.file(), "r.json")], "--json"),
+    ("verify-no-checksums-with-a-value", _verify("--no-checksums=yes"), "--no-checksums"),
     ("verify-known-deviations-missing", _verify("--known-deviations", "/nonexistent/kd.json"),
      "--known-deviations"),
     ("verify-known-deviations-is-a-dir", lambda: ["verify", "--impl", IMPL, "--cases", F.cases(),
@@ -1899,7 +1902,17 @@ CLI_FILE_CASES = [
         + ":make", "--cases", F.cases(), "--checks", "golden"], "--impl"),
     ("verify-cases-corrupt", lambda: ["verify", "--impl", IMPL, "--cases", _corrupt_cases(),
                                       "--checks", "golden"], "--cases"),
+    ("verify-cases-without-checksums", lambda: ["verify", "--impl", IMPL, "--cases", _unsummed_cases(),
+                                                "--checks", "golden"], "--cases"),
 ]
+
+
+def _unsummed_cases():
+    d = os.path.join(CTX.tmp, "unsummed-cases")
+    if not os.path.isdir(d):
+        shutil.copytree(CTX.cases_copy(), d)
+        os.remove(os.path.join(d, "SHA256SUMS"))
+    return d
 
 
 def _corrupt_cases():
@@ -2020,7 +2033,8 @@ def test_cli_flag_errors(cli, argv, flag):
 def test_cli_file_errors(cli, argv, flag, request):
     """Hostile files behind the flags: config.json a list/keyless/nested, NaN/complex/pickled data."""
     # the corrupt golden case is found inside verify.run (cheap with --checks golden): run it
-    unguarded = ("refvae.verify.run",) if "corrupt" in request.node.callspec.id else ()
+    unguarded = ("refvae.verify.run",) if request.node.callspec.id.startswith("verify-cases") \
+        else ()
     cli(argv(), flag, unguarded)
 
 
