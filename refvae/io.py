@@ -475,9 +475,17 @@ def _read_member(path, zf, info, k):
             if avail is not None and nbytes > avail:
                 raise ValueError(f"{where}: array of shape {shape} ({dtype}) needs {_gib(nbytes)}, "
                                  f"more than the {_gib(avail)} of available memory")
-            data = fh.read(nbytes)
-            if len(data) != nbytes:
-                raise ValueError(f"{where}: truncated: {len(data)} of {nbytes} bytes of data")
+            if dtype.itemsize == 0 or dtype.kind not in "biufc":  # not a number: report the dtype
+                return np.empty(0, dtype=dtype)
+            arr = np.empty(count, dtype=dtype)  # read straight into the array, 16 MiB at a time
+            buf = memoryview(arr.reshape(-1).view(np.uint8)) if count else memoryview(b"")
+            pos = 0
+            while pos < nbytes:
+                chunk = fh.read(min(nbytes - pos, 1 << 24))
+                if not chunk:
+                    raise ValueError(f"{where}: truncated: {pos} of {nbytes} bytes of data")
+                buf[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
             if fh.read(1):
                 raise ValueError(f"{where}: {payload - nbytes} unexpected bytes after the array data")
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
@@ -486,7 +494,6 @@ def _read_member(path, zf, info, k):
         raise ValueError(f"{where}: unsupported ZIP member ({exc})") from None
     except OSError as exc:
         raise ValueError(f"{where}: cannot be read: {exc.strerror or exc}") from None
-    arr = np.frombuffer(data, dtype=dtype, count=count)
     return arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
 
 
@@ -548,7 +555,8 @@ def load_params(directory, expected_keys_shapes=None):
                                  f"expected a float64 array")
             if expected is not None and arr.shape != expected[k]:
                 raise ValueError(f"{path}: key {k!r} has shape {arr.shape}; expected {expected[k]}")
-            arr = np.array(arr, dtype=np.float64, order="C", copy=True)
+            if not (arr.dtype == np.float64 and arr.flags.c_contiguous):  # fresh array: copy
+                arr = np.array(arr, dtype=np.float64, order="C")          # only to convert
             bad = ~np.isfinite(arr)
             if bad.any():
                 idx = tuple(int(i) for i in np.argwhere(bad)[0])
