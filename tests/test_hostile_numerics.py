@@ -87,7 +87,8 @@ def test_mixture_vjp_z_at_mean_exact_over_the_range(v):
     assert np.array_equal(got[2], np.full((1, 3), -1.0)) and np.array_equal(got[3], [2.0])
     want = -1.5 * (math.log(2 * math.pi) + v)
     assert _close(mixture_log_prob(np.zeros((1, 3)), np.zeros((1, 3)), np.full((1, 3), v),
-                                   np.zeros(1))[0], mpmath.mpf(want), 4 * U)
+                                   np.zeros(1))[0], mpmath.mpf(want),
+                  tolerance("mixture_vjp_extreme_single").rtol)
 
 
 @pytest.mark.hostile("magnitude", "named error")
@@ -151,7 +152,13 @@ def test_mixture_vjp_correct_log_prob_accepted_same_bits(seed):
         if given_f is f:
             assert all(np.array_equal(a, b) for a, b in zip(got, want))
         else:
-            assert all(np.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(got, want))
+            # another forward's rounding of f (|df| <= c u (|f| + S), 1e-10 on the far row) scales
+            # row b's responsibilities by e^{-df_b}: the gradients move by at most that factor
+            df = float(np.max(np.abs(given_f - f)))
+            tol = tolerance("mixture_vjp_vs_twin")
+            for a, b in zip(got, want):
+                scale = np.max(np.abs(b))
+                assert np.all(np.abs(a - b) <= (2 * df + tol.rtol) * scale + tol.atol)
 
 
 @pytest.mark.hostile("non-finite", "exact value")
