@@ -447,7 +447,9 @@ def mixture_log_prob(z, means, log_vars, log_weights=None):
     Parameters
     ----------
     z : (B, L) queries.
-    means, log_vars : (K, L) component means and log-variances.
+    means, log_vars : (K, L) component means and log-variances; log-variances within
+        ``[-LOG_VAR_LIMIT, LOG_VAR_LIMIT]`` = [-1416, 1416] (a ``ValueError`` naming ``log_vars``
+        otherwise; module docstring, "Range").
     log_weights : (K,) or None. Used as given (unnormalised); None means ``-ln K`` each.
 
     Returns
