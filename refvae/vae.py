@@ -437,16 +437,27 @@ class VAE:
 
     # ------------------------------------------------------------------ forward
     def encode(self, x, params=None):
-        """(mu, log_var) of q(z|x), each (B, L)."""
+        """(mu, log_var) of q(z|x), each (B, L). An intermediate that overflows for finite x and
+        parameters is a :class:`NonFiniteIntermediateError` naming it (as in :meth:`forward`)."""
         p = self.params if params is None else params
-        mu, log_var, _ = self.encoder.forward(p, self._check_x(x))
+        x = self._check_x(x)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu, log_var, cache = self.encoder.forward(p, x)
+        if not all_finite(cache["trace"][-1][1]):
+            self._overflow(cache["trace"], x, None, p, where="encoder")
         return mu, log_var
 
     def decode(self, z, params=None):
-        """The decoder's output for latents z (logits, or means for the Gaussian likelihood)."""
+        """The decoder's output for latents z (logits, or means for the Gaussian likelihood). An
+        intermediate that overflows for finite z and parameters is a
+        :class:`NonFiniteIntermediateError` naming it."""
         p = self.params if params is None else params
         z = as_float_array(z, "z", shape=(None, self.latent_dim))
-        return self.decoder.forward(p, z)[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            out, cache = self.decoder.forward(p, z)
+        if not all_finite(out):
+            self._overflow(cache["trace"], None, None, p, where="decoder")
+        return out
 
     def _overflow(self, candidates, x, eps, p, where="forward"):
         """Raise :class:`NonFiniteIntermediateError` naming the first non-finite entry of the

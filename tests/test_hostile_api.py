@@ -743,3 +743,21 @@ def test_layer_backward_bad_cache(fn, cache):
     """<layer>_backward with a cache that its forward did not make (None, str, tuple): TypeError."""
     with pytest.raises(TypeError, match="cache must be"):
         getattr(layers, f"{fn}_backward")(np.ones((2, 2)), cache)
+
+
+@pytest.mark.hostile("magnitude", "named error")
+@pytest.mark.parametrize("method,key", [("encode", "encoder.0.W"), ("decode", "decoder.0.W")])
+def test_encode_decode_overflow_named(method, key):
+    """VAE.encode/decode with finite parameters of 1e308 that overflow: error naming <key>.pre."""
+    m = _model("categorical")
+    x, _ = _data("categorical")
+    p = {k: v.copy() for k, v in m.params.items()}
+    p[key] = np.full_like(p[key], 1e308)
+    arg = x if method == "encode" else np.full((4, 2), 16.0)
+    ctx = _no_warnings()
+    try:
+        with pytest.raises(NonFiniteIntermediateError,
+                           match=rf"the {method[:-1]}er pass overflowed at {key[:-2]}\.pre.*parameters too large"):
+            getattr(m, method)(arg, params=p)
+    finally:
+        ctx.__exit__(None, None, None)
