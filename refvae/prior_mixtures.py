@@ -64,8 +64,9 @@ import numbers
 
 import numpy as np
 
-from ._validation import (as_float_array, check_choice, check_parameter_memory, check_positive_int,
-                          check_real, check_rng)
+from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
+                          check_parameter_memory, check_positive_int, check_real, check_rng,
+                          first_non_finite)
 from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
 from .mixture import mixture_log_prob, mixture_log_prob_vjp
 from .primitives import log_softmax, log_softmax_vjp
@@ -162,6 +163,11 @@ def _check_hidden(hidden, name="hidden"):
     return tuple(check_positive_int(h, f"{name}[{i}]") for i, h in enumerate(hidden))
 
 
+def _num(v):
+    """A NumPy scalar as a Python float (complex if complex), for messages."""
+    return complex(v) if np.iscomplexobj(v) else float(v)
+
+
 def _mlp_count(sizes):
     """Number of parameters of an MLP with layer widths ``sizes`` (no allocation)."""
     return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
@@ -222,6 +228,21 @@ class _MixturePrior(Prior):
     def _components(self, params):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _finite_components(self, params):
+        """:meth:`_components`, with a :class:`NonFiniteIntermediateError` naming the first
+        intermediate that overflowed when the (finite) parameters give non-finite components."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            comps = self._components(params)
+        means, log_vars = comps[0], comps[1]
+        if not (all_finite(means) and all_finite(log_vars)):
+            hit = first_non_finite(list(comps[4]) + [("prior.means", means), ("prior.log_vars", log_vars)])
+            name, idx, val = hit
+            raise NonFiniteIntermediateError(
+                f"the {self.name} prior's components overflowed at {name} ({_num(val)!r} "
+                f"at index {idx}): the parameters are finite, but {name} is not representable in "
+                "float64 (parameters too large?)")
+        return comps
+
     def _components_backward(self, dmeans, dlog_vars, dlog_weights, ccache):  # pragma: no cover
         raise NotImplementedError
 
@@ -251,7 +272,7 @@ class _MixturePrior(Prior):
 
     def mixture_components(self, params=None):
         """``(means, log_vars, log_weights)`` of the mixture, (K, L), (K, L), (K,) normalised."""
-        means, log_vars, log_w, _, _ = self._components(self._bound(params))
+        means, log_vars, log_w, _, _ = self._finite_components(self._bound(params))
         if log_w is None:
             log_w = np.full(means.shape[0], -math.log(means.shape[0]))
         return means, log_vars, log_w
@@ -261,8 +282,15 @@ class _MixturePrior(Prior):
 
     def forward(self, params, z):
         z = self.check_z(z)
-        means, log_vars, log_w, ccache, trace = self._components(params)
-        log_p = self._log_density(z, means, log_vars, log_w)
+        means, log_vars, log_w, ccache, trace = self._finite_components(params)
+        try:
+            log_p = self._log_density(z, means, log_vars, log_w)
+        except ValueError as e:   # components out of the kernel's range: say where they come from
+            if isinstance(e, NonFiniteIntermediateError) or not trace:
+                raise
+            raise ValueError(f"the {self.name} prior's components (prior.means, prior.log_vars, "
+                             f"computed from the parameters) are out of range: {e} (parameters too "
+                             "large?)") from None
         K = means.shape[0]
         trace = list(trace) + [("prior.means", means), ("prior.log_vars", log_vars)]
         logits = None if ccache is None else ccache.get("logits")
@@ -288,7 +316,7 @@ class _MixturePrior(Prior):
     def sample(self, params, n, rng):
         n = check_positive_int(n, "n")
         check_rng(rng)
-        means, log_vars, log_w, _, _ = self._components(params)
+        means, log_vars, log_w, _, _ = self._finite_components(params)
         return self._draw(means, log_vars, log_w, n, rng)
 
     # ---------------------------------------------------------------- logits helpers

@@ -472,7 +472,7 @@ class VAE:
                 m = float(np.max(np.abs(arr))) if np.size(arr) else 0.0
                 sizes.insert(0, (m, label, f"|{label}| = {m:.3g}"))
         # which input is out of its usual range: eps ~ N(0, 1), parameters ~ 1, data as given
-        guess = max(sizes, key=lambda t: t[0])[1]
+        guess = max(sizes, key=lambda t: t[0])[1].replace("the parameters", "parameters")
         names = [t[1] for t in sizes]
         inputs = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         raise NonFiniteIntermediateError(

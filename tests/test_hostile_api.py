@@ -489,15 +489,15 @@ def _data(likelihood, B=4):
 
 _OVERFLOW_CASES = [
     # (likelihood, what to change, expected first intermediate, the input blamed)
-    ("categorical", {"encoder.0.W": 1e308}, r"encoder\.0\.pre", "the parameters"),
-    ("categorical", {"encoder.1.W": 1e300, "encoder.0.W": 1e10}, r"encoder\.1\.pre", "the parameters"),
-    ("categorical", {"encoder.1.b": 1e300}, r"z", "the parameters"),
-    ("categorical", {"decoder.0.W": 1e308}, r"decoder\.0\.pre", "the parameters"),
+    ("categorical", {"encoder.0.W": 1e308}, r"encoder\.0\.pre", "parameters"),
+    ("categorical", {"encoder.1.W": 1e300, "encoder.0.W": 1e10}, r"encoder\.1\.pre", "parameters"),
+    ("categorical", {"encoder.1.b": 1e300}, r"z", "parameters"),
+    ("categorical", {"decoder.0.W": 1e308}, r"decoder\.0\.pre", "parameters"),
     ("categorical", {"eps": 1e300}, r"(decoder\.\d\.pre|prior\.log_p|log_qz_x)", "eps"),
     ("categorical", {"eps": 1e200}, r"(decoder\.\d\.pre|prior\.log_p|log_qz_x)", "eps"),
     ("gaussian", {"x": 1e300}, r"(encoder\.\d\.pre|z|decoder\.\d\.pre|log_px_z)", "x"),
-    ("gaussian", {"decoder.log_var": -1e300}, r"log_px_z", "the parameters"),
-    ("bernoulli", {"decoder.1.W": 1e308}, r"decoder\.1\.pre", "the parameters"),
+    ("gaussian", {"decoder.log_var": -1e300}, r"log_px_z", "parameters"),
+    ("bernoulli", {"decoder.1.W": 1e308}, r"decoder\.1\.pre", "parameters"),
 ]
 
 
@@ -759,5 +759,30 @@ def test_encode_decode_overflow_named(method, key):
         with pytest.raises(NonFiniteIntermediateError,
                            match=rf"the {method[:-1]}er pass overflowed at {key[:-2]}\.pre.*parameters too large"):
             getattr(m, method)(arg, params=p)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+@pytest.mark.hostile("magnitude", "named error")
+@pytest.mark.parametrize("prior,key,exc,match", [
+    ("gtm", "prior.gtm.0.W", NonFiniteIntermediateError,
+     r"the gtm prior's components overflowed at prior\.gtm\.0\.pre .*parameters too large"),
+    ("vamp", "prior.pseudo_inputs", ValueError,
+     r"the vamp prior's components .*computed from the parameters.*out of range.*parameters too large"),
+])
+def test_prior_component_overflow_named(prior, key, exc, match):
+    """Finite prior parameters of 1e308 whose components overflow: named, not 'means must not
+    contain NaN'."""
+    kw = {"hidden": (3,)} if prior == "gtm" else {}
+    m = VAE(6, 2, hidden=(5,), prior=prior, prior_kwargs=kw, rng=np.random.default_rng(0))
+    p = {k: v.copy() for k, v in m.params.items()}
+    p[key] = np.full_like(p[key], 1e308)
+    x, eps = _data("categorical", B=3)
+    ctx = _no_warnings()
+    try:
+        with pytest.raises(exc, match=match):
+            m.neg_elbo(x, eps, params=p)
+        with pytest.raises(exc, match=match.split(" .*")[0]):
+            m.prior.sample(p, 2, np.random.default_rng(0)) if prior == "gtm" else m.prior.log_prob(eps, p)
     finally:
         ctx.__exit__(None, None, None)
