@@ -43,8 +43,8 @@ import numbers
 
 import numpy as np
 
-from ._validation import (as_float_array, check_choice, check_parameter_memory, check_positive_int,
-                          check_rng)
+from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
+                          check_parameter_memory, check_positive_int, check_rng, first_non_finite)
 from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
 from .priors import Prior
 
@@ -261,13 +261,24 @@ class FlowPrior(Prior):
         s-MLP's ``prior.flow.<t>.s.<i>.pre/out``, ``prior.flow.<t>.s`` (B, L - ⌊L/2⌋), the t-MLP's
         trace, ``prior.flow.<t>.t``, ``prior.flow.<t>.out`` (B, L, after the reversal),
         ``prior.flow.<t>.log_det`` (B,); then ``prior.flow.base_log_prob`` and ``prior.log_p``.
+
+        A coupling intermediate that overflows for finite z and parameters is a
+        :class:`~refvae._validation.NonFiniteIntermediateError` naming it; only the base term may
+        round to ``-inf`` (|u| beyond ~1e154, the correct limit of ``log_p``).
         """
         self._check_params(params)
         z = self._check_z(z, "z", allow_complex=True)
-        u, log_det, caches = self._transform(params, z)
-        base = -0.5 * np.sum(LN_2PI + u * u, axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            u, log_det, caches = self._transform(params, z)
+            trace = [item for c in caches for item in c["trace"]]
+            if not (all_finite(u) and all_finite(log_det)):
+                name, idx, val = first_non_finite(trace)
+                raise NonFiniteIntermediateError(
+                    f"the flow prior overflowed at {name} ({val!r} at index {idx}): z and the "
+                    f"parameters are finite, but {name} is not representable in float64 "
+                    "(parameters or z too large?)")
+            base = -0.5 * np.sum(LN_2PI + u * u, axis=1)
         log_p = base + log_det
-        trace = [item for c in caches for item in c["trace"]]
         trace += [("prior.flow.base_log_prob", base), ("prior.log_p", log_p)]
         return log_p, {"z": z, "u": u, "couplings": caches, "trace": trace}
 
