@@ -786,3 +786,21 @@ def test_prior_component_overflow_named(prior, key, exc, match):
             m.prior.sample(p, 2, np.random.default_rng(0)) if prior == "gtm" else m.prior.log_prob(eps, p)
     finally:
         ctx.__exit__(None, None, None)
+
+
+@pytest.mark.hostile("magnitude", "named error")
+def test_flow_prior_overflow_named():
+    """FlowPrior.log_prob with finite t-weights of 1e308 that overflow: error naming the
+    intermediate; a huge but finite u still gives the -inf limit without a warning."""
+    pr = FlowPrior(2, 1, (3,), "leaky_relu", "random")
+    p = pr.init_params(np.random.default_rng(0))
+    good = dict(p)
+    p["prior.flow.0.t.0.W"] = np.full_like(p["prior.flow.0.t.0.W"], 1e308)
+    z = np.array([[4.0, 2.0], [3.0, -1.0]])
+    ctx = _no_warnings()
+    try:
+        with pytest.raises(NonFiniteIntermediateError, match=r"flow prior overflowed at prior\.flow\.0\.t\.0\.pre"):
+            pr.log_prob(z, p)
+        assert np.all(pr.log_prob(np.array([[1e200, 1e200]]), good) == -np.inf)
+    finally:
+        ctx.__exit__(None, None, None)
