@@ -266,16 +266,23 @@ class VAE:
 
     Parameters
     ----------
-    x_dim, latent_dim : int
-    hidden : tuple of int. Encoder hidden widths; the decoder uses them reversed.
+    x_dim, latent_dim : int >= 1
+    hidden : int or tuple of int >= 1. Encoder hidden widths; the decoder uses them reversed.
     activation : one of ``leaky_relu`` (slope 0.01), ``relu``, ``tanh``, ``sigmoid``, ``softplus``.
     likelihood : ``categorical`` (needs ``num_vals``), ``bernoulli`` or ``gaussian``.
-    num_vals : int, number of categories C (17 for the digits data, values 0..16).
-    prior : name in ``refvae.priors.PRIORS`` or a :class:`~refvae.priors.Prior` instance.
-    prior_kwargs : dict, options for the named prior.
-    decoder_log_var : ``"learned"`` or a float (fixed log-variance of the Gaussian likelihood).
+    num_vals : int >= 2, number of categories C (17 for the digits data, values 0..16); ignored
+        (but still checked when given) for the other likelihoods.
+    prior : name in ``refvae.priors.PRIORS`` or a :class:`~refvae.priors.Prior` instance with the
+        same ``latent_dim``.
+    prior_kwargs : dict or None, options for a prior given by name (an error with an instance).
+    decoder_log_var : ``"learned"`` or a real number in [-1400, 1400] (fixed log-variance of the
+        Gaussian likelihood; a bool is a TypeError).
     kl : ``"mc"`` (single-sample Monte Carlo, default) or ``"analytic"`` (standard prior only).
     rng : numpy.random.Generator, for the initial parameters (required).
+
+    Every argument is checked at construction (``TypeError``/``ValueError`` naming it), and so is
+    the total parameter count: more than ``refvae._validation.MAX_PARAMETER_BYTES`` (16 GiB) or
+    the machine's memory is a ``ValueError`` saying how much is needed, before any allocation.
 
     Attributes
     ----------
