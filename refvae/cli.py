@@ -71,12 +71,30 @@ def _positive_int(value, flag, minimum=1):
     return value
 
 
+def _threads(value):
+    """``--threads``: an integer from 1 to the number of threads Numba may use."""
+    _positive_int(value, "--threads")
+    import numba
+    top = numba.config.NUMBA_NUM_THREADS
+    if value > top:
+        raise ValueError(f"--threads must be at most {top} (the threads available to Numba on this "
+                         f"machine; NUMBA_NUM_THREADS), got {value}")
+    return value
+
+
+def _out_dir(value):
+    """``--out``: a non-empty path."""
+    if not value or not value.strip():
+        raise ValueError(f"--out must name a directory, got {value!r}")
+    return value
+
+
 def _common(p, seed=True):
     if seed:
         p.add_argument("--seed", type=int, default=0, help="seed of every generator (default 0)")
     p.add_argument("--threads", type=int, default=1,
-                   help="threads for Numba kernels and BLAS (default 1: fastest for these small "
-                        "matrices, and much faster on a shared machine)")
+                   help="threads for Numba kernels and BLAS, 1 to NUMBA_NUM_THREADS (default 1: "
+                        "fastest for these small matrices, and much faster on a shared machine)")
 
 
 def _digits():
@@ -114,7 +132,8 @@ def cmd_validate(args):
     if args.max_epochs is not None:
         profile = replace(profile, max_epochs=_positive_int(args.max_epochs, "--max-epochs"))
     _positive_int(args.seed, "--seed", minimum=0)
-    _positive_int(args.threads, "--threads")
+    _threads(args.threads)
+    _out_dir(args.out)
     with limit_threads(args.threads):
         return run_validation(profile, seed=args.seed, out=args.out, priors=priors,
                               plots=not args.no_plots, quiet=args.quiet,
@@ -155,7 +174,8 @@ def cmd_train(args):
     max_epochs = _positive_int(args.max_epochs, "--max-epochs") or profile.max_epochs
     latent_dim = _positive_int(args.latent_dim, "--latent-dim")
     _positive_int(args.seed, "--seed", minimum=0)
-    _positive_int(args.threads, "--threads")
+    _threads(args.threads)
+    _out_dir(args.out)
     with limit_threads(args.threads), InterruptGuard() as guard, ExitStack() as held:
         if args.data == "digits":
             data, data_name = _digits(), "digits 1000/350/447"
@@ -239,10 +259,10 @@ def cmd_gradcheck(args):
     from .provenance import limit_threads
     from .report import PRIOR_ORDER, gradcheck_model, near_kink, parse_priors
     priors = PRIOR_ORDER if args.prior is None else parse_priors(args.prior, "--prior")
-    check_choice(args.likelihood, "likelihood", tuple(LIKELIHOODS))
-    check_choice(args.activation, "activation", tuple(ACTIVATIONS))
+    check_choice(args.likelihood, "--likelihood", tuple(LIKELIHOODS))
+    check_choice(args.activation, "--activation", tuple(ACTIVATIONS))
     _positive_int(args.seed, "--seed", minimum=0)
-    _positive_int(args.threads, "--threads")
+    _threads(args.threads)
     failed = []
     with limit_threads(args.threads):
         for prior in priors:
