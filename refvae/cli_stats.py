@@ -127,17 +127,43 @@ def _gb(n):
     return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
 
-def _check_memory(args, N, L, K, components_here, available=None):
+def _prior_bytes_per_point(model, n=512):
+    """Bytes the prior's forward pass (``log p(z)``, as the estimators call it) allocates per row
+    of z: the peak traced by ``tracemalloc`` over a call on n rows (after a warm-up call), divided
+    by n. Where ``tracemalloc`` is already in use, a formula: 8 (4 K L + 2 L) bytes (K the
+    prior's components, 0 without)."""
+    import tracemalloc
+
+    import numpy as np
+
+    from .estimators import _prior_log_prob
+    L = model.latent_dim
+    K = int(getattr(model.prior, "K", 0) or 0) if model.prior.name != "standard" else 0
+    if tracemalloc.is_tracing():
+        return 8 * (4 * K * L + 2 * L)
+    z = np.zeros((n, L))
+    _prior_log_prob(model, model.params, z)
+    tracemalloc.start()
+    try:
+        _prior_log_prob(model, model.params, z)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return -(-peak // n)
+
+
+def _check_memory(args, N, L, prior_bytes, components_here, available=None):
     """Refuse (``ValueError``, one line) a ``--samples``/``--queries``/``--holes`` request whose
     arrays on this machine would not fit in the available memory, before anything is allocated.
 
-    The bytes are those of the float64 arrays that would be allocated (8 bytes each): for each of
-    the N*S draws of q(z|x) (``--samples``, without ``--queries``) or each of the M ``--queries``
-    draws, z and its noise (L each), log q(z), log p(z) and four estimator temporaries, the
-    drawn component (mean, log-variance: 2L, with ``--queries``) and the prior's (K,) component
-    log-densities; for each of the M ``--holes`` prior draws z (L), its noise (L), log p(z),
-    log q(z), their difference, and (K,); plus the (N, L) means and log-variances when they are
-    held here (``components_here``). ``available``: bytes (default: :func:`_available_memory`).
+    The bytes are those of the arrays that would be allocated: for each of the N*S draws of
+    q(z|x) (``--samples``, without ``--queries``) or each of the M ``--queries`` draws, 8 (6 + 3L)
+    (z and its noise, the Gaussian log-density's temporaries, log q(z), log p(z) and the
+    estimators' temporaries; with ``--queries`` also the drawn mean and log-variance, 16 L) plus
+    ``prior_bytes``, what the prior's forward pass allocates per point
+    (:func:`_prior_bytes_per_point`); for each of the M ``--holes`` prior draws 8 (4 + 3L) plus
+    ``prior_bytes``; plus the (N, L) means and log-variances (16 N L) when they are held here
+    (``components_here``). ``available``: bytes (default: :func:`_available_memory`).
     """
     if available is None:
         available, source = _available_memory()
@@ -146,20 +172,20 @@ def _check_memory(args, N, L, K, components_here, available=None):
     if not available:
         return
     base = 16 * N * L if components_here else 0
-    per_draw = 8 * (2 * L + 6 + K)
+    per_draw = 8 * (6 + 3 * L) + prior_bytes
     requests = []
     if args.queries is None:
         requests.append(("--samples", args.samples, N, per_draw, "N*S draws of q(z|x)"))
     else:
         requests.append(("--queries", args.queries, 1, per_draw + 16 * L, "M draws from q(z)"))
     if args.holes:
-        requests.append(("--holes", args.holes, 1, 8 * (2 * L + 4 + K), "M prior draws"))
+        requests.append(("--holes", args.holes, 1, 8 * (4 + 3 * L) + prior_bytes, "M prior draws"))
     for flag, value, times, each, what in requests:
         need = base + value * times * each
         if need > available:
             fits = max(0, (available - base) // (times * each))
             raise ValueError(
-                f"{flag} {value} with N = {N}, L = {L} needs {_gb(need)} on this machine for the "
+                f"{flag} {value} with N = {N}, L = {L} needs about {_gb(need)} on this machine for the "
                 f"{what} ({each} bytes each{', plus the (N, L) components' if base else ''}); at "
                 f"most {flag} {fits} fits in the {_gb(available)} available ({source})")
 
@@ -284,8 +310,7 @@ def run(args) -> int:
             x = os.fspath(components)  # read by aggregated_stats / holes (on the workers)
             N = comps.N
             source = f"components {x}"
-        K = int(getattr(model.prior, "K", 0) or 0) if model.prior.name != "standard" else 0
-        _check_memory(args, N, model.latent_dim, K,
+        _check_memory(args, N, model.latent_dim, _prior_bytes_per_point(model),
                       components_here=not (comps is not None and args.scheduler is not None
                                            and args.queries is not None))
         chunk = min(chunk, N)  # a chunk >= N is one shard (the same result); keeps Dask's sizes small

@@ -330,19 +330,20 @@ def test_stats_connect_timeout_must_be_finite_and_positive(stats_dir, capsys, tm
 def test_stats_refuses_sizes_beyond_memory_before_allocating(stats_dir, capsys, flag, value):
     """refvae stats --samples 1e9 (and huge --queries/--holes): 'needs X GB ...; at most ... fits', exit 2."""
     line = one_line_error(capsys, stats(stats_dir, flag, str(value)),
-                          f"{flag} {value} with N = 447, L = 2 needs", "GB", f"at most {flag} ",
+                          f"{flag} {value} with N = 447, L = 2 needs about", "GB", f"at most {flag} ",
                           "fits in the")
     assert int(re.search(rf"at most {flag} (\d+) fits", line).group(1)) < value
 
 
 @pytest.mark.hostile("resources", "exact value")
-@pytest.mark.parametrize("flag,N,L,K", [("--samples", 447, 2, 3), ("--queries", 10 ** 6, 16, 0),
-                                        ("--holes", 1000, 5, 7)])
-def test_stats_memory_limit_is_the_byte_count_of_the_arrays(flag, N, L, K):
-    """The memory check refuses exactly the requests whose float64 arrays exceed the limit."""
+@pytest.mark.parametrize("flag,N,L,prior_bytes", [("--samples", 447, 2, 104), ("--queries", 10 ** 6, 16, 0),
+                                                  ("--holes", 1000, 5, 49440)])
+def test_stats_memory_limit_is_the_byte_count_of_the_arrays(flag, N, L, prior_bytes):
+    """The memory check refuses exactly the requests whose arrays exceed the limit."""
     available = 10 ** 9 + 12345
-    each = {"--samples": N * 8 * (2 * L + 6 + K), "--queries": 8 * (2 * L + 6 + K) + 16 * L,
-            "--holes": 8 * (2 * L + 4 + K)}[flag]
+    each = {"--samples": N * (8 * (6 + 3 * L) + prior_bytes),
+            "--queries": 8 * (6 + 3 * L) + prior_bytes + 16 * L,
+            "--holes": 8 * (4 + 3 * L) + prior_bytes}[flag]
     base = 16 * N * L
     fits = (available - base) // each
 
@@ -350,9 +351,30 @@ def test_stats_memory_limit_is_the_byte_count_of_the_arrays(flag, N, L, K):
         return SimpleNamespace(samples=v if flag == "--samples" else 1,
                                queries=v if flag == "--queries" else (1 if flag == "--holes" else None),
                                holes=v if flag == "--holes" else 0)
-    cli_stats._check_memory(args(fits), N, L, K, True, available=available)
+    cli_stats._check_memory(args(fits), N, L, prior_bytes, True, available=available)
     with pytest.raises(ValueError, match=rf"{flag} {fits + 1} .* at most {flag} {fits} fits"):
-        cli_stats._check_memory(args(fits + 1), N, L, K, True, available=available)
+        cli_stats._check_memory(args(fits + 1), N, L, prior_bytes, True, available=available)
+
+
+@pytest.mark.hostile("resources", "exact value")
+@pytest.mark.parametrize("prior,kw", [("standard", {}), ("mog", {"num_components": 10}), ("flow", {}),
+                                      ("gtm", {})])
+def test_stats_prior_bytes_bound_what_the_prior_allocates(prior, kw):
+    """The per-point memory of the prior's forward pass is measured (tracemalloc) and bounds a larger call."""
+    import tracemalloc
+    from refvae.estimators import _prior_log_prob
+    model = refvae.VAE(6, 2, (8,), "tanh", "gaussian", prior=prior, rng=np.random.default_rng(0),
+                       prior_kwargs=kw)
+    per_point = cli_stats._prior_bytes_per_point(model)
+    assert per_point > 0
+    z = np.random.default_rng(1).normal(size=(20000, 2))
+    tracemalloc.start()
+    try:
+        _prior_log_prob(model, model.params, z)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0.5 * per_point * len(z) <= peak <= 1.1 * per_point * len(z)
 
 
 @pytest.mark.hostile("flag", "named error")
