@@ -79,7 +79,8 @@ def _check_values(v, what):
 
 
 def _estimate(v, what="the estimate"):
-    """Estimate of the mean of v (N, S): stratified SE for S >= 2, conservative SE for S = 1.
+    """Estimate of the mean of v (N, S): stratified SE for S >= 2, conservative SE for S = 1,
+    ``se = inf`` for a single value (nothing to estimate its spread from).
 
     If some values are infinite (all of one sign: log-densities beyond the float range) the
     value is that infinity and ``se = inf``; NaN is a ``ValueError`` (:func:`_check_values`).
@@ -97,7 +98,7 @@ def _estimate(v, what="the estimate"):
     elif N >= 2:
         se = float(np.std(v[:, 0], ddof=1)) / math.sqrt(N)
     else:
-        se = float("nan")
+        se = math.inf          # one value: no estimate of its spread (never NaN)
     return Estimate(value, se, int(v.size))
 
 

@@ -681,3 +681,13 @@ def test_log_likelihood_all_zero_weights_gives_minus_inf_not_nan():
     assert out["log_px"][1] == -np.inf and out["se"][1] == np.inf and out["ess"][1] == 0.0
     assert out["elbo"][1] == -np.inf
     assert out["mean"].value == -np.inf and not math.isnan(out["mean"].se)
+
+
+@pytest.mark.hostile("shape", "exact value")
+def test_single_value_estimate_has_infinite_not_nan_standard_error():
+    """One Monte Carlo value (e.g. refvae stats --queries 1): se = inf (no spread to estimate), never NaN."""
+    from refvae import estimators as E
+    est = E._estimate(np.array([2.5]))
+    assert est.value == 2.5 and est.se == math.inf and est.n == 1
+    two = E._estimate(np.array([1.0, 3.0]))
+    assert two.value == 2.0 and two.se == pytest.approx(1.0, rel=1e-15)   # std 1.414/sqrt(2)
