@@ -104,7 +104,8 @@ def _blas_threads():
 @contextmanager
 def limit_threads(n):
     """Context manager: ``n`` threads for Numba's parallel kernels and for BLAS (via threadpoolctl,
-    if installed); the previous settings are restored on exit.
+    if installed); the previous settings are restored on exit. ``n`` is an integer >= 1
+    (TypeError/ValueError otherwise); more than ``NUMBA_NUM_THREADS`` is clamped to it.
 
     On a small machine shared with other jobs, multi-threaded BLAS on the small matrices of this
     model spends its time waiting for busy cores (a (100, 256) @ (256, 1088) product measured 13x
@@ -112,7 +113,9 @@ def limit_threads(n):
     defaults to one thread.
     """
     import numba
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+
+    from ._validation import check_positive_int
+    n = min(check_positive_int(n, "n"), numba.config.NUMBA_NUM_THREADS)
     old = numba.get_num_threads()
     numba.set_num_threads(n)
     limiter = None

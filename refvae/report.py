@@ -68,6 +68,7 @@ from .gradcheck import check_vjp
 from .io import DirectoryLock, _atomic_write, _atomic_write_bytes, _temp_prefix
 from .provenance import (REPRODUCIBILITY, InterruptGuard, Interrupted, interrupt_exit_code,
                          interrupt_signal, run_identity)
+from ._validation import as_float_array, check_choice, check_positive_int, check_real, check_rng
 from .tolerances import TOLERANCES, U, tolerance
 
 __all__ = ["Profile", "PROFILES", "PRIOR_ORDER", "run_validation", "build_model", "load_data",
@@ -144,6 +145,74 @@ PROFILES = {
 }
 
 
+_PROFILE_INTS = ("num_vals", "num_components", "gtm_grid", "flow_couplings", "batch_size", "patience",
+                 "max_epochs", "n_elbo", "n_agg", "n_holes", "n_importance", "grid_n",
+                 "n_gradcheck", "gradcheck_candidates", "kernel_points", "max_rows")
+
+
+def _check_profile(profile, name="profile"):
+    """A :class:`Profile` with positive integer sizes and a finite positive learning rate."""
+    if not isinstance(profile, Profile):
+        raise TypeError(f"{name} must be a refvae.report.Profile (e.g. PROFILES['tiny']), got "
+                        f"{type(profile).__name__}")
+    for field in _PROFILE_INTS:
+        check_positive_int(getattr(profile, field), f"{name}.{field}")
+    check_real(profile.lr, f"{name}.lr", lo=0.0, lo_open=True)
+    from .layers import ACTIVATIONS
+    from .likelihoods import LIKELIHOODS
+    from .optim import OPTIMIZERS
+    check_choice(profile.optimizer, f"{name}.optimizer", tuple(OPTIMIZERS))
+    check_choice(profile.activation, f"{name}.activation", tuple(ACTIVATIONS))
+    check_choice(profile.likelihood, f"{name}.likelihood", tuple(LIKELIHOODS))
+    check_choice(profile.data, f"{name}.data", ("digits", "synthetic"))
+    if not profile.latent_dims:
+        raise ValueError(f"{name}.latent_dims must name at least one latent dimension")
+    for L in profile.latent_dims:
+        check_positive_int(L, f"{name}.latent_dims")
+    return profile
+
+
+def _check_model(model, name="model"):
+    from .vae import VAE
+    if not isinstance(model, VAE):
+        raise TypeError(f"{name} must be a refvae.VAE, got {type(model).__name__}")
+    return model
+
+
+def _check_seed(seed, name="seed"):
+    return check_positive_int(seed, name, minimum=0)
+
+
+def _check_priors(priors, name="priors"):
+    """A non-empty sequence (not a string) of names from PRIOR_ORDER."""
+    if isinstance(priors, str):
+        raise TypeError(f"{name} must be a sequence of prior names such as ('standard', 'mog'), "
+                        f"got the string {priors!r} (refvae.report.parse_priors splits one)")
+    try:
+        names = tuple(priors)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of prior names, got "
+                        f"{type(priors).__name__}") from None
+    if not names:
+        raise ValueError(f"{name} is empty; expected one or more of: " + ", ".join(PRIOR_ORDER))
+    for p in names:
+        if not isinstance(p, str) or p not in PRIOR_ORDER:
+            raise ValueError(f"unknown prior {p!r} in {name}; expected one or more of: "
+                             + ", ".join(PRIOR_ORDER))
+    return tuple(dict.fromkeys(names))
+
+
+def _check_path(path, name):
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got "
+                        f"{type(path).__name__}") from None
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"{name} must name a directory, got {path!r}")
+    return path
+
+
 def parse_priors(text, flag="--priors"):
     """``"standard,mog"`` -> ("standard", "mog") in the given order; ValueError for unknown names."""
     names = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -159,7 +228,10 @@ def parse_priors(text, flag="--priors"):
 # =========================================================================== data and models
 
 def load_data(profile, seed):
-    """(data dict train/val/test, description dict) for a profile."""
+    """(data dict train/val/test, description dict) for a profile (a :class:`Profile`; seed an
+    integer >= 0)."""
+    _check_profile(profile)
+    _check_seed(seed)
     from . import data as D
     if profile.data == "digits":
         d = D.load_digits_split()
@@ -201,6 +273,8 @@ def prior_kwargs(name, profile):
 
 
 def build_model(name, latent_dim, x_dim, profile, rng):
+    """The VAE of a profile for prior ``name`` (sizes are checked by the constructor)."""
+    _check_profile(profile)
     from .vae import VAE
     return VAE(x_dim, latent_dim, profile.hidden, profile.activation, profile.likelihood,
                profile.num_vals, name, rng=rng, prior_kwargs=prior_kwargs(name, profile))
@@ -229,7 +303,9 @@ def near_kink(model, x, eps, margin=None):
     prior's component network (GTM MLP at the fixed grid, the encoder at pseudo-inputs), which no
     choice of batch can move.
     """
-    margin = tolerance("gradcheck_kink_margin").atol if margin is None else margin
+    _check_model(model)
+    margin = (tolerance("gradcheck_kink_margin").atol if margin is None
+              else check_real(margin, "margin", lo=0.0))
     trace = dict(model.forward(x, eps)["trace"])
     count = fixed = 0
     names = []
@@ -253,7 +329,16 @@ def near_kink(model, x, eps, margin=None):
 
 def choose_gradcheck_batch(model, x_pool, rng, batch_size, candidates):
     """The first of ``candidates`` random batches (x, eps) with no pre-activation near a kink,
-    else the one with the fewest. Returns (x, eps, info dict)."""
+    else the one with the fewest. Returns (x, eps, info dict).
+
+    ``x_pool``: a non-empty finite (N, D) array; ``batch_size``, ``candidates``: integers >= 1."""
+    _check_model(model)
+    x_pool = as_float_array(x_pool, "x_pool", ndim=2)
+    if x_pool.shape[0] == 0 or x_pool.shape[1] != model.x_dim:
+        raise ValueError(f"x_pool must have shape (N >= 1, {model.x_dim}), got {x_pool.shape}")
+    check_rng(rng)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    candidates = check_positive_int(candidates, "candidates")
     best = None
     for c in range(1, candidates + 1):
         idx = np.sort(rng.choice(len(x_pool), size=min(batch_size, len(x_pool)), replace=False))
@@ -283,7 +368,10 @@ def gradcheck_model(model, x, eps, rng, near_kink_fixed=0):
     batch cannot avoid, the failing arrays are checked again with :data:`KINK_RECHECK_STEP`
     (central differences across a kink measure the average of two slopes, not the derivative);
     the re-check replaces their entries and the report says so (``kink_rechecked``).
+    ``near_kink_fixed`` is an integer >= 0.
     """
+    _check_model(model)
+    near_kink_fixed = check_positive_int(near_kink_fixed, "near_kink_fixed", minimum=0)
     def f(params):
         return np.asarray(model.neg_elbo(x, eps, params=params).value)
 
@@ -449,7 +537,10 @@ def kernel_accuracy(rng, n_random):
     """The mixture kernel's forward error against mpmath, as ``c`` in ``|f_hat - f| <= c u (|f| + S)``.
 
     Returns a dict (``available: False`` with a note when mpmath is not installed).
+    ``n_random`` (an integer >= 1) sets the number of random points.
     """
+    check_rng(rng)
+    n_random = check_positive_int(n_random, "n_random")
     c_allowed = tolerance("mixture_kernel_c").rtol
     try:
         import mpmath
@@ -495,7 +586,11 @@ def _e(d, *keys):
 
 
 def identities(run, n_train):
-    """The identities of SPEC section 5 for one run, from whatever parts it has (list of dicts)."""
+    """The identities of SPEC section 5 for one run (a dict), from whatever parts it has (list of
+    dicts); ``n_train`` is an integer >= 1."""
+    if not isinstance(run, dict):
+        raise TypeError(f"run must be a dict (one entry of a report's runs), got {type(run).__name__}")
+    n_train = check_positive_int(n_train, "n_train")
     k = tolerance("monte_carlo_k_sigma").rtol
     out = []
 
@@ -793,6 +888,7 @@ FIGURE_RE = re.compile(r"^(?:" + "|".join(PRIOR_ORDER) + r")_L[0-9]+\.png$")
 
 def prepare_out_dir(out, subdirs=("figures",)):
     """Create ``out`` (and its ``subdirs``) and prove it is writable; OSError with a clear message."""
+    out = _check_path(out, "out")
     try:
         os.makedirs(out, exist_ok=True)
         for d in subdirs:
@@ -854,9 +950,26 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=PRIOR_ORD
     ``report.json`` left "running" by a killed run is recognised (its process holds no lock) and
     overwritten with a message on stderr; figures of refvae's naming from an earlier run are removed
     (:func:`remove_stale_figures`), so the directory holds only what this run wrote.
+
+    Arguments are checked first (TypeError/ValueError naming them): ``profile`` a :class:`Profile`
+    with positive sizes, known options and a finite lr > 0; ``seed`` an integer >= 0; ``priors`` a
+    non-empty sequence of names from :data:`PRIOR_ORDER`; ``threads`` None (the current settings)
+    or an integer >= 1 (:func:`refvae.provenance.limit_threads` for the run).
     """
-    prepare_out_dir(out)
-    with DirectoryLock(out, command or "refvae validate"), InterruptGuard() as guard:
+    _check_profile(profile)
+    seed = _check_seed(seed)
+    priors = _check_priors(priors)
+    for flag, value in (("plots", plots), ("quiet", quiet)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {type(value).__name__} {value!r}")
+    if threads is not None:
+        threads = check_positive_int(threads, "threads")
+    out = prepare_out_dir(out)
+    from contextlib import nullcontext
+
+    from .provenance import limit_threads
+    with DirectoryLock(out, command or "refvae validate"), InterruptGuard() as guard, \
+            (limit_threads(threads) if threads is not None else nullcontext()):
         return _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard)
 
 
@@ -1035,7 +1148,18 @@ def _missing_parts(report):
 
 
 def write_report(report, out, t_start=None):
-    """Write ``report.json`` and ``report.md`` (atomically). Returns a summary dict."""
+    """Write ``report.json`` and ``report.md`` (atomically). Returns a summary dict.
+
+    ``report`` is the dict :func:`run_validation` builds (keys ``data``, ``runs``, ``profile``,
+    ``provenance``, ``timing``, ``status``, ...); a missing key is a ValueError naming it."""
+    if not isinstance(report, dict):
+        raise TypeError(f"report must be a dict (built by run_validation), got {type(report).__name__}")
+    need = ("schema", "title", "status", "seed", "profile", "data", "provenance", "runs", "timing")
+    missing = [k for k in need if k not in report]
+    if missing:
+        raise ValueError(f"report is missing key(s) {missing}; expected the dict built by "
+                         f"run_validation")
+    out = _check_path(out, "out")
     if t_start is not None:
         report["timing"]["total_seconds"] = time.perf_counter() - t_start
     n_train = report["data"]["n_train"]
