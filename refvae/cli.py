@@ -318,7 +318,11 @@ def _one_line(exc):
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``refvae`` console script; returns the exit code."""
+    """Entry point of the ``refvae`` console script; returns the exit code. ``argv``: a list of
+    strings (default ``sys.argv[1:]``); anything else is a TypeError."""
+    if argv is not None and (isinstance(argv, (str, bytes)) or not isinstance(argv, (list, tuple))
+                             or not all(isinstance(a, str) for a in argv)):
+        raise TypeError(f"argv must be a list of strings (the command-line arguments), got {argv!r}")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

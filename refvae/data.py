@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import check_positive_int, check_rng
+from ._validation import check_parameter_memory, check_positive_int, check_rng
 
 __all__ = ["DIGITS_SPLIT", "load_digits_split", "synthetic_digits", "synthetic_split"]
 
@@ -103,12 +103,21 @@ def synthetic_digits(n, rng, num_vals=17, side=8, *, n_prototypes=10):
     -------
     numpy.ndarray
         Shape (n, side*side), float64, C-contiguous, integer values in 0..num_vals-1.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument, for a non-integer or too small size, a non-Generator ``rng``, or
+        sizes whose arrays (2 values of 8 bytes per pixel) would not fit in memory.
     """
     n = check_positive_int(n, "n")
     rng = check_rng(rng)
     num_vals = check_positive_int(num_vals, "num_vals", minimum=2)
     side = check_positive_int(side, "side", minimum=2)
     n_prototypes = check_positive_int(n_prototypes, "n_prototypes")
+    # the images and their int64 noise: 2 values of 8 bytes per pixel, checked before allocating
+    check_parameter_memory(2 * n * side * side, "synthetic_digits", f"n={n}, side={side}",
+                           kind="pixel values")
     protos = np.stack([_stroke_prototype(rng, side, num_vals) for _ in range(n_prototypes)])
     labels = rng.integers(0, n_prototypes, size=n)
     a = max(1, (num_vals - 1) // 8)

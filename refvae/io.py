@@ -65,14 +65,19 @@ def _host_tag():
     return (re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host")[:32]
 
 
-def pid_alive(pid):
-    """True if a process ``pid`` exists on this host (it may belong to another user)."""
+def _fspath(path, name):
     try:
-        pid = int(pid)
-    except (TypeError, ValueError):
-        return False
-    if pid <= 0:
-        return False
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got "
+                        f"{type(path).__name__}") from None
+
+
+def pid_alive(pid):
+    """True if a process ``pid`` (an integer >= 1) exists on this host (it may belong to another
+    user)."""
+    from ._validation import check_positive_int
+    pid = check_positive_int(pid, "pid")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -94,9 +99,18 @@ def remove_stale_temporaries(directory, *, force=False):
     Only names of the form ``.<name>.refvae-tmp-<host>-<pid>-<random>`` (written by
     :func:`_atomic_write` and ``prepare_out_dir``) are considered, and only those made on this
     host by a process that no longer exists; nothing else is ever deleted. Each directory is swept
-    once per process unless ``force``. Returns the list of removed paths.
+    once per process unless ``force``. Returns the list of removed paths. ``directory`` must be an
+    existing directory (ValueError otherwise).
     """
-    directory = os.fspath(directory) or "."
+    directory = _fspath(directory, "directory") or "."
+    if not isinstance(force, (bool, np.bool_)):
+        raise TypeError(f"force must be True or False, got {type(force).__name__}")
+    if not os.path.isdir(directory):
+        raise ValueError(f"directory {directory!r} is not an existing directory")
+    return _sweep(directory, force)
+
+
+def _sweep(directory, force=False):
     key = os.path.abspath(directory)
     if key in _CLEANED and not force:
         return []
@@ -112,7 +126,7 @@ def remove_stale_temporaries(directory, *, force=False):
         if m is None or m["host"] != host:
             continue
         pid = int(m["pid"])
-        if pid == me or pid_alive(pid):
+        if pid <= 0 or pid == me or pid_alive(pid):
             continue
         full = os.path.join(directory, name)
         try:
@@ -143,7 +157,10 @@ class DirectoryLock:
     """
 
     def __init__(self, directory, command="refvae"):
-        self.directory = os.fspath(directory)
+        if not isinstance(command, str):
+            raise TypeError(f"command must be a str (recorded in the lock file), got "
+                            f"{type(command).__name__}")
+        self.directory = _fspath(directory, "directory")
         self.path = os.path.join(self.directory, LOCK_FILE)
         self.command = command
         self.fd = None
@@ -211,7 +228,7 @@ def _atomic_write(path, write):
     golden cases, reports, figures, statistics).
     """
     directory = os.path.dirname(path) or "."
-    remove_stale_temporaries(directory)
+    _sweep(directory)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix="")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -290,7 +307,7 @@ def save_params(directory, params, config):
 
     Both files are written atomically (temporary file, fsync, ``os.replace``); nothing is pickled.
     """
-    directory = os.fspath(directory)
+    directory = _fspath(directory, "directory")
     arrays = _check_params_for_saving(params)
     text = _config_for_saving(config)
     os.makedirs(directory, exist_ok=True)
@@ -525,7 +542,7 @@ def load_params(directory, expected_keys_shapes=None):
         than float64) or contains NaN/inf; or if the config is not a JSON object with
         ``format_version`` = :data:`FORMAT_VERSION` and a string ``refvae_version``.
     """
-    directory = os.fspath(directory)
+    directory = _fspath(directory, "directory")
     expected = None if expected_keys_shapes is None else _normalise_shapes(expected_keys_shapes)
     path = os.path.join(directory, PARAMS_FILE)
     if not os.path.isfile(path):

@@ -85,7 +85,9 @@ def cpu_model() -> str:
 
 
 def package_version(name: str):
-    """Installed version of a distribution, or None."""
+    """Installed version of a distribution (``name`` a str), or None."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a distribution name (str), got {type(name).__name__}")
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -181,12 +183,15 @@ class Interrupted(KeyboardInterrupt):
 
 def interrupt_signal(exc, guard=None):
     """The name of the signal behind ``exc`` ("SIGINT", "SIGTERM"), or None if it is no interrupt.
+    ``exc`` is an exception (or None); anything else is a TypeError.
 
     ``exc`` is an interrupt if it, or any exception on its ``__cause__``/``__context__`` chain, is
     a ``KeyboardInterrupt`` (a Ctrl-C inside a Numba call arrives as a ``SystemError`` caused by
     one), or if ``guard`` (an :class:`InterruptGuard`) has received a signal: then whatever
     exception the signal provoked is the interrupt, never a failure of the computation.
     """
+    if exc is not None and not isinstance(exc, BaseException):
+        raise TypeError(f"exc must be an exception, got {type(exc).__name__}")
     seen = set()
     todo = [exc]
     while todo:
@@ -203,7 +208,11 @@ def interrupt_signal(exc, guard=None):
 
 
 def interrupt_exit_code(signal_name):
-    """128 + the signal number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+    """128 + the signal number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM (others: ValueError)."""
+    if not isinstance(signal_name, str):
+        raise TypeError(f"signal_name must be 'SIGINT' or 'SIGTERM', got {type(signal_name).__name__}")
+    if signal_name not in ("SIGINT", "SIGTERM"):
+        raise ValueError(f"signal_name must be 'SIGINT' or 'SIGTERM', got {signal_name!r}")
     return 143 if signal_name == "SIGTERM" else 130
 
 

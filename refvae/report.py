@@ -887,8 +887,13 @@ FIGURE_RE = re.compile(r"^(?:" + "|".join(PRIOR_ORDER) + r")_L[0-9]+\.png$")
 
 
 def prepare_out_dir(out, subdirs=("figures",)):
-    """Create ``out`` (and its ``subdirs``) and prove it is writable; OSError with a clear message."""
+    """Create ``out`` (and its ``subdirs``: plain names, no separators or '..') and prove it is
+    writable; OSError with a clear message."""
     out = _check_path(out, "out")
+    for d in subdirs:
+        if not isinstance(d, str) or not d or d in (".", "..") or os.sep in d or "/" in d \
+                or (os.altsep and os.altsep in d):
+            raise ValueError(f"subdirs must be plain directory names inside out, got {d!r}")
     try:
         os.makedirs(out, exist_ok=True)
         for d in subdirs:
