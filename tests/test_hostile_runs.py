@@ -596,3 +596,96 @@ def test_bad_flags_give_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args,
     for w in words:
         assert w in lines[0], (w, lines[0])
     assert not (tmp_path / "m").exists()
+
+
+# =========================================================================== the run API's arguments
+
+def _api_cases():
+    import dataclasses
+    import math
+
+    import refvae
+    from refvae import data as rdata
+    from refvae import provenance as prov
+    tiny = rep.PROFILES["tiny"]
+    model = refvae.VAE(4, 2, (3,), "tanh", "gaussian", prior="standard",
+                       rng=np.random.default_rng(0))
+    x = np.zeros((5, 4))
+    g = np.random.default_rng(0)
+    return {
+        "type": [
+            (rep.choose_gradcheck_batch, dict(model="m", x_pool=x, rng=g, batch_size=2,
+                                              candidates=2), TypeError, "model must be a refvae.VAE"),
+            (rep.choose_gradcheck_batch, dict(model=model, x_pool=x, rng=g, batch_size=2.5,
+                                              candidates=2), TypeError, "batch_size"),
+            (rep.choose_gradcheck_batch, dict(model=model, x_pool=x.astype(complex), rng=g,
+                                              batch_size=2, candidates=2), TypeError, "x_pool"),
+            (rep.near_kink, dict(model=model, x=x, eps=np.zeros((5, 2)), margin="0.5"), TypeError,
+             "margin"),
+            (rep.kernel_accuracy, dict(rng=None, n_random=2), TypeError, "rng"),
+            (rep.identities, dict(run=[1, 2], n_train=3), TypeError, "run must be a dict"),
+            (rep.load_data, dict(profile="tiny", seed=0), TypeError, "profile must be"),
+            (rep.run_validation, dict(profile=tiny, priors="standard"), TypeError, "priors"),
+            (rep.run_validation, dict(profile=tiny, priors=("standard",), threads="2"), TypeError,
+             "threads"),
+            (rep.prepare_out_dir, dict(out=None), TypeError, "out must be a path"),
+            (rio.save_params, dict(directory=None, params={"a": np.ones(1)}, config={}), TypeError,
+             "directory"),
+            (rio.pid_alive, dict(pid="1"), TypeError, "pid"),
+            (prov.limit_threads(2.5).__enter__, {}, TypeError, "n must be an integer"),
+            (prov.interrupt_signal, dict(exc="SIGINT"), TypeError, "exc must be an exception"),
+            (main, dict(argv="validate"), TypeError, "argv must be a list of strings"),
+        ],
+        "option": [
+            (rep.choose_gradcheck_batch, dict(model=model, x_pool=np.zeros((5, 3)), rng=g,
+                                              batch_size=2, candidates=2), ValueError, "x_pool"),
+            (rep.choose_gradcheck_batch, dict(model=model, x_pool=x, rng=g, batch_size=2,
+                                              candidates=0), ValueError, "candidates"),
+            (rep.near_kink, dict(model=model, x=x, eps=np.zeros((5, 2)), margin=math.nan),
+             ValueError, "margin"),
+            (rep.gradcheck_model, dict(model=model, x=x, eps=np.zeros((5, 2)), rng=g,
+                                       near_kink_fixed=-1), ValueError, "near_kink_fixed"),
+            (rep.identities, dict(run={}, n_train=0), ValueError, "n_train"),
+            (rep.run_validation, dict(profile=dataclasses.replace(tiny, lr=math.nan)), ValueError,
+             "profile.lr"),
+            (rep.run_validation, dict(profile=dataclasses.replace(tiny, optimizer="sgd")),
+             ValueError, "profile.optimizer"),
+            (rep.run_validation, dict(profile=dataclasses.replace(tiny, batch_size=0)), ValueError,
+             "profile.batch_size"),
+            (rep.run_validation, dict(profile=tiny, priors=()), ValueError, "priors is empty"),
+            (rep.run_validation, dict(profile=tiny, priors=("bogus",)), ValueError, "bogus"),
+            (rep.run_validation, dict(profile=tiny, seed=-1), ValueError, "seed"),
+            (rep.write_report, dict(report={}, out="x"), ValueError, "report is missing key"),
+            (rep.prepare_out_dir, dict(out="x", subdirs=("../../escape",)), ValueError, "subdirs"),
+            (rio.pid_alive, dict(pid=0), ValueError, "pid"),
+            (prov.interrupt_exit_code, dict(signal_name="SIGHUP"), ValueError, "signal_name"),
+            (rdata.synthetic_digits, dict(n=10 ** 15, rng=g), ValueError,
+             "synthetic_digits would have"),
+        ],
+    }
+
+
+@pytest.mark.hostile("type", "named error")
+@pytest.mark.parametrize("case", range(15))
+def test_run_api_wrong_types_are_named(tmp_path, monkeypatch, case):
+    """Wrong-typed arguments of the run/report/io/provenance API (model, x_pool, sizes, margin,
+    rng, run, profile, priors, threads, paths, pid, n, exc, argv): a TypeError naming them."""
+    monkeypatch.chdir(tmp_path)
+    fn, kwargs, exc, match = _api_cases()["type"][case]
+    with pytest.raises(exc, match=match):
+        fn(**kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.hostile("option", "named error")
+@pytest.mark.parametrize("case", range(16))
+def test_run_api_bad_values_are_named(tmp_path, monkeypatch, case):
+    """Bad values for the run/report/io/provenance API (mismatched x_pool, zero/negative sizes,
+    NaN margin, profiles with NaN lr / unknown optimizer / batch 0, empty or unknown priors,
+    escaping subdirs, pid 0, unknown signal, a petabyte of synthetic data): a ValueError naming
+    the argument, before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    fn, kwargs, exc, match = _api_cases()["option"][case]
+    with pytest.raises(exc, match=match):
+        fn(**kwargs)
+    assert os.listdir(tmp_path) == []
