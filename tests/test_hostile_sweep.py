@@ -1082,7 +1082,7 @@ TABLE["io.pid_alive"] = Entry(b(io.pid_alive, pid=os.getpid()),
                                       ("pid", "negative", lambda c: -1, "option", "error")])
 TABLE["io.remove_stale_temporaries"] = Entry(
     b(io.remove_stale_temporaries, directory=lazy(lambda c: c.adir())),
-    paths={"directory": "dir"}, legal=[("directory", "nonexistent")],
+    paths={"directory": "dir"},
     custom=[("force", "str", lambda c: "yes", "type", "error")],
     label={"directory": r"directory|a-regular-file|does-not-exist"})
 
@@ -1326,9 +1326,13 @@ def build_cases():
 CASES = build_cases()
 
 
+_SWEPT = set()
+
+
 def cases_of(cls, expect):
     sel = [c for c in CASES if c.cls == cls and c.expect == expect]
     assert sel, (cls, expect)
+    _SWEPT.add((cls, expect))
     return pytest.mark.parametrize("case", sel, ids=[c.id for c in sel])
 
 
@@ -1576,8 +1580,21 @@ def test_legal_types(case):
 @pytest.mark.hostile("option", "legal result")
 @cases_of("option", "ok")
 def test_legal_options(case):
-    """Legal but unusual settings (a key for a .npy file) return a result without NaN."""
+    """Legal edge settings (one query, more threads than cores, a key for a .npy) give no NaN."""
     run_case(case)
+
+
+@pytest.mark.hostile("file", "legal result")
+@cases_of("file", "ok")
+def test_legal_files(case):
+    """Output directories that do not exist yet are created; the call returns without NaN."""
+    run_case(case)
+
+
+# every generated case is run by one of the functions above
+_UNSWEPT = {(c.cls, c.expect) for c in CASES} - _SWEPT
+if _UNSWEPT:
+    raise RuntimeError(f"tests/test_hostile_sweep.py: no test function runs the cases of {_UNSWEPT}")
 
 
 # --------------------------------------------------------------- hypothesis: random bad shapes
