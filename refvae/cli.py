@@ -184,7 +184,10 @@ def cmd_train(args):
             data = synthetic_split(np.random.default_rng([args.seed, 99]))
             data_name = f"synthetic_split(default_rng([{args.seed}, 99])) 1000/350/447"
         rng = np.random.default_rng([args.seed, latent_dim])
-        model = build_model(prior, latent_dim, data["train"].shape[1], profile, rng)
+        try:  # the profile and data are fixed: a refused model is refused for its latent size
+            model = build_model(prior, latent_dim, data["train"].shape[1], profile, rng)
+        except ValueError as exc:
+            raise ValueError(f"--latent-dim {latent_dim} with --prior {prior}: {exc}") from None
         prepare_out_dir(args.out, subdirs=())  # after every check of the arguments
         held.enter_context(DirectoryLock(args.out, "refvae " + " ".join(args.argv)))
         if not args.quiet:

@@ -569,6 +569,8 @@ def test_cli_with_a_hostile_model_config_gives_one_line(saved_model, capsys, con
     (["train", "--prior", "mog", "--latent-dim", "2", "--out", "m", "--threads", "0"], ["--threads"]),
     (["train", "--prior", "mog", "--latent-dim", "2", "--out", "m", "--seed", "-1"], ["--seed"]),
     (["train", "--prior", "mog", "--latent-dim", "two", "--out", "m"], ["--latent-dim", "two"]),
+    (["train", "--prior", "standard", "--latent-dim", "1000000000", "--out", "m", "--data",
+      "synthetic"], ["--latent-dim 1000000000", "TiB"]),
     (["validate", "--profile", "tiny", "--seed", "-5", "--out", "m"], ["--seed"]),
     (["validate", "--profile", "tiny", "--threads", "-2", "--out", "m"], ["--threads"]),
     (["validate", "--priors", ",,", "--out", "m"], ["--priors", "empty"]),
