@@ -309,7 +309,8 @@ def log_softmax_vjp(g, x, axis=-1, ans=None):
           ``g_j - p_j sum g`` loses every digit);
         * ``sum_{k != j} g_k = (G_hi - g_j) + G_lo`` from a compensated sum of g
           (:func:`_sum_hi_lo`), so a cotangent concentrated on one entry does not cancel; if the
-          sum of g overflows (entries near 1.8e308) it is redone with g scaled by 2^-64, so
+          sum of g overflows or exceeds 2^1000 (entries near 1.8e308) it is redone with g scaled
+          by 2^-64, so
           ``dx`` is +-inf only where its exact value is beyond the float range.
 
         Each of the two products is then accurate to a few ulp and the error of ``dx_j`` is a few
@@ -342,17 +343,21 @@ def log_softmax_vjp(g, x, axis=-1, ans=None):
     gl = np.where(live, g, 0.0)
     with np.errstate(over="ignore", invalid="ignore"):   # an overflowing sum is redone below
         hi, lo = _sum_hi_lo(gl, axis)
-    if np.iscomplexobj(hi) or np.all(np.isfinite(hi)):
+    if np.iscomplexobj(hi) or np.all(np.abs(hi) < 2.0 ** 1000):
         rest = (hi - gl) + lo                           # sum_{k != j} g_k
         return gl * q - p * rest
-    # the sum of g overflows (entries near 1.8e308): redo it with g scaled by 2^-64 (exact for
-    # every entry that matters), and scale p * rest back (inf only if the exact product is)
+    # the sum of g overflows or comes near it (entries near 1.8e308; (hi - g_j) + lo can overflow
+    # although hi did not): redo it with g scaled by 2^-64 (exact for every entry that matters),
+    # and scale p * rest back (inf only if the exact product is)
+    # p_j * sum_{k != j} g_k is formed as t - q_j t + p_j lo (t = hi - g_j): near the overflow
+    # threshold p_j = 1 - q_j with q_j < u/2 rounds to 1, and p_j rest to the threshold itself
     scale = 2.0 ** -64
     gs = gl * scale
     hi, lo = _sum_hi_lo(gs, axis)
-    rest = (hi - gs) + lo
+    t = hi - gs
+    pr = np.where(p > 0.5, t + (p * lo - q * t), p * t + p * lo)   # small corrections summed first
     with np.errstate(over="ignore"):
-        return gl * q - (p * rest) / scale
+        return gl * q - pr / scale
 
 
 # --------------------------------------------------------------------------- softplus family
