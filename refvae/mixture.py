@@ -757,8 +757,17 @@ def mixture_log_prob_vjp_numpy(g, z, means, log_vars, log_weights=None):
     return dz, dmeans, dlog_vars, dlog_weights
 
 
+def _is_complex(a):
+    """True for complex array-likes; anything NumPy cannot read (ragged lists) is left to
+    :func:`check_mixture_args`, which names the argument."""
+    try:
+        return a is not None and np.iscomplexobj(a)
+    except (ValueError, TypeError):
+        return False
+
+
 def _twin_args(z, means, log_vars, log_weights):
-    if any(np.iscomplexobj(a) for a in (z, means, log_vars, log_weights) if a is not None):
+    if any(_is_complex(a) for a in (z, means, log_vars, log_weights)):
         z = np.asarray(z, dtype=np.complex128)
         means = np.asarray(means, dtype=np.complex128)
         log_vars = np.asarray(log_vars, dtype=np.complex128)
