@@ -1740,6 +1740,7 @@ CLI_FLAG_CASES = [
     ("train-max-epochs-negative", _train("--max-epochs", "-1"), "--max-epochs"),
     ("train-max-epochs-inf", _train("--max-epochs", "inf"), "--max-epochs"),
     ("train-seed-negative", _train("--seed", "-5"), "--seed"),
+    ("train-seed-float", _train("--seed", "1e3"), "--seed"),
     ("train-threads-zero", _train("--threads", "0"), "--threads"),
     ("train-threads-huge", _train("--threads", "1000000"), "--threads"),
     ("train-out-missing", _train(out=False), "--out"),
@@ -1772,6 +1773,7 @@ CLI_FLAG_CASES = [
     ("stats-samples-zero", _stats("--samples", "0"), "--samples"),
     ("stats-samples-nan", _stats("--samples", "nan"), "--samples"),
     ("stats-samples-huge", _stats("--samples", str(10 ** 15)), "--samples"),
+    ("stats-samples-float", _stats("--samples", "1.5"), "--samples"),
     ("stats-queries-zero", _stats("--queries", "0"), "--queries"),
     ("stats-queries-huge", _stats("--queries", str(10 ** 15)), "--queries"),
     ("stats-holes-one", _stats("--holes", "1"), "--holes"),
@@ -1920,6 +1922,11 @@ CLI_FILE_CASES = [
         + ":make", "--cases", F.cases(), "--checks", "golden"], "--impl"),
     ("verify-cases-corrupt", lambda: ["verify", "--impl", IMPL, "--cases", _corrupt_cases(),
                                       "--checks", "golden"], "--cases"),
+    ("verify-impl-factory-returns-int", lambda: ["verify", "--impl", _write(
+        os.path.join(CTX.tmp, "int_adapter.py"), "def make():\n    return 3\n") + ":make",
+        "--cases", F.cases(), "--checks", "golden"], "--impl"),
+    ("golden-compare-corrupt", lambda: ["golden", "--prior", "standard", "--likelihood", "gaussian",
+                                        "--compare", _corrupt_cases()], "--compare"),
     ("verify-cases-without-checksums", lambda: ["verify", "--impl", IMPL, "--cases", _unsummed_cases(),
                                                 "--checks", "golden"], "--cases"),
 ]
@@ -2045,9 +2052,9 @@ def test_cli_flag_errors(cli, argv, flag):
                          ids=[c[0] for c in CLI_FILE_CASES])
 def test_cli_file_errors(cli, argv, flag, request):
     """Hostile files behind the flags: config.json a list/keyless/nested, NaN/complex/pickled data."""
-    # the corrupt golden case is found inside verify.run (cheap with --checks golden): run it
-    unguarded = ("refvae.verify.run",) if request.node.callspec.id.startswith("verify-cases") \
-        else ()
+    # corrupt cases and bad adapters are found inside verify.run (cheap: one case, --checks
+    # golden), so it runs for real here
+    unguarded = ("refvae.verify.run",) if request.node.callspec.id.startswith("verify-") else ()
     cli(argv(), flag, unguarded)
 
 
