@@ -3,24 +3,44 @@ Modeling*, section 4.4.1, with hand-written forward and backward passes.
 
 The mathematical contract is ``docs/SPEC.md``; every sign and convention used here is the one
 written there.
+
+The names below are imported on first use (PEP 562), so that ``import refvae`` (and the
+``refvae`` command, before it installs its interrupt handler) does not load NumPy, SciPy and
+Numba: a Ctrl-C during start-up then cannot land in a half-imported package.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from . import gaussian, gradcheck, primitives, tolerances  # noqa: E402
-from .mixture import (combine_partials, finalize_partials, mixture_log_prob,  # noqa: E402
-                      mixture_log_prob_vjp, mixture_partial)
-from .priors import PRIORS, make_prior  # noqa: E402
-from .prior_flow import FlowPrior  # noqa: E402
-from .prior_mixtures import (AggregatedPosterior, GTMPrior, GTMVampPrior, MoGPrior,  # noqa: E402
-                             VampPrior)
+#: public name -> (module, attribute or None for the module itself)
+_EXPORTS = {
+    "VAE": ("vae", "VAE"), "PRIORS": ("priors", "PRIORS"), "make_prior": ("priors", "make_prior"),
+    "MoGPrior": ("prior_mixtures", "MoGPrior"), "VampPrior": ("prior_mixtures", "VampPrior"),
+    "GTMPrior": ("prior_mixtures", "GTMPrior"), "GTMVampPrior": ("prior_mixtures", "GTMVampPrior"),
+    "AggregatedPosterior": ("prior_mixtures", "AggregatedPosterior"),
+    "FlowPrior": ("prior_flow", "FlowPrior"),
+    "mixture_log_prob": ("mixture", "mixture_log_prob"),
+    "mixture_log_prob_vjp": ("mixture", "mixture_log_prob_vjp"),
+    "mixture_partial": ("mixture", "mixture_partial"),
+    "combine_partials": ("mixture", "combine_partials"),
+    "finalize_partials": ("mixture", "finalize_partials"),
+    "gaussian": ("gaussian", None), "primitives": ("primitives", None),
+    "gradcheck": ("gradcheck", None), "tolerances": ("tolerances", None),
+}
 
-for _cls in (MoGPrior, VampPrior, GTMPrior, GTMVampPrior, FlowPrior):
-    PRIORS[_cls.name] = _cls
-del _cls
-from .vae import VAE  # noqa: E402
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["VAE", "PRIORS", "make_prior", "MoGPrior", "VampPrior", "GTMPrior", "GTMVampPrior",
-           "FlowPrior", "AggregatedPosterior", "mixture_log_prob", "mixture_log_prob_vjp",
-           "mixture_partial", "combine_partials", "finalize_partials", "gaussian", "primitives",
-           "gradcheck", "tolerances", "__version__"]
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'refvae' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    mod = importlib.import_module(f".{module}", __name__)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

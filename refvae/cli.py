@@ -327,14 +327,17 @@ def main(argv=None) -> int:
                              or not all(isinstance(a, str) for a in argv)):
         raise TypeError(f"argv must be a list of strings (the command-line arguments), got {argv!r}")
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    try:
+    try:                       # before the subcommand's interrupt guard: a Ctrl-C is one line too
+        parser = build_parser()
         args = parser.parse_args(argv)
     except UsageError as exc:
         print(f"{exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("refvae: interrupted (SIGINT) while starting", file=sys.stderr)
+        return 130
     if getattr(args, "func", None) is None:
         print("refvae: error: a subcommand is required: " + ", ".join(SUBCOMMANDS)
               + " (see refvae --help)", file=sys.stderr)

@@ -342,3 +342,12 @@ class FlowPrior(Prior):
         n = check_positive_int(n, "n")
         check_rng(rng)
         return self.inverse(params, rng.standard_normal((n, self.latent_dim)))
+
+
+
+def _register():
+    from .priors import _register_builtin
+    _register_builtin(FlowPrior)
+
+
+_register()

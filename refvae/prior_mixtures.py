@@ -854,3 +854,12 @@ class AggregatedPosterior(_MixturePrior):
     def _log_density_vjp(self, g, z, means, log_vars, log_weights, log_p):
         """dz only: the components are data, so their gradients are not computed."""
         return mixture_log_prob_vjp(g, z, means, log_vars, log_weights, log_prob=log_p, z_only=True)
+
+
+
+def _register():
+    from .priors import _register_builtin
+    _register_builtin(MoGPrior, VampPrior, GTMPrior, GTMVampPrior)
+
+
+_register()

@@ -132,8 +132,9 @@ def check_sample_size(n, width, what):
     check_parameter_memory(n * width, what, f"n={n} rows of width {width}", kind="values")
 
 
-#: name -> prior class; the other priors register themselves when the package is imported
-#: (refvae/__init__.py), which avoids an import cycle with the modules that subclass Prior.
+#: name -> prior class. The priors defined in other modules are registered at the end of this
+#: module (after ``Prior`` exists, so the subclassing modules can import it), so the registry is
+#: complete whichever refvae module is imported first.
 PRIORS = {"standard": StandardPrior}
 
 
@@ -154,3 +155,23 @@ def make_prior(name, latent_dim, **kwargs):
                              f"it takes {', '.join(known) if known else 'no options'}")
     return cls(latent_dim, **kwargs)
 
+
+#: the order of the text (section 4.4.1), kept by the registry whatever the import order
+_BUILTIN_ORDER = ("standard", "mog", "vamp", "gtm", "gtm_vamp", "flow")
+
+
+def _register_builtin(*classes):
+    """Add built-in prior classes to :data:`PRIORS`, keeping :data:`_BUILTIN_ORDER` first."""
+    for cls in classes:
+        PRIORS.setdefault(cls.name, cls)
+    ordered = sorted(PRIORS, key=lambda n: _BUILTIN_ORDER.index(n) if n in _BUILTIN_ORDER
+                     else len(_BUILTIN_ORDER))
+    items = [(n, PRIORS[n]) for n in ordered]
+    PRIORS.clear()
+    PRIORS.update(items)
+
+
+# the built-in priors of the other modules register themselves at the end of their modules; importing
+# them here (as modules: they may be half-initialised when one of them is imported first) completes
+# the registry whichever refvae module is imported first
+from . import prior_flow, prior_mixtures  # noqa: E402,F401

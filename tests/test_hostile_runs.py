@@ -691,3 +691,28 @@ def test_run_api_bad_values_are_named(tmp_path, monkeypatch, case):
     with pytest.raises(exc, match=match):
         fn(**kwargs)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.hostile("interruption", "clean stop")
+def test_ctrl_c_while_the_cli_starts_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while the CLI builds its parser (before the subcommand's guard): one line, exit 130."""
+    import refvae.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["train", "--out", "x"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "refvae: interrupted (SIGINT) while starting" and "Traceback" not in err
+
+
+@pytest.mark.hostile("interruption", "clean stop")
+def test_import_refvae_cli_loads_no_numerics():
+    """`import refvae.cli` (what the console script does before main) loads neither NumPy nor Numba,
+    so the start-up window in which a Ctrl-C could print Python's traceback is a few milliseconds."""
+    import subprocess
+    import sys
+    code = ("import sys, refvae.cli; "
+            "print(sorted(m for m in ('numpy', 'numba', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
