@@ -284,7 +284,10 @@ class InterruptGuard:
         outer = InterruptGuard._active
         if outer is not None:  # nested: share the outer guard's record
             return outer
-        self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        # a signal the process was started with ignored (SIG_IGN: SIGINT of a background job or of
+        # a command run with `nohup ... &`) stays ignored, as Python itself leaves it
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)
+                          if signal.getsignal(s) is not signal.SIG_IGN}
         for s in self._previous:
             signal.signal(s, self._handler)
         InterruptGuard._active = self

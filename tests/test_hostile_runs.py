@@ -203,6 +203,31 @@ def test_sigkill_during_save_leaves_a_temporary_that_the_next_save_removes(tmp_p
     assert load_params(tmp_path)[0]["a"].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+@pytest.fixture(autouse=True)
+def default_sigint_handler():
+    """These tests send SIGINT to themselves and to child processes: start from Python's default
+    handler even when the suite runs with SIGINT ignored (a background job of a non-interactive
+    shell inherits SIG_IGN, and so would the children), and restore what was there."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.hostile("interruption", "clean stop")
+def test_an_ignored_sigint_stays_ignored(tmp_path, capsys):
+    """Started with SIGINT ignored (a background job, `nohup cmd &`): refvae's guard leaves it
+    ignored during the run and restores it after (as Python does); SIGTERM still stops the run."""
+    from refvae.provenance import InterruptGuard
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with InterruptGuard():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        os.kill(os.getpid(), signal.SIGINT)        # ignored: nothing raised
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 # =========================================================================== in-process interrupts
 
 @pytest.mark.hostile("interruption", "clean stop")
