@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["as_float_array", "check_same_shape", "check_choice", "check_positive_int", "check_rng",
+           "check_layer_widths",
            "check_real", "check_mapping", "all_finite", "first_non_finite",
            "NonFiniteIntermediateError", "check_parameter_memory", "MAX_PARAMETER_BYTES"]
 
@@ -246,3 +247,13 @@ def check_parameter_memory(count, what, detail="", kind="parameters"):
                          f"(8 bytes each), more than the limit of {_fmt_bytes(limit)}"
                          f"{' (' + detail + ')' if detail else ''}; choose smaller sizes")
     return int(count)
+
+
+def check_layer_widths(hidden, name="hidden"):
+    """A tuple of positive layer widths from an int or a sequence of ints (TypeError otherwise)."""
+    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
+        hidden = (hidden,)
+    if isinstance(hidden, (str, bytes, dict)) or not hasattr(hidden, "__iter__"):
+        raise TypeError(f"{name} must be an int or a sequence of positive ints (layer widths), "
+                        f"got {type(hidden).__name__} {hidden!r}")
+    return tuple(check_positive_int(h, f"{name}[{i}]") for i, h in enumerate(hidden))

@@ -943,11 +943,8 @@ class _HashingWriter:
 
 
 def _file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .io import file_sha256
+    return file_sha256(path)
 
 
 def _check_components_manifest(directory, means, log_vars):

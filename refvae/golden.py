@@ -110,7 +110,6 @@ References: SPEC.md sections 1-5; STYLE.md ("Reports and golden files carry prov
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -849,11 +848,8 @@ def write_cases(out_dir, priors=CASE_PRIORS, likelihoods=CASE_LIKELIHOODS, seed=
 # =========================================================================== checksums
 
 def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .io import file_sha256
+    return file_sha256(path)
 
 
 def _case_files(directory):

@@ -581,3 +581,13 @@ def load_params(directory, expected_keys_shapes=None):
             params[k] = arr
     config = _load_config(os.path.join(directory, CONFIG_FILE))
     return params, config
+
+
+def file_sha256(path, block=1 << 20):
+    """SHA-256 hex digest of a file, read in blocks (golden-case checksums, component manifests)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -66,7 +66,7 @@ import numpy as np
 
 from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
                           check_parameter_memory, check_positive_int, check_real, check_rng,
-                          first_non_finite)
+                          check_layer_widths, first_non_finite)
 from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
 from .mixture import mixture_log_prob, mixture_log_prob_vjp
 from .primitives import log_softmax, log_softmax_vjp
@@ -152,15 +152,6 @@ def _check_range(value, name):
 def _check_real(value, name):
     """A finite real number: ``TypeError`` for bool/str/None, ``ValueError`` for NaN/inf."""
     return check_real(value, name)
-
-
-def _check_hidden(hidden, name="hidden"):
-    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
-        hidden = (hidden,)
-    if isinstance(hidden, (str, bytes, dict)) or not hasattr(hidden, "__iter__"):
-        raise TypeError(f"{name} must be an int or a sequence of positive layer widths, got "
-                        f"{type(hidden).__name__} {hidden!r}")
-    return tuple(check_positive_int(h, f"{name}[{i}]") for i, h in enumerate(hidden))
 
 
 def _num(v):
@@ -558,7 +549,7 @@ class _GridMixin:
         if not math.isfinite(self.u_max - self.u_min):
             raise ValueError(f"u_max - u_min must be finite in float64, got u_min={u_min!r}, "
                              f"u_max={u_max!r}")
-        self.hidden = _check_hidden(hidden)
+        self.hidden = check_layer_widths(hidden)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         self.K = self.grid_size ** 2
 

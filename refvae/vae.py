@@ -44,7 +44,7 @@ import numpy as np
 from . import gaussian, likelihoods
 from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
                           check_mapping, check_parameter_memory, check_positive_int, check_real,
-                          check_rng, first_non_finite)
+                          check_layer_widths, check_rng, first_non_finite)
 from .layers import ACTIVATIONS, _mlp_backward, _mlp_forward, mlp_backward, mlp_forward, mlp_init
 from .priors import PRIORS, Prior, check_sample_size, make_prior
 
@@ -55,16 +55,6 @@ MAX_ABS_DECODER_LOG_VAR = 1400.0
 #: the keys of a model configuration (``VAE.config()``; ``VAE.from_config`` reads them)
 CONFIG_REQUIRED = ("x_dim", "latent_dim", "hidden", "activation", "likelihood", "prior")
 CONFIG_OPTIONAL = ("num_vals", "prior_kwargs", "decoder_log_var", "kl")
-
-
-def _check_hidden(hidden):
-    """A tuple of positive layer widths from an int or a sequence of ints (TypeError otherwise)."""
-    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
-        hidden = (hidden,)
-    if isinstance(hidden, (str, bytes, dict)) or not hasattr(hidden, "__iter__"):
-        raise TypeError(f"hidden must be an int or a sequence of positive ints (layer widths), "
-                        f"got {type(hidden).__name__} {hidden!r}")
-    return tuple(check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
 
 
 def _check_directory(directory):
@@ -103,7 +93,7 @@ class Encoder:
     def __init__(self, x_dim, latent_dim, hidden, activation):
         self.x_dim = x_dim = check_positive_int(x_dim, "x_dim")
         self.latent_dim = latent_dim = check_positive_int(latent_dim, "latent_dim")
-        hidden = _check_hidden(hidden)
+        hidden = check_layer_widths(hidden)
         self.sizes = (x_dim, *hidden, 2 * latent_dim)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
 
@@ -149,7 +139,7 @@ class Decoder:
     def __init__(self, x_dim, latent_dim, hidden, activation, likelihood, num_vals, log_var):
         self.x_dim = x_dim = check_positive_int(x_dim, "x_dim")
         self.latent_dim = latent_dim = check_positive_int(latent_dim, "latent_dim")
-        hidden = _check_hidden(hidden)
+        hidden = check_layer_widths(hidden)
         self.likelihood = check_choice(likelihood, "likelihood", tuple(likelihoods.LIKELIHOODS))
         if likelihood == "categorical" or num_vals is not None:
             num_vals = check_positive_int(num_vals, "num_vals", minimum=2)
@@ -296,7 +286,7 @@ class VAE:
         check_rng(rng)
         self.x_dim = check_positive_int(x_dim, "x_dim")
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
-        self.hidden = _check_hidden(hidden)
+        self.hidden = check_layer_widths(hidden)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         self.likelihood = check_choice(likelihood, "likelihood", tuple(likelihoods.LIKELIHOODS))
         if num_vals is None:
