@@ -393,6 +393,8 @@ def load_array(path, key=None, name="data"):
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{name}: path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory, not a .npy or .npz file")
     if not os.path.isfile(path):
         raise ValueError(f"{name}: file {path!r} does not exist")
     if path.endswith(".npz"):

@@ -129,9 +129,13 @@ def load_adapter(spec):
     if not callable(factory):
         raise ValueError(f"--impl {spec!r}: {mod_name} has no callable {attr!r}")
     try:
-        return factory()
+        adapter = factory()
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"--impl {spec!r}: {attr}() raised {_where(exc)}") from exc
+    if not (callable(getattr(adapter, "run", None)) or callable(adapter)):
+        raise ValueError(f"--impl {spec!r}: {attr}() returned {type(adapter).__name__}, which has no "
+                         "run(config, params, x, eps) method and is not callable")
+    return adapter
 
 
 def _where(exc):
