@@ -43,8 +43,10 @@ __all__ = ["provenance", "git_revision", "cpu_model", "limit_threads", "package_
            "interrupt_exit_code"]
 
 #: The reproducibility promise, in one line (reports and histories carry it).
-REPRODUCIBILITY = ("bit-identical on this machine for any thread count; across machines and BLAS "
-                   "builds the last printed digit can differ (matrix products' rounding)")
+REPRODUCIBILITY = ("bit-identical on this machine for any number of refvae's (Numba) threads and on "
+                   "repeated runs; another BLAS thread count or kernel (another machine, BLAS build) "
+                   "can move the last printed digit (matrix products' rounding; README, "
+                   "Reproducibility)")
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
