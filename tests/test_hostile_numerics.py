@@ -696,21 +696,28 @@ def test_single_value_estimate_has_infinite_not_nan_standard_error():
     assert two.value == 2.0 and two.se == pytest.approx(1.0, rel=1e-15)   # std 1.414/sqrt(2)
 
 
+_A = float(np.nextafter(2.0 ** 1023, 0))
+
+
 @pytest.mark.hostile("magnitude", "exact value")
-def test_log_softmax_vjp_sum_of_g_at_the_overflow_threshold():
-    """log_softmax_vjp, g = [2^1023 - 2^970] * 2, x = [0, 0, 38]: sum g is 2^1024 - 2^970 (the
-    overflow midpoint) but dx_2 = -p_2 sum g rounds to -DBL_MAX (it was -inf)."""
+@pytest.mark.parametrize("row,g", [
+    ([0.0, 0.0, 38.0], [_A, 2.0 ** 1023, 0.0]),     # sum g = 2^1024 - 2^970, the overflow midpoint
+    ([0.0, 0.0, 39.0], [_A, 2.0 ** 1023, 0.0]),     # needs the low part of sum g (lo) in p_j * rest
+    ([0.0, -10.0, 0.0], [1.5e308, -1.4e308, 1.5e308]),  # sum g finite, sum_{k != 1} g_k is not
+])
+def test_log_softmax_vjp_sum_of_g_at_the_overflow_threshold(row, g):
+    """log_softmax_vjp where sum g, or a sum over k != j, reaches the float maximum while every
+    exact dx_j is finite (it gave -inf): each entry within a few ulp of mpmath's, all finite."""
     import refvae.primitives as P
-    a = float(np.nextafter(2.0 ** 1023, 0))
-    x = np.array([[0.0, 0.0, 38.0]])
-    got = P.log_softmax_vjp(np.array([[a, a, 0.0]]), x)
+    x = np.array([row])
+    got = P.log_softmax_vjp(np.array([g]), x)
     mpmath.mp.prec = 200
-    Z = 2 + mpmath.e ** 38
-    p = [1 / Z, 1 / Z, mpmath.e ** 38 / Z]
-    gs = [mpmath.mpf(a), mpmath.mpf(a), mpmath.mpf(0)]
-    want = [gs[j] - p[j] * sum(gs) for j in range(3)]
+    e = [mpmath.e ** mpmath.mpf(v) for v in row]
+    p = [v / sum(e) for v in e]
+    gs = [mpmath.mpf(v) for v in g]
     tol = tolerance("log_softmax_vjp_vs_mpmath")       # a few ulp of the natural scale
     for j in range(3):
+        want = gs[j] - p[j] * sum(gs)
         scale = abs(gs[j]) * (1 - p[j]) + p[j] * abs(sum(gs) - gs[j])
-        assert abs(mpmath.mpf(got[0, j]) - want[j]) <= tol.rtol * scale, (j, got[0, j], want[j])
+        assert abs(mpmath.mpf(got[0, j]) - want) <= tol.rtol * scale, (j, got[0, j], want)
     assert np.all(np.isfinite(got))
