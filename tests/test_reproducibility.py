@@ -13,6 +13,7 @@
   passed only under pinned kernels would promise more than refvae keeps.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +83,20 @@ def test_loss_and_gradients_for_1_and_2_blas_threads_within_rounding(prior):
         assert np.max(np.abs(g1[k] - g2[k])) <= rtol * np.max(np.abs(g1[k])), k
 
 
+#: an OPENBLAS_* setting: a shell assignment or export (``OPENBLAS_X=...``), or a key written into
+#: the environment (``os.environ["OPENBLAS_X"] = ...``, ``monkeypatch.setenv("OPENBLAS_X", ...)``)
+_BLAS_SETTING = re.compile(r"OPENBLAS_\w+\s*=|[\"']OPENBLAS_\w+[\"']\s*(\]\s*=|,)")
+
+
 def test_ci_and_tests_leave_the_machines_blas_settings_alone():
-    """No OPENBLAS_* assignment in .ci/run, setup.cfg or any test module (this one only names it)."""
+    """No OPENBLAS_* setting in .ci/run, setup.cfg or any test module (this one only names them)."""
     offenders = []
     for path in [ROOT / ".ci" / "run", ROOT / "setup.cfg", *sorted((ROOT / "tests").glob("*.py"))]:
         if path.name == Path(__file__).name:
             continue
-        text = path.read_text(encoding="utf-8")
-        if "OPENBLAS_" in text and ("environ" in text or "export" in text or "=" in text.split(
-                "OPENBLAS_", 1)[1].split("\n", 1)[0]):
-            offenders.append(str(path.relative_to(ROOT)))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if _BLAS_SETTING.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert offenders == []
 
 
