@@ -675,3 +675,16 @@ def test_verify_golden_and_distributed_functions_name_bad_arguments(what, call, 
     """Bad seeds, profiles, cases, checks, tolerances and paths of the library functions: a named error."""
     with pytest.raises(exc, match=re.escape(match)):
         call()
+
+
+@pytest.mark.hostile("option", "named error")
+def test_verify_gradient_check_that_checked_nothing_fails(monkeypatch):
+    """verify's gradient check whose finite-difference report has no entries: 'fail' with the
+    reason, never 'pass' (a check that checked nothing must not pass)."""
+    from refvae import gradcheck, verify
+    from refvae.gradcheck import GradcheckReport
+    monkeypatch.setattr(gradcheck, "check_vjp", lambda *a, **k: GradcheckReport(
+        "central", 1e-6, [], reason="every input is empty"))
+    case = golden.load_case("standard-bernoulli")
+    res = verify.check_gradient(verify.RefvaeAdapter(), case)
+    assert res.status == "fail" and "nothing was checked (every input is empty)" in res.summary
