@@ -29,9 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from ._validation import as_float_array, check_choice, check_positive_int, check_rng
+from ._validation import as_float_array, check_choice, check_positive_int, check_rng, first_non_finite
 from .optim import OPTIMIZERS, make_optimizer
 
 __all__ = ["TrainResult", "fit"]
@@ -99,13 +97,12 @@ def _check_grads(grads, epoch, batch, step):
     if not isinstance(grads, dict):
         raise TypeError(f"model.neg_elbo_and_grad must return (value, dict of gradients), got "
                         f"gradients of type {type(grads).__name__}")
-    for name, gr in grads.items():
-        gr = np.asarray(gr)
-        if gr.dtype.kind in "fc" and not np.isfinite(gr).all():
-            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(gr))[0])
-            raise FloatingPointError(
-                f"the gradient of parameter {name!r} is {gr[idx].item()!r} at index {idx} (epoch {epoch}, "
-                f"batch {batch}, step {step}); training diverged (try a smaller lr)")
+    hit = first_non_finite(grads.items())
+    if hit is not None:
+        name, idx, value = hit
+        raise FloatingPointError(
+            f"the gradient of parameter {name!r} is {value.item()!r} at index {idx} (epoch {epoch}, "
+            f"batch {batch}, step {step}); training diverged (try a smaller lr)")
 
 
 class _Reporter:
