@@ -257,3 +257,21 @@ def check_layer_widths(hidden, name="hidden"):
         raise TypeError(f"{name} must be an int or a sequence of positive ints (layer widths), "
                         f"got {type(hidden).__name__} {hidden!r}")
     return tuple(check_positive_int(h, f"{name}[{i}]") for i, h in enumerate(hidden))
+
+
+def available_memory():
+    """``(bytes, source)``: the memory this machine can allocate now (``MemAvailable`` of
+    /proc/meminfo, else the free physical pages from ``os.sysconf``), or ``(None, None)``. Used to
+    refuse a request (an array in a file, a sample size) before allocating it."""
+    import os
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE")), "free pages"
+    except (AttributeError, ValueError, OSError):
+        return None, None

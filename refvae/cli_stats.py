@@ -107,22 +107,6 @@ def _check_int(value, flag, minimum):
     return value
 
 
-def _available_memory():
-    """``(bytes, source)``: the memory this machine can allocate now (``MemAvailable`` of
-    /proc/meminfo, else the free physical pages from ``os.sysconf``), or ``(None, None)``."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "MemAvailable"
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE")), "free pages"
-    except (AttributeError, ValueError, OSError):
-        return None, None
-
-
 def _gb(n):
     return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
@@ -163,10 +147,12 @@ def _check_memory(args, N, L, prior_bytes, components_here, available=None):
     ``prior_bytes``, what the prior's forward pass allocates per point
     (:func:`_prior_bytes_per_point`); for each of the M ``--holes`` prior draws 8 (4 + 3L) plus
     ``prior_bytes``; plus the (N, L) means and log-variances (16 N L) when they are held here
-    (``components_here``). ``available``: bytes (default: :func:`_available_memory`).
+    (``components_here``). ``available``: bytes (default:
+    :func:`refvae._validation.available_memory`).
     """
     if available is None:
-        available, source = _available_memory()
+        from ._validation import available_memory
+        available, source = available_memory()
     else:
         source = "given"
     if not available:

@@ -386,18 +386,9 @@ def _normalise_shapes(expected):
 
 
 def _available_memory():
-    """Bytes of available memory (``MemAvailable`` of /proc/meminfo, else sysconf), or None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        return None
+    """Bytes of available memory, or None (:func:`refvae._validation.available_memory`)."""
+    from ._validation import available_memory
+    return available_memory()[0]
 
 
 def _gib(n):
