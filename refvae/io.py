@@ -38,7 +38,6 @@ import re
 import socket
 import struct
 import tempfile
-import time
 import zipfile
 import zlib
 
@@ -192,8 +191,8 @@ class DirectoryLock:
             raise DirectoryInUseError(
                 f"output directory {self.directory!r} is in use by another refvae run ({who}); "
                 f"wait for it to finish or choose another output directory") from None
-        self.info = {"pid": os.getpid(), "host": socket.gethostname(),
-                     "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": self.command}
+        from .provenance import run_identity
+        self.info = {**run_identity(), "command": self.command}
         data = json.dumps(self.info).encode("utf-8")
         try:
             os.ftruncate(fd, 0)
