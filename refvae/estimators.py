@@ -43,8 +43,8 @@ import numpy as np
 
 from . import gaussian
 from ._validation import as_float_array, check_positive_int, check_rng
-from .mixture import LOG_VAR_LIMIT
-from .prior_mixtures import AggregatedPosterior
+from .kernels.mixture import LOG_VAR_LIMIT
+from .priors.mixtures import AggregatedPosterior
 
 __all__ = ["Estimate", "elbo_terms", "conditional_entropy", "cross_entropy", "omega_decomposition",
            "aggregated_posterior_stats", "hole_metrics", "log_likelihood", "density_grid",
@@ -129,7 +129,7 @@ def _check_aggregated(aggregated, model):
         return None
     if not callable(getattr(aggregated, "log_prob", None)) or not hasattr(aggregated, "means") \
             or not hasattr(aggregated, "log_vars"):
-        raise TypeError(f"aggregated must be a refvae.prior_mixtures.AggregatedPosterior (or None "
+        raise TypeError(f"aggregated must be a refvae.priors.mixtures.AggregatedPosterior (or None "
                         f"to build it from x), got {type(aggregated).__name__}")
     if np.shape(aggregated.means)[-1] != model.latent_dim:
         raise ValueError(f"aggregated has latent dimension {np.shape(aggregated.means)[-1]}, the "
@@ -283,7 +283,7 @@ def omega_decomposition(model, x, rng, n_samples=1, params=None):
 def aggregated_posterior_stats(model, x, rng, n_samples=1, params=None, aggregated=None):
     """H[q(z)], CE[q(z)||p], KL[q(z)||p], I_q(x; z), E_x KL[q(z|x)||p] and its split.
 
-    ``aggregated``: an :class:`~refvae.prior_mixtures.AggregatedPosterior` of x (built from the
+    ``aggregated``: an :class:`~refvae.priors.mixtures.AggregatedPosterior` of x (built from the
     model if not given). q(z) is evaluated exactly over all N components by the streaming kernel.
     All Monte Carlo terms use the same stratified draws z_ns ~ q(z|x_n).
 

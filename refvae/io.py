@@ -29,7 +29,6 @@ first), so a crash between the two replacements can pair new parameters with the
 
 from __future__ import annotations
 
-import errno
 import io as _io
 import json
 import math
@@ -43,8 +42,8 @@ import zlib
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "PARAMS_FILE", "CONFIG_FILE", "LOCK_FILE", "save_params", "load_params",
-           "DirectoryLock", "DirectoryInUseError", "remove_stale_temporaries", "pid_alive"]
+__all__ = ["FORMAT_VERSION", "PARAMS_FILE", "CONFIG_FILE", "save_params", "load_params",
+           "remove_stale_temporaries", "pid_alive"]
 
 FORMAT_VERSION = 1  #: version of the directory layout written by :func:`save_params`
 PARAMS_FILE = "params.npz"
@@ -135,84 +134,6 @@ def _sweep(directory, force=False):
         except OSError:
             pass
     return removed
-
-
-LOCK_FILE = ".refvae.lock"  #: the lock file of an output directory (see :class:`DirectoryLock`)
-
-
-class DirectoryInUseError(OSError):
-    """Another refvae run holds the lock of an output directory (the CLI: one line, exit 2)."""
-
-
-class DirectoryLock:
-    """Context manager: an exclusive lock on an output directory, held for the whole run.
-
-    ``fcntl.flock`` on ``<directory>/.refvae.lock`` (created if missing; never deleted, so no two
-    runs can lock different files of the same name). The lock file holds the holder's pid, host,
-    start time and command (JSON); a second run into the same directory gets a
-    :class:`DirectoryInUseError` naming the directory and that pid. The operating system releases
-    the lock when the holder exits in any way, SIGKILL included, so a lock is never stale. Where
-    ``fcntl`` is unavailable (Windows) no lock is taken.
-    """
-
-    def __init__(self, directory, command="refvae"):
-        if not isinstance(command, str):
-            raise TypeError(f"command must be a str (recorded in the lock file), got "
-                            f"{type(command).__name__}")
-        self.directory = _fspath(directory, "directory")
-        self.path = os.path.join(self.directory, LOCK_FILE)
-        self.command = command
-        self.fd = None
-        self.info = None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return self
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise OSError(f"cannot create the lock file {self.path!r}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = {}
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
-            except (OSError, ValueError):
-                pass
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise OSError(f"cannot lock {self.path!r}: {exc.strerror or exc}") from None
-            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
-                   f"{holder.get('started', '?')}: {holder.get('command', '?')}"
-                   if isinstance(holder, dict) and holder else "pid unknown")
-            raise DirectoryInUseError(
-                f"output directory {self.directory!r} is in use by another refvae run ({who}); "
-                f"wait for it to finish or choose another output directory") from None
-        from .provenance import run_identity
-        self.info = {**run_identity(), "command": self.command}
-        data = json.dumps(self.info).encode("utf-8")
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
-        except OSError:
-            pass
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc_info):
-        if self.fd is not None:
-            import fcntl
-            try:
-                os.ftruncate(self.fd, 0)
-            except OSError:
-                pass
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-        return False
 
 
 def _atomic_write(path, write):

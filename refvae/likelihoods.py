@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _rowkernels, gaussian
+from .kernels import rowkernels as _rowkernels
+from . import gaussian
 from ._validation import as_float_array, check_positive_int
 from .primitives import _log_softmax, log_sigmoid, log_softmax, sigmoid
 
@@ -71,7 +72,7 @@ def _categorical_log_prob_and_cache(xi, a):
     (float64 or complex128). Returns ``(log_prob, cache)`` for :func:`_categorical_vjp_from_cache`
     (the VAE computes the row normalisation once per step).
 
-    Real finite logits go through the fused kernel :func:`refvae._rowkernels.categorical_forward`,
+    Real finite logits go through the fused kernel :func:`refvae.kernels.rowkernels.categorical_forward`,
     and ``cache = ("p", softmax weights)``; complex logits (complex-step checks) and real logits
     with an infinite (or NaN) entry take the NumPy path (:func:`refvae.primitives._log_softmax`,
     which handles +-inf), and ``cache = ("lsm", log_softmax)``. The public functions make the same
@@ -91,7 +92,7 @@ def _categorical_vjp_from_cache(g, xi, cache):
     function, which differentiates at their real part) and ``g`` (B,) float64; returns dlogits
     (B, D, C) float64.
 
-    ``("p", p)``: the fused kernel :func:`refvae._rowkernels.categorical_vjp`. ``("lsm", lsm)``
+    ``("p", p)``: the fused kernel :func:`refvae.kernels.rowkernels.categorical_vjp`. ``("lsm", lsm)``
     (non-finite logits): ``p = exp(lsm)`` in NumPy, with the observed entry as
     ``sum_{c != k} p_c``; ``g * (-p)`` is formed as ``(-g) * p`` (negation is exact and the product
     commutes), in place in the array ``p``."""
@@ -137,7 +138,7 @@ def categorical_log_prob(x, logits, num_vals):
     --------
     The algorithm of :func:`refvae.primitives.log_softmax` (exact shift by the row maximum,
     ``expm1`` for the maximal term, ``log1p``), fused per row into one Numba kernel
-    (:mod:`refvae._rowkernels`; complex logits take the NumPy path): finite for every finite
+    (:mod:`refvae.kernels.rowkernels`; complex logits take the NumPy path): finite for every finite
     logit, e.g. ``[1e300, -1e300]`` gives ``[0, -2e300]``; within a few ulp of the exact value
     per row, summed over d in order. No clamping. Non-integer or out-of-range ``x`` is a
     ``ValueError`` naming x.
@@ -172,7 +173,7 @@ def categorical_log_prob_vjp(g, x, logits, num_vals):
 
     Numerics
     --------
-    ``softmax_c = exp(a_c - m) / (1 + s')`` from the forward's exact shift (:mod:`refvae._rowkernels`;
+    ``softmax_c = exp(a_c - m) / (1 + s')`` from the forward's exact shift (:mod:`refvae.kernels.rowkernels`;
     a few ulp): <= 1, no overflow; entries far below the row maximum underflow to 0, which is
     their correct value to within the smallest float. Complex logits are a ``TypeError`` (the
     VJP is evaluated at a real point; only the forward takes the complex step). At the observed value the

@@ -74,7 +74,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "mixture_kernel_c": Tolerance(
         rtol=4.0, atol=0.0,
         reason="forward error bound |f_hat - f| <= c u (|f| + S), S the responsibility-weighted "
-               "magnitude of the summands (refvae.mixture docstring). The a-priori worst case is "
+               "magnitude of the summands (refvae.kernels.mixture docstring). The a-priori worst case is "
                "c = 26; every case the tests generate (random, adversarial) must meet c = 4, and "
                "the largest observed is ~2.4 (validation/kernel_accuracy.json)"),
     "mixture_vs_twin": Tolerance(
@@ -96,7 +96,7 @@ TOLERANCES: dict[str, Tolerance] = {
                "(D + 8) u <= 12 eps; 16 eps fails any formula error larger than ~4e-15 relative"),
     "categorical_kernel": Tolerance(
         rtol=16 * EPS, atol=4 * 2.0 ** -1074,
-        reason="the fused categorical kernel (refvae._rowkernels), entry by entry, against the NumPy "
+        reason="the fused categorical kernel (refvae.kernels.rowkernels), entry by entry, against the NumPy "
                "path (primitives._log_softmax / _softmax_weights) and against mpmath (dps=50): "
                "log_softmax and softmax of one row. Both paths use the same exact TwoSum shift; "
                "they differ in exp (libm vs NumPy's SIMD exp, each < 1 ulp) and in the order of "
@@ -215,7 +215,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "mixture_prior_vs_mpmath": Tolerance(
         rtol=32 * U, atol=0.0,
         reason="|log p_hat - log p| <= rtol (|log p| + S) against the definition in mpmath (dps=50), "
-               "S the responsibility-weighted magnitude of the summands (refvae.mixture). Budget: the "
+               "S the responsibility-weighted magnitude of the summands (refvae.kernels.mixture). Budget: the "
                "kernel's 4 u (|f| + S) plus log_softmax's few-ulp error in each log-weight, which "
                "moves f by <= sum_k r_k |dw_k| <= 8 u S; 32 u leaves a factor > 2 (observed <= 1.5 u). "
                "A per-dimension mixture is off by O(0.1-1)"),
@@ -293,7 +293,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "verify_golden": Tolerance(
         rtol=64.0, atol=0.0,
         reason="c in the golden-case criterion |a - e| <= c u (S + |e|) + tiny per element "
-               "(refvae.golden, Tolerances), u = 2^-53 (float64 profile) or 2^-24 (float32), S the "
+               "(refvae.tools.golden, Tolerances), u = 2^-53 (float64 profile) or 2^-24 (float32), S the "
                "condition scale stored with the case: the RMS change of the element under random-sign "
                "relative perturbations of size 1 of every input, plus the parts' magnitude where an "
                "identity cancels (kl, neg_elbo, loss, grad.prior.logits). Derivation: rounding the "
@@ -336,7 +336,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "verify_normalisation": Tolerance(
         rtol=10.0, atol=1e-6,
         reason="|integral of exp(prior_log_prob) over R^2 - 1| <= atol + rtol |I_h - I_2h| + outside "
-               "+ rounding (refvae.verify.check_normalisation): the trapezoid rule's error is below "
+               "+ rounding (refvae.tools.verify.check_normalisation): the trapezoid rule's error is below "
                "|I_h - I_2h| (spectral convergence for Gaussian mixtures; O(h^2), error ~ |I_h - I_2h| "
                "/ 3, for leaky-ReLU flows), rtol = 10 is the margin; outside <= 4 Phi(-R) is the "
                "reference prior's mass outside the box (R = 10 sd, or f^-1([-7, 7]^2) for the flow: "

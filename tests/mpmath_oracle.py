@@ -16,7 +16,7 @@ Returned values are mpmath numbers (use ``float()`` to round once) together with
 the error bounds are stated against:
 
 * ``S_b = sum_k r_bk (|w_k| + 1/2 sum_l (ln 2 pi + |v_kl| + (z_bl - mu_kl)^2 e^{-v_kl}))`` with the
-  exact responsibilities ``r_bk = exp(t_bk - f_b)`` (refvae.mixture docstring, "Error bound");
+  exact responsibilities ``r_bk = exp(t_bk - f_b)`` (refvae.kernels.mixture docstring, "Error bound");
 * for each gradient entry, the sum of the absolute values of its terms (the natural scale of the
   rounding of a sum of terms of either sign).
 
@@ -153,7 +153,7 @@ class VjpExact:
 
 
 def exact_vjp(g, z, means, log_vars, log_weights=None, *, prec=None) -> VjpExact:
-    """Exact VJP of the mixture log-density (formulas of the refvae.mixture docstring).
+    """Exact VJP of the mixture log-density (formulas of the refvae.kernels.mixture docstring).
 
     ``dz[b,l] = -g_b sum_k r_bk (z_bl - mu_kl) e^{-v_kl}``,
     ``dmeans[k,l] = sum_b g_b r_bk (z_bl - mu_kl) e^{-v_kl}``,

@@ -122,7 +122,7 @@ def gaussian_cases(draw, max_b=4, max_d=5):
 
 
 # --------------------------------------------------------------------------- mixture kernel
-# (tests/test_mixture.py) Inputs for refvae.mixture: queries z (B, L), components means/log_vars
+# (tests/test_mixture.py) Inputs for refvae.kernels.mixture: queries z (B, L), components means/log_vars
 # (K, L), log-weights (K,) or None. B, K in 1..12 and L in 1..6 by default; the tile/block
 # boundaries of the kernel (128 components, 8 queries) are covered by fixed cases in the tests.
 
@@ -209,7 +209,7 @@ def logit_rows(draw, max_rows=4, max_len=6, lo=-50.0, hi=50.0, neg_inf=True):
 @st.composite
 def finite_logit_rows(draw, max_rows=4, max_len=17, lo=-50.0, hi=50.0, extreme=True):
     """A (rows, C) array of *finite* logits for the fused categorical kernel
-    (``refvae._rowkernels``): elements in [lo, hi], with ``extreme`` also :data:`EXTREME_LOGITS`
+    (``refvae.kernels.rowkernels``): elements in [lo, hi], with ``extreme`` also :data:`EXTREME_LOGITS`
     (+-1e300, +-1e3, +-700, 0: huge spreads, and ties at the maximum), and sometimes a row made
     of copies of one value (every entry maximal). C = 1 included."""
     R, C = draw(st.integers(1, max_rows)), draw(st.integers(1, max_len))

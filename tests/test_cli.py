@@ -1,6 +1,6 @@
-"""The ``refvae`` command line and the validation report (``refvae.cli``, ``refvae.report``).
+"""The ``refvae`` command line and the validation report (``refvae.tools.cli``, ``refvae.tools.report``).
 
-Everything runs in-process through ``refvae.cli.main([...])`` (exit codes are return values).
+Everything runs in-process through ``refvae.tools.cli.main([...])`` (exit codes are return values).
 The smoke tests use the ``tiny`` profile (synthetic digits-like data, 2 epochs, small networks;
 seconds), with and without figures, and check the outputs rather than the numbers: the files
 exist, every number in report.json is finite (null, with a note in ``missing``, for anything not
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import refvae
-from refvae import report as rep
-from refvae.cli import main
+from refvae.tools import report as rep
+from refvae.tools.cli import main
 
 PRIORS = ("standard", "mog", "vamp", "gtm", "gtm_vamp", "flow")
 
@@ -66,7 +66,7 @@ def test_help_lists_the_subcommands(capsys):
 
 
 def test_subcommands_come_from_the_registry():
-    from refvae.cli import SUBCOMMANDS, build_parser
+    from refvae.tools.cli import SUBCOMMANDS, build_parser
     assert {"validate", "train", "gradcheck"} <= set(SUBCOMMANDS)
     assert build_parser().parse_args(["validate", "--profile", "tiny"]).func is SUBCOMMANDS["validate"][2]
 
@@ -304,10 +304,10 @@ def test_stats_from_components_equal_stats_from_data(stats_files, tmp_path, quer
 def test_stats_from_components_on_a_cluster(stats_files, tmp_path, monkeypatch):
     """``--components DIR --queries M --scheduler`` (one shard): the same statistics as ``--data``
     on this machine; H[q(z|x)] is then the correctly rounded mean instead of ``np.mean``, within
-    ``(d + 4) u mean|h|`` (refvae.distributed, "Drawn rows and exact sums"), the rest to the bit.
+    ``(d + 4) u mean|h|`` (refvae.tools.distributed, "Drawn rows and exact sums"), the rest to the bit.
     The client never reads the (N, L) components (``to_numpy`` and full reads raise)."""
     distributed = pytest.importorskip("distributed")
-    from refvae import distributed as dist
+    from refvae.tools import distributed as dist
     d = stats_files
     a = _stats_json(d, ["--data", str(d / "x.npy")], tmp_path / "a.json", "--queries", "100")
 

@@ -1,4 +1,4 @@
-"""The streaming kernel sharded over a Dask cluster (:mod:`refvae.distributed`) and ``refvae stats``.
+"""The streaming kernel sharded over a Dask cluster (:mod:`refvae.tools.distributed`) and ``refvae stats``.
 
 On a local cluster of 2 worker processes (and one of 1), with N = 2 * 10^4 components in L = 2 and
 16 dimensions and M = 200 queries:
@@ -16,7 +16,7 @@ On a local cluster of 2 worker processes (and one of 1), with N = 2 * 10^4 compo
 Tolerance (sharded vs single machine, per query): both are within the kernel's bound of the exact
 value (``mixture_kernel_c``, c = 4); the sharded one also carries the shards' spread (ln n) and the
 combination tree's rounding, so ``|f_dist - f_single| <= c u (2 (|f| + S) + ln n) +
-D (k + 3 + ln k) u + 2 u`` (refvae.distributed docstring). That is ~1e-13 here, while a wrong
+D (k + 3 + ln k) u + 2 u`` (refvae.tools.distributed docstring). That is ~1e-13 here, while a wrong
 log-weight (-ln chunk instead of -ln N) is off by >= ln 2, and a dropped shard by > 1e-4.
 """
 
@@ -33,13 +33,13 @@ distributed = pytest.importorskip(
     "distributed", reason="the cluster path needs dask[distributed]: pip install refvae[scale]")
 import dask.array as da  # noqa: E402
 
-from refvae import cli_stats  # noqa: E402
+from refvae.tools import cli_stats  # noqa: E402
 from refvae import gaussian  # noqa: E402
-from refvae import distributed as dist  # noqa: E402
+from refvae.tools import distributed as dist  # noqa: E402
 from refvae.estimators import (_draw_posterior, aggregated_posterior_stats, encode_all,  # noqa: E402
                                hole_metrics)
-from refvae.mixture import finalize_partials, mixture_log_prob, mixture_partial  # noqa: E402
-from refvae.prior_mixtures import AggregatedPosterior  # noqa: E402
+from refvae.kernels.mixture import finalize_partials, mixture_log_prob, mixture_partial  # noqa: E402
+from refvae.priors.mixtures import AggregatedPosterior  # noqa: E402
 from refvae.tolerances import U, tolerance  # noqa: E402
 from refvae.vae import VAE  # noqa: E402
 
@@ -74,7 +74,7 @@ def make_case(L, seed=SEED):
 
 def error_scale(z, means, log_vars, log_weights=None):
     """``|f| + S`` per query (float64, chunked): ``S_b = sum_k r_bk P_bk``,
-    ``P_bk = |w_k| + 1/2 sum_l (ln 2 pi + |v_kl| + (z_bl - mu_kl)^2 e^{-v_kl})`` (refvae.mixture)."""
+    ``P_bk = |w_k| + 1/2 sum_l (ln 2 pi + |v_kl| + (z_bl - mu_kl)^2 e^{-v_kl})`` (refvae.kernels.mixture)."""
     K, L = means.shape
     w = np.full(K, -math.log(K)) if log_weights is None else log_weights
     live = w > -np.inf
@@ -326,7 +326,7 @@ def test_aggregated_stats_from_components_and_subsampled_queries(cluster2, tiny,
 
 
 def mean_bound(values):
-    """Allowed |exact-sum mean - np.mean| (refvae.distributed docstring, "aggregated_stats"):
+    """Allowed |exact-sum mean - np.mean| (refvae.tools.distributed docstring, "aggregated_stats"):
     ``(d + 4) u mean_n |h_n|`` with ``d = 24 + max(0, ceil(log2(N / 128)))`` the rounding depth of
     NumPy's pairwise summation of N terms."""
     n = len(values)

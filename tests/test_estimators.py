@@ -15,7 +15,7 @@ from scipy import integrate, stats
 
 from refvae import estimators as est
 
-from refvae.prior_mixtures import AggregatedPosterior, MoGPrior
+from refvae.priors.mixtures import AggregatedPosterior, MoGPrior
 from refvae.vae import VAE
 
 K_SE = 5.5  # P(|Z| > 5.5) = 3.8e-8

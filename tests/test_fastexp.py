@@ -1,4 +1,4 @@
-"""``refvae._fastexp`` against mpmath: max error in ulps, exact zeros below the threshold, specials.
+"""``refvae.kernels.fastexp`` against mpmath: max error in ulps, exact zeros below the threshold, specials.
 
 Reference values: mpmath ``exp`` at 120 bits of precision. The error of a result f at x is
 ``|f - exp(x)| / ulp(exp(x))`` with ulp the spacing of doubles in the binade of the exact value
@@ -20,7 +20,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from numba import njit, types
 
-from refvae._fastexp import EXP_MAX_ARG, exp_shift_tile, exp_tile, fast_exp
+from refvae.kernels.fastexp import EXP_MAX_ARG, exp_shift_tile, exp_tile, fast_exp
 
 ULP_BOUND = 2.0
 LN2 = math.log(2.0)

@@ -1,4 +1,4 @@
-"""Golden cases (``refvae.golden``, ``refvae golden``): the committed files, their regeneration,
+"""Golden cases (``refvae.tools.golden``, ``refvae golden``): the committed files, their regeneration,
 the format a reader relies on, and the tolerance scale stored with them.
 
 - *Integrity*: ``SHA256SUMS`` lists every committed file with its digest (a changed byte is found).
@@ -11,7 +11,7 @@ the format a reader relies on, and the tolerance scale stored with them.
   order (the VAE's trace, then ``loss``, the gradients and ``prior_sample.z``), shapes, tolerances
   and provenance; every leaky-ReLU pre-activation is at least the kink margin from 0.
 - *Scale*: evaluating refvae itself on inputs rounded to float32 stays within the float32
-  tolerance with a wide margin (the main term of the derivation in ``refvae.golden``).
+  tolerance with a wide margin (the main term of the derivation in ``refvae.tools.golden``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from refvae import golden
-from refvae.cli_verify import add_golden_parser, run_golden
-from refvae.golden import (CASE_LIKELIHOODS, CASE_PRIORS, CONVENTIONS, KINK_MARGIN, build_case,
+from refvae.tools import golden
+from refvae.tools.cli_verify import add_golden_parser, run_golden
+from refvae.tools.golden import (CASE_LIKELIHOODS, CASE_PRIORS, CONVENTIONS, KINK_MARGIN, build_case,
                            compare_cases, load_case, reference_outputs)
 
 ALL = [(p, li) for p in CASE_PRIORS for li in CASE_LIKELIHOODS]

@@ -21,8 +21,8 @@ from refvae._validation import NonFiniteIntermediateError
 from refvae.gradcheck import (GradcheckError, GradcheckReport, _scale, check_elementwise, check_vjp,
                               check_vjp_complex)
 from refvae.optim import make_optimizer
-from refvae.prior_flow import FlowPrior
-from refvae.prior_mixtures import (AggregatedPosterior, GTMPrior, GTMVampPrior, MoGPrior, VampPrior)
+from refvae.priors.flow import FlowPrior
+from refvae.priors.mixtures import (AggregatedPosterior, GTMPrior, GTMVampPrior, MoGPrior, VampPrior)
 from refvae.priors import StandardPrior, make_prior
 from refvae.vae import VAE, Encoder
 

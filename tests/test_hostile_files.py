@@ -3,7 +3,7 @@ items 2.6, 2.7, 2.12, 2.13): tampered golden cases and checksum lists, malformed
 fuzzed), bad flags, requests beyond the machine's memory, and component files that are partial,
 mixed or swapped while a run reads them.
 
-Every CLI case runs in-process through ``refvae.cli.main``: exit code 2, ONE line on stderr naming
+Every CLI case runs in-process through ``refvae.tools.cli.main``: exit code 2, ONE line on stderr naming
 the flag or the file, no traceback, and nothing reported as PASSED or blamed on the implementation.
 """
 
@@ -23,11 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refvae
-from refvae import cli_stats, golden
-from refvae import distributed as dist
-from refvae.cli import main
+from refvae.tools import cli_stats, golden
+from refvae.tools import distributed as dist
+from refvae.tools.cli import main
 
-IMPL = "refvae.verify:RefvaeAdapter"
+IMPL = "refvae.tools.verify:RefvaeAdapter"
 CASE = "standard-bernoulli"
 
 
@@ -627,7 +627,7 @@ def test_golden_bad_flags_give_one_line(capsys, tmp_path, argv, words):
 
 
 def _api_cases():
-    from refvae import verify as v
+    from refvae.tools import verify as v
     A = v.RefvaeAdapter()
 
     def case():
@@ -681,7 +681,8 @@ def test_verify_golden_and_distributed_functions_name_bad_arguments(what, call, 
 def test_verify_gradient_check_that_checked_nothing_fails(monkeypatch):
     """verify's gradient check whose finite-difference report has no entries: 'fail' with the
     reason, never 'pass' (a check that checked nothing must not pass)."""
-    from refvae import gradcheck, verify
+    from refvae import gradcheck
+    from refvae.tools import verify
     from refvae.gradcheck import GradcheckReport
     monkeypatch.setattr(gradcheck, "check_vjp", lambda *a, **k: GradcheckReport(
         "central", 1e-6, [], reason="every input is empty"))

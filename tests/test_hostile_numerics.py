@@ -14,8 +14,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from refvae import gaussian, mixture
-from refvae.mixture import (combine_partials, finalize_partials, mixture_log_prob,
+from refvae import gaussian
+from refvae.kernels import mixture
+from refvae.kernels.mixture import (combine_partials, finalize_partials, mixture_log_prob,
                             mixture_log_prob_vjp, mixture_log_prob_vjp_numpy, mixture_partial)
 from refvae.tolerances import tolerance
 
@@ -649,7 +650,7 @@ def test_estimators_bad_aggregated_named_error(fn):
     call = {"aggregated_posterior_stats": lambda m, r: E.aggregated_posterior_stats(m, np.zeros((4, 3)), r, 2, aggregated="q"),
             "hole_metrics": lambda m, r: E.hole_metrics(m, np.zeros((4, 3)), r, 20, aggregated="q"),
             "density_grid": lambda m, r: E.density_grid(m, None, 5, aggregated="q")}[fn]
-    with pytest.raises(TypeError, match=r"^aggregated must be a refvae.prior_mixtures.AggregatedPosterior"):
+    with pytest.raises(TypeError, match=r"^aggregated must be a refvae.priors.mixtures.AggregatedPosterior"):
         call(_small_vae("mog"), np.random.default_rng(0))
 
 

@@ -29,12 +29,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refvae import io as rio
-from refvae import report as rep
-from refvae.cli import main
-from refvae.io import CONFIG_FILE, PARAMS_FILE, DirectoryLock, load_params, save_params
+from refvae.tools import report as rep
+from refvae.tools.cli import main
+from refvae.io import CONFIG_FILE, PARAMS_FILE, load_params, save_params
+from refvae.tools.provenance import DirectoryLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = "import sys; from refvae.cli import main; sys.exit(main())"
+RUN = "import sys; from refvae.tools.cli import main; sys.exit(main())"
 STATUS_RE = re.compile(r"^(done,)*(interrupted,)?(pending,)*$")
 
 
@@ -217,7 +218,7 @@ def default_sigint_handler():
 def test_an_ignored_sigint_stays_ignored(tmp_path, capsys):
     """Started with SIGINT ignored (a background job, `nohup cmd &`): refvae's guard leaves it
     ignored during the run and restores it after (as Python does); SIGTERM still stops the run."""
-    from refvae.provenance import InterruptGuard
+    from refvae.tools.provenance import InterruptGuard
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with InterruptGuard():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
@@ -321,7 +322,7 @@ def test_stale_running_report_and_lock_of_a_killed_run_are_recognised(tmp_path, 
     doc = read_json(out / "report.json")
     assert doc["status"] == "complete"
     assert doc["process"]["pid"] == os.getpid() and doc["process"]["host"] == socket.gethostname()
-    from refvae.provenance import REPRODUCIBILITY
+    from refvae.tools.provenance import REPRODUCIBILITY
     assert doc["provenance"]["reproducibility"] == REPRODUCIBILITY
     assert REPRODUCIBILITY.startswith("bit-identical on this machine for any number of refvae's")
     assert "Reproducibility: bit-identical on this machine" in (out / "report.md").read_text()
@@ -634,7 +635,7 @@ def _api_cases():
 
     import refvae
     from refvae import data as rdata
-    from refvae import provenance as prov
+    from refvae.tools import provenance as prov
     tiny = rep.PROFILES["tiny"]
     model = refvae.VAE(4, 2, (3,), "tanh", "gaussian", prior="standard",
                        rng=np.random.default_rng(0))
@@ -722,7 +723,7 @@ def test_run_api_bad_values_are_named(tmp_path, monkeypatch, case):
 @pytest.mark.hostile("interruption", "clean stop")
 def test_ctrl_c_while_the_cli_starts_is_one_line(monkeypatch, capsys):
     """Ctrl-C while the CLI builds its parser (before the subcommand's guard): one line, exit 130."""
-    import refvae.cli as cli
+    import refvae.tools.cli as cli
 
     def interrupted():
         raise KeyboardInterrupt
@@ -734,11 +735,11 @@ def test_ctrl_c_while_the_cli_starts_is_one_line(monkeypatch, capsys):
 
 @pytest.mark.hostile("interruption", "clean stop")
 def test_import_refvae_cli_loads_no_numerics():
-    """`import refvae.cli` (what the console script does before main) loads neither NumPy nor Numba,
+    """`import refvae.tools.cli` (what the console script does before main) loads neither NumPy nor Numba,
     so the start-up window in which a Ctrl-C could print Python's traceback is a few milliseconds."""
     import subprocess
     import sys
-    code = ("import sys, refvae.cli; "
+    code = ("import sys, refvae.tools.cli; "
             "print(sorted(m for m in ('numpy', 'numba', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

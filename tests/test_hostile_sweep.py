@@ -27,7 +27,7 @@ Functions that would start expensive work when a bad value is accepted have ``gu
 expensive step is replaced by a sentinel that fails the case ("accepted: reached ...").
 
 Part 2 -- the command line: every subcommand of ``refvae`` with bad flags and bad files, run
-in-process through ``refvae.cli.main`` (a few in a subprocess). Expected: exit code 2, ONE line
+in-process through ``refvae.tools.cli.main`` (a few in a subprocess). Expected: exit code 2, ONE line
 on stderr naming the flag, no traceback.
 
 Failure messages start with one of: ``ACCEPTED`` (no error; ``result has NaN`` said when it
@@ -67,8 +67,13 @@ from strategies import bad_shapes
 
 # =========================================================================== introspection
 
-PUBLIC_MODULES = sorted(m.name for m in pkgutil.iter_modules(refvae.__path__)
-                        if not m.name.startswith("_"))
+#: modules of internal kernels: their callers validate the arguments (the kernels take
+#: contiguous float64 arrays of checked shapes and are documented as internal)
+INTERNAL_MODULES = {"kernels.fastexp", "kernels.rowkernels"}
+PUBLIC_MODULES = sorted(m.name.removeprefix("refvae.")
+                        for m in pkgutil.walk_packages(refvae.__path__, "refvae.")
+                        if not any(part.startswith("_") for part in m.name.split("."))
+                        and m.name.removeprefix("refvae.") not in INTERNAL_MODULES)
 
 
 def public_callables():
@@ -121,8 +126,8 @@ def ex(reason):
 
 
 RECORD = "a plain record (dataclass/exception) built by refvae itself; holds results, checks nothing"
-ARGPARSE = ("argparse plumbing: takes a parser or a Namespace built by refvae.cli; swept through "
-            "refvae.cli.main in the CLI part of this module")
+ARGPARSE = ("argparse plumbing: takes a parser or a Namespace built by refvae.tools.cli; swept through "
+            "refvae.tools.cli.main in the CLI part of this module")
 NOARGS = "takes no arguments"
 
 
@@ -191,7 +196,7 @@ class Ctx:
         return self._cache["npy"]
 
     def case(self, name="standard-gaussian"):
-        from refvae import golden
+        from refvae.tools import golden
         key = ("case", name)
         if key not in self._cache:
             self._cache[key] = golden.load_case(name)
@@ -200,7 +205,7 @@ class Ctx:
     def cases_copy(self):
         """A private copy of one committed case directory (with its SHA256SUMS line)."""
         if "cases" not in self._cache:
-            from refvae import golden
+            from refvae.tools import golden
             d = os.path.join(self.tmp, "cases")
             shutil.copytree(os.path.join(golden.golden_dir(), "standard-gaussian"),
                             os.path.join(d, "standard-gaussian"))
@@ -247,7 +252,7 @@ MOG = lazy(lambda c: c.model("mog"))
 X = lazy(lambda c: c.x())
 R = lazy(lambda c: c.rng())
 CASE = lazy(lambda c: c.case())
-ADAPTER = lazy(lambda c: __import__("refvae.verify", fromlist=["x"]).RefvaeAdapter())
+ADAPTER = lazy(lambda c: __import__("refvae.tools.verify", fromlist=["x"]).RefvaeAdapter())
 
 
 def _method(getter, name):
@@ -269,9 +274,11 @@ def mb(getter, name, **kwargs):
 
 # ------------------------------------------------------------------ the entries, module by module
 
-from refvae import (data, distributed, estimators, gaussian, golden, gradcheck, io, layers,  # noqa: E402
-                    likelihoods, mixture, optim, primitives, prior_flow, prior_mixtures, priors,
-                    provenance, report, tolerances, train, verify)
+from refvae import (data, estimators, gaussian, gradcheck, io, layers, likelihoods,  # noqa: E402
+                    optim, primitives, priors, tolerances, train)
+from refvae.kernels import mixture  # noqa: E402
+from refvae.priors import flow as prior_flow, mixtures as prior_mixtures  # noqa: E402
+from refvae.tools import distributed, golden, provenance, report, verify  # noqa: E402
 
 TABLE: dict = {}
 
@@ -338,24 +345,24 @@ _MIXL = [("log_weights", "neginf"), ("log_weights", "none")]
 for _name in ("mixture_log_prob", "mixture_log_prob_numpy"):
     # the NumPy twin accepts complex input for complex-step checks (its docstring)
     _cl = [(a, "complex") for a in _MIXA] if _name.endswith("numpy") else []
-    TABLE[f"mixture.{_name}"] = Entry(b(getattr(mixture, _name), **_mix()), arrays=_MIXA,
+    TABLE[f"kernels.mixture.{_name}"] = Entry(b(getattr(mixture, _name), **_mix()), arrays=_MIXA,
                                       legal=_MIXL + _cl)
-TABLE["mixture.check_mixture_args"] = Entry(
+TABLE["kernels.mixture.check_mixture_args"] = Entry(
     b(mixture.check_mixture_args, **_mix(), require_weights=False), arrays=_MIXA, legal=_MIXL,
     custom=[("require_weights", "str", lambda c: "yes", "type", "error")])
-TABLE["mixture.mixture_partial"] = Entry(b(mixture.mixture_partial, **_mix()), arrays=_MIXA,
+TABLE["kernels.mixture.mixture_partial"] = Entry(b(mixture.mixture_partial, **_mix()), arrays=_MIXA,
                                          legal=[("log_weights", "neginf")])
-TABLE["mixture.mixture_log_prob_vjp"] = Entry(
+TABLE["kernels.mixture.mixture_log_prob_vjp"] = Entry(
     b(mixture.mixture_log_prob_vjp, g=np.ones(3), **_mix(), log_prob=None, z_only=False),
     arrays={"g": 0, **_MIXA, "log_prob": 0}, legal=_MIXL + [("log_prob", "none")],
     bases={"log_prob": mixture.mixture_log_prob(**_mix())},
     custom=[("z_only", "str", lambda c: "yes", "type", "error"),
             ("log_prob", "not the forward value", lambda c: np.full(3, 50.0), "option", "error")])
-TABLE["mixture.mixture_log_prob_vjp_numpy"] = Entry(
+TABLE["kernels.mixture.mixture_log_prob_vjp_numpy"] = Entry(
     b(mixture.mixture_log_prob_vjp_numpy, g=np.ones(3), **_mix()),
     arrays={"g": 0, **_MIXA}, legal=_MIXL)
 _PART = mixture.mixture_partial(**_mix())
-TABLE["mixture.combine_partials"] = Entry(
+TABLE["kernels.mixture.combine_partials"] = Entry(
     b(mixture.combine_partials, partials=[_PART, mixture.mixture_partial(**_mix(seed=0))]),
     objects=("partials",),
     custom=[("partials", "empty list", lambda c: [], "shape", "error"),
@@ -364,7 +371,7 @@ TABLE["mixture.combine_partials"] = Entry(
             ("partials", "NaN entry", lambda c: [_PART, (np.full(3, np.nan), np.ones(3))],
              "non-finite", "error"),
             ("partials", "not pairs", lambda c: [np.zeros(3)], "type", "error")])
-TABLE["mixture.finalize_partials"] = Entry(
+TABLE["kernels.mixture.finalize_partials"] = Entry(
     b(mixture.finalize_partials, m=_PART[0], s=_PART[1]), arrays={"m": 0, "s": 0},
     legal=[("m", "neginf")],
     custom=[("s", "negative", lambda c: -np.ones(3), "option", "error")])
@@ -490,19 +497,19 @@ TABLE["optim.make_optimizer"] = Entry(b(optim.make_optimizer, name="adam", param
 
 # --- priors
 _PRIOR_LABEL = {"latent_dim": r"latent_dim|\bL\b"}
-TABLE["priors.Prior"] = Entry(b(priors.Prior, latent_dim=2), ints={"latent_dim": 1})
-TABLE["priors.StandardPrior"] = Entry(b(priors.StandardPrior, latent_dim=2), ints={"latent_dim": 1})
+TABLE["priors.base.Prior"] = Entry(b(priors.Prior, latent_dim=2), ints={"latent_dim": 1})
+TABLE["priors.standard.StandardPrior"] = Entry(b(priors.StandardPrior, latent_dim=2), ints={"latent_dim": 1})
 TABLE["priors.make_prior"] = Entry(
     b(priors.make_prior, name="mog", latent_dim=2), options=("name",), ints={"latent_dim": 1},
     label={"name": r"name|prior"},
     custom=[("bogus", "unknown keyword", lambda c: 1, "option", "error")])
-TABLE["prior_mixtures.MoGPrior"] = Entry(
+TABLE["priors.mixtures.MoGPrior"] = Entry(
     b(prior_mixtures.MoGPrior, latent_dim=2, num_components=3, init_scale=0.1,
       component_trace_limit=10),
     ints={"latent_dim": 1, "num_components": 1, "component_trace_limit": 0}, reals=("init_scale",),
     custom=[("init_scale", "negative", lambda c: -0.1, "option", "error")])
 _ENC = lazy(lambda c: c.model().encoder)
-TABLE["prior_mixtures.VampPrior"] = Entry(
+TABLE["priors.mixtures.VampPrior"] = Entry(
     b(prior_mixtures.VampPrior, latent_dim=2, num_components=3, encoder=_ENC, x_dim=4,
       learn_weights=False, init="uniform", data_range=(0.0, 16.0), init_data=None,
       component_trace_limit=10),
@@ -520,12 +527,12 @@ _GTM_CUSTOM = [("u_min", "above u_max", lambda c: 20.0, "option", "error"),
                ("hidden", "negative width", lambda c: (-3,), "option", "error"),
                ("hidden", "str", lambda c: "3", "type", "error"),
                ("hidden", "float width", lambda c: (2.5,), "type", "error")]
-TABLE["prior_mixtures.GTMPrior"] = Entry(
+TABLE["priors.mixtures.GTMPrior"] = Entry(
     b(prior_mixtures.GTMPrior, latent_dim=2, grid_size=2, u_min=-10.0, u_max=10.0, hidden=(3,),
       activation="tanh", component_trace_limit=10),
     ints={"latent_dim": 1, "grid_size": 1, "component_trace_limit": 0}, reals=("u_min", "u_max"),
     options=("activation",), custom=list(_GTM_CUSTOM))
-TABLE["prior_mixtures.GTMVampPrior"] = Entry(
+TABLE["priors.mixtures.GTMVampPrior"] = Entry(
     b(prior_mixtures.GTMVampPrior, latent_dim=2, grid_size=2, encoder=_ENC, x_dim=4, u_min=-10.0,
       u_max=10.0, hidden=(3,), activation="tanh", data_range=(0.0, 16.0), component_trace_limit=10),
     ints={"latent_dim": 1, "grid_size": 1, "x_dim": 1, "component_trace_limit": 0},
@@ -533,20 +540,20 @@ TABLE["prior_mixtures.GTMVampPrior"] = Entry(
     legal=[("x_dim", "none")],
     custom=list(_GTM_CUSTOM) + [("data_range", "reversed", lambda c: (16.0, 0.0), "option", "error"),
                                 ("data_range", "inf", lambda c: (0.0, math.inf), "non-finite", "error")])
-TABLE["prior_mixtures.AggregatedPosterior"] = Entry(
+TABLE["priors.mixtures.AggregatedPosterior"] = Entry(
     b(prior_mixtures.AggregatedPosterior, latent_dim=2, means=_rows(5), log_vars=_rows(5, seed=1) * 0.3,
       component_trace_limit=0),
     arrays={"means": 0, "log_vars": 0}, ints={"latent_dim": 1, "component_trace_limit": 0},
     custom=[("latent_dim", "disagrees with means", lambda c: 3, "shape", "error")],
     label={"latent_dim": r"latent_dim|\bL\b"})
-TABLE["prior_mixtures.gtm_grid"] = Entry(
+TABLE["priors.mixtures.gtm_grid"] = Entry(
     b(prior_mixtures.gtm_grid, grid_size=3, u_min=-1.0, u_max=1.0), ints={"grid_size": 1},
     reals=("u_min", "u_max"), custom=[("u_min", "above u_max", lambda c: 2.0, "option", "error")])
-TABLE["prior_mixtures.component_log_densities"] = Entry(
+TABLE["priors.mixtures.component_log_densities"] = Entry(
     b(prior_mixtures.component_log_densities, z=_rows(3), means=_rows(4, seed=1),
       log_vars=_rows(4, seed=2) * 0.3),
     arrays={"z": -1, "means": 0, "log_vars": 0})
-TABLE["prior_flow.FlowPrior"] = Entry(
+TABLE["priors.flow.FlowPrior"] = Entry(
     b(prior_flow.FlowPrior, latent_dim=2, num_couplings=1, hidden=(3,), activation="tanh",
       init="identity"),
     ints={"latent_dim": 2, "num_couplings": 1}, options=("activation", "init"),
@@ -644,7 +651,7 @@ TABLE["vae.VAE.from_config"] = Entry(
 TABLE["priors.Prior.log_prob_vjp"] = Entry(mb(lambda c: _bound_mog(c), "log_prob_vjp", g=np.ones(3),
                                               z=_rows(3)),
                                            arrays={"g": 0, "z": 0}, extra=True)
-TABLE["prior_flow.FlowPrior.transform"] = Entry(
+TABLE["priors.flow.FlowPrior.transform"] = Entry(
     mb(lambda c: prior_flow.FlowPrior(2, 1, (3,), "tanh", "random"), "transform",
        params=lazy(lambda c: prior_flow.FlowPrior(2, 1, (3,), "tanh", "random").init_params(c.rng())),
        z=_rows(3)),
@@ -655,7 +662,7 @@ TABLE["prior_flow.FlowPrior.transform"] = Entry(
             ("params", "missing key", lambda c: dict(list(prior_flow.FlowPrior(
                 2, 1, (3,), "tanh", "random").init_params(c.rng()).items())[1:]), "shape", "error")],
     label={"params": r"params|prior\.|flow"})
-TABLE["prior_mixtures.AggregatedPosterior.from_model"] = Entry(
+TABLE["priors.mixtures.AggregatedPosterior.from_model"] = Entry(
     b(prior_mixtures.AggregatedPosterior.from_model, model=M, x=X, batch_size=2), extra=True,
     arrays={"x": 1}, ints={"batch_size": 1}, objects=("model",))
 _OPT = lambda c: optim.Adam({"w": np.zeros(3), "b": np.zeros(2)})  # noqa: E731
@@ -738,19 +745,19 @@ _DIST_INTS = {"chunk": 1, "split_every": 2, "threads_per_task": 1}
 _DIST_CUSTOM = [("scheduler", "int", lambda c: 8786, "type", "error"),
                 ("connect_timeout", "negative", lambda c: -1.0, "option", "error"),
                 ("client", "str", lambda c: "tcp://nowhere:1", "type", "error")]
-TABLE["distributed.log_qz"] = Entry(
+TABLE["tools.distributed.log_qz"] = Entry(
     b(distributed.log_qz, z=_rows(3), means=_rows(5, seed=1), log_vars=_rows(5, seed=2) * 0.3,
       chunk=2, split_every=2, threads_per_task=1),
     arrays={"z": 1, "means": 1, "log_vars": 0}, ints=_DIST_INTS, legal=[("threads_per_task", "none")],
     custom=list(_DIST_CUSTOM))
-TABLE["distributed.log_mixture"] = Entry(
+TABLE["tools.distributed.log_mixture"] = Entry(
     b(distributed.log_mixture, z=_rows(3), means=_rows(5, seed=1), log_vars=_rows(5, seed=2) * 0.3,
       log_weights=_rows(5, 1, 3).ravel(), chunk=2, split_every=2, threads_per_task=1),
     arrays={"z": 1, "means": 1, "log_vars": 0, "log_weights": 0}, ints=_DIST_INTS,
     legal=[("log_weights", "none"), ("log_weights", "neginf"), ("threads_per_task", "none")],
     custom=list(_DIST_CUSTOM))
 _XOC = {"x_or_components": r"x_or_components|\bx\b|data"}
-TABLE["distributed.aggregated_stats"] = Entry(
+TABLE["tools.distributed.aggregated_stats"] = Entry(
     b(distributed.aggregated_stats, model=MOG, x_or_components=X, rng=R, n_samples=2, n_queries=None,
       chunk=2, split_every=2, threads_per_task=1),
     arrays={"x_or_components": 1}, ints={"n_samples": 1, "n_queries": 1, **_DIST_INTS},
@@ -759,47 +766,47 @@ TABLE["distributed.aggregated_stats"] = Entry(
     custom=list(_DIST_CUSTOM) + [("n_queries", "one query", lambda c: 1, "option", "ok"),
                                  ("n_samples", "one sample of one row",
                                   lambda c: 1, "option", "ok")])
-TABLE["distributed.holes"] = Entry(
+TABLE["tools.distributed.holes"] = Entry(
     b(distributed.holes, model=MOG, x_or_components=X, rng=R, n_samples=20, taus=(0.1, 0.01),
       chunk=2, split_every=2, threads_per_task=1),
     arrays={"x_or_components": 1}, ints={"n_samples": 2, **_DIST_INTS}, objects=_EST_OBJ,
     label=_XOC, str_paths=("x_or_components",), legal=[("threads_per_task", "none")],
     custom=list(_TAUS) + list(_DIST_CUSTOM))
-TABLE["distributed.encode_to_shards"] = Entry(
+TABLE["tools.distributed.encode_to_shards"] = Entry(
     b(distributed.encode_to_shards, model=M, x=X, chunk=2, out_dir=None),
     arrays={"x": 1}, ints={"chunk": 1}, objects=("model",), paths={"out_dir": "outdir"},
     legal=[("out_dir", "none")], str_paths=("x",),
     custom=[("x", "nonexistent .npy", lambda c: c.missing() + ".npy", "file", "error")])
-TABLE["distributed.components_to_dask"] = Entry(
+TABLE["tools.distributed.components_to_dask"] = Entry(
     b(distributed.components_to_dask, means=_rows(5), log_vars=_rows(5, seed=1), chunk=2),
     arrays={"means": 1, "log_vars": 0}, ints={"chunk": 1})
-TABLE["distributed.shard_bounds"] = Entry(b(distributed.shard_bounds, N=10, chunk=3),
+TABLE["tools.distributed.shard_bounds"] = Entry(b(distributed.shard_bounds, N=10, chunk=3),
                                           ints={"N": 1, "chunk": 1})
-TABLE["distributed.combine_tree"] = Entry(
+TABLE["tools.distributed.combine_tree"] = Entry(
     b(distributed.combine_tree, partials=[_PART, _PART, _PART], split_every=2, combine=None),
     ints={"split_every": 2}, legal=[("combine", "none")],
     custom=[("partials", "empty", lambda c: [], "shape", "error"),
             ("partials", "None", lambda c: None, "type", "error"),
             ("combine", "not callable", lambda c: "sum", "type", "error")])
-TABLE["distributed.load_array"] = Entry(
+TABLE["tools.distributed.load_array"] = Entry(
     b(distributed.load_array, path=lazy(lambda c: c.npy()), key=None, name="data"),
     paths={"path": "file"}, legal=[("key", "none")],
     custom=[("key", "with a .npy", lambda c: "x", "option", "ok")],
     label={"path": r"path|data|does not exist|not a file"})
 
 # --- golden
-TABLE["golden.GoldenCase"] = ex(RECORD)
-TABLE["golden.golden_dir"] = ex(NOARGS)
-TABLE["golden.case_name"] = Entry(b(golden.case_name, prior="mog", likelihood="gaussian"),
+TABLE["tools.golden.GoldenCase"] = ex(RECORD)
+TABLE["tools.golden.golden_dir"] = ex(NOARGS)
+TABLE["tools.golden.case_name"] = Entry(b(golden.case_name, prior="mog", likelihood="gaussian"),
                                   options=("prior", "likelihood"))
-TABLE["golden.build_case"] = Entry(b(golden.build_case, prior="standard", likelihood="bernoulli",
+TABLE["tools.golden.build_case"] = Entry(b(golden.build_case, prior="standard", likelihood="bernoulli",
                                      seed=1), options=("prior", "likelihood"), ints={"seed": 0})
-TABLE["golden.write_case"] = Entry(
+TABLE["tools.golden.write_case"] = Entry(
     b(golden.write_case, out_dir=lazy(lambda c: c.fresh("golden")), prior="standard",
       likelihood="bernoulli", seed=1, checksums=True),
     paths={"out_dir": "outdir"}, options=("prior", "likelihood"), ints={"seed": 0},
     label={"out_dir": r"out_dir|directory"})
-TABLE["golden.write_cases"] = Entry(
+TABLE["tools.golden.write_cases"] = Entry(
     b(golden.write_cases, out_dir=lazy(lambda c: c.fresh("golden")), priors=("standard",),
       likelihoods=("bernoulli",), seed=1),
     paths={"out_dir": "outdir"}, ints={"seed": 0},
@@ -809,7 +816,7 @@ TABLE["golden.write_cases"] = Entry(
             ("likelihoods", "unknown", lambda c: ("bogus",), "option", "error"),
             ("say", "not callable", lambda c: "print", "type", "error")],
     label={"priors": r"priors?", "likelihoods": r"likelihoods?"})
-TABLE["golden.load_case"] = Entry(b(golden.load_case, path_or_name="standard-gaussian", directory=None),
+TABLE["tools.golden.load_case"] = Entry(b(golden.load_case, path_or_name="standard-gaussian", directory=None),
                                   legal=[("directory", "none")],
                                   custom=[("path_or_name", "unknown case", lambda c: "bogus-case",
                                            "file", "error"),
@@ -822,27 +829,27 @@ TABLE["golden.load_case"] = Entry(b(golden.load_case, path_or_name="standard-gau
                                            "error")],
                                   label={"path_or_name": r"path_or_name|bogus-case|does-not-exist|"
                                                          r"a-regular-file|case"})
-TABLE["golden.list_cases"] = Entry(b(golden.list_cases, directory=None), legal=[("directory", "none")],
+TABLE["tools.golden.list_cases"] = Entry(b(golden.list_cases, directory=None), legal=[("directory", "none")],
                                    paths={"directory": "dir"})
-TABLE["golden.write_checksums"] = Entry(b(golden.write_checksums,
+TABLE["tools.golden.write_checksums"] = Entry(b(golden.write_checksums,
                                           directory=lazy(lambda c: c.cases_copy())),
                                         paths={"directory": "dir"})
-TABLE["golden.verify_checksums"] = Entry(b(golden.verify_checksums,
+TABLE["tools.golden.verify_checksums"] = Entry(b(golden.verify_checksums,
                                            directory=lazy(lambda c: c.cases_copy())),
                                          paths={"directory": "dir"}, legal=[("directory", "none")])
-TABLE["golden.require_checksums"] = Entry(
+TABLE["tools.golden.require_checksums"] = Entry(
     b(golden.require_checksums, directory=lazy(lambda c: c.cases_copy()), cases=None),
     paths={"directory": "dir"}, legal=[("directory", "none"), ("cases", "none")],
     custom=[("cases", "unknown case", lambda c: ["bogus-case"], "option", "error"),
             ("cases", "str", lambda c: "standard-gaussian", "type", "error")],
     label={"directory": r"directory|does-not-exist|a-regular-file|SHA256SUMS",
            "cases": r"cases|bogus-case"})
-TABLE["golden.compare_cases"] = Entry(b(golden.compare_cases, new=CASE, old=CASE, c_regen=None),
+TABLE["tools.golden.compare_cases"] = Entry(b(golden.compare_cases, new=CASE, old=CASE, c_regen=None),
                                       objects=("new", "old"), reals=("c_regen",),
                                       legal=[("c_regen", "none")],
                                       custom=[("c_regen", "negative", lambda c: -1.0, "option",
                                                "error")])
-TABLE["golden.reference_model"] = Entry(
+TABLE["tools.golden.reference_model"] = Entry(
     b(golden.reference_model, config=lazy(lambda c: dict(c.case().config)),
       params=lazy(lambda c: dict(c.case().params))),
     objects=("config", "params"),
@@ -854,37 +861,37 @@ TABLE["golden.reference_model"] = Entry(
             ("params", "NaN", lambda c: {k: np.full(np.shape(v), np.nan)
                                          for k, v in c.case().params.items()}, "non-finite", "error")],
     label={"config": r"config|latent_dim", "params": r"params|encoder|decoder"})
-TABLE["golden.reference_outputs"] = Entry(
+TABLE["tools.golden.reference_outputs"] = Entry(
     b(golden.reference_outputs, model=lazy(lambda c: golden.reference_model(c.case().config,
                                                                             c.case().params)),
       x=lazy(lambda c: c.case().x), eps=lazy(lambda c: c.case().eps), draws=None),
     arrays={"x": 1, "eps": 0}, objects=("model",), legal=[("draws", "none")])
-TABLE["golden.allowed_error"] = Entry(
+TABLE["tools.golden.allowed_error"] = Entry(
     b(golden.allowed_error, values=lazy(lambda c: c.case().values["loss"]),
       scales=lazy(lambda c: c.case().scales["loss"]), profile="float64", c=None),
     arrays={"values": None, "scales": None}, shape_kinds=("empty",), options=("profile",),
     reals=("c",), legal=[("c", "none"), ("values", "empty"), ("scales", "empty")],
     custom=[("c", "negative", lambda c: -1.0, "option", "error")])
-TABLE["golden.prior_box"] = Entry(b(golden.prior_box, model=MOG), objects=("model",))
+TABLE["tools.golden.prior_box"] = Entry(b(golden.prior_box, model=MOG), objects=("model",))
 
 # --- verify
-TABLE["verify.QuantityResult"] = ex(RECORD)
-TABLE["verify.CheckResult"] = ex(RECORD)
-TABLE["verify.CaseResult"] = ex(RECORD)
-TABLE["verify.VerifyReport"] = ex(RECORD)
-TABLE["verify.RefvaeAdapter"] = ex(NOARGS)
-TABLE["verify.load_adapter"] = Entry(
-    b(verify.load_adapter, spec="refvae.verify:RefvaeAdapter"),
-    custom=[("spec", "no colon", lambda c: "refvae.verify", "option", "error"),
+TABLE["tools.verify.QuantityResult"] = ex(RECORD)
+TABLE["tools.verify.CheckResult"] = ex(RECORD)
+TABLE["tools.verify.CaseResult"] = ex(RECORD)
+TABLE["tools.verify.VerifyReport"] = ex(RECORD)
+TABLE["tools.verify.RefvaeAdapter"] = ex(NOARGS)
+TABLE["tools.verify.load_adapter"] = Entry(
+    b(verify.load_adapter, spec="refvae.tools.verify:RefvaeAdapter"),
+    custom=[("spec", "no colon", lambda c: "refvae.tools.verify", "option", "error"),
             ("spec", "unknown module", lambda c: "no_such_module_xyz:make", "option", "error"),
-            ("spec", "unknown factory", lambda c: "refvae.verify:no_such_factory", "option", "error"),
+            ("spec", "unknown factory", lambda c: "refvae.tools.verify:no_such_factory", "option", "error"),
             ("spec", "missing file", lambda c: c.missing() + ".py:make", "file", "error"),
             ("spec", "a directory", lambda c: c.adir() + ":make", "file", "error"),
             ("spec", "empty", lambda c: "", "option", "error"),
             ("spec", "None", lambda c: None, "type", "error"),
-            ("spec", "not callable", lambda c: "refvae.verify:PROFILES", "type", "error")],
-    label={"spec": r"spec|no_such|refvae\.verify|does-not-exist|a-directory|factory|adapter"})
-TABLE["verify.call_adapter"] = Entry(b(verify.call_adapter, adapter=ADAPTER, case=CASE, params=None),
+            ("spec", "not callable", lambda c: "refvae.tools.verify:PROFILES", "type", "error")],
+    label={"spec": r"spec|no_such|refvae\.tools\.verify|does-not-exist|a-directory|factory|adapter"})
+TABLE["tools.verify.call_adapter"] = Entry(b(verify.call_adapter, adapter=ADAPTER, case=CASE, params=None),
                                      objects=("adapter", "case"), legal=[("params", "none")])
 
 
@@ -895,7 +902,7 @@ def _kd_file(c, text, name):
     return p
 
 
-TABLE["verify.load_known_deviations"] = Entry(
+TABLE["tools.verify.load_known_deviations"] = Entry(
     b(verify.load_known_deviations, path=lazy(lambda c: _kd_file(c, "[]", "kd-ok.json"))),
     paths={"path": "file"},
     custom=[("path", "not JSON", lambda c: _kd_file(c, "{oops", "kd1.json"), "file", "error"),
@@ -912,29 +919,29 @@ TABLE["verify.load_known_deviations"] = Entry(
 _VCASE = lazy(lambda c: c.case())
 _VADAPT = dict(adapter=ADAPTER, case=_VCASE, profile="float64")
 _VCUSTOM = [("profile", "unknown", lambda c: "float16", "option", "error")]
-TABLE["verify.compare_case"] = Entry(
+TABLE["tools.verify.compare_case"] = Entry(
     b(verify.compare_case, outputs=lazy(lambda c: verify.call_adapter(verify.RefvaeAdapter(), c.case())),
       case=_VCASE, profile="float64"),
     objects=("outputs", "case"), options=("profile",))
-TABLE["verify.check_gradient"] = Entry(b(verify.check_gradient, **_VADAPT, seed=0),
+TABLE["tools.verify.check_gradient"] = Entry(b(verify.check_gradient, **_VADAPT, seed=0),
                                        objects=("adapter", "case"), options=("profile",),
                                        ints={"seed": 0})
-TABLE["verify.check_normalisation"] = Entry(
+TABLE["tools.verify.check_normalisation"] = Entry(
     b(verify.check_normalisation, **_VADAPT, grid=None), objects=("adapter", "case"),
     options=("profile",), legal=[("grid", "none")],
     custom=[("grid", "zero", lambda c: 0, "option", "error"),
             ("grid", "str", lambda c: "fine", "type", "error")])
-TABLE["verify.check_sampler"] = Entry(
+TABLE["tools.verify.check_sampler"] = Entry(
     b(verify.check_sampler, **_VADAPT, grid=None, n=2000, seed=0), objects=("adapter", "case"),
     options=("profile",), ints={"n": 2, "seed": 0}, legal=[("grid", "none")],
     custom=[("n", "huge", lambda c: 10 ** 15, "resources", "error")])
-TABLE["verify.check_mixture"] = Entry(
+TABLE["tools.verify.check_mixture"] = Entry(
     b(verify.check_mixture, adapter=ADAPTER, case=lazy(lambda c: c.case("mog-gaussian")),
       profile="float64", n_points=16, seed=0),
     objects=("adapter", "case"), options=("profile",), ints={"n_points": 1, "seed": 0})
-TABLE["verify.check_nll"] = Entry(b(verify.check_nll, **_VADAPT, seed=0), objects=("adapter", "case"),
+TABLE["tools.verify.check_nll"] = Entry(b(verify.check_nll, **_VADAPT, seed=0), objects=("adapter", "case"),
                                   options=("profile",), ints={"seed": 0})
-TABLE["verify.run"] = Entry(
+TABLE["tools.verify.run"] = Entry(
     b(verify.run, adapter=ADAPTER, cases=lazy(lambda c: [os.path.join(c.cases_copy(),
                                                                       "standard-gaussian")]),
       profile="float64", checks=("golden",), prior_checks="once", json_out=None, seed=0),
@@ -955,9 +962,9 @@ TABLE["verify.run"] = Entry(
 
 # --- report
 _TINY = report.PROFILES["tiny"]
-TABLE["report.Profile"] = ex(RECORD + " (the profiles are constants in refvae.report.PROFILES; "
+TABLE["tools.report.Profile"] = ex(RECORD + " (the profiles are constants in refvae.tools.report.PROFILES; "
                              "run_validation is swept with a meaningless profile below)")
-TABLE["report.parse_priors"] = Entry(
+TABLE["tools.report.parse_priors"] = Entry(
     b(report.parse_priors, text="standard,mog", flag="--priors"),
     custom=[("text", "empty", lambda c: "", "option", "error"),
             ("text", "unknown", lambda c: "standard,bogus", "option", "error"),
@@ -965,39 +972,39 @@ TABLE["report.parse_priors"] = Entry(
             ("text", "None", lambda c: None, "type", "error"),
             ("text", "int", lambda c: 3, "type", "error")],
     label={"text": r"--priors|text|prior"})
-TABLE["report.prepare_out_dir"] = Entry(b(report.prepare_out_dir, out=lazy(lambda c: c.fresh("out")),
+TABLE["tools.report.prepare_out_dir"] = Entry(b(report.prepare_out_dir, out=lazy(lambda c: c.fresh("out")),
                                           subdirs=("figures",)),
                                         paths={"out": "outdir"},
                                         custom=[("subdirs", "str", lambda c: "figures", "type", "ok"),
                                                 ("subdirs", "escaping", lambda c: ("../../x",),
                                                  "file", "error")],
                                         label={"out": r"out|output directory|a-regular-file"})
-TABLE["report.build_model"] = Entry(
+TABLE["tools.report.build_model"] = Entry(
     b(report.build_model, name="mog", latent_dim=2, x_dim=4, profile=_TINY, rng=R),
     options=("name",), ints={"latent_dim": 1, "x_dim": 1}, objects=("profile", "rng"),
     label={"name": r"name|prior"},
     custom=[("latent_dim", "huge", lambda c: 10 ** 12, "resources", "error")])
-TABLE["report.load_data"] = Entry(b(report.load_data, profile=_TINY, seed=0), objects=("profile",),
+TABLE["tools.report.load_data"] = Entry(b(report.load_data, profile=_TINY, seed=0), objects=("profile",),
                                   ints={"seed": 0})
 _GM = lazy(lambda c: c.model(D=4))
-TABLE["report.gradcheck_model"] = Entry(
+TABLE["tools.report.gradcheck_model"] = Entry(
     b(report.gradcheck_model, model=_GM, x=lazy(lambda c: c.x(3)), eps=_EPS, rng=R, near_kink_fixed=0),
     arrays={"x": 1, "eps": 0}, objects=("model", "rng"), ints={"near_kink_fixed": 0})
-TABLE["report.near_kink"] = Entry(
+TABLE["tools.report.near_kink"] = Entry(
     b(report.near_kink, model=_GM, x=lazy(lambda c: c.x(3)), eps=_EPS, margin=None),
     arrays={"x": 1, "eps": 0}, objects=("model",), reals=("margin",), legal=[("margin", "none")],
     custom=[("margin", "negative", lambda c: -1.0, "option", "error")])
-TABLE["report.choose_gradcheck_batch"] = Entry(
+TABLE["tools.report.choose_gradcheck_batch"] = Entry(
     b(report.choose_gradcheck_batch, model=_GM, x_pool=X, rng=R, batch_size=2, candidates=2),
     arrays={"x_pool": 1}, objects=("model", "rng"), ints={"batch_size": 1, "candidates": 1})
-TABLE["report.kernel_accuracy"] = Entry(b(report.kernel_accuracy, rng=R, n_random=2),
+TABLE["tools.report.kernel_accuracy"] = Entry(b(report.kernel_accuracy, rng=R, n_random=2),
                                         objects=("rng",), ints={"n_random": 0})
-TABLE["report.identities"] = Entry(b(report.identities, run={"prior": "standard", "latent_dim": 2},
+TABLE["tools.report.identities"] = Entry(b(report.identities, run={"prior": "standard", "latent_dim": 2},
                                      n_train=10),
                                    objects=("run",), ints={"n_train": 1},
                                    custom=[("run", "list", lambda c: [1, 2], "type", "error")])
-_VAL_GUARDS = (("refvae.report", "load_data"),)
-TABLE["report.run_validation"] = Entry(
+_VAL_GUARDS = (("refvae.tools.report", "load_data"),)
+TABLE["tools.report.run_validation"] = Entry(
     b(report.run_validation, profile=_TINY, seed=0, out=lazy(lambda c: c.fresh("val")),
       priors=("standard",), plots=False, quiet=True),
     objects=("profile",), ints={"seed": 0}, paths={"out": "outdir"}, guards=_VAL_GUARDS,
@@ -1061,12 +1068,12 @@ TABLE["io.load_params"] = Entry(
 
 
 def _hold_lock(directory, command="refvae"):
-    with io.DirectoryLock(directory, command=command):
+    with provenance.DirectoryLock(directory, command=command):
         return directory
 
 
-TABLE["io.DirectoryInUseError"] = ex(RECORD)
-TABLE["io.DirectoryLock"] = Entry(
+TABLE["tools.provenance.DirectoryInUseError"] = ex(RECORD)
+TABLE["tools.provenance.DirectoryLock"] = Entry(
     b(_hold_lock, directory=lazy(lambda c: c.adir()), command="refvae"),
     custom=[("directory", "a file", lambda c: c.afile(), "file", "error"),
             ("directory", "inside a file", lambda c: os.path.join(c.afile(), "sub"), "file", "error"),
@@ -1141,23 +1148,23 @@ def _enter_limit_threads(n):
         return n
 
 
-TABLE["provenance.InterruptGuard"] = ex(NOARGS)
-TABLE["provenance.Interrupted"] = ex(RECORD)
-TABLE["provenance.run_identity"] = ex(NOARGS)
-TABLE["provenance.interrupt_exit_code"] = Entry(b(provenance.interrupt_exit_code, signal_name="SIGINT"),
+TABLE["tools.provenance.InterruptGuard"] = ex(NOARGS)
+TABLE["tools.provenance.Interrupted"] = ex(RECORD)
+TABLE["tools.provenance.run_identity"] = ex(NOARGS)
+TABLE["tools.provenance.interrupt_exit_code"] = Entry(b(provenance.interrupt_exit_code, signal_name="SIGINT"),
                                                 options=("signal_name",))
-TABLE["provenance.interrupt_signal"] = Entry(
+TABLE["tools.provenance.interrupt_signal"] = Entry(
     b(provenance.interrupt_signal, exc=KeyboardInterrupt(), guard=None), legal=[("guard", "none")],
     custom=[("exc", "None", lambda c: None, "type", "ok"),
             ("exc", "str", lambda c: "SIGINT", "type", "error")])
-TABLE["provenance.provenance"] = ex(NOARGS)
-TABLE["provenance.git_revision"] = ex(NOARGS)
-TABLE["provenance.cpu_model"] = ex(NOARGS)
-TABLE["provenance.limit_threads"] = Entry(b(_enter_limit_threads, n=1), ints={"n": 1},
+TABLE["tools.provenance.provenance"] = ex(NOARGS)
+TABLE["tools.provenance.git_revision"] = ex(NOARGS)
+TABLE["tools.provenance.cpu_model"] = ex(NOARGS)
+TABLE["tools.provenance.limit_threads"] = Entry(b(_enter_limit_threads, n=1), ints={"n": 1},
                                           # documented: more than NUMBA_NUM_THREADS is clamped
                                           custom=[("n", "above NUMBA_NUM_THREADS", lambda c: 10 ** 6,
                                                    "option", "ok")])
-TABLE["provenance.package_version"] = Entry(b(provenance.package_version, name="numpy"),
+TABLE["tools.provenance.package_version"] = Entry(b(provenance.package_version, name="numpy"),
                                             custom=[("name", "None", lambda c: None, "type", "error"),
                                                     ("name", "int", lambda c: 3, "type", "error")])
 
@@ -1168,21 +1175,22 @@ TABLE["tolerances.tolerance"] = Entry(b(tolerances.tolerance, name="verify_golde
                                       label={"name": r"name|tolerance"})
 
 # --- the command line (functions)
-from refvae import cli  # noqa: E402
+from refvae.tools import cli  # noqa: E402
 
-TABLE["cli.main"] = Entry(b(cli.main, argv=["--version"]),
+TABLE["tools.cli.main"] = Entry(b(cli.main, argv=["--version"]),
                           custom=[("argv", "str", lambda c: "validate", "type", "error"),
                                   ("argv", "int", lambda c: 3, "type", "error"),
                                   ("argv", "list of ints", lambda c: [1, 2], "type", "error")])
-for _k in ("cli.build_parser", "cli.subcommand", "cli_stats.add_parser", "cli_stats.configure",
-           "cli_stats.run", "cli_verify.add_golden_parser", "cli_verify.add_verify_parser",
-           "cli_verify.golden_options", "cli_verify.verify_options", "cli_verify.run_golden",
-           "cli_verify.run_verify"):
+for _k in ("tools.cli.build_parser", "tools.cli.subcommand", "tools.cli_stats.add_parser", "tools.cli_stats.configure",
+           "tools.cli_stats.run", "tools.cli_verify.add_golden_parser", "tools.cli_verify.add_verify_parser",
+           "tools.cli_verify.golden_options", "tools.cli_verify.verify_options", "tools.cli_verify.run_golden",
+           "tools.cli_verify.run_verify"):
     TABLE[_k] = ex(ARGPARSE)
 
 # write_report: no valid report to start from at tiny cost (a report comes out of run_validation);
 # only the type of ``report`` is perturbed
-TABLE["report.write_report"] = Entry(
+TABLE["priors.register_prior"] = ex(RECORD + " (registers a class; tests/test_plugin_prior.py)")
+TABLE["tools.report.write_report"] = Entry(
     b(report.write_report, report=None, out=lazy(lambda c: c.fresh("rep"))), baseline=False,
     custom=[("report", "None", lambda c: None, "type", "error"),
             ("report", "str", lambda c: "report", "type", "error"),
@@ -1599,16 +1607,16 @@ if _UNSWEPT:
 
 # --------------------------------------------------------------- hypothesis: random bad shapes
 
-_HYP = [("mixture.mixture_log_prob", "z", (3, 2), (0,)),
-        ("mixture.mixture_log_prob", "means", (4, 2), ()),
-        ("mixture.mixture_log_prob", "log_vars", (4, 2), ()),
-        ("mixture.mixture_log_prob", "log_weights", (4,), ()),
+_HYP = [("kernels.mixture.mixture_log_prob", "z", (3, 2), (0,)),
+        ("kernels.mixture.mixture_log_prob", "means", (4, 2), ()),
+        ("kernels.mixture.mixture_log_prob", "log_vars", (4, 2), ()),
+        ("kernels.mixture.mixture_log_prob", "log_weights", (4,), ()),
         ("layers.linear_forward", "x", (3, 4), (0,)),
         ("layers.linear_forward", "W", (4, 2), ()),
         ("likelihoods.bernoulli_log_prob", "logits", (3, 4), ()),
         ("likelihoods.gaussian_log_prob", "mean", (3, 4), ()),
         ("estimators.encode_all", "x", (5, 4), (0,)),
-        ("distributed.log_qz", "means", (5, 2), (0,))]
+        ("tools.distributed.log_qz", "means", (5, 2), (0,))]
 
 
 @pytest.mark.hostile("shape", "named error")
@@ -1634,7 +1642,7 @@ def test_random_bad_shapes(key, arg, shape, free, data):
 
 # =========================================================================== the command line
 
-from refvae.cli import main  # noqa: E402
+from refvae.tools.cli import main  # noqa: E402
 
 
 def _write(path, text, mode="w"):
@@ -1681,7 +1689,7 @@ F = SimpleNamespace(
     missing=lambda: CTX.missing(),
     cases=lambda: CTX.cases_copy(),
 )
-IMPL = "refvae.verify:RefvaeAdapter"
+IMPL = "refvae.tools.verify:RefvaeAdapter"
 
 
 def _stats(*extra):
@@ -1818,11 +1826,11 @@ CLI_FLAG_CASES = [
                                           "--compare", F.dir()], "--compare"),
     # verify
     ("verify-impl-empty", lambda: ["verify", "--impl", "", "--checks", "golden"], "--impl"),
-    ("verify-impl-no-colon", lambda: ["verify", "--impl", "refvae.verify", "--checks", "golden"],
+    ("verify-impl-no-colon", lambda: ["verify", "--impl", "refvae.tools.verify", "--checks", "golden"],
      "--impl"),
     ("verify-impl-unknown-module", lambda: ["verify", "--impl", "no_such_module_xyz:make"], "--impl"),
     ("verify-impl-missing-file", lambda: ["verify", "--impl", F.missing() + ".py:make"], "--impl"),
-    ("verify-impl-not-callable", lambda: ["verify", "--impl", "refvae.verify:PROFILES"], "--impl"),
+    ("verify-impl-not-callable", lambda: ["verify", "--impl", "refvae.tools.verify:PROFILES"], "--impl"),
     ("verify-cases-missing", _verify("--cases", "/nonexistent/cases"), "--cases"),
     ("verify-cases-is-a-file", lambda: ["verify", "--impl", IMPL, "--cases", F.file()], "--cases"),
     ("verify-case-unknown", _verify("--case", "bogus-case"), "--case"),
@@ -1958,10 +1966,10 @@ _GARBAGE_DONE = []
 
 @pytest.fixture
 def cli(monkeypatch, capsys):
-    """``run(argv, flag)``: ``refvae.cli.main(argv)`` in-process with the expensive steps guarded;
+    """``run(argv, flag)``: ``refvae.tools.cli.main(argv)`` in-process with the expensive steps guarded;
     fails unless the exit code is 2, stderr holds exactly one line naming ``flag``, and no
     traceback is printed."""
-    from refvae import distributed as dist
+    from refvae.tools import distributed as dist
 
     if not _GARBAGE_DONE:
         _write(os.path.join(_model_copy("garbage-params"), "params.npz"), "this is not a zip file")
@@ -1972,9 +1980,9 @@ def cli(monkeypatch, capsys):
             raise _Reached(where)
         return f
 
-    for mod, attr in (("refvae.train", "fit"), ("refvae.report", "load_data"),
-                      ("refvae.report", "gradcheck_model"), ("refvae.verify", "run"),
-                      ("refvae.golden", "build_case"), ("refvae.golden", "write_case")):
+    for mod, attr in (("refvae.train", "fit"), ("refvae.tools.report", "load_data"),
+                      ("refvae.tools.report", "gradcheck_model"), ("refvae.tools.verify", "run"),
+                      ("refvae.tools.golden", "build_case"), ("refvae.tools.golden", "write_case")):
         monkeypatch.setattr(importlib.import_module(mod), attr, sentinel(f"{mod}.{attr}"))
     real_stats, real_holes = dist.aggregated_stats, dist.holes
     # (no guard on building a model: VAE refuses more than MAX_PARAMETER_BYTES of parameters
@@ -2036,7 +2044,7 @@ def _flag_named(line, flag, argv):
     return False
 
 
-_REAL = {"refvae.verify.run": verify.run}
+_REAL = {"refvae.tools.verify.run": verify.run}
 
 
 @pytest.mark.hostile("flag", "named error")
@@ -2054,7 +2062,7 @@ def test_cli_file_errors(cli, argv, flag, request):
     """Hostile files behind the flags: config.json a list/keyless/nested, NaN/complex/pickled data."""
     # corrupt cases and bad adapters are found inside verify.run (cheap: one case, --checks
     # golden), so it runs for real here
-    unguarded = ("refvae.verify.run",) if request.node.callspec.id.startswith("verify-") else ()
+    unguarded = ("refvae.tools.verify.run",) if request.node.callspec.id.startswith("verify-") else ()
     cli(argv(), flag, unguarded)
 
 
@@ -2072,8 +2080,8 @@ _SUBPROCESS = [
 @pytest.mark.hostile("flag", "named error")
 @pytest.mark.parametrize("argv,flag", [c[1:] for c in _SUBPROCESS], ids=[c[0] for c in _SUBPROCESS])
 def test_cli_subprocess_flag_errors(argv, flag):
-    """A few bad flags in a real ``python -m refvae.cli`` process: exit 2, one line, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "refvae.cli", *argv()], capture_output=True,
+    """A few bad flags in a real ``python -m refvae.tools.cli`` process: exit 2, one line, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "refvae.tools.cli", *argv()], capture_output=True,
                           text=True, timeout=120, cwd=CTX.tmp)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stdout + proc.stderr, \

@@ -1,4 +1,4 @@
-r"""Tests of the streaming mixture log-sum-exp kernel, ``refvae.mixture``.
+r"""Tests of the streaming mixture log-sum-exp kernel, ``refvae.kernels.mixture``.
 
 The kernel computes, for queries z (B, L) and K diagonal Gaussian components,
 
@@ -60,9 +60,9 @@ from hypothesis import strategies as st
 
 import mpmath_oracle as oracle
 import refvae
-from refvae import mixture as mx
+from refvae.kernels import mixture as mx
 from refvae.gradcheck import check_vjp, check_vjp_complex
-from refvae.mixture import (QUERY_BLOCK, TILE, combine_partials, finalize_partials, mixture_log_prob,
+from refvae.kernels.mixture import (QUERY_BLOCK, TILE, combine_partials, finalize_partials, mixture_log_prob,
                             mixture_log_prob_numpy, mixture_log_prob_vjp, mixture_log_prob_vjp_numpy,
                             mixture_partial)
 from refvae.tolerances import U, tolerance
@@ -594,7 +594,7 @@ def test_record_kernel_accuracy():
              for name, b in KNOWN_VIOLATIONS.items()]
     worst = max(per_case, key=lambda r: r["max_c"])
     record = {
-        "what": "forward error of refvae.mixture.mixture_log_prob: max over queries of "
+        "what": "forward error of refvae.kernels.mixture.mixture_log_prob: max over queries of "
                 "|f_hat - f| / (u (|f| + S)), u = 2**-53, f and S exact (mpmath)",
         "max_c": worst["max_c"],
         "worst_case": worst["name"],

@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from scipy import stats
 
 from refvae.gradcheck import check_vjp
-from refvae.prior_flow import FlowPrior
+from refvae.priors.flow import FlowPrior
 from refvae.tolerances import EPS, tolerance
 from refvae.vae import VAE
 

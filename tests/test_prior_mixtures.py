@@ -1,4 +1,4 @@
-"""The mixture priors (refvae.prior_mixtures): mog, vamp, gtm, gtm_vamp, aggregated.
+"""The mixture priors (refvae.priors.mixtures): mog, vamp, gtm, gtm_vamp, aggregated.
 
 What is checked, and how each check could fail
 ----------------------------------------------
@@ -35,8 +35,8 @@ import refvae.priors
 from refvae import gaussian
 from refvae.gradcheck import check_vjp
 from refvae.layers import mlp_forward
-from refvae.mixture import mixture_log_prob_numpy
-from refvae.prior_mixtures import (AggregatedPosterior, GTMPrior, GTMVampPrior, MoGPrior, VampPrior,
+from refvae.kernels.mixture import mixture_log_prob_numpy
+from refvae.priors.mixtures import (AggregatedPosterior, GTMPrior, GTMVampPrior, MoGPrior, VampPrior,
                                    component_log_densities, gtm_grid)
 from refvae.primitives import sigmoid
 from refvae.tolerances import U, tolerance
@@ -233,7 +233,7 @@ def chi_square_pvalue(prior, params, seed, n=20000, m=8, min_expected=20.0):
 
 def mp_log_prob(z_row, means, log_vars, logits):
     """The definition in mpmath (dps 50): log sum_k pi_k prod_l N(z_l | mu_kl, e^{v_kl}), with
-    pi = softmax(logits) (uniform if None); also the error-bound scale S (refvae.mixture)."""
+    pi = softmax(logits) (uniform if None); also the error-bound scale S (refvae.kernels.mixture)."""
     with mpmath.workdps(50):
         K = len(means)
         if logits is None:

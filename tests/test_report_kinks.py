@@ -4,7 +4,7 @@ pseudo-input sitting on a leaky-ReLU kink of the encoder)."""
 import numpy as np
 
 from refvae.gradcheck import check_vjp
-from refvae.report import gradcheck_model
+from refvae.tools.report import gradcheck_model
 from refvae.vae import VAE
 
 

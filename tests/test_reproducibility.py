@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refvae import golden
+from refvae.tools import golden
 from refvae.vae import VAE
 
 ROOT = Path(__file__).resolve().parents[1]

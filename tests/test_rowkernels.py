@@ -1,4 +1,4 @@
-"""The fused categorical kernel (refvae._rowkernels) against the NumPy path and against mpmath.
+"""The fused categorical kernel (refvae.kernels.rowkernels) against the NumPy path and against mpmath.
 
 * every entry of log_softmax and softmax produced by the kernel, against
   ``primitives._log_softmax`` / ``primitives._softmax_weights`` (hypothesis rows, C <= 17, with
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given
 
-from refvae import _rowkernels, likelihoods
+from refvae.kernels import rowkernels as _rowkernels
+from refvae import likelihoods
 from refvae.primitives import _log_softmax, _softmax_weights
 from refvae.tolerances import tolerance
 

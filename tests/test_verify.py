@@ -1,4 +1,4 @@
-"""The verification harness (``refvae.verify``, ``refvae verify``).
+"""The verification harness (``refvae.tools.verify``, ``refvae verify``).
 
 Proof that it works:
 
@@ -26,9 +26,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from refvae import golden, verify
-from refvae.cli_verify import add_verify_parser, run_verify
-from refvae.verify import RefvaeAdapter, load_adapter, run
+from refvae.tools import golden, verify
+from refvae.tools.cli_verify import add_verify_parser, run_verify
+from refvae.tools.verify import RefvaeAdapter, load_adapter, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "torch_adapter.py")
@@ -184,13 +184,13 @@ def test_adapter_errors_and_empty_outputs_are_failures():
 
 
 def test_load_adapter_forms_and_errors(tmp_path):
-    assert isinstance(load_adapter("refvae.verify:RefvaeAdapter"), RefvaeAdapter)
+    assert isinstance(load_adapter("refvae.tools.verify:RefvaeAdapter"), RefvaeAdapter)
     mod = tmp_path / "my_adapter.py"
-    mod.write_text("from refvae.verify import RefvaeAdapter\ndef make():\n    return RefvaeAdapter()\n")
+    mod.write_text("from refvae.tools.verify import RefvaeAdapter\ndef make():\n    return RefvaeAdapter()\n")
     assert isinstance(load_adapter(f"{mod}:make"), RefvaeAdapter)
     for spec, match in [("no_colon", "must be 'module:factory'"),
                         ("refvae.nonexistent_module:f", "cannot import"),
-                        ("refvae.verify:nope", "no callable 'nope'"),
+                        ("refvae.tools.verify:nope", "no callable 'nope'"),
                         (f"{tmp_path}/missing.py:f", "no such file")]:
         with pytest.raises(ValueError, match=match):
             load_adapter(spec)
@@ -199,7 +199,7 @@ def test_load_adapter_forms_and_errors(tmp_path):
 def _buggy_module(tmp_path):
     mod = tmp_path / "buggy_adapter.py"
     mod.write_text(textwrap.dedent('''
-        from refvae.verify import RefvaeAdapter
+        from refvae.tools.verify import RefvaeAdapter
 
         class Buggy(RefvaeAdapter):
             def run(self, config, params, x, eps):
@@ -241,7 +241,7 @@ def test_cli_json_report_and_reproduction(tmp_path, capsys):
 
 
 def test_cli_passes_and_rejects_bad_input(tmp_path, capsys):
-    args = _parse(["--impl", "refvae.verify:RefvaeAdapter", "--case", "gtm-gaussian", "--checks",
+    args = _parse(["--impl", "refvae.tools.verify:RefvaeAdapter", "--case", "gtm-gaussian", "--checks",
                    "golden,gradient,mixture", "--quiet"])
     assert run_verify(args) == 0
     assert capsys.readouterr().out.startswith("PASSED: 1 of 1 case(s) pass")

@@ -1,4 +1,4 @@
-"""Accuracy of ``refvae._fastexp`` against mpmath: max error in ulps of the exact exp.
+"""Accuracy of ``refvae.kernels.fastexp`` against mpmath: max error in ulps of the exact exp.
 
 Usage: ``python validation/accuracy_fastexp.py [n_uniform] [n_edge] [n_numpy]`` (defaults 2e6, 2e6,
 2e7). Prints, with provenance:
@@ -25,7 +25,7 @@ import mpmath as mp
 import numba
 import numpy as np
 
-from refvae._fastexp import exp_tile, fast_exp
+from refvae.kernels.fastexp import exp_tile, fast_exp
 
 SEED = 20261125
 LN2 = math.log(2.0)

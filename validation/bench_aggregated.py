@@ -12,7 +12,7 @@ environment variables set before NumPy is imported):
   ``AggregatedPosterior.log_prob_vjp(g, z)`` (forward + ``mixture_log_prob_vjp``; returns dz and an
   empty parameter dict). For reference also the kernel's VJP alone, ``mixture_log_prob_vjp(g, z,
   means, log_vars, log_prob=f)`` (all four gradients, given f), and -- through the private kernel
-  ``refvae.mixture._vjp_z_kernel``, reported as unavailable if that changes -- what a dz-only pass
+  ``refvae.kernels.mixture._vjp_z_kernel``, reported as unavailable if that changes -- what a dz-only pass
   costs (``log_prob_vjp`` also computes the component gradients, which an aggregated posterior
   discards).
 - **PyTorch** (CPU, float64, when importable): ``MixtureSameFamily(Categorical(logits=0),
@@ -72,8 +72,8 @@ import numpy as np  # noqa: E402
 
 from _bench import (chunk_rows, contention, cpu_snapshot, fmt_t, fmt_x, log, max_abs,  # noqa: E402
                     med, run_timed)
-from refvae.mixture import mixture_log_prob_vjp  # noqa: E402
-from refvae.prior_mixtures import AggregatedPosterior  # noqa: E402
+from refvae.kernels.mixture import mixture_log_prob_vjp  # noqa: E402
+from refvae.priors.mixtures import AggregatedPosterior  # noqa: E402
 
 numba.set_num_threads(THREADS)
 
@@ -160,7 +160,7 @@ def torch_forward_backward(torch, g, z, means, log_vars, step):
 def dz_only_time(ap, g, z, f, repeats):
     """The private dz-only VJP kernel (what a z-only gradient would cost); None if the API changed."""
     try:
-        from refvae import mixture as M
+        from refvae.kernels import mixture as M
         means, log_vars = ap.means, ap.log_vars
         lw = np.full(means.shape[0], -math.log(means.shape[0]))
         tiles = M._tile_components(means, log_vars, lw, M.TILE)

@@ -7,7 +7,7 @@ What it measures
 For N components and M queries in L dimensions (default N = 10^5, M = 10^4, L = 16: 10^9
 (query, component) pairs), in one run on one machine:
 
-- **single machine**: ``refvae.distributed.log_qz(z, means, log_vars)`` without a cluster, i.e.
+- **single machine**: ``refvae.tools.distributed.log_qz(z, means, log_vars)`` without a cluster, i.e.
   the streaming kernel ``mixture_log_prob`` with 2 Numba threads (both cores) and with 1 thread
   (one core: the per-core rate);
 - **Dask**: a ``distributed.LocalCluster`` with 2 worker processes of 1 thread each (each shard
@@ -82,7 +82,7 @@ def provenance(args):
     import numba
 
     import refvae
-    from refvae.provenance import cpu_model, git_revision
+    from refvae.tools.provenance import cpu_model, git_revision
     return {"refvae": refvae.__version__, "git_revision": git_revision(), "python": sys.version.split()[0],
             "numpy": np.__version__, "numba": numba.__version__, "dask": dask.__version__,
             "distributed": distributed.__version__, "platform": platform.platform(),
@@ -136,8 +136,8 @@ def main(argv=None):
     import distributed
     import numba
 
-    from refvae import distributed as dist
-    from refvae.mixture import mixture_log_prob
+    from refvae.tools import distributed as dist
+    from refvae.kernels.mixture import mixture_log_prob
 
     prov = provenance(args)
     N, M, L = args.N, args.M, args.L
@@ -264,7 +264,7 @@ def markdown(rep):
         out.append(f"- {name}: {ph['median_s']:.2f} s; others {ph['contention']['others_cores']:.2f} cores")
     out += ["", "Bit-identical: the end-to-end and resident-component runs (different graphs, same "
             "chunking) and a repeated run give the same bits. The difference from the single machine "
-            "is rounding (the sharded combination), within the bound of refvae/distributed.py.", ""]
+            "is rounding (the sharded combination), within the bound of refvae/tools/distributed.py.", ""]
     return "\n".join(out)
 
 

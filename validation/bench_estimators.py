@@ -75,8 +75,8 @@ from scipy.special import logsumexp  # noqa: E402
 
 from _bench import chunk_rows, contention, cpu_snapshot, log, med, run_timed  # noqa: E402
 from refvae import estimators  # noqa: E402
-from refvae.mixture import mixture_log_prob  # noqa: E402
-from refvae.prior_mixtures import AggregatedPosterior  # noqa: E402
+from refvae.kernels.mixture import mixture_log_prob  # noqa: E402
+from refvae.priors.mixtures import AggregatedPosterior  # noqa: E402
 from refvae.priors import StandardPrior  # noqa: E402
 
 numba.set_num_threads(THREADS)

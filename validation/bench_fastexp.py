@@ -1,4 +1,4 @@
-"""Speed of ``refvae._fastexp.exp_tile`` vs ``math.exp`` in a Numba loop vs ``np.exp``.
+"""Speed of ``refvae.kernels.fastexp.exp_tile`` vs ``math.exp`` in a Numba loop vs ``np.exp``.
 
 Usage: ``python validation/bench_fastexp.py`` (one thread, same run, same machine). Each number is
 the minimum over 300 short timings of ~2e5 elements (robust to other processes sharing the
@@ -34,7 +34,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from refvae._fastexp import exp_shift_tile, exp_tile
+from refvae.kernels.fastexp import exp_shift_tile, exp_tile
 
 SEED = 20261125
 

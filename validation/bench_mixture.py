@@ -21,7 +21,7 @@ variables set before NumPy is imported -- OpenBLAS/OpenMP), for
 
 Reported: median times of ``--repeats`` runs after warm-up, ratios alternative / refvae, agreement
 (max abs differences), refvae's peak extra memory (fresh subprocess per measurement), machine peaks
-(matmul GFLOP/s, ns per ``math.exp`` in a Numba loop, optional ``refvae._fastexp``), the bound
+(matmul GFLOP/s, ns per ``math.exp`` in a Numba loop, optional ``refvae.kernels.fastexp``), the bound
 "one exp per (query, component) pair + 3 flops per (query, component, dimension)", a breakdown of
 where refvae's time goes, and PASS/FAIL lines for the targets of the issue.
 
@@ -78,7 +78,7 @@ from numba import njit  # noqa: E402
 
 from _bench import (CONTENDED_CORES, WAIT_BUDGET, chunk_rows, contention, cpu_snapshot,  # noqa: E402
                     fmt_e, fmt_t, fmt_x, log, max_abs, med, run_timed)
-from refvae.mixture import mixture_log_prob, mixture_log_prob_vjp  # noqa: E402
+from refvae.kernels.mixture import mixture_log_prob, mixture_log_prob_vjp  # noqa: E402
 
 numba.set_num_threads(THREADS)
 
@@ -256,12 +256,12 @@ EXP_ARGS = {  # name: (low, high) of uniformly drawn arguments
 
 
 def probe_fastexp(x_by_kind, n):
-    """Optional refvae._fastexp, probed for the APIs it may offer: a scalar Numba function (timed in
+    """Optional refvae.kernels.fastexp, probed for the APIs it may offer: a scalar Numba function (timed in
     a Numba loop), an array function ``fn(x) -> exp(x)``, ``fn(x, out)`` or ``fn(x, out, lo)``
     (``lo = -inf``: no cut-off). Array functions are timed with numba.set_num_threads(1), so every
     rate is ns per value on one thread. The fastest 'normal' rate is used for the second bound."""
     try:
-        import refvae._fastexp as fe
+        import refvae.kernels.fastexp as fe
     except ImportError:
         return {"status": "not present"}
     except Exception as exc:  # being written concurrently: report, do not fail the benchmark
@@ -403,7 +403,7 @@ def term_statistics(X, f, n_sub=64):
         d = (z[b] - means) * inv_sd
         t[j] = const - 0.5 * np.einsum("kl,kl->k", d, d)
     tmax = t.max(axis=1, keepdims=True)
-    skip = -(math.log(K) + 40.0)   # refvae.mixture.SKIP_MARGIN = 40
+    skip = -(math.log(K) + 40.0)   # refvae.kernels.mixture.SKIP_MARGIN = 40
     rel = t - f[idx, None]
     return {
         "subsample_queries": int(idx.size),
@@ -417,7 +417,7 @@ def term_statistics(X, f, n_sub=64):
 def breakdown(X, f, repeats):
     """Time refvae's internal stages (private API; reported as unavailable if it changed)."""
     try:
-        from refvae import mixture as M
+        from refvae.kernels import mixture as M
         z, means, log_vars, lw, g = X["z"], X["means"], X["log_vars"], X["log_weights"], X["g"]
         K = means.shape[0]
         out = {}
@@ -533,7 +533,7 @@ def source_hashes():
     import hashlib
     import importlib
     out = {}
-    for mod in ("refvae.mixture", "refvae._fastexp"):
+    for mod in ("refvae.kernels.mixture", "refvae.kernels.fastexp"):
         try:
             path = importlib.import_module(mod).__file__
             out[mod] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
@@ -552,7 +552,7 @@ def provenance(args, torch, torch_status):
 
 def add_bound(r, peaks):
     """forward time / (one exp per pair at the best math.exp rate over THREADS threads + 3 flops per
-    (pair, dimension) at the best matmul rate); also at median rates and at refvae._fastexp's rate."""
+    (pair, dimension) at the best matmul rate); also at median rates and at refvae.kernels.fastexp's rate."""
     B, K, L = r["size"]
     exp_ns = peaks["numba_math_exp_ns"]["normal [-40, 1]"]
     gf = peaks["matmul_gflops"]
@@ -571,7 +571,7 @@ def add_bound(r, peaks):
     log(f"bound ({B}, {K}, {L}): {fmt_t(r['bound_s'])} = B K x {exp_ns:.2f} ns / {THREADS} + 3 B K L / "
         f"{gf:.1f} GFLOP/s; forward {fmt_t(r['refvae_fwd_s'])} / bound = {r['fwd_over_bound']:.2f} "
         f"(at median rates {r['fwd_over_bound_median_rates']:.2f}"
-        + (f"; at refvae._fastexp's rate {r['fwd_over_bound_fastexp']:.2f}"
+        + (f"; at refvae.kernels.fastexp's rate {r['fwd_over_bound_fastexp']:.2f}"
            if "fwd_over_bound_fastexp" in r else "") + ")")
 
 
@@ -837,7 +837,7 @@ def markdown(results, peaks, prov, targets, args, run_contention):
                 f"{k}: **{v:.2f}** / {exm[k]:.2f}" for k, v in ex.items()),
             "- NumPy `np.exp` (one thread), ns per value (best): " + ", ".join(
                 f"{k}: {v:.2f}" for k, v in peaks["numpy_exp_ns"].items()),
-            "- `refvae._fastexp` (one thread, ns per value): " + _fastexp_text(fe)
+            "- `refvae.kernels.fastexp` (one thread, ns per value): " + _fastexp_text(fe)
             + (f" — the second bound uses `{fe['best']}`" if fe.get("status") == "ok" else ""),
             f"- Bound = B·K·{ex['normal [-40, 1]']:.2f} ns / {THREADS} + 3·B·K·L / "
             f"{peaks['matmul_gflops']:.1f} GFLOP/s (best rates; the JSON also has it at median rates, "
@@ -951,7 +951,7 @@ def main(argv=None):
 
     peaks_start = measure_peaks(args.seed)
     log_peaks("start", peaks_start)
-    log("refvae._fastexp (best of 7, one thread): " + _fastexp_text(peaks_start["fastexp"]))
+    log("refvae.kernels.fastexp (best of 7, one thread): " + _fastexp_text(peaks_start["fastexp"]))
 
     results = []
     for size in sizes:

@@ -43,10 +43,10 @@ import numbers
 
 import numpy as np
 
-from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
+from .._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
                           check_parameter_memory, check_positive_int, check_rng, first_non_finite)
-from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
-from .priors import Prior
+from ..layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
+from .base import Prior
 
 __all__ = ["FlowPrior"]
 
@@ -342,12 +342,3 @@ class FlowPrior(Prior):
         n = check_positive_int(n, "n")
         check_rng(rng)
         return self.inverse(params, rng.standard_normal((n, self.latent_dim)))
-
-
-
-def _register():
-    from .priors import _register_builtin
-    _register_builtin(FlowPrior)
-
-
-_register()

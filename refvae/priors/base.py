@@ -27,10 +27,10 @@ import math
 
 import numpy as np
 
-from ._validation import (as_float_array, check_choice, check_parameter_memory, check_positive_int,
+from .._validation import (as_float_array, check_parameter_memory, check_positive_int,
                           check_rng)
 
-__all__ = ["Prior", "StandardPrior", "PRIORS", "make_prior"]
+__all__ = ["Prior"]
 
 LN_2PI = math.log(2.0 * math.pi)
 
@@ -104,74 +104,6 @@ class Prior:
         return self.sample(self._bound(params), n, check_rng(rng))
 
 
-class StandardPrior(Prior):
-    r"""The standard Gaussian prior N(0, I) (text section 4.4.1.1).
-
-    Forward: ``log p(z) = -1/2 sum_l (ln 2 pi + z_l^2)``.
-    Backward: ``dz = -g z`` (d/dz_l of -z_l^2/2 is -z_l). No parameters.
-    Shapes: z (B, L) -> (B,).
-    """
-
-    name = "standard"
-
-    def forward(self, params, z):
-        log_p = -0.5 * np.sum(LN_2PI + z * z, axis=-1)
-        return log_p, {"z": z, "trace": [("prior.log_p", log_p)]}
-
-    def backward(self, g, cache):
-        return -g[:, None] * cache["z"], {}
-
-    def sample(self, params, n, rng):
-        n = check_positive_int(n, "n")
-        check_sample_size(n, self.latent_dim, "a sample of the standard prior")
-        return rng.standard_normal((n, self.latent_dim))
-
-
 def check_sample_size(n, width, what):
     """``ValueError`` if an (n, width) float64 array would exceed the memory limit."""
     check_parameter_memory(n * width, what, f"n={n} rows of width {width}", kind="values")
-
-
-#: name -> prior class. The priors defined in other modules are registered at the end of this
-#: module (after ``Prior`` exists, so the subclassing modules can import it), so the registry is
-#: complete whichever refvae module is imported first.
-PRIORS = {"standard": StandardPrior}
-
-
-def make_prior(name, latent_dim, **kwargs):
-    """Construct a prior by name (``PRIORS`` lists them); options go to its constructor.
-
-    An option the prior's constructor does not take is a ``ValueError`` naming it and the
-    options it does take."""
-    import inspect
-    check_choice(name, "prior", tuple(PRIORS))
-    cls = PRIORS[name]
-    sig = inspect.signature(cls.__init__)
-    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        known = [p for p in sig.parameters if p not in ("self", "latent_dim")]
-        unknown = [k for k in kwargs if k not in known]
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for the {name} prior; "
-                             f"it takes {', '.join(known) if known else 'no options'}")
-    return cls(latent_dim, **kwargs)
-
-
-#: the order of the text (section 4.4.1), kept by the registry whatever the import order
-_BUILTIN_ORDER = ("standard", "mog", "vamp", "gtm", "gtm_vamp", "flow")
-
-
-def _register_builtin(*classes):
-    """Add built-in prior classes to :data:`PRIORS`, keeping :data:`_BUILTIN_ORDER` first."""
-    for cls in classes:
-        PRIORS.setdefault(cls.name, cls)
-    ordered = sorted(PRIORS, key=lambda n: _BUILTIN_ORDER.index(n) if n in _BUILTIN_ORDER
-                     else len(_BUILTIN_ORDER))
-    items = [(n, PRIORS[n]) for n in ordered]
-    PRIORS.clear()
-    PRIORS.update(items)
-
-
-# the built-in priors of the other modules register themselves at the end of their modules; importing
-# them here (as modules: they may be half-initialised when one of them is imported first) completes
-# the registry whichever refvae module is imported first
-from . import prior_flow, prior_mixtures  # noqa: E402,F401

@@ -3,13 +3,13 @@
 ``refvae golden --prior NAME --likelihood NAME --out DIR``
     Writes the golden case ``DIR/<prior>-<likelihood>/`` (``case.npz`` + ``manifest.json``) and
     rewrites ``DIR/SHA256SUMS``. ``all`` (the default) for either option writes every combination;
-    ``refvae golden --out refvae/golden_cases`` regenerates the committed set. With
+    ``refvae golden --out refvae/tools/golden_cases`` regenerates the committed set. With
     ``--compare DIR`` nothing is written: the cases are rebuilt in memory and compared with those
     in DIR (exit 1 if a value moved beyond rounding).
 
 ``refvae verify --impl module:factory [--cases DIR] [--profile float64|float32]
 [--known-deviations FILE] [--json OUT] [--no-checksums]``
-    Runs :func:`refvae.verify.run` and prints its report; exit 0 when everything passes, 1 when
+    Runs :func:`refvae.tools.verify.run` and prints its report; exit 0 when everything passes, 1 when
     something fails (every failure has a reproduction snippet in the report). The cases are first
     checked against the ``SHA256SUMS`` of their directory: a file that does not match is
     "corrupt golden case <name>: <file> does not match SHA256SUMS" (exit 2, nothing is run and
@@ -17,9 +17,9 @@
     ``--no-checksums`` is given.
 
 Both functions take an ``argparse.Namespace`` and return the exit code; input errors (an unknown
-prior, a missing file) raise ``ValueError``, which ``refvae.cli.main`` prints in one line with
-exit code 2. Registration in ``refvae/cli.py`` (``run_golden.configure`` and
-``run_verify.configure`` hold the option functions, as ``refvae.cli_stats.run`` does)::
+prior, a missing file) raise ``ValueError``, which ``refvae.tools.cli.main`` prints in one line with
+exit code 2. Registration in ``refvae/tools/cli.py`` (``run_golden.configure`` and
+``run_verify.configure`` hold the option functions, as ``refvae.tools.cli_stats.run`` does)::
 
     from . import cli_verify as _cli_verify  # noqa: E402
     subcommand("golden", _cli_verify.GOLDEN_HELP)(_cli_verify.run_golden)

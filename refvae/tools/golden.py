@@ -120,9 +120,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import as_float_array, check_choice, check_positive_int, check_real
-from .io import _atomic_write_bytes
-from .tolerances import tolerance
+from .._validation import as_float_array, check_choice, check_positive_int, check_real
+from ..io import _atomic_write_bytes
+from ..tolerances import tolerance
 
 __all__ = ["CASE_PRIORS", "CASE_LIKELIHOODS", "DEFAULT_SEED", "CONVENTIONS", "KINK_MARGIN",
            "PROFILE_ROUNDOFF", "GoldenCase", "case_name", "build_case", "write_case", "write_cases",
@@ -216,7 +216,7 @@ def _check_dir_arg(value, name):
 
 
 def golden_dir() -> str:
-    """The directory of the committed golden cases (package data ``refvae/golden_cases``)."""
+    """The directory of the committed golden cases (package data ``refvae/tools/golden_cases``)."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden_cases")
 
 
@@ -298,7 +298,7 @@ class GoldenCase:
 def reference_model(config, params):
     """A refvae VAE built from a case configuration, with ``params`` copied in (finite arrays of
     the model's shapes; else a ``ValueError`` naming the parameter)."""
-    from .vae import VAE
+    from ..vae import VAE
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict (VAE.config() plus batch_size), got {type(config).__name__}")
     if not isinstance(params, dict):
@@ -488,7 +488,7 @@ def _flow_box(model, params, R):
     inverse couplings: z_a = y_a, z_b = y_b e^s + t with s and t over their ranges on the interval
     of z_a (a 4001-point grid widened by the MLP's Lipschitz bound, the product of the layers'
     spectral norms; the activations are 1-Lipschitz)."""
-    from .layers import mlp_forward
+    from ..layers import mlp_forward
     prior = model.prior
     act, T = prior.activation, prior.num_couplings
     n_layers = len(prior.sizes) - 1
@@ -547,7 +547,7 @@ def prior_box(model):
 def _grid_logsumexp(fn, lo, hi, h, B, chunk=1 << 15):
     """Per example b, log of the trapezoid sum h^2 sum_nodes exp(fn(z)[b]) over the box (nodes
     spaced h), for nodes and for every other node (spacing 2h); fn(z) -> (B, n) log-integrand."""
-    from .primitives import logsumexp
+    from ..primitives import logsumexp
     xs = lo[0] + h * np.arange(int(math.ceil((hi[0] - lo[0]) / h)) + 1)
     ys = lo[1] + h * np.arange(int(math.ceil((hi[1] - lo[1]) / h)) + 1)
     X, Y = np.meshgrid(xs, ys, indexing="ij")
@@ -638,9 +638,9 @@ def build_case(prior, likelihood, seed=DEFAULT_SEED) -> GoldenCase:
     ``default_rng([seed, i, j, 1])`` for the condition probes and ``[seed, i, j, 2]`` for the
     reference NLL.
     """
-    from .estimators import log_likelihood
+    from ..estimators import log_likelihood
     from .provenance import provenance
-    from .vae import VAE
+    from ..vae import VAE
     check_choice(prior, "prior", CASE_PRIORS)
     check_choice(likelihood, "likelihood", CASE_LIKELIHOODS)
     seed = check_positive_int(seed, "seed", minimum=0)
@@ -715,7 +715,7 @@ def _manifest(name, config, model, x, eps, draws, values, seed, idx, shifts, pro
                   for k, v in values.items()],
         "references": {
             "nll": "exact -ln p(x) per example: trapezoid rule for int p(x|z) p(z) dz over the "
-                   "prior's box, converged to 1e-4 nats (refvae.golden._quadrature_nll)",
+                   "prior's box, converged to 1e-4 nats (refvae.tools.golden._quadrature_nll)",
             "nll_is": f"refvae.estimators.log_likelihood with {NLL_SAMPLES} proposals from q(z|x); "
                       "nll_is_se its standard error, nll_is_ess its effective sample size",
             "neg_elbo_expectation": f"E_q[neg_elbo], the mean over the same {NLL_SAMPLES} draws"},
@@ -737,7 +737,7 @@ def _manifest(name, config, model, x, eps, draws, values, seed, idx, shifts, pro
                        "rng": {"model_data_draws": f"numpy.random.default_rng([{seed}, {ip}, {il}])",
                                "condition_probes": f"numpy.random.default_rng([{seed}, {ip}, {il}, 1])",
                                "reference_nll": f"numpy.random.default_rng([{seed}, {ip}, {il}, 2])"},
-                       "generated_by": "refvae.golden.write_case"},
+                       "generated_by": "refvae.tools.golden.write_case"},
     }
 
 
@@ -848,7 +848,7 @@ def write_cases(out_dir, priors=CASE_PRIORS, likelihoods=CASE_LIKELIHOODS, seed=
 # =========================================================================== checksums
 
 def _sha256(path):
-    from .io import file_sha256
+    from ..io import file_sha256
     return file_sha256(path)
 
 
@@ -972,7 +972,7 @@ def require_checksums(directory=None, cases=None):
         if kind == "missing-sums":
             raise ValueError(f"golden cases in {os.path.dirname(path)}: {CHECKSUM_FILE} is missing, so "
                              f"the cases cannot be checked for corruption; write it with "
-                             f"refvae.golden.write_checksums (refvae golden does) or pass --no-checksums "
+                             f"refvae.tools.golden.write_checksums (refvae golden does) or pass --no-checksums "
                              f"(checksums=False) to use the cases unchecked")
         case, _, f = rel.partition("/")
         msgs.append(f"corrupt golden case {case}: {f} " + {

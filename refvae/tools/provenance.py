@@ -16,7 +16,7 @@ Nothing here raises: a value that cannot be determined is ``"unknown"`` or ``Non
 :data:`REPRODUCIBILITY` is the one-line reproducibility promise that reports carry.
 
 Runs and interruption: :class:`InterruptGuard` (a context manager used by the command line and by
-``refvae.report.run_validation``) makes SIGINT (Ctrl-C) and SIGTERM raise :class:`Interrupted`
+``refvae.tools.report.run_validation``) makes SIGINT (Ctrl-C) and SIGTERM raise :class:`Interrupted`
 (a ``KeyboardInterrupt``) for the duration of a run and records which signal came, and
 :func:`interrupt_signal` recognises an interrupt behind another exception: a Ctrl-C that lands
 while a Numba dispatcher is running surfaces as ``SystemError("... returned a result with an
@@ -27,6 +27,8 @@ References: STYLE.md ("Reports and golden files carry provenance").
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import platform
 import signal
@@ -40,7 +42,7 @@ from importlib import metadata
 
 __all__ = ["provenance", "git_revision", "cpu_model", "limit_threads", "package_version",
            "REPRODUCIBILITY", "run_identity", "Interrupted", "InterruptGuard", "interrupt_signal",
-           "interrupt_exit_code"]
+           "interrupt_exit_code", "LOCK_FILE", "DirectoryLock", "DirectoryInUseError"]
 
 #: The reproducibility promise, in one line (reports and histories carry it).
 REPRODUCIBILITY = ("bit-identical on this machine for any number of refvae's (Numba) threads and on "
@@ -118,7 +120,7 @@ def limit_threads(n):
     """
     import numba
 
-    from ._validation import check_positive_int
+    from .._validation import check_positive_int
     n = min(check_positive_int(n, "n"), numba.config.NUMBA_NUM_THREADS)
     old = numba.get_num_threads()
     numba.set_num_threads(n)
@@ -145,7 +147,7 @@ def provenance() -> dict:
     import numpy
     import scipy
 
-    from . import __version__
+    from .. import __version__
     return {
         "refvae": __version__,
         "git_revision": git_revision(),
@@ -308,3 +310,83 @@ class InterruptGuard:
         """Raise :class:`Interrupted` if a signal was received (and we are not cleaning up)."""
         if self.received and not self.cleaning:
             raise Interrupted(self.received)
+
+
+# =========================================================================== output-directory locks
+
+LOCK_FILE = ".refvae.lock"  #: the lock file of an output directory (see :class:`DirectoryLock`)
+
+
+class DirectoryInUseError(OSError):
+    """Another refvae run holds the lock of an output directory (the CLI: one line, exit 2)."""
+
+
+class DirectoryLock:
+    """Context manager: an exclusive lock on an output directory, held for the whole run.
+
+    ``fcntl.flock`` on ``<directory>/.refvae.lock`` (created if missing; never deleted, so no two
+    runs can lock different files of the same name). The lock file holds the holder's pid, host,
+    start time and command (JSON); a second run into the same directory gets a
+    :class:`DirectoryInUseError` naming the directory and that pid. The operating system releases
+    the lock when the holder exits in any way, SIGKILL included, so a lock is never stale. Where
+    ``fcntl`` is unavailable (Windows) no lock is taken.
+    """
+
+    def __init__(self, directory, command="refvae"):
+        if not isinstance(command, str):
+            raise TypeError(f"command must be a str (recorded in the lock file), got "
+                            f"{type(command).__name__}")
+        from ..io import _fspath  # lazily: the CLI starts without NumPy
+        self.directory = _fspath(directory, "directory")
+        self.path = os.path.join(self.directory, LOCK_FILE)
+        self.command = command
+        self.fd = None
+        self.info = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise OSError(f"cannot create the lock file {self.path!r}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = {}
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+            except (OSError, ValueError):
+                pass
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OSError(f"cannot lock {self.path!r}: {exc.strerror or exc}") from None
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+                   f"{holder.get('started', '?')}: {holder.get('command', '?')}"
+                   if isinstance(holder, dict) and holder else "pid unknown")
+            raise DirectoryInUseError(
+                f"output directory {self.directory!r} is in use by another refvae run ({who}); "
+                f"wait for it to finish or choose another output directory") from None
+        self.info = {**run_identity(), "command": self.command}
+        data = json.dumps(self.info).encode("utf-8")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except OSError:
+            pass
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.fd is not None:
+            import fcntl
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False

@@ -8,10 +8,10 @@
 Loads the model (``VAE.load(DIR)``) and either the data x (N, D) (``.npy``, or ``.npz`` with
 ``--key``, an array named ``x``, or a single array), which this machine then encodes, or the
 components of q(z) themselves (``--components``: a directory holding ``means.npy`` and
-``log_vars.npy`` as written by :func:`refvae.distributed.encode_to_shards` or by
+``log_vars.npy`` as written by :func:`refvae.tools.distributed.encode_to_shards` or by
 ``--write-components``, or an ``.npz`` file with arrays ``means`` and ``log_vars``), and reports H[q(z)], CE[q(z)||p], KL[q(z)||p],
 I_q(x; z), H[q(z|x)], E_x KL[q(z|x)||p] and its split (SPEC section 5) with standard errors, by
-:func:`refvae.distributed.aggregated_stats` -- on this machine by default, on a Dask cluster with
+:func:`refvae.tools.distributed.aggregated_stats` -- on this machine by default, on a Dask cluster with
 ``--scheduler``. ``--holes M`` adds KL[p||q(z)] and the hole masses for tau = 0.1, 0.01 from M
 prior draws (a second generator, ``default_rng([seed, 1])``, so the statistics above do not depend
 on it). Generator of the statistics: ``numpy.random.default_rng(seed)``.
@@ -19,9 +19,9 @@ on it). Generator of the statistics: ``numpy.random.default_rng(seed)``.
 Exactly one of ``--data`` and ``--components`` is given. With ``--components``, ``--queries M`` and
 ``--scheduler``, the components are read only by the Dask workers (the files must be visible to
 them at the same path) and this machine holds O(M L + shards), never an (N, L) array (module
-docstring of :mod:`refvae.distributed`, "Drawn rows and exact sums"). ``--write-components OUTDIR``
+docstring of :mod:`refvae.tools.distributed`, "Drawn rows and exact sums"). ``--write-components OUTDIR``
 (with ``--data``) only encodes the data into ``OUTDIR/means.npy`` and ``OUTDIR/log_vars.npy``
-(:func:`~refvae.distributed.encode_to_shards`, in the batches of ``encode_all``, so the statistics
+(:func:`~refvae.tools.distributed.encode_to_shards`, in the batches of ``encode_all``, so the statistics
 from ``--components OUTDIR`` on this machine are bit-identical to those from ``--data``) and exits;
 the files are fsynced and readable by other users (umask permissions), and
 ``OUTDIR/components.json`` (N, L, dtype, sizes and SHA-256 of both files) is written last, so
@@ -36,7 +36,7 @@ one line that says how much it needs and how much fits; ``--chunk`` larger than 
 ``--out FILE.json`` is written only after everything has been computed, to a temporary file that
 is moved into place, so an error (an unreachable scheduler, bad input) leaves no file.
 
-Registered by ``refvae.cli`` (``subcommand("stats", HELP)(cli_stats.run)``; ``run.configure``
+Registered by ``refvae.tools.cli`` (``subcommand("stats", HELP)(cli_stats.run)``; ``run.configure``
 adds the options), or stand-alone through :func:`add_parser`.
 """
 
@@ -64,7 +64,7 @@ def configure(p):
     p.add_argument("--components", default=None,
                    help="the components of q(z) instead of the data: a directory with means.npy and "
                         "log_vars.npy (written by --write-components or "
-                        "refvae.distributed.encode_to_shards(model, x, out_dir=DIR)), or an .npz "
+                        "refvae.tools.distributed.encode_to_shards(model, x, out_dir=DIR)), or an .npz "
                         "file with arrays 'means' and 'log_vars'; with --scheduler they are read "
                         "only by the workers (a shared file system)")
     p.add_argument("--write-components", default=None, metavar="OUTDIR",
@@ -120,7 +120,7 @@ def _prior_bytes_per_point(model, n=512):
 
     import numpy as np
 
-    from .estimators import _prior_log_prob
+    from ..estimators import _prior_log_prob
     L = model.latent_dim
     K = int(getattr(model.prior, "K", 0) or 0) if model.prior.name != "standard" else 0
     if tracemalloc.is_tracing():
@@ -151,7 +151,7 @@ def _check_memory(args, N, L, prior_bytes, components_here, available=None):
     :func:`refvae._validation.available_memory`).
     """
     if available is None:
-        from ._validation import available_memory
+        from .._validation import available_memory
         available, source = available_memory()
     else:
         source = "given"
@@ -180,7 +180,7 @@ def _write_json_atomic(path, obj):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"--out: directory {directory!r} does not exist")
-    from .io import _atomic_write_bytes  # numpy-free start-up: imported when a file is written
+    from ..io import _atomic_write_bytes  # numpy-free start-up: imported when a file is written
     text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
     _atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -203,12 +203,12 @@ LABELS = {"entropy_qz": "H[q(z)]", "cross_entropy": "CE[q(z)||p]",
 def run(args) -> int:
     """Run ``refvae stats`` on parsed arguments; returns the exit code (0). Errors raise
     ``ValueError``/``TypeError``/``OSError`` (``ConnectionError`` for an unreachable scheduler) or
-    ``ImportError`` (Dask missing with ``--scheduler``), which ``refvae.cli.main`` prints in one line."""
+    ``ImportError`` (Dask missing with ``--scheduler``), which ``refvae.tools.cli.main`` prints in one line."""
     import numpy as np
 
     from . import distributed as dist
     from .provenance import limit_threads, provenance
-    from .vae import VAE
+    from ..vae import VAE
 
     _check_int(args.seed, "--seed", 0)
     _check_int(args.samples, "--samples", 1)
@@ -369,7 +369,7 @@ def _write_components(args, out_dir):
     """``--write-components OUTDIR``: encode ``--data`` with the model into OUTDIR; exit code 0."""
     from . import distributed as dist
     from .provenance import limit_threads
-    from .vae import VAE
+    from ..vae import VAE
 
     data = os.fspath(args.data)
     key = getattr(args, "key", None)

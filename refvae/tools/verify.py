@@ -30,7 +30,7 @@ Optional methods enable the checks that need no golden value:
 What is checked
 ---------------
 1. **Golden values** (``golden``): every reported quantity against the case, per element,
-   ``|a - e| <= c u (S + |e|)`` (see :mod:`refvae.golden`, *Tolerances*: S is the condition
+   ``|a - e| <= c u (S + |e|)`` (see :mod:`refvae.tools.golden`, *Tolerances*: S is the condition
    scale stored with the case, u the profile's unit roundoff, c = 64). The report gives per
    quantity the largest absolute and relative difference and the largest ratio to the allowed
    difference, and names the **first** quantity in data-flow order that diverges: every quantity
@@ -75,9 +75,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import golden as _golden
-from ._validation import check_choice, check_positive_int
-from .io import _atomic_write_bytes
-from .tolerances import tolerance
+from .._validation import check_choice, check_positive_int
+from ..io import _atomic_write_bytes
+from ..tolerances import tolerance
 
 __all__ = ["PROFILES", "CHECKS", "load_adapter", "call_adapter", "load_known_deviations", "run",
            "compare_case", "check_gradient", "check_normalisation", "check_sampler",
@@ -165,7 +165,7 @@ MAX_SAMPLER_DRAWS = 10 ** 8  #: the largest ``n`` of :func:`check_sampler` (1.6 
 
 def _check_case(case):
     if not isinstance(case, (_golden.GoldenCase, _Sub)):
-        raise TypeError(f"case must be a refvae.golden.GoldenCase (from refvae.golden.load_case), got "
+        raise TypeError(f"case must be a refvae.tools.golden.GoldenCase (from refvae.tools.golden.load_case), got "
                         f"{type(case).__name__}")
     return case
 
@@ -191,7 +191,7 @@ def _check_args(adapter, case, profile, seed=0, outputs=None):
 
 def _check_grid(grid):
     if grid is not None and not (isinstance(grid, dict) and "logp" in grid and "h" in grid):
-        raise TypeError(f"grid must be None or the dict made by refvae.verify._density_grid, got "
+        raise TypeError(f"grid must be None or the dict made by refvae.tools.verify._density_grid, got "
                         f"{type(grid).__name__}")
 
 
@@ -237,7 +237,7 @@ class RefvaeAdapter:
         return _golden._prior_sample_from(model, model.params, draws)
 
     def nll(self, config, params, x, seed):
-        from .estimators import log_likelihood
+        from ..estimators import log_likelihood
         model = self._model(config, params)
         return -log_likelihood(model, x, np.random.default_rng(seed), n_samples=_golden.NLL_SAMPLES)["log_px"]
 
@@ -431,8 +431,8 @@ def _snippet_head(impl, case):
     if case.path and os.path.dirname(os.path.abspath(case.path)) == os.path.abspath(_golden.golden_dir()):
         where = case.name  # a case shipped with refvae: the name is portable
     return ("import numpy as np\n"
-            "from refvae.golden import load_case\n"
-            "from refvae.verify import call_adapter, load_adapter\n"
+            "from refvae.tools.golden import load_case\n"
+            "from refvae.tools.verify import call_adapter, load_adapter\n"
             f"case = load_case({where!r})\n"
             f"{impl_line}\n")
 
@@ -479,7 +479,7 @@ def _loss_of(out):
 def _directional_check(f, grads, params, rng, eps, rtol):
     """:func:`refvae.gradcheck.check_vjp` (central differences, one direction per input) with the
     machine epsilon ``eps`` of the function's arithmetic (float32 functions)."""
-    from .gradcheck import GradcheckEntry, GradcheckReport
+    from ..gradcheck import GradcheckEntry, GradcheckReport
     report = GradcheckReport(method=f"central (eps = {eps:.3g})", rtol=rtol)
     base_h = eps ** (1 / 3)
     for name, g in grads.items():
@@ -522,7 +522,7 @@ def _outputs_or_run(adapter, case, outputs):
 def check_gradient(adapter, case, profile="float64", seed=0, outputs=None):
     """The adapter's ``grad.*`` against central differences of its own ``loss`` (or the mean of
     its ``neg_elbo``), one random direction per parameter."""
-    from .gradcheck import check_vjp
+    from ..gradcheck import check_vjp
     _check_args(adapter, case, profile, seed, outputs)
     out = call_adapter(adapter, case) if outputs is None else outputs
     names = [k for k in case.params if f"grad.{k}" in out]
@@ -569,7 +569,7 @@ def check_gradient(adapter, case, profile="float64", seed=0, outputs=None):
 # ---------------------------------------------------------------- the L = 2 density grid
 
 def _grid_spec(case):
-    """(lo, hi, h, outside) of the reference prior: :func:`refvae.golden.prior_box`."""
+    """(lo, hi, h, outside) of the reference prior: :func:`refvae.tools.golden.prior_box`."""
     return _golden.prior_box(case.model())
 
 
@@ -738,7 +738,7 @@ def check_mixture(adapter, case, profile="float64", outputs=None, n_points=256, 
     term ``sum_k r_k (|dt_k/dmu_k| S_mu + |dt_k/dv_k| S_v)`` (golden scales) when refvae's
     components are used. If the adapter reports ``prior.log_weights``, they must be normalised.
     """
-    from .primitives import log_softmax, logsumexp
+    from ..primitives import log_softmax, logsumexp
     _check_args(adapter, case, profile, seed, outputs)
     n_points = check_positive_int(n_points, "n_points", minimum=1)
     if case.prior not in MIXTURE_PRIORS:
@@ -1146,7 +1146,7 @@ def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CH
     adapter : the object a factory returns (or an ``impl`` spec string, loaded with
         :func:`load_adapter`).
     cases : None (the committed cases), a directory of cases, or a list of case names/paths/
-        :class:`~refvae.golden.GoldenCase` objects.
+        :class:`~refvae.tools.golden.GoldenCase` objects.
     profile : ``"float64"`` or ``"float32"``.
     known_deviations : None, a path, or a list of ``{case, quantity, reason}``.
     checks : which of :data:`CHECKS` to run.
@@ -1157,7 +1157,7 @@ def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CH
     seed : seed of the checks' random draws (directions, samples).
     say : callable for progress lines (e.g. ``print``), optional.
     checksums : bool (default True). Check every case read from disk against the ``SHA256SUMS``
-        of its directory before anything runs (:func:`refvae.golden.require_checksums`): a file
+        of its directory before anything runs (:func:`refvae.tools.golden.require_checksums`): a file
         that does not match is a ``ValueError`` "corrupt golden case <name>: <file> does not match
         SHA256SUMS" (the case is at fault, not the adapter), and so is a missing ``SHA256SUMS``.
         ``False`` uses the cases unchecked. Cases given as ``GoldenCase`` objects are not files.

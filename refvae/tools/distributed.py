@@ -21,7 +21,7 @@ Where it runs
 - ``client=`` a ``distributed.Client``, or ``scheduler=`` an address (``"tcp://host:8786"``; this
   module connects with a timeout of ``connect_timeout`` seconds and closes the connection at the
   end): the **cluster path**.
-- Neither: the **single-machine path**, :func:`refvae.mixture.mixture_log_prob` on the whole set of
+- Neither: the **single-machine path**, :func:`refvae.kernels.mixture.mixture_log_prob` on the whole set of
   components (Dask is not imported; ``chunk`` is validated but not used).
 
 The cluster path
@@ -57,7 +57,7 @@ threads (default 1: the cluster's parallelism is its workers times their threads
 
 *Combination*: a fixed tree over the shard index. Level 0 is the list of partials in shard order;
 each next level combines consecutive groups of ``split_every`` entries with
-:func:`refvae.mixture.combine_partials` (in the group's order), until one pair is left; the client
+:func:`refvae.kernels.mixture.combine_partials` (in the group's order), until one pair is left; the client
 returns ``finalize_partials(m, s) = m + log s``. The tree's shape is a function of
 ``(N, chunk, split_every)`` only.
 
@@ -145,7 +145,7 @@ names the ``scale`` extra (``pip install refvae[scale]``).
 
 References
 ----------
-SPEC.md sections 4 (``aggregated``) and 5; :mod:`refvae.mixture` (the kernel, its sharding API and
+SPEC.md sections 4 (``aggregated``) and 5; :mod:`refvae.kernels.mixture` (the kernel, its sharding API and
 its error bound); :mod:`refvae.estimators` (the single-machine estimators);
 ``validation/SCALING.md`` (sizes, bytes moved and worker counts for N = 10^7).
 """
@@ -166,11 +166,11 @@ import zipfile
 
 import numpy as np
 
-from . import gaussian
-from ._validation import as_float_array, check_positive_int, check_rng
-from .estimators import (Estimate, _draw_posterior, _estimate, _exact, _hole_estimates, _params,
+from .. import gaussian
+from .._validation import as_float_array, check_positive_int, check_rng
+from ..estimators import (Estimate, _draw_posterior, _estimate, _exact, _hole_estimates, _params,
                          _prior_log_prob, encode_all)
-from .mixture import combine_partials, finalize_partials, mixture_log_prob, mixture_partial
+from ..kernels.mixture import combine_partials, finalize_partials, mixture_log_prob, mixture_partial
 
 __all__ = ["log_qz", "log_mixture", "aggregated_stats", "holes", "encode_to_shards",
            "components_to_dask", "shard_bounds", "combine_tree", "load_array",
@@ -196,7 +196,7 @@ def _require_dask():
         import dask.array as da
         import distributed
     except ImportError as exc:
-        raise ImportError(f"the cluster path of refvae.distributed needs dask[distributed], which is "
+        raise ImportError(f"the cluster path of refvae.tools.distributed needs dask[distributed], which is "
                           f"not installed ({exc}); {_SCALE_HINT}") from None
     return dask, da, distributed
 
@@ -903,7 +903,7 @@ def encode_to_shards(model, x, chunk=ENCODE_CHUNK, out_dir=None, *, params=None)
     os.makedirs(out_dir, exist_ok=True)
     finals = [os.path.join(out_dir, COMPONENT_FILES[0]), os.path.join(out_dir, COMPONENT_FILES[1])]
     manifest_path = os.path.join(out_dir, COMPONENTS_MANIFEST)
-    from .io import _atomic_write, _atomic_write_bytes
+    from ..io import _atomic_write, _atomic_write_bytes
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f8")), "fortran_order": False,
               "shape": (N, L)}
     files = {}
@@ -924,7 +924,7 @@ def encode_to_shards(model, x, chunk=ENCODE_CHUNK, out_dir=None, *, params=None)
     _atomic_write(finals[0], lambda fm: _atomic_write(finals[1], lambda fl: write_both(fm, fl)))
     manifest = {"format": COMPONENTS_FORMAT, "format_version": 1, "N": int(N), "L": int(L),
                 "dtype": "float64", "files": files,
-                "written_by": "refvae.distributed.encode_to_shards"}
+                "written_by": "refvae.tools.distributed.encode_to_shards"}
     _atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     return finals[0], finals[1]
 
@@ -945,7 +945,7 @@ class _HashingWriter:
 
 
 def _file_sha256(path):
-    from .io import file_sha256
+    from ..io import file_sha256
     return file_sha256(path)
 
 
@@ -1158,4 +1158,4 @@ def holes(model, x_or_components, rng, n_samples=10000, taus=(0.1, 0.01), *, par
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit("refvae.distributed is a library; the command is `refvae stats`")
+    sys.exit("refvae.tools.distributed is a library; the command is `refvae stats`")

@@ -24,7 +24,7 @@ prior               components (mu_k, v_k), each (K, L)                         
 The shared machinery
 --------------------
 *Forward.* Each prior computes its components and log-weights (``_components``), and the density is
-evaluated by the streaming kernel :func:`refvae.mixture.mixture_log_prob` (no (B, K) array in the
+evaluated by the streaming kernel :func:`refvae.kernels.mixture.mixture_log_prob` (no (B, K) array in the
 density path). ``cache["trace"]`` lists, in data-flow order and with ``prior.`` names: the
 intermediates that produce the components (the grid, the MLP's ``prior.gtm.<i>.pre/out``, the
 pseudo-inputs, the encoder's trace renamed ``prior.encoder.<i>.pre/out``), then ``prior.means``,
@@ -36,7 +36,7 @@ the log-weight). It exists for golden files and debugging only and is formed onl
 ``K <= component_trace_limit`` (default 4096) **and** ``B * K <= 2**24`` entries; otherwise it is
 left out of the trace (the aggregated posterior of a large data set never forms it).
 
-*Backward.* The kernel's VJP :func:`refvae.mixture.mixture_log_prob_vjp` gives, with
+*Backward.* The kernel's VJP :func:`refvae.kernels.mixture.mixture_log_prob_vjp` gives, with
 responsibilities ``r_bk = exp(log pi_k + log N_bk - log p(z_b))`` and upstream gradient g (B,),
 
 - ``dz_b    = -g_b sum_k r_bk (z_b - mu_k) e^{-v_k}``
@@ -64,13 +64,13 @@ import numbers
 
 import numpy as np
 
-from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
+from .._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
                           check_parameter_memory, check_positive_int, check_real, check_rng,
                           check_layer_widths, first_non_finite)
-from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
-from .mixture import mixture_log_prob, mixture_log_prob_vjp
-from .primitives import log_softmax, log_softmax_vjp
-from .priors import Prior
+from ..layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
+from ..kernels.mixture import mixture_log_prob, mixture_log_prob_vjp
+from ..primitives import log_softmax, log_softmax_vjp
+from .base import Prior
 
 __all__ = ["MoGPrior", "VampPrior", "GTMPrior", "GTMVampPrior", "AggregatedPosterior",
            "gtm_grid", "component_log_densities", "DEFAULT_COMPONENT_TRACE_LIMIT"]
@@ -351,7 +351,7 @@ class MoGPrior(_MixturePrior):
     --------
     log_softmax is evaluated without overflow and keeps a weight that underflows (logit -800) as a
     finite log-weight; the kernel handles any finite means and log-variances (see
-    :mod:`refvae.mixture`). Sampling with ``rng.choice`` on ``softmax(logits)``.
+    :mod:`refvae.kernels.mixture`). Sampling with ``rng.choice`` on ``softmax(logits)``.
 
     Initialisation (``init_params``)
     --------------------------------
@@ -771,7 +771,7 @@ class AggregatedPosterior(_MixturePrior):
 
     Numerics
     --------
-    See :mod:`refvae.mixture` (online log-sum-exp, error <= 4 u (|f| + S)). The trace holds the
+    See :mod:`refvae.kernels.mixture` (online log-sum-exp, error <= 4 u (|f| + S)). The trace holds the
     (B, N) matrix ``prior.component_log_prob`` only when ``N <= component_trace_limit`` (default
     0: never, since N is the size of a data set and the matrix would cost more than the kernel;
     pass a limit to see it) and ``B N <= 2**24``. The backward calls the kernel's VJP with ``z_only=True``: no pass
@@ -845,12 +845,3 @@ class AggregatedPosterior(_MixturePrior):
     def _log_density_vjp(self, g, z, means, log_vars, log_weights, log_p):
         """dz only: the components are data, so their gradients are not computed."""
         return mixture_log_prob_vjp(g, z, means, log_vars, log_weights, log_prob=log_p, z_only=True)
-
-
-
-def _register():
-    from .priors import _register_builtin
-    _register_builtin(MoGPrior, VampPrior, GTMPrior, GTMVampPrior)
-
-
-_register()

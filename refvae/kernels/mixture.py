@@ -48,7 +48,7 @@ rescalings that do happen each shrink the old sum by at least e, so their roundi
 geometric series (< 1.6 u in total). f = m + log(s).
 
 *exp.* Exponentials are computed a tile row at a time by a branch-free, vectorised polynomial
-exp (:mod:`refvae._fastexp`, <= 0.76 ulp against mpmath), which returns exactly 0.0 below a
+exp (:mod:`refvae.kernels.fastexp`, <= 0.76 ulp against mpmath), which returns exactly 0.0 below a
 threshold; ``math.exp`` in Numba runs one value at a time.
 
 *Skipping terms.* A term with t - m < -(ln K + 40) counts as 0: all such terms together
@@ -113,8 +113,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._fastexp import exp_shift_tile
-from ._validation import as_float_array
+from .fastexp import exp_shift_tile
+from .._validation import as_float_array
 
 __all__ = ["mixture_log_prob", "mixture_log_prob_vjp", "mixture_partial", "combine_partials",
            "finalize_partials", "mixture_log_prob_numpy", "mixture_log_prob_vjp_numpy",
@@ -315,7 +315,7 @@ def _forward_partial_kernel(z, muT, aT, const, skip, qb):
                     mq = tmax
                     m[q] = mq
                 # ebuf[k] = exp(acc[q, k] - mq), exactly 0.0 below the skip threshold; branch-free
-                # and vectorised (refvae._fastexp, <= 0.76 ulp)
+                # and vectorised (refvae.kernels.fastexp, <= 0.76 ulp)
                 exp_shift_tile(acc[q], mq, ebuf, skip)
                 s0, s1, s2, s3 = s[q, 0], s[q, 1], s[q, 2], s[q, 3]
                 c0, c1, c2, c3 = comp[q, 0], comp[q, 1], comp[q, 2], comp[q, 3]

@@ -85,7 +85,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .primitives import _log_softmax, _softmax_weights
+from ..primitives import _log_softmax, _softmax_weights
 
 __all__ = ["categorical_forward", "categorical_vjp", "categorical_forward_numpy",
            "categorical_vjp_numpy"]

@@ -4,7 +4,7 @@ Subcommands (a registry: each is one function decorated with :func:`subcommand`,
 ``golden``, ``verify``, ``stats`` — are added without touching the parser code):
 
 - ``refvae validate`` — train every prior on the digits data and write the validation report
-  (:mod:`refvae.report`);
+  (:mod:`refvae.tools.report`);
 - ``refvae train`` — train one model on the digits data and save it (``VAE.save``) with its history;
 - ``refvae gradcheck`` — gradient checks of ``neg_elbo`` on tiny models.
 
@@ -14,11 +14,11 @@ print one line on stderr and exit with code 2, without a traceback; an unexpecte
 line too and exits with 1 (set ``REFVAE_TRACEBACK=1`` to see the traceback).
 
 Interruption: for the duration of every subcommand, SIGINT (Ctrl-C) and SIGTERM raise an interrupt
-(:class:`refvae.provenance.InterruptGuard`), also when they land inside a Numba call (where they
+(:class:`refvae.tools.provenance.InterruptGuard`), also when they land inside a Numba call (where they
 surface as a ``SystemError`` caused by the ``KeyboardInterrupt``). The command prints one line and
 exits with 130 (SIGINT) or 143 (SIGTERM); an interrupted ``validate`` first writes a partial report
 (status "partial", the running prior "interrupted"). ``validate`` and ``train`` lock their output
-directory (:class:`refvae.io.DirectoryLock`): a second run into it is refused (exit 2).
+directory (:class:`refvae.tools.provenance.DirectoryLock`): a second run into it is refused (exit 2).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _common(p, seed=True):
 
 def _digits():
     """The digits split; ImportError with a message naming the 'data' extra if sklearn is missing."""
-    from .data import load_digits_split
+    from ..data import load_digits_split
     return load_digits_split()
 
 
@@ -163,10 +163,11 @@ def cmd_train(args):
 
     import numpy as np
 
-    from .io import DirectoryLock, _atomic_write_bytes
+    from ..io import _atomic_write_bytes
+    from .provenance import DirectoryLock
     from .provenance import REPRODUCIBILITY, InterruptGuard, limit_threads, provenance
     from .report import PROFILES, build_model, parse_priors, prepare_out_dir
-    from .train import fit
+    from ..train import fit
     if "," in args.prior:
         raise ValueError(f"--prior takes one name, got {args.prior!r}")
     (prior,) = parse_priors(args.prior, "--prior")
@@ -180,7 +181,7 @@ def cmd_train(args):
         if args.data == "digits":
             data, data_name = _digits(), "digits 1000/350/447"
         else:
-            from .data import synthetic_split
+            from ..data import synthetic_split
             data = synthetic_split(np.random.default_rng([args.seed, 99]))
             data_name = f"synthetic_split(default_rng([{args.seed}, 99])) 1000/350/447"
         rng = np.random.default_rng([args.seed, latent_dim])
@@ -222,8 +223,8 @@ def cmd_train(args):
 # =========================================================================== gradcheck
 
 def _gradcheck_options(p):
-    from .likelihoods import LIKELIHOODS
-    from .layers import ACTIVATIONS
+    from ..likelihoods import LIKELIHOODS
+    from ..layers import ACTIVATIONS
     p.add_argument("--prior", default=None, help="one prior (default: every prior)")
     p.add_argument("--likelihood", default="categorical",
                    help=f"{', '.join(LIKELIHOODS)} (default categorical)")
@@ -234,7 +235,7 @@ def _gradcheck_options(p):
 
 def tiny_model(prior, likelihood, activation, rng):
     """A tiny VAE (D = 6, L = 2, hidden (5, 4)) and a batch of 3 matching data points."""
-    from .vae import VAE
+    from ..vae import VAE
     D, L = 6, 2
     kw = {"mog": {"num_components": 3}, "vamp": {"num_components": 3},
           "gtm": {"grid_size": 2, "hidden": (4,), "activation": activation},
@@ -256,9 +257,9 @@ def tiny_model(prior, likelihood, activation, rng):
 def cmd_gradcheck(args):
     import numpy as np
 
-    from ._validation import check_choice
-    from .layers import ACTIVATIONS
-    from .likelihoods import LIKELIHOODS
+    from .._validation import check_choice
+    from ..layers import ACTIVATIONS
+    from ..likelihoods import LIKELIHOODS
     from .provenance import limit_threads
     from .report import PRIOR_ORDER, gradcheck_model, near_kink, parse_priors
     priors = PRIOR_ORDER if args.prior is None else parse_priors(args.prior, "--prior")
@@ -304,7 +305,7 @@ subcommand("verify", _cli_verify.VERIFY_HELP)(_cli_verify.run_verify)
 def build_parser():
     parser = _Parser(prog="refvae", description="refvae: a numerically rigorous reference VAE "
                      "and the priors of Tomczak, Deep Generative Modeling, section 4.4.1.")
-    from . import __version__
+    from .. import __version__
     parser.add_argument("--version", action="version", version=f"refvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}",
                                 title="subcommands")

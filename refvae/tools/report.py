@@ -23,7 +23,7 @@ dimension L of the profile:
    decoded prior samples; L > 2: curves and samples).
 
 Once per report, the mixture kernel is compared with mpmath on random and adversarial points
-(error in units of ``u (|f| + S)``, see :mod:`refvae.mixture`).
+(error in units of ``u (|f| + S)``, see :mod:`refvae.kernels.mixture`).
 
 The identities (SPEC section 5) and their tolerances (``refvae.tolerances``)
 ---------------------------------------------------------------------------
@@ -63,13 +63,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import estimators as est
-from .gradcheck import check_vjp
-from .io import DirectoryLock, _atomic_write, _atomic_write_bytes, _temp_prefix
+from .. import estimators as est
+from ..gradcheck import check_vjp
+from ..io import _atomic_write, _atomic_write_bytes, _temp_prefix
+from .provenance import DirectoryLock
 from .provenance import (REPRODUCIBILITY, InterruptGuard, Interrupted, interrupt_exit_code,
                          interrupt_signal, run_identity)
-from ._validation import as_float_array, check_choice, check_positive_int, check_real, check_rng
-from .tolerances import TOLERANCES, U, tolerance
+from .._validation import as_float_array, check_choice, check_positive_int, check_real, check_rng
+from ..tolerances import TOLERANCES, U, tolerance
 
 __all__ = ["Profile", "PROFILES", "PRIOR_ORDER", "run_validation", "build_model", "load_data",
            "gradcheck_model", "near_kink", "choose_gradcheck_batch", "kernel_accuracy",
@@ -153,14 +154,14 @@ _PROFILE_INTS = ("num_vals", "num_components", "gtm_grid", "flow_couplings", "ba
 def _check_profile(profile, name="profile"):
     """A :class:`Profile` with positive integer sizes and a finite positive learning rate."""
     if not isinstance(profile, Profile):
-        raise TypeError(f"{name} must be a refvae.report.Profile (e.g. PROFILES['tiny']), got "
+        raise TypeError(f"{name} must be a refvae.tools.report.Profile (e.g. PROFILES['tiny']), got "
                         f"{type(profile).__name__}")
     for field in _PROFILE_INTS:
         check_positive_int(getattr(profile, field), f"{name}.{field}")
     check_real(profile.lr, f"{name}.lr", lo=0.0, lo_open=True)
-    from .layers import ACTIVATIONS
-    from .likelihoods import LIKELIHOODS
-    from .optim import OPTIMIZERS
+    from ..layers import ACTIVATIONS
+    from ..likelihoods import LIKELIHOODS
+    from ..optim import OPTIMIZERS
     check_choice(profile.optimizer, f"{name}.optimizer", tuple(OPTIMIZERS))
     check_choice(profile.activation, f"{name}.activation", tuple(ACTIVATIONS))
     check_choice(profile.likelihood, f"{name}.likelihood", tuple(LIKELIHOODS))
@@ -173,7 +174,7 @@ def _check_profile(profile, name="profile"):
 
 
 def _check_model(model, name="model"):
-    from .vae import VAE
+    from ..vae import VAE
     if not isinstance(model, VAE):
         raise TypeError(f"{name} must be a refvae.VAE, got {type(model).__name__}")
     return model
@@ -187,7 +188,7 @@ def _check_priors(priors, name="priors"):
     """A non-empty sequence (not a string) of names from PRIOR_ORDER."""
     if isinstance(priors, str):
         raise TypeError(f"{name} must be a sequence of prior names such as ('standard', 'mog'), "
-                        f"got the string {priors!r} (refvae.report.parse_priors splits one)")
+                        f"got the string {priors!r} (refvae.tools.report.parse_priors splits one)")
     try:
         names = tuple(priors)
     except TypeError:
@@ -232,7 +233,7 @@ def load_data(profile, seed):
     integer >= 0)."""
     _check_profile(profile)
     _check_seed(seed)
-    from . import data as D
+    from .. import data as D
     if profile.data == "digits":
         d = D.load_digits_split()
         desc = {"name": "digits", "source": "sklearn.datasets.load_digits (8x8, values 0..16)",
@@ -275,7 +276,7 @@ def prior_kwargs(name, profile):
 def build_model(name, latent_dim, x_dim, profile, rng):
     """The VAE of a profile for prior ``name`` (sizes are checked by the constructor)."""
     _check_profile(profile)
-    from .vae import VAE
+    from ..vae import VAE
     return VAE(x_dim, latent_dim, profile.hidden, profile.activation, profile.likelihood,
                profile.num_vals, name, rng=rng, prior_kwargs=prior_kwargs(name, profile))
 
@@ -491,7 +492,7 @@ def _working_prec(*arrays):
 
 
 def _exact_c(mpmath, z, means, log_vars, log_weights, got):
-    """Per query |f_hat - f| / (u (|f| + S)) with f, S exact (see refvae.mixture)."""
+    """Per query |f_hat - f| / (u (|f| + S)) with f, S exact (see refvae.kernels.mixture)."""
     K, L = means.shape
     prec = _working_prec(z, means, log_vars, log_weights)
     out = []
@@ -547,7 +548,7 @@ def kernel_accuracy(rng, n_random):
     except ImportError:
         return {"available": False, "c_allowed": c_allowed,
                 "note": "skipped: mpmath is not installed (pip install refvae[test])"}
-    from .mixture import mixture_log_prob
+    from ..kernels.mixture import mixture_log_prob
     rows = []
     worst = (-1.0, None)
     n_pts = {"random": 0, "adversarial": 0}
@@ -818,7 +819,7 @@ def _evaluate(run, model, data, profile, seed, out_dir, plots, say):
     run["test"]["omega_decomposition"] = _estimate(o["omega"])
 
     say("  aggregated posterior of the training encodings: H[q(z)], KL, I, holes")
-    from .prior_mixtures import AggregatedPosterior
+    from ..priors.mixtures import AggregatedPosterior
     agg = AggregatedPosterior.from_model(model, xtr)
     a = _timed(run, "aggregated", lambda: est.aggregated_posterior_stats(
         model, xtr, r("aggregated"), n_samples=profile.n_agg, aggregated=agg))
@@ -865,7 +866,7 @@ def _evaluate(run, model, data, profile, seed, out_dir, plots, say):
 
 
 def _train(run, model, data, profile, seed, quiet):
-    from .train import fit
+    from ..train import fit
     res = fit(model, data["train"], data["val"], rng=_rng(seed, model.latent_dim, run["prior"], "train"),
               optimizer=profile.optimizer, lr=profile.lr, batch_size=profile.batch_size,
               max_epochs=profile.max_epochs, patience=profile.patience, quiet=quiet, progress=True)
@@ -950,8 +951,8 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=PRIOR_ORD
     report, MemoryError while building the report) is re-raised after the report is written with
     status "failed" and the error, so no report is left "running".
 
-    The output directory is locked for the run (:class:`refvae.io.DirectoryLock`): a second run
-    into it raises :class:`refvae.io.DirectoryInUseError` naming the other run's pid. A
+    The output directory is locked for the run (:class:`refvae.tools.provenance.DirectoryLock`): a second run
+    into it raises :class:`refvae.tools.provenance.DirectoryInUseError` naming the other run's pid. A
     ``report.json`` left "running" by a killed run is recognised (its process holds no lock) and
     overwritten with a message on stderr; figures of refvae's naming from an earlier run are removed
     (:func:`remove_stale_figures`), so the directory holds only what this run wrote.
@@ -959,7 +960,7 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=PRIOR_ORD
     Arguments are checked first (TypeError/ValueError naming them): ``profile`` a :class:`Profile`
     with positive sizes, known options and a finite lr > 0; ``seed`` an integer >= 0; ``priors`` a
     non-empty sequence of names from :data:`PRIOR_ORDER`; ``threads`` None (the current settings)
-    or an integer >= 1 (:func:`refvae.provenance.limit_threads` for the run).
+    or an integer >= 1 (:func:`refvae.tools.provenance.limit_threads` for the run).
     """
     _check_profile(profile)
     seed = _check_seed(seed)
@@ -1394,7 +1395,7 @@ def render_markdown(r):
     elif not ka.get("available"):
         out += [ka["note"] + ".", ""]
     else:
-        out += [f"Forward error of `refvae.mixture.mixture_log_prob` on {ka['n_points']} points "
+        out += [f"Forward error of `refvae.kernels.mixture.mixture_log_prob` on {ka['n_points']} points "
                 f"({ka['n_random']} random, {ka['n_adversarial']} adversarial), as c = |f̂ − f| / "
                 f"(u (|f| + S)), u = 2⁻⁵³ (`mixture_kernel_c`: c ≤ {ka['c_allowed']:g}). Oracle: "
                 f"{ka['oracle']}. Worst: c = {_fmt(ka['max_c'])} ({ka['worst_case']}): "
