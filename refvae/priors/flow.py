@@ -99,6 +99,57 @@ class FlowPrior(Prior):
 
     name = "flow"
 
+    @classmethod
+    def settings(cls, profile):
+        return {"num_couplings": profile.flow_couplings, "hidden": profile.prior_hidden,
+                "activation": profile.activation}
+
+    @classmethod
+    def tiny_settings(cls, activation, data_range):
+        return {"num_couplings": 2, "hidden": (4,), "activation": activation, "init": "random"}
+
+    def sample_from_noise(self, params, noise):
+        """``z = f^{-1}(eps)``: the inverse flow applied to the base draws."""
+        return self.inverse(params, self._check_noise(noise))
+
+    def support_box(self, params):
+        """A box containing f^-1([-7, 7]^2) (interval propagation, :meth:`_box`), h = (longest
+        side) / 700; outside <= P(u not in [-7, 7]^2) <= 4 Phi(-7) ~ 5e-12."""
+        from scipy import stats
+        R = 7.0
+        lo, hi = self._box(params, R)
+        return lo, hi, float(np.max(hi - lo)) / 700, 4 * float(stats.norm.sf(R))
+
+    def _box(self, params, R):
+        """A box containing f^-1([-R, R]^2) for L = 2, by interval propagation through the
+        inverse couplings: z_a = y_a, z_b = y_b e^s + t with s and t over their ranges on the
+        interval of z_a (a 4001-point grid widened by the MLP's Lipschitz bound, the product of the
+        layers' spectral norms; the activations are 1-Lipschitz)."""
+        act, T = self.activation, self.num_couplings
+        n_layers = len(self.sizes) - 1
+
+        def ranges(k, lo, hi, m=4001):
+            x = np.linspace(lo, hi, m)[:, None]
+            half = (hi - lo) / (m - 1) / 2
+            out = []
+            for net in ("s", "t"):
+                pre = mlp_forward(params, f"prior.flow.{k}.{net}", x, act)[0]
+                v = np.tanh(pre) if net == "s" else pre
+                lip = float(np.prod([np.linalg.norm(params[f"prior.flow.{k}.{net}.{i}.W"], 2)
+                                     for i in range(n_layers)])) * half
+                out.append((float(v.min()) - lip, float(v.max()) + lip))
+            (smin, smax), (tmin, tmax) = out
+            return (max(smin, -1.0), min(smax, 1.0)), (tmin, tmax)
+
+        lo, hi = np.array([-R, -R]), np.array([R, R])
+        for k in range(T - 1, -1, -1):
+            lo, hi = lo[::-1].copy(), hi[::-1].copy()
+            (smin, smax), (tmin, tmax) = ranges(k, lo[0], hi[0])
+            corners = [lo[1] * math.exp(smin), lo[1] * math.exp(smax), hi[1] * math.exp(smin),
+                       hi[1] * math.exp(smax)]
+            lo[1], hi[1] = min(corners) + tmin, max(corners) + tmax
+        return lo, hi
+
     def __init__(self, latent_dim, num_couplings=3, hidden=(256, 256), activation="leaky_relu",
                  init="identity"):
         super().__init__(latent_dim)

@@ -210,6 +210,36 @@ class _MixturePrior(Prior):
     two are the only places where the mixture is evaluated or sampled.
     """
 
+    #: the networks of GTM and VampPrior read fixed inputs (a grid, pseudo-inputs), not z
+    net_inputs_fixed = True
+
+    def draw_noise(self, n, rng) -> dict:
+        """``{"eps": (n, L) standard normal, "index": (n,)}`` where ``index`` takes every component
+        in turn, in random order (stratified, not by weight: each component n/K times, so that a
+        test case exercises all of them)."""
+        eps = rng.standard_normal((n, self.latent_dim))
+        return {"eps": eps, "index": rng.permutation(np.arange(n) % self.K).astype(np.int64)}
+
+    def sample_from_noise(self, params, noise):
+        """``z = mu_k + exp(v_k / 2) eps`` with ``k = noise["index"]``, row by row."""
+        eps = self._check_noise(noise)
+        idx = np.asarray(noise.get("index"))
+        if idx.dtype.kind not in "iu" or idx.shape != eps.shape[:1] or np.any(idx < 0) \
+                or np.any(idx >= self.K):
+            raise ValueError(f"noise['index'] must hold {eps.shape[0]} component indices in "
+                             f"0..{self.K - 1}")
+        means, log_vars, _ = self.mixture_components(params)
+        return means[idx] + np.exp(0.5 * log_vars[idx]) * eps
+
+    def support_box(self, params):
+        """Every component's mean +- 10 sd, h = (smallest sd) / 4; outside <= 4 Phi(-10)."""
+        from scipy import stats
+        means, log_vars, _ = self.mixture_components(params)
+        sd = np.exp(0.5 * log_vars)
+        R = 10.0
+        return ((means - R * sd).min(axis=0), (means + R * sd).max(axis=0), float(sd.min()) / 4,
+                4 * float(stats.norm.sf(R)))
+
     def __init__(self, latent_dim, component_trace_limit=DEFAULT_COMPONENT_TRACE_LIMIT):
         super().__init__(latent_dim)
         self.component_trace_limit = check_positive_int(component_trace_limit, "component_trace_limit",
@@ -367,6 +397,19 @@ class MoGPrior(_MixturePrior):
 
     name = "mog"
 
+    @classmethod
+    def settings(cls, profile):
+        return {"num_components": profile.num_components}
+
+    @classmethod
+    def tiny_settings(cls, activation, data_range):
+        return {"num_components": 3, "init_scale": 1.0}
+
+    def randomize_params(self, params, rng):
+        """Log-variances uniform on [-1.5, 0.5], then random logits."""
+        params["prior.log_vars"][:] = rng.uniform(-1.5, 0.5, size=params["prior.log_vars"].shape)
+        super().randomize_params(params, rng)
+
     def __init__(self, latent_dim, num_components=16, *, init_scale=0.1,
                  component_trace_limit=DEFAULT_COMPONENT_TRACE_LIMIT):
         super().__init__(latent_dim, component_trace_limit)
@@ -457,6 +500,14 @@ class VampPrior(_MixturePrior):
     name = "vamp"
     needs = ("encoder", "x_dim")
     INITS = ("uniform", "data")
+
+    @classmethod
+    def settings(cls, profile):
+        return {"num_components": profile.num_components}
+
+    @classmethod
+    def tiny_settings(cls, activation, data_range):
+        return {"num_components": 3, "data_range": tuple(data_range)}
 
     def __init__(self, latent_dim, num_components=16, *, encoder=None, x_dim=None, learn_weights=False,
                  init=None, data_range=(0.0, 16.0), init_data=None,
@@ -633,6 +684,22 @@ class GTMPrior(_GridMixin, _MixturePrior):
 
     name = "gtm"
 
+    @classmethod
+    def settings(cls, profile):
+        return {"grid_size": profile.gtm_grid, "u_min": profile.gtm_range[0],
+                "u_max": profile.gtm_range[1], "hidden": profile.prior_hidden,
+                "activation": profile.activation}
+
+    @classmethod
+    def tiny_settings(cls, activation, data_range):
+        return {"grid_size": 2, "u_min": -1.0, "u_max": 1.0, "hidden": (4,), "activation": activation}
+
+    def randomize_params(self, params, rng):
+        """Random logits, then the log-variance half of the last bias lowered by 1."""
+        super().randomize_params(params, rng)
+        last = max(int(k.split(".")[2]) for k in params if k.startswith("prior.gtm.") and k.endswith(".b"))
+        params[f"prior.gtm.{last}.b"][self.latent_dim:] -= 1.0
+
     def __init__(self, latent_dim, grid_size=4, *, u_min=-10.0, u_max=10.0, hidden=(256, 256),
                  activation="leaky_relu", component_trace_limit=DEFAULT_COMPONENT_TRACE_LIMIT):
         _MixturePrior.__init__(self, latent_dim, component_trace_limit)
@@ -706,6 +773,17 @@ class GTMVampPrior(_GridMixin, _MixturePrior):
 
     name = "gtm_vamp"
     needs = ("encoder", "x_dim")
+
+    @classmethod
+    def settings(cls, profile):
+        return {"grid_size": profile.gtm_grid, "u_min": profile.gtm_range[0],
+                "u_max": profile.gtm_range[1], "hidden": profile.prior_hidden,
+                "activation": profile.activation, "data_range": (0.0, float(profile.num_vals - 1))}
+
+    @classmethod
+    def tiny_settings(cls, activation, data_range):
+        return {"grid_size": 2, "u_min": -1.0, "u_max": 1.0, "hidden": (4,), "activation": activation,
+                "data_range": tuple(data_range)}
 
     def __init__(self, latent_dim, grid_size=4, *, encoder=None, x_dim=None, u_min=-10.0, u_max=10.0,
                  hidden=(256, 256), activation="leaky_relu", data_range=(0.0, 16.0),

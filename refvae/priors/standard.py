@@ -27,6 +27,22 @@ class StandardPrior(Prior):
     def backward(self, g, cache):
         return -g[:, None] * cache["z"], {}
 
+    def sample_from_noise(self, params, noise):
+        """``z = eps``."""
+        return self._check_noise(noise).copy()
+
+    def support_box(self, params):
+        """[-10, 10]^2 with h = 0.25; outside <= 4 Phi(-10) ~ 3e-23."""
+        from scipy import stats
+        R = 10.0
+        return np.array([-R, -R]), np.array([R, R]), 0.25, 4 * float(stats.norm.sf(R))
+
+    def cross_entropy_closed_form(self, params, mu, log_var):
+        """``CE[N(mu, e^v) || N(0, I)] = 1/2 sum_l (ln 2 pi + mu_l^2 + e^{v_l})`` (SPEC section 2)."""
+        from .. import gaussian
+        zero = np.zeros(np.shape(mu)[-1])
+        return gaussian.cross_entropy(mu, log_var, zero, zero)
+
     def sample(self, params, n, rng):
         n = check_positive_int(n, "n")
         check_sample_size(n, self.latent_dim, "a sample of the standard prior")
