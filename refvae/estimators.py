@@ -29,6 +29,20 @@ Quantities (SPEC section 5)
   ``logsumexp_s [ln p(x|z_s) + ln p(z_s) - ln q(z_s|x)] - ln S``, with its delta-method standard
   error and effective sample size. A negative ELBO is never called an NLL.
 
+The ln q(z) evaluator
+--------------------
+:func:`aggregated_posterior_stats` and :func:`hole_metrics` take ``log_qz``: a callable
+``log_qz(z) -> (B,)`` mapping queries z (B, L) to ln q(z), or an object with such a ``log_prob``
+method (an :class:`~refvae.priors.mixtures.AggregatedPosterior`). By default q(z) is evaluated
+exactly by the streaming kernel on this machine; :mod:`refvae.tools.distributed` passes an evaluator
+that shards the components over a Dask cluster and reuses the estimates here unchanged
+(:func:`_aggregated_estimates`, :func:`_prior_hole_estimates`), so the two paths differ only in how
+ln q(z) is evaluated.
+
+Closed forms come from the prior: ``prior.cross_entropy_closed_form(params, mu, log_var)`` (None:
+Monte Carlo) for CE, and ``prior.kl_closed_form`` when the prior has it (the standard prior:
+:func:`refvae.gaussian.kl`), else ``CE - H`` from the closed-form CE, for ``E_x KL[q(z|x)||p]``.
+
 Draws from q(z) are stratified: ``S`` draws from each q(z|x_n), which is an exact sample of
 q(z) = 1/N sum_n q(z|x_n) with the mixture index fixed rather than random (lower variance, same
 expectation).
@@ -209,6 +223,54 @@ def _prior_log_prob(model, p, z):
     return model.prior.forward(p, z)[0]
 
 
+def _log_qz_evaluator(log_qz, name="log_qz"):
+    """``log_qz`` as a callable z (B, L) -> (B,): a callable as given, an object's ``log_prob``."""
+    fn = getattr(log_qz, "log_prob", log_qz)
+    if not callable(fn):
+        raise TypeError(f"{name} must be a callable z (B, L) -> ln q(z) (B,) or an object with such "
+                        f"a log_prob method, got {type(log_qz).__name__}")
+    return fn
+
+
+def _evaluate_log_qz(log_qz, z):
+    """ln q(z) at the rows of z (B, L) as a float64 (B,) array (``ValueError`` otherwise)."""
+    out = np.asarray(log_qz(z), dtype=np.float64)
+    if out.shape != (z.shape[0],):
+        raise ValueError(f"log_qz returned shape {out.shape} for {z.shape[0]} queries; expected "
+                         f"({z.shape[0]},)")
+    return out
+
+
+def _check_log_qz(log_qz, aggregated):
+    """The ln q(z) evaluator given to an estimator: ``log_qz`` (a callable, or an object's
+    ``log_prob``), else ``aggregated.log_prob``, else None (build it from x)."""
+    if log_qz is None:
+        return None if aggregated is None else aggregated.log_prob
+    if aggregated is not None:
+        raise ValueError("give aggregated or log_qz, not both")
+    return _log_qz_evaluator(log_qz)
+
+
+def _aggregated_posterior(model, mu, lv):
+    """q(z) of the encoded components, checked to lie in the mixture kernel's range."""
+    _check_mixture_range(lv)
+    return AggregatedPosterior(model.latent_dim, mu, lv)
+
+
+def _closed_form_kl(prior, params, mu, lv):
+    """``KL[N(mu_n, e^{lv_n}) || p]`` per row in closed form, or None (then Monte Carlo).
+
+    The prior's ``kl_closed_form(params, mu, log_var)`` when it has one (the standard prior:
+    :func:`refvae.gaussian.kl`), else ``CE - H`` from its ``cross_entropy_closed_form`` (None when
+    that is None).
+    """
+    kl = getattr(prior, "kl_closed_form", None)
+    if kl is not None:
+        return kl(params, mu, lv)
+    ce = prior.cross_entropy_closed_form(params, mu, lv)
+    return None if ce is None else ce - gaussian.entropy(lv)
+
+
 # --------------------------------------------------------------------------- ELBO, RE, Omega
 
 def elbo_terms(model, x, rng, n_samples=1, params=None, batch_size=256):
@@ -252,16 +314,17 @@ def conditional_entropy(model, x, params=None):
 def cross_entropy(model, x, rng, n_samples=1, params=None):
     """CE[q(z)||p] = -E_x E_{q(z|x)} ln p(z).
 
-    Closed form for the standard prior (CE is linear in its first argument: the average of
-    CE[q(z|x_n)||N(0, I)]); Monte Carlo with ``n_samples`` draws per data point otherwise.
+    Closed form when the prior has one (``prior.cross_entropy_closed_form``; CE is linear in its
+    first argument: the average of CE[q(z|x_n)||p], e.g. for N(0, I)); Monte Carlo with
+    ``n_samples`` draws per data point otherwise.
     """
     check_rng(rng)
     S = check_positive_int(n_samples, "n_samples")
     p = _params(model, params)
     mu, lv = encode_all(model, x, p)
-    if model.prior.name == "standard":
-        zero = np.zeros(mu.shape[1])
-        return _exact(gaussian.cross_entropy(mu, lv, zero, zero))
+    ce = model.prior.cross_entropy_closed_form(p, mu, lv)
+    if ce is not None:
+        return _exact(ce)
     _check_draws(mu.shape[0], S, mu.shape[1])
     z = _draw_posterior(mu, lv, S, rng)
     N, _, L = z.shape
@@ -280,70 +343,98 @@ def omega_decomposition(model, x, rng, n_samples=1, params=None):
 
 # --------------------------------------------------------------------------- aggregated posterior
 
-def aggregated_posterior_stats(model, x, rng, n_samples=1, params=None, aggregated=None):
+def aggregated_posterior_stats(model, x, rng, n_samples=1, params=None, aggregated=None, *,
+                               log_qz=None):
     """H[q(z)], CE[q(z)||p], KL[q(z)||p], I_q(x; z), E_x KL[q(z|x)||p] and its split.
 
-    ``aggregated``: an :class:`~refvae.priors.mixtures.AggregatedPosterior` of x (built from the
-    model if not given). q(z) is evaluated exactly over all N components by the streaming kernel.
-    All Monte Carlo terms use the same stratified draws z_ns ~ q(z|x_n).
+    ln q(z) comes from ``log_qz`` (a callable z (B, L) -> (B,), or an object with such a
+    ``log_prob``: module docstring), else from ``aggregated``, an
+    :class:`~refvae.priors.mixtures.AggregatedPosterior` of x, else from the aggregated posterior
+    built from the model (evaluated exactly over all N components by the streaming kernel). All
+    Monte Carlo terms use the same stratified draws z_ns ~ q(z|x_n) (:func:`_aggregated_estimates`).
 
     Returns a dict of :class:`Estimate`: ``entropy_qz``, ``cross_entropy`` (CE[q(z)||p]),
     ``conditional_entropy``, ``kl_qz_p``, ``mutual_information``, ``avg_kl`` (E_x KL[q(z|x)||p];
-    analytic for the standard prior) and ``avg_kl_split`` (I + KL[q(z)||p], to compare).
+    exact when the prior has a closed form, :func:`_closed_form_kl`) and ``avg_kl_split``
+    (I + KL[q(z)||p], to compare).
     """
     check_rng(rng)
     S = check_positive_int(n_samples, "n_samples")
     p = _params(model, params)
     x = _check_x(model, x)
-    aggregated = _check_aggregated(aggregated, model)
+    log_qz = _check_log_qz(log_qz, _check_aggregated(aggregated, model))
     _check_draws(x.shape[0], S, model.latent_dim)
     mu, lv = encode_all(model, x, p)
-    if aggregated is None:
-        _check_mixture_range(lv)
-        aggregated = AggregatedPosterior(model.latent_dim, mu, lv)
-    N, L = mu.shape
+    if log_qz is None:
+        log_qz = _aggregated_posterior(model, mu, lv).log_prob
     z = _draw_posterior(mu, lv, S, rng)
-    flat = z.reshape(N * S, L)
-    lqz = aggregated.log_prob(flat).reshape(N, S)
-    lpz = _prior_log_prob(model, p, flat).reshape(N, S)
-    h_cond = _exact(gaussian.entropy(lv))
-    h_qz = _estimate(-lqz)
-    kl_qp = _estimate(lqz - lpz)
-    mi = _estimate(-lqz - gaussian.entropy(lv)[:, None])
-    if model.prior.name == "standard":
-        zero = np.zeros(L)
-        avg_kl = _exact(gaussian.kl(mu, lv, zero, zero))
-    else:
-        lq = gaussian.log_prob(z, mu[:, None, :], lv[:, None, :])
-        avg_kl = _estimate(lq - lpz)
-    split = _estimate(-lqz - gaussian.entropy(lv)[:, None] + (lqz - lpz))
-    return {"entropy_qz": h_qz, "cross_entropy": _estimate(-lpz), "conditional_entropy": h_cond,
-            "kl_qz_p": kl_qp, "mutual_information": mi, "avg_kl": avg_kl, "avg_kl_split": split}
+    ent = gaussian.entropy(lv)
+    kl = _closed_form_kl(model.prior, p, mu, lv)
+    return _aggregated_estimates(model, p, z, mu[:, None, :], lv[:, None, :], ent[:, None], log_qz,
+                                _exact(ent), None if kl is None else _exact(kl))
 
 
-def hole_metrics(model, x, rng, n_samples=10000, taus=(0.1, 0.01), params=None, aggregated=None):
+def _aggregated_estimates(model, params, z, mu, lv, ent, log_qz, h_cond, avg_kl=None):
+    r"""The seven estimates of :func:`aggregated_posterior_stats` from given draws of q(z).
+
+    ``z`` (..., L): draws with z[i] ~ q(z|x_n(i)) (stratified (N, S, L), or (M, L) with drawn n);
+    ``mu``, ``lv`` (broadcastable to z): the components q(z|x_n(i)) they were drawn from, ``ent``
+    (broadcastable to z.shape[:-1]): their entropies ``gaussian.entropy(lv)``; ``log_qz``: the ln q(z)
+    evaluator (module docstring), called once on the (B, L) rows of z;
+    ``h_cond``: the :class:`Estimate` of H[q(z|x)]; ``avg_kl``: the :class:`Estimate`
+    of E_x KL[q(z|x)||p] when it has a closed form, else None (then Monte Carlo from ``mu, lv``).
+
+    With ``lqz = ln q(z)``, ``lpz = ln p(z)``: ``H[q(z)] ~ -lqz``, ``CE[q(z)||p] ~ -lpz``,
+    ``KL[q(z)||p] ~ lqz - lpz``, ``I = H[q(z)] - H[q(z|x)] ~ -lqz - ent``, ``E_x KL ~ ln q(z|x) -
+    lpz`` and its split ``I + KL[q(z)||p]``, each averaged with :func:`_estimate` over the draws.
+    """
+    p = _params(model, params)
+    flat = z.reshape(-1, z.shape[-1])
+    lqz = _evaluate_log_qz(_log_qz_evaluator(log_qz), flat).reshape(z.shape[:-1])
+    lpz = _prior_log_prob(model, p, flat).reshape(z.shape[:-1])
+    if avg_kl is None:
+        avg_kl = _estimate(gaussian.log_prob(z, mu, lv) - lpz)
+    return {"entropy_qz": _estimate(-lqz), "cross_entropy": _estimate(-lpz),
+            "conditional_entropy": h_cond, "kl_qz_p": _estimate(lqz - lpz),
+            "mutual_information": _estimate(-lqz - ent), "avg_kl": avg_kl,
+            "avg_kl_split": _estimate(-lqz - ent + (lqz - lpz))}
+
+
+def hole_metrics(model, x, rng, n_samples=10000, taus=(0.1, 0.01), params=None, aggregated=None, *,
+                 log_qz=None):
     """Holes: regions where the prior puts mass that the aggregated posterior does not.
 
     Draws z_1..z_M ~ p(z) (M = ``n_samples``) and reports
     ``reverse_kl = KL[p||q(z)] = E_p[ln p(z) - ln q(z)]`` (se from the sample std) and, for each
     tau, the hole mass ``P_p[q(z)/p(z) < tau]`` (binomial se sqrt(P (1 - P) / M)).
+    ln q(z) as in :func:`aggregated_posterior_stats` (``log_qz``, ``aggregated`` or built from x).
     Returns a dict with ``reverse_kl`` and ``hole_mass`` (a dict tau -> Estimate).
     """
     check_rng(rng)
     M = check_positive_int(n_samples, "n_samples", minimum=2)
+    taus = _check_taus(taus)
+    p = _params(model, params)
+    log_qz = _check_log_qz(log_qz, _check_aggregated(aggregated, model))
+    _check_draws(M, 1, model.latent_dim)
+    if log_qz is None:
+        log_qz = _aggregated_posterior(model, *encode_all(model, x, p)).log_prob
+    return _prior_hole_estimates(model, p, rng, M, taus, log_qz)
+
+
+def _check_taus(taus):
     taus = tuple(float(t) for t in as_float_array(taus, "taus", ndim=(0, 1)).reshape(-1))
     if not all(t > 0 for t in taus):
         raise ValueError(f"taus must be positive finite thresholds, got {taus}")
+    return taus
+
+
+def _prior_hole_estimates(model, params, rng, n_samples, taus, log_qz):
+    """The holes of :func:`hole_metrics` with a given ln q(z) evaluator: ``n_samples`` draws
+    z_m ~ p(z) from ``rng`` (``prior.sample``), then ln q(z_m) - ln p(z_m) (:func:`_hole_estimates`)."""
     p = _params(model, params)
-    aggregated = _check_aggregated(aggregated, model)
-    _check_draws(M, 1, model.latent_dim)
-    if aggregated is None:
-        mu, lv = encode_all(model, x, p)
-        _check_mixture_range(lv)
-        aggregated = AggregatedPosterior(model.latent_dim, mu, lv)
-    z = model.prior.sample(p, M, rng)
+    z = model.prior.sample(p, n_samples, rng)
     lpz = _prior_log_prob(model, p, z)
-    lqz = aggregated.log_prob(z)
+    lqz = _evaluate_log_qz(_log_qz_evaluator(log_qz), z)
     return _hole_estimates(lqz - lpz, taus)
 
 
@@ -445,9 +536,7 @@ def density_grid(model, x, n=101, lims=None, params=None, aggregated=None):
     p = _params(model, params)
     aggregated = _check_aggregated(aggregated, model)
     if aggregated is None:
-        mu, lv = encode_all(model, x, p)
-        _check_mixture_range(lv)
-        aggregated = AggregatedPosterior(2, mu, lv)
+        aggregated = _aggregated_posterior(model, *encode_all(model, x, p))
     if lims is None:
         sd = np.exp(0.5 * aggregated.log_vars)
         lo = np.minimum((aggregated.means - 4 * sd).min(axis=0), -3.0)

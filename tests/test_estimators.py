@@ -268,3 +268,89 @@ def test_bad_input_is_named(call, match):
     x = np.random.default_rng(0).normal(size=(4, 5))
     with pytest.raises((ValueError, TypeError), match=match):
         call(model, x, np.random.default_rng(0))
+
+
+# =========================================================================== the ln q(z) evaluator
+
+def test_log_qz_evaluator_is_the_source_of_ln_qz(data):
+    """``log_qz`` (a callable, or an object with ``log_prob``) replaces the built-in q(z): the
+    aggregated posterior's own ``log_prob`` gives the default to the bit; a shifted evaluator moves
+    exactly the terms through ln q(z) (H[q(z)], KL[q(z)||p], I, the split, the reverse KL) and
+    leaves the others identical."""
+    model = small_model("mog")
+    mu, lv = est.encode_all(model, data)
+    agg = AggregatedPosterior(2, mu, lv)
+    want = est.aggregated_posterior_stats(model, data, np.random.default_rng(3), 2)
+    for q in (agg, agg.log_prob, lambda z: agg.log_prob(z)):
+        assert est.aggregated_posterior_stats(model, data, np.random.default_rng(3), 2, log_qz=q) == want
+    holes = est.hole_metrics(model, data, np.random.default_rng(4), 300)
+    assert est.hole_metrics(model, data, np.random.default_rng(4), 300, log_qz=agg) == holes
+    shifted = est.aggregated_posterior_stats(model, data, np.random.default_rng(3), 2,
+                                             log_qz=lambda z: agg.log_prob(z) + 1.0)
+    for k, d in (("entropy_qz", -1.0), ("kl_qz_p", 1.0), ("mutual_information", -1.0),
+                 ("avg_kl_split", 0.0)):
+        assert shifted[k].value == pytest.approx(want[k].value + d, abs=1e-12), k
+    for k in ("cross_entropy", "conditional_entropy", "avg_kl"):
+        assert shifted[k] == want[k], k
+    h = est.hole_metrics(model, data, np.random.default_rng(4), 300, log_qz=lambda z: agg.log_prob(z) - 2.0)
+    assert h["reverse_kl"].value == pytest.approx(holes["reverse_kl"].value + 2.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    ({"log_qz": "q"}, TypeError, "log_qz"),
+    ({"log_qz": lambda z: np.zeros((len(z), 2))}, ValueError, "log_qz returned shape"),
+    ({"log_qz": lambda z: np.zeros(len(z)), "aggregated": "A"}, ValueError, "not both"),
+])
+def test_bad_log_qz_is_named(data, kw, err, match):
+    model = small_model("mog")
+    if kw.get("aggregated") == "A":
+        kw = dict(kw, aggregated=AggregatedPosterior(2, *est.encode_all(model, data)))
+    for call in (est.aggregated_posterior_stats, est.hole_metrics):
+        with pytest.raises(err, match=match):
+            call(model, data, np.random.default_rng(0), **kw)
+
+
+class _CEOnly:
+    """Mixin: the standard prior without its closed-form KL (CE only)."""
+    kl_closed_form = None
+
+
+class _NoClosedForm(_CEOnly):
+    """Mixin: the standard prior without any closed form."""
+
+    def cross_entropy_closed_form(self, params, mu, log_var):
+        return None
+
+
+def _with_prior_mixin(model, mixin):
+    cls = type(model.prior)
+    model.prior.__class__ = type(f"{mixin.__name__}{cls.__name__}", (mixin, cls), {})
+    return model
+
+
+def test_closed_forms_come_from_the_prior(data):
+    """CE and E_x KL[q(z|x)||p] are exact (se = 0) when the prior has a closed form:
+    ``kl_closed_form`` (the standard prior: ``gaussian.kl``), else ``CE - H`` from
+    ``cross_entropy_closed_form``; Monte Carlo otherwise, with the same draws for everything else."""
+    from refvae import gaussian
+    model = small_model("standard")
+    mu, lv = est.encode_all(model, data)
+    zero = np.zeros(2)
+    assert np.array_equal(model.prior.kl_closed_form(model.params, mu, lv), gaussian.kl(mu, lv, zero, zero))
+    full = est.aggregated_posterior_stats(model, data, np.random.default_rng(8), 3)
+    assert full["avg_kl"] == est.Estimate(float(np.mean(gaussian.kl(mu, lv, zero, zero))), 0.0, 40)
+    ce = est.cross_entropy(model, data, np.random.default_rng(8))
+    assert ce == est.Estimate(float(np.mean(gaussian.cross_entropy(mu, lv, zero, zero))), 0.0, 40)
+    ce_only = est.aggregated_posterior_stats(_with_prior_mixin(small_model("standard"), _CEOnly),
+                                             data, np.random.default_rng(8), 3)
+    assert ce_only["avg_kl"].se == 0.0
+    assert ce_only["avg_kl"].value == pytest.approx(full["avg_kl"].value, rel=1e-13, abs=1e-13)
+    mc_model = _with_prior_mixin(small_model("standard"), _NoClosedForm)
+    mc = est.aggregated_posterior_stats(mc_model, data, np.random.default_rng(8), 3)
+    assert mc["avg_kl"].se > 0 and mc["avg_kl"].n == 120
+    assert within(mc["avg_kl"].value, full["avg_kl"].value, mc["avg_kl"].se)  # 3.8e-8
+    for k in ("entropy_qz", "cross_entropy", "conditional_entropy", "kl_qz_p", "mutual_information",
+              "avg_kl_split"):
+        assert mc[k] == full[k] == ce_only[k], k
+    mc_ce = est.cross_entropy(mc_model, data, np.random.default_rng(8), n_samples=50)
+    assert mc_ce.se > 0 and within(mc_ce.value, ce.value, mc_ce.se)  # 3.8e-8

@@ -111,7 +111,8 @@ in the same order as with NumPy components), and one task per shard (the shards 
   as float64 copies: the client assembles ``means[idx]``, ``log_vars[idx]`` (M, L) bit for bit,
   so z, ln q(z), ln p(z) and every Monte Carlo term are those of NumPy components, to the bit;
 - the exact sums over the shard's components of ``H[q(z|x_n)]`` (``gaussian.entropy``) and, for
-  the standard prior, ``KL[q(z|x_n) || N(0, I)]`` (``gaussian.kl``), each as a few floats
+  a prior with a closed form (``estimators._closed_form_kl``; the standard prior: ``gaussian.kl``),
+  ``KL[q(z|x_n) || p]``, each as a few floats
   t_1, t_2, ... with t_1 the ``math.fsum`` of the shard's values and each next t_k the ``fsum`` of
   what is left, until nothing is (so t_1 + t_2 + ... is the shard's sum exactly).
 
@@ -153,6 +154,7 @@ its error bound); :mod:`refvae.estimators` (the single-machine estimators);
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import json
@@ -168,8 +170,8 @@ import numpy as np
 
 from .. import gaussian
 from .._validation import as_float_array, check_positive_int, check_rng
-from ..estimators import (Estimate, _draw_posterior, _estimate, _exact, _hole_estimates, _params,
-                         _prior_log_prob, encode_all)
+from ..estimators import (Estimate, _aggregated_estimates, _closed_form_kl,
+                          _draw_posterior, _exact, _params, _prior_hole_estimates, encode_all)
 from ..kernels.mixture import combine_partials, finalize_partials, mixture_log_prob, mixture_partial
 
 __all__ = ["log_qz", "log_mixture", "aggregated_stats", "holes", "encode_to_shards",
@@ -700,6 +702,20 @@ def _evaluate(z, comps, log_weights, client, chunk, split_every, threads_per_tas
     return _log_mixture_on(client, z, comps, log_weights, chunk, split_every, threads_per_task, progress)
 
 
+class _LogQz:
+    """The ln q(z) evaluator that :mod:`refvae.estimators` takes (``log_qz(z) -> (B,)``): the
+    aggregated posterior of the components ``comps`` (a _Components), sharded over the cluster of
+    ``client``, or on this machine (``client`` None)."""
+
+    def __init__(self, comps, client, chunk, split_every, threads_per_task, progress):
+        self.comps, self.client, self.chunk = comps, client, chunk
+        self.split_every, self.threads_per_task, self.progress = split_every, threads_per_task, progress
+
+    def __call__(self, z):
+        return _evaluate(z, self.comps, None, self.client, self.chunk, self.split_every,
+                         self.threads_per_task, self.progress)
+
+
 # =========================================================================== drawn rows and exact sums
 
 _EXACT_SUM_MAX_TERMS = 48  # > 2098 / 53: the binary range of float64 in 53-bit steps
@@ -742,7 +758,7 @@ def _combine_exact_sums(parts):
         return float(np.sum(flat))
 
 
-def _shard_drawn_rows_and_sums(means, log_vars, rows, standard, index, a, b):
+def _shard_drawn_rows_and_sums(means, log_vars, rows, kl_rows, index, a, b):
     """The task of shard ``index`` (components a..b-1) for ``aggregated_stats(n_queries=M)``.
 
     ``means``, ``log_vars``: the shard's (b - a, L) blocks; ``rows``: (U_i,) sorted distinct local
@@ -750,31 +766,30 @@ def _shard_drawn_rows_and_sums(means, log_vars, rows, standard, index, a, b):
 
     Returns ``(means[rows], log_vars[rows], ent, kl)``: the drawn rows, float64 (U_i, L) each, and
     the exact sums over the shard's b - a components of H[q(z|x_n)] (``gaussian.entropy``, per
-    row) and, if ``standard``, of KL[q(z|x_n) || N(0, I)] (``gaussian.kl``; else None), each as the
-    terms of :func:`_exact_sum`. Memory O((b - a) L); non-finite components are a ``ValueError``
+    row) and, if ``kl_rows`` is given (the prior's closed form ``(mu, lv) -> KL[q(z|x_n) || p]`` per
+    row, ``estimators._closed_form_kl``), of the KL (else None), each as the terms of
+    :func:`_exact_sum`. Memory O((b - a) L); non-finite components are a ``ValueError``
     naming the shard.
     """
     try:
         mu = as_float_array(means, "means", shape=(b - a, None))
         lv = as_float_array(log_vars, "log_vars", shape=(b - a, mu.shape[1]))
         ent = _exact_sum(gaussian.entropy(lv))
-        kl = None
-        if standard:
-            zero = np.zeros(mu.shape[1])
-            kl = _exact_sum(gaussian.kl(mu, lv, zero, zero))
+        kl = None if kl_rows is None else _exact_sum(kl_rows(mu, lv))
         return mu[rows], lv[rows], ent, kl
     except ValueError as exc:
         raise ValueError(f"shard {index} (components {a}..{b - 1}): {exc}") from None
 
 
-def _drawn_rows_and_sums_on(client, comps, idx, standard, chunk, progress):
+def _drawn_rows_and_sums_on(client, comps, idx, kl_rows, chunk, progress):
     """Rows ``idx`` of the components and their exact sums, with one task per shard on the cluster.
 
     ``comps``: a _Components (files or Dask arrays, read on the workers); ``idx``: (M,) integers in
     0..N-1 (repeats allowed). Returns ``(means[idx], log_vars[idx], sum_n H_n, sum_n KL_n)``:
     (M, L) float64 each (the same bits as indexing the whole arrays), the correctly rounded sum over
-    all N components of ``gaussian.entropy(log_vars)`` and, if ``standard``, of
-    ``gaussian.kl(means, log_vars, 0, 0)`` (else None). Each shard task gets only the distinct
+    all N components of ``gaussian.entropy(log_vars)`` and, if ``kl_rows`` is given (a picklable
+    closed form ``(mu, lv) -> (n,)``), of ``kl_rows(means, log_vars)`` (else None). Each shard
+    task gets only the distinct
     drawn rows in its range and returns them and its exact sums (:func:`_exact_sum`); the client
     combines them with one ``fsum`` (:func:`_combine_exact_sums`). Client memory O(M L + shards).
     """
@@ -783,17 +798,22 @@ def _drawn_rows_and_sums_on(client, comps, idx, standard, chunk, progress):
     uniq, inverse = np.unique(np.asarray(idx, dtype=np.int64), return_inverse=True)
     cuts = np.searchsorted(uniq, [a for a, _ in bounds] + [comps.N])
     task = dask.delayed(_shard_drawn_rows_and_sums, pure=True)
-    parts = [task(mb, lb, uniq[cuts[i]:cuts[i + 1]] - a, standard, i, a, b)
+    # the closed form (it holds the prior and its parameters) is sent once to every worker
+    kf = None if kl_rows is None else client.scatter(kl_rows, broadcast=True, hash=False)
+    parts = [task(mb, lb, uniq[cuts[i]:cuts[i + 1]] - a, kf, i, a, b)
              for i, ((a, b), mb, lb) in enumerate(zip(bounds, mblocks, lblocks))]
-    results = _compute_on(client, parts, progress,
-                          f"q(z|x): {len(uniq)} drawn components and the exact sums over {comps.N} "
-                          f"components in {len(bounds)} shards of <= {chunk}")
+    try:
+        results = _compute_on(client, parts, progress,
+                              f"q(z|x): {len(uniq)} drawn components and the exact sums over "
+                              f"{comps.N} components in {len(bounds)} shards of <= {chunk}")
+    finally:
+        del kf
     mu_u = np.concatenate([r[0] for r in results])
     lv_u = np.concatenate([r[1] for r in results])
     if mu_u.shape[0] != len(uniq):  # pragma: no cover - a shard returned the wrong rows
         raise RuntimeError(f"the shards returned {mu_u.shape[0]} drawn rows, expected {len(uniq)}")
     ent_sum = _combine_exact_sums([r[2] for r in results])
-    kl_sum = _combine_exact_sums([r[3] for r in results]) if standard else None
+    kl_sum = None if kl_rows is None else _combine_exact_sums([r[3] for r in results])
     del results
     return mu_u[inverse], lv_u[inverse], ent_sum, kl_sum
 
@@ -1033,6 +1053,10 @@ def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n
     r"""H[q(z)], CE[q(z)||p], KL[q(z)||p], I_q(x; z), E_x KL[q(z|x)||p] and its split, with ln q(z)
     evaluated by :func:`log_mixture` (on a cluster or on this machine).
 
+    The estimates are computed by the code of :func:`refvae.estimators.aggregated_posterior_stats`
+    (``estimators._aggregated_estimates``), given this module's ln q(z) evaluator; only the draws'
+    source (``n_queries``, components in files) and the evaluation of ln q(z) are this module's.
+
     ``x_or_components``: the data set x (N, D) (encoded with ``encode_all``, as the single-machine
     estimator does), or its components: a pair ``(means, log_vars)``, a dict with those keys, an
     ``.npz`` path or a directory (:func:`encode_to_shards`).
@@ -1044,7 +1068,8 @@ def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n
     With ``n_queries=M``: M draws from q(z) as ``AggregatedPosterior.sample`` makes them
     (``n = rng.integers(0, N, M)``, then ``eps = rng.standard_normal((M, L))``), so that the cost is
     M N pairs instead of S N^2 (the plan of validation/SCALING.md); the Monte Carlo terms are then
-    paired with the drawn n (H[q(z|x)] and, for the standard prior, E_x KL stay exact over all N).
+    paired with the drawn n (H[q(z|x)] and, when the prior has a closed form, E_x KL stay exact over
+    all N).
     With ``n_queries=M``, a cluster, and components in files or Dask arrays, nothing of size N
     comes to the client (memory O(M L + shards)): the workers return the M drawn rows (the same
     draws, to the bit) and per-shard exact sums, and these two exact terms are the correctly
@@ -1063,72 +1088,67 @@ def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n
                                                           scheduler, connect_timeout)
     p = _params(model, params)
     kind, obj = _data_or_components(model, x_or_components)
-    standard = model.prior.name == "standard"
     with _cluster(client, scheduler, connect_timeout) as c:
-        if kind == "x":
-            mu, lv = encode_all(model, obj, p)
-            comps = _Components(mu, lv)
-        else:
-            comps = obj
-        N, L = comps.N, comps.L
+        comps = _Components(*encode_all(model, obj, p)) if kind == "x" else obj
         if M is not None and c is not None and comps.kind != "numpy":
             # components in files or Dask arrays: the same draws, but only the M drawn rows and
             # per-shard exact sums come to this machine (module docstring, "Drawn rows and exact sums")
-            idx = rng.integers(0, N, size=M)
-            eps = rng.standard_normal((M, L))
-            mu_q, lv_q, ent_sum, kl_sum = _drawn_rows_and_sums_on(c, comps, idx, standard, chunk,
-                                                                  progress)
-            h_cond = Estimate(ent_sum / N, 0.0, N)
-            exact_kl = Estimate(kl_sum / N, 0.0, N) if standard else None
-            z = mu_q + np.exp(0.5 * lv_q) * eps
-            lqz = _evaluate(z, comps, None, c, chunk, split_every, threads_per_task, progress)
-            lpz = _prior_log_prob(model, p, z)
-            ent_q = gaussian.entropy(lv_q)
+            draws = _queries_on_cluster(c, model, p, comps, rng, M, chunk, progress)
         else:
-            if kind != "x":
-                mu, lv = comps.to_numpy()
-                if c is None:  # read the files (or compute the Dask arrays) once, not twice
-                    comps = _Components(mu, lv)
-            ent = gaussian.entropy(lv)
-            h_cond = _exact(ent)
-            exact_kl = None
-            if standard:
-                zero = np.zeros(L)
-                exact_kl = _exact(gaussian.kl(mu, lv, zero, zero))
-            if M is None:
-                z = _draw_posterior(mu, lv, S, rng)
-                flat = z.reshape(N * S, L)
-                lqz = _evaluate(flat, comps, None, c, chunk, split_every, threads_per_task,
-                                progress).reshape(N, S)
-                lpz = _prior_log_prob(model, p, flat).reshape(N, S)
-                ent_q = ent[:, None]
-                mu_q, lv_q = mu[:, None, :], lv[:, None, :]
-            else:
-                idx = rng.integers(0, N, size=M)
-                eps = rng.standard_normal((M, L))
-                z = mu[idx] + np.exp(0.5 * lv[idx]) * eps
-                lqz = _evaluate(z, comps, None, c, chunk, split_every, threads_per_task, progress)
-                lpz = _prior_log_prob(model, p, z)
-                ent_q = ent[idx]
-                mu_q, lv_q = mu[idx], lv[idx]
-    h_qz = _estimate(-lqz)
-    kl_qp = _estimate(lqz - lpz)
-    mi = _estimate(-lqz - ent_q)
-    if standard:
-        avg_kl = exact_kl
-    else:
-        lq = gaussian.log_prob(z, mu_q, lv_q)
-        avg_kl = _estimate(lq - lpz)
-    split = _estimate(-lqz - ent_q + (lqz - lpz))
-    return {"entropy_qz": h_qz, "cross_entropy": _estimate(-lpz), "conditional_entropy": h_cond,
-            "kl_qz_p": kl_qp, "mutual_information": mi, "avg_kl": avg_kl, "avg_kl_split": split}
+            draws, comps = _draws_here(model, p, comps, rng, S, M, here=c is None)
+        log_qz = _LogQz(comps, c, chunk, split_every, threads_per_task, progress)
+        return _aggregated_estimates(model, p, *draws[:4], log_qz, *draws[4:])
+
+
+def _closed_form_kl_rows(model, p, L):
+    """A picklable ``(mu, lv) -> KL[q(z|x_n)||p]`` per row for the shard tasks when the prior has a
+    closed form (:func:`refvae.estimators._closed_form_kl`, tried on one row), else None."""
+    probe = np.zeros((1, L))
+    if _closed_form_kl(model.prior, p, probe, probe) is None:
+        return None
+    return functools.partial(_closed_form_kl, model.prior, p)
+
+
+def _queries_on_cluster(client, model, p, comps, rng, M, chunk, progress):
+    """M draws from q(z) (``idx = rng.integers(0, N, M)``, then ``eps``) with the drawn rows and the
+    exact sums of H[q(z|x_n)] (and of the closed-form KL) computed by the shards:
+    ``(z, mu_q, lv_q, ent_q, h_cond, avg_kl)`` for :func:`refvae.estimators._aggregated_estimates`."""
+    N, L = comps.N, comps.L
+    idx = rng.integers(0, N, size=M)
+    eps = rng.standard_normal((M, L))
+    kl_rows = _closed_form_kl_rows(model, p, L)
+    mu_q, lv_q, ent_sum, kl_sum = _drawn_rows_and_sums_on(client, comps, idx, kl_rows, chunk, progress)
+    z = mu_q + np.exp(0.5 * lv_q) * eps
+    avg_kl = None if kl_rows is None else Estimate(kl_sum / N, 0.0, N)
+    return z, mu_q, lv_q, gaussian.entropy(lv_q), Estimate(ent_sum / N, 0.0, N), avg_kl
+
+
+def _draws_here(model, p, comps, rng, S, M, here):
+    """The draws with the components on this machine: N S stratified draws z_ns ~ q(z|x_n)
+    (``M`` None), or M draws from q(z) as ``AggregatedPosterior.sample`` makes them. Returns
+    ``((z, mu_q, lv_q, ent_q, h_cond, avg_kl), comps)``; with ``here`` (no cluster) ``comps`` as
+    NumPy arrays, so that files are read (or Dask arrays computed) once, not twice."""
+    mu, lv = comps.to_numpy()
+    if here and comps.kind != "numpy":
+        comps = _Components(mu, lv)
+    N, L = comps.N, comps.L
+    ent = gaussian.entropy(lv)
+    kl = _closed_form_kl(model.prior, p, mu, lv)
+    exact = (_exact(ent), None if kl is None else _exact(kl))
+    if M is None:
+        z = _draw_posterior(mu, lv, S, rng)
+        return (z, mu[:, None, :], lv[:, None, :], ent[:, None]) + exact, comps
+    idx = rng.integers(0, N, size=M)
+    eps = rng.standard_normal((M, L))
+    z = mu[idx] + np.exp(0.5 * lv[idx]) * eps
+    return (z, mu[idx], lv[idx], ent[idx]) + exact, comps
 
 
 def holes(model, x_or_components, rng, n_samples=10000, taus=(0.1, 0.01), *, params=None,
           client=None, scheduler=None, chunk=DEFAULT_CHUNK, split_every=DEFAULT_SPLIT_EVERY,
           threads_per_task=1, progress=False, connect_timeout=DEFAULT_CONNECT_TIMEOUT):
-    """Holes (SPEC section 5) as :func:`refvae.estimators.hole_metrics`: z_1..z_M ~ p(z) from
-    ``rng`` (the same draws), ``reverse_kl = KL[p||q(z)]`` and ``hole_mass[tau] = P_p[q(z)/p(z) < tau]``,
+    """Holes (SPEC section 5) by the code of :func:`refvae.estimators.hole_metrics`
+    (``estimators._prior_hole_estimates``): z_1..z_M ~ p(z) from ``rng`` (the same draws), ``reverse_kl = KL[p||q(z)]`` and ``hole_mass[tau] = P_p[q(z)/p(z) < tau]``,
     with ln q(z) by :func:`log_mixture`. ``x_or_components`` as in :func:`aggregated_stats`;
     components given as files are read only by the workers (cluster path).
 
@@ -1151,10 +1171,8 @@ def holes(model, x_or_components, rng, n_samples=10000, taus=(0.1, 0.01), *, par
     kind, obj = _data_or_components(model, x_or_components)
     with _cluster(client, scheduler, connect_timeout) as c:
         comps = _Components(*encode_all(model, obj, p)) if kind == "x" else obj
-        z = model.prior.sample(p, M, rng)
-        lpz = _prior_log_prob(model, p, z)
-        lqz = _evaluate(z, comps, None, c, chunk, split_every, threads_per_task, progress)
-    return _hole_estimates(lqz - lpz, taus)
+        log_qz = _LogQz(comps, c, chunk, split_every, threads_per_task, progress)
+        return _prior_hole_estimates(model, p, rng, M, taus, log_qz)
 
 
 if __name__ == "__main__":  # pragma: no cover
