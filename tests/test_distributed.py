@@ -43,7 +43,7 @@ from refvae.priors.mixtures import AggregatedPosterior  # noqa: E402
 from refvae.tolerances import U, tolerance  # noqa: E402
 from refvae.vae import VAE  # noqa: E402
 
-C_BOUND = tolerance("mixture_kernel_c").rtol
+C_BOUND = tolerance("mixture_kernel_c").c
 LN_2PI = math.log(2 * math.pi)
 N = 20000
 M = 200

@@ -7,7 +7,7 @@ natural size of its rounding error: ``|got - expected| <= atol + rtol * scale``.
 
 Monte Carlo checks state their false-failure probability in the docstring: with the standard
 error SE estimated from the samples, a check passes when ``|estimate - exact| <= k SE`` with
-``k = tolerance("monte_carlo_k_sigma").rtol = 5``, i.e. ``P(|N(0,1)| > 5) = 5.7e-7`` per check
+``k = tolerance("monte_carlo_k_sigma").k = 5``, i.e. ``P(|N(0,1)| > 5) = 5.7e-7`` per check
 by the central limit theorem (fixed seeds, so a pass is reproducible). Each one also asserts that
 an error of the size it is meant to catch would exceed the threshold by a wide margin.
 """
@@ -29,8 +29,8 @@ from gradchecks import all_checks, checked
 from strategies import broadcast_gaussian_args, float_arrays, log_vars_range
 
 LOG_2PI = math.log(2 * math.pi)
-K_SIGMA = tolerance("monte_carlo_k_sigma").rtol
-P_FALSE = math.erfc(K_SIGMA / math.sqrt(2))   # P(|N(0,1)| > k) = 5.7e-7
+K_SIGMA = tolerance("monte_carlo_k_sigma").k
+P_FALSE = tolerance("monte_carlo_k_sigma").false_failure_probability   # P(|N(0,1)| > k) = 5.7e-7
 
 QP = ("mu_q", "log_var_q", "mu_p", "log_var_p")
 QP_LV = ("log_var_q", "log_var_p")

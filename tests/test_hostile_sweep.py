@@ -1170,6 +1170,8 @@ TABLE["tools.provenance.package_version"] = Entry(b(provenance.package_version, 
 
 # --- tolerances
 TABLE["tolerances.Tolerance"] = ex(RECORD + " (the table of constants in refvae.tolerances)")
+for _kind in ("RelAbs", "Rounding", "Sigma", "PValue", "Distance", "EstimateMultiple"):
+    TABLE[f"tolerances.{_kind}"] = ex(RECORD + " (one kind of entry of the table in refvae.tolerances)")
 TABLE["tolerances.tolerance"] = Entry(b(tolerances.tolerance, name="verify_golden"), options=("name",),
                                       errors=(ValueError, TypeError, KeyError),
                                       label={"name": r"name|tolerance"})

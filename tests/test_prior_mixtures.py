@@ -372,7 +372,7 @@ def test_samples_agree_with_density(name):
     (``mixture_prior_chi_square``; asymptotic chi-square law with expected counts >= 20)."""
     prior, params = build(name)
     p = chi_square_pvalue(prior, params, seed=2024)
-    assert p >= tolerance("mixture_prior_chi_square").atol, f"{name}: chi-square p-value {p:.3e}"
+    assert p >= tolerance("mixture_prior_chi_square").alpha, f"{name}: chi-square p-value {p:.3e}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -389,11 +389,11 @@ def test_log_prob_equals_definition_in_mpmath(name):
 def test_meta_sampler_with_exp_log_var_fails_the_chi_square_test():
     """Planted bug (1): the same chi-square check (seed 2024) must reject; density checks cannot see it."""
     prior, params = broken(SamplerExpLogVar)
-    assert chi_square_pvalue(prior, params, seed=2024) < tolerance("mixture_prior_chi_square").atol
+    assert chi_square_pvalue(prior, params, seed=2024) < tolerance("mixture_prior_chi_square").alpha
     assert normalisation_error(prior, params) <= tolerance("mixture_prior_normalisation").atol
     assert mpmath_error(prior, params, query_points(prior, params)) <= 1.0
     agg, p2 = broken(AggregatedSamplerExpLogVar, "aggregated")
-    assert chi_square_pvalue(agg, p2, seed=2024) < tolerance("mixture_prior_chi_square").atol
+    assert chi_square_pvalue(agg, p2, seed=2024) < tolerance("mixture_prior_chi_square").alpha
 
 
 def test_meta_per_dimension_mixture_fails_the_definition_check():

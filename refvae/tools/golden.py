@@ -237,7 +237,7 @@ def allowed_error(values, scales, profile="float64", c=None):
     """
     check_choice(profile, "profile", tuple(PROFILE_ROUNDOFF))
     u = PROFILE_ROUNDOFF[profile]
-    c = tolerance("verify_golden").rtol if c is None else check_real(c, "c", lo=0, lo_open=True)
+    c = tolerance("verify_golden").c if c is None else check_real(c, "c", lo=0, lo_open=True)
     values = as_float_array(values, "values", allow_empty=True)
     scales = as_float_array(scales, "scales", allow_empty=True)
     if np.any(scales < 0):
@@ -721,7 +721,7 @@ def _manifest(name, config, model, x, eps, draws, values, seed, idx, shifts, pro
             "neg_elbo_expectation": f"E_q[neg_elbo], the mean over the same {NLL_SAMPLES} draws"},
         "tolerances": {
             "formula": "|actual - expected| <= c * u * (scale + |expected|) + tiny, per element",
-            "c": tolerance("verify_golden").rtol,
+            "c": tolerance("verify_golden").c,
             "c_reason": tolerance("verify_golden").reason,
             "unit_roundoff": {"float64": PROFILE_ROUNDOFF["float64"],
                               "float32": PROFILE_ROUNDOFF["float32"]},
@@ -730,7 +730,7 @@ def _manifest(name, config, model, x, eps, draws, values, seed, idx, shifts, pro
             "scale": (f"S_q = RMS over {N_PROBES} random-sign probes r of J_q (theta * r), "
                       f"theta = every input (parameters, eps, prior-sample draws, x if Gaussian), "
                       f"by central differences with relative step {PROBE_STEP}"),
-            "regeneration": {"c": tolerance("golden_regeneration").rtol,
+            "regeneration": {"c": tolerance("golden_regeneration").c,
                              "reason": tolerance("golden_regeneration").reason},
         },
         "provenance": {**prov, "seed": seed,
@@ -1195,7 +1195,7 @@ def compare_cases(new, old, c_regen=None) -> list:
     Monte Carlo references within a relative 1e-6 (they are estimates computed with the same
     seeds: only rounding moves them).
     """
-    c_regen = (tolerance("golden_regeneration").rtol if c_regen is None
+    c_regen = (tolerance("golden_regeneration").c if c_regen is None
                else check_real(c_regen, "c_regen", lo=0, lo_open=True))
     for arg, name in ((new, "new"), (old, "old")):
         if not isinstance(arg, GoldenCase):

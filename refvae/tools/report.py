@@ -305,7 +305,7 @@ def near_kink(model, x, eps, margin=None):
     choice of batch can move.
     """
     _check_model(model)
-    margin = (tolerance("gradcheck_kink_margin").atol if margin is None
+    margin = (tolerance("gradcheck_kink_margin").d if margin is None
               else check_real(margin, "margin", lo=0.0))
     trace = dict(model.forward(x, eps)["trace"])
     count = fixed = 0
@@ -352,7 +352,7 @@ def choose_gradcheck_batch(model, x_pool, rng, batch_size, candidates):
     count, fixed, names, idx, eps, chosen = best
     info = {"batch_indices": idx.tolist(), "candidates_tried": c, "chosen_candidate": chosen,
             "near_kink": count, "near_kink_batch_independent": fixed, "near_kink_layers": names,
-            "kink_margin": tolerance("gradcheck_kink_margin").atol}
+            "kink_margin": tolerance("gradcheck_kink_margin").d}
     return x_pool[idx], eps, info
 
 
@@ -542,7 +542,7 @@ def kernel_accuracy(rng, n_random):
     """
     check_rng(rng)
     n_random = check_positive_int(n_random, "n_random")
-    c_allowed = tolerance("mixture_kernel_c").rtol
+    c_allowed = tolerance("mixture_kernel_c").c
     try:
         import mpmath
     except ImportError:
@@ -592,7 +592,7 @@ def identities(run, n_train):
     if not isinstance(run, dict):
         raise TypeError(f"run must be a dict (one entry of a report's runs), got {type(run).__name__}")
     n_train = check_positive_int(n_train, "n_train")
-    k = tolerance("monte_carlo_k_sigma").rtol
+    k = tolerance("monte_carlo_k_sigma").k
     out = []
 
     def add(name, where, tol_name, values=None, note=""):
@@ -1007,8 +1007,7 @@ def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, gu
         "seed": seed, "profile": asdict(profile), "data": data_desc,
         "provenance": {**provenance(), "seed": seed, "profile": profile.name,
                        "reproducibility": REPRODUCIBILITY},
-        "tolerances": {k: {"rtol": v.rtol, "atol": v.atol, "reason": v.reason}
-                       for k, v in TOLERANCES.items()},
+        "tolerances": {k: v.record() for k, v in TOLERANCES.items()},
         "kernel_accuracy": None, "runs": [], "timing": {}, "figures_note": plot_note,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
@@ -1347,7 +1346,7 @@ def render_markdown(r):
 
     out += ["## Correctness", "", "### Identities of SPEC §5", "",
             "Tolerances from `refvae.tolerances` (reasons in report.json); Monte Carlo checks use "
-            f"k = {TOLERANCES['monte_carlo_k_sigma'].rtol:g} standard errors (false-failure "
+            f"k = {TOLERANCES['monte_carlo_k_sigma'].k:g} standard errors (false-failure "
             "probability ≤ 1e-6 per check).", ""]
     rows = []
     for run in runs:
@@ -1366,7 +1365,7 @@ def render_markdown(r):
             "difference quotient, which dominates for arrays whose directional derivative is tiny "
             "compared with the loss, so their relative error is mostly rounding noise). "
             "The batch is chosen so that no relu/leaky_relu pre-activation lies "
-            f"within {TOLERANCES['gradcheck_kink_margin'].atol:g} of its kink "
+            f"within {TOLERANCES['gradcheck_kink_margin'].d:g} of its kink "
             "(`gradcheck_kink_margin`); pre-activations of a prior's component network at fixed "
             "inputs do not depend on the batch and are counted separately.", ""]
     rows = []

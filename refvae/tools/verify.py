@@ -467,7 +467,7 @@ def _u(profile):
 
 
 def _c():
-    return tolerance("verify_golden").rtol
+    return tolerance("verify_golden").c
 
 
 def _loss_of(out):
@@ -607,9 +607,9 @@ def _needs_l2(case, method, adapter):
 def check_normalisation(adapter, case, profile="float64", grid=None):
     """The adapter's prior density integrates to one (L = 2, trapezoid rule on a grid).
 
-    Tolerance: ``|I - 1| <= atol + rtol |I_h - I_2h| + outside + c u sum p |log p| h^2``, i.e. a
-    floor (``tolerances["verify_normalisation"].atol``), the rule's error estimate times
-    ``rtol`` = 10 (the rule's error is below |I_h - I_2h|: spectral convergence for Gaussian
+    Tolerance: ``|I - 1| <= floor + factor |I_h - I_2h| + outside + c u sum p |log p| h^2``, i.e. a
+    floor (``tolerance("verify_normalisation").floor``), the rule's error estimate times
+    ``factor`` = 10 (the rule's error is below |I_h - I_2h|: spectral convergence for Gaussian
     mixtures, O(h^2) with |I_h - I_2h| ~ 3x the error where leaky-ReLU MLPs make the density
     piecewise smooth), the reference prior's mass outside the box (<= 4 Phi(-R), R = 10 sd for
     mixtures, f^-1([-7, 7]^2) for the flow), and the rounding of exp(log p).
@@ -630,7 +630,7 @@ def check_normalisation(adapter, case, profile="float64", grid=None):
     tol = tolerance("verify_normalisation")
     with np.errstate(invalid="ignore"):
         rounding = _c() * _u(profile) * float(np.nansum(dens * np.abs(np.where(dens > 0, logp, 0.0)))) * h * h
-    allowed = tol.atol + tol.rtol * rule + g["outside"] + rounding
+    allowed = tol.floor + tol.factor * rule + g["outside"] + rounding
     dev = abs(integral - 1.0)
     details = {"integral": integral, "integral_2h": coarse, "rule_estimate": rule,
                "outside_bound": g["outside"], "rounding": rounding, "h": h,
@@ -712,7 +712,7 @@ def check_sampler(adapter, case, profile="float64", grid=None, n=20000, seed=0):
     stat = float(np.sum((o - e) ** 2 / e))
     dof = e.size - 1
     pvalue = float(stats.chi2.sf(stat, dof))
-    alpha = tolerance("verify_chi_square").atol
+    alpha = tolerance("verify_chi_square").alpha
     worst = int(np.argmax((o - e) ** 2 / e))
     details = {"n": n, "seed": seed, "cells": int(e.size), "statistic": stat, "dof": dof,
                "p_value": pvalue, "alpha": alpha,
@@ -862,7 +862,7 @@ def check_nll(adapter, case, profile="float64", outputs=None, seed=0):
     tol = tolerance("verify_nll")
     B = nll.size
     se = float(np.sqrt(np.sum(ref["nll_is_se"] ** 2))) / B
-    allowed = tol.rtol * math.sqrt(2.0) * se + tol.atol
+    allowed = tol.k * math.sqrt(2.0) * se + tol.slack
     m_user, m_ref = float(np.mean(nll)), float(np.mean(ref["nll"]))
     m_is, m_elbo = float(np.mean(ref["nll_is"])), float(np.mean(ref["neg_elbo_expectation"]))
     refs = (f"exact NLL {m_ref:.4f}, refvae's importance-sampled {m_is:.4f} +- {se:.4f}, "
