@@ -14,7 +14,7 @@ On a local cluster of 2 worker processes (and one of 1), with N = 2 * 10^4 compo
 - bad input and an unreachable scheduler give clear errors; the CLI's ``run()`` works end to end.
 
 Tolerance (sharded vs single machine, per query): both are within the kernel's bound of the exact
-value (``mixture_kernel_c``, c = 4); the sharded one also carries the shards' spread (ln n) and the
+value (``mixture_kernel_c``: c = 4 as tested, 26 proven); the sharded one also carries the shards' spread (ln n) and the
 combination tree's rounding, so ``|f_dist - f_single| <= c u (2 (|f| + S) + ln n) +
 D (k + 3 + ln k) u + 2 u`` (refvae.tools.distributed docstring). That is ~1e-13 here, while a wrong
 log-weight (-ln chunk instead of -ln N) is off by >= ln 2, and a dropped shard by > 1e-4.

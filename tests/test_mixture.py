@@ -7,7 +7,7 @@ The kernel computes, for queries z (B, L) and K diagonal Gaussian components,
 with log-weights w used as given (unnormalised). What is checked, and against what:
 
 * **The definition, exactly** (``tests/mpmath_oracle.py``, mpmath at >= 200 bits, dps >= 60): the
-  forward error bound ``|f_hat - f| <= c u (|f| + S)`` with ``c = tolerance("mixture_kernel_c")``,
+  forward error bound ``|f_hat - f| <= c u (|f| + S)`` with ``c = tolerance("mixture_kernel_c").c``,
   u = 2^-53 and S the responsibility-weighted magnitude of the summands (kernel docstring), on a
   fixed seeded batch of random and adversarial inputs. ``test_record_kernel_accuracy`` writes the
   largest observed c to ``validation/kernel_accuracy.json``. The VJP is checked entry by entry
@@ -1153,7 +1153,7 @@ def _violation_rounding_accumulation():
     the per-component constant (acc -= w*w over l), so each of the L roundings could be up to half
     an ulp of |acc|; with
     L = 16, |f| ~ 1024.5 and every (z_l - mu_l)^2/2 just above half an ulp of 1024.5, the error is
-    ~ L/2 u (|f| + S) and the documented c = 4 is exceeded (observed c ~ 8; c ~ L/2 in general)."""
+    ~ L/2 u (|f| + S) and the tested c = 4 is exceeded (observed c ~ 8; c ~ L/2 in general)."""
     L = 16
     lw = np.array([-1024.5 + 0.5 * L * LN_2PI])
     half_ulp = 0.5 * np.spacing(1024.5) * (1 + 1e-6)

@@ -81,7 +81,9 @@ References
 ----------
 W. J. Cody and W. Waite, *Software Manual for the Elementary Functions* (1980), argument
 reduction with a split constant; fdlibm ``e_exp.c`` (the ln2_hi/ln2_lo split);
-KERNEL-NOTES.md (measured cost of ``math.exp`` in Numba on these machines).
+``validation/results/bench_mixture.md``, "Machine peaks" (measured cost of ``math.exp`` in Numba:
+4.26 ns per call for a normal result, 18.8 ns for a subnormal one, 21.4 ns for an underflow to 0;
+:func:`exp_tile` 1.14, 2.63 and 2.64 ns per value).
 """
 
 from __future__ import annotations

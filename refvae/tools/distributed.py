@@ -86,8 +86,9 @@ below). With one shard (``chunk >= N``) the result is bit-identical to
 
 Error bound (sharded vs exact)
 ------------------------------
-The kernel gives each shard's log-sum ``f_i`` within ``c u (|f_i| + S_i)`` (c = 4,
-``tolerances.TOLERANCES["mixture_kernel_c"]``; S_i the shard's responsibility-weighted magnitude
+The kernel gives each shard's log-sum ``f_i`` within ``c u (|f_i| + S_i)`` (c <= 26 proven; the
+tests assert c <= 4, ``tolerance("mixture_kernel_c").c``, and use it here; S_i the shard's
+responsibility-weighted magnitude
 of the summands). With the shard shares ``rho_i = exp(f_i - f)`` (they sum to one),
 ``sum_i rho_i S_i = S`` and ``sum_i rho_i |f_i| <= |f| + sum_i rho_i |ln rho_i| <= |f| + ln n``
 (n shards), so the partials carry at most ``c u (|f| + S + ln n)``. The kernel's skipped terms
