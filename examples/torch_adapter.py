@@ -15,6 +15,11 @@ x, eps)`` returns a dict of any subset of the quantities of a golden case, named
 
 Every building block is a method, so a planted bug is a three-line subclass (tests/test_verify.py
 does exactly that).
+
+Which priors it covers: the six that refvae ships, listed in :data:`PRIOR_FAMILIES` (standard, mog,
+vamp, gtm, gtm_vamp, flow), each implemented here in torch; a case of any other prior (one
+registered in refvae from outside) is a ``ValueError`` naming the ones it knows. Activations:
+:data:`ACTIVATIONS`.
 """
 
 from __future__ import annotations
@@ -24,9 +29,19 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["TorchVAE", "factory", "factory32"]
+__all__ = ["ACTIVATIONS", "PRIOR_FAMILIES", "TorchVAE", "factory", "factory32"]
 
 LN_2PI = math.log(2.0 * math.pi)
+
+#: the activations this adapter implements (SPEC 3)
+ACTIVATIONS = {"leaky_relu": lambda h: torch.nn.functional.leaky_relu(h, 0.01), "relu": torch.relu,
+               "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softplus": torch.nn.functional.softplus}
+
+#: the priors this adapter implements (SPEC 4): name -> family. A family has the methods
+#: ``<family>_log_p`` and ``<family>_sample_from``; a mixture's components come from the method
+#: ``<name>_components``.
+PRIOR_FAMILIES = {"standard": "standard", "mog": "mixture", "vamp": "mixture", "gtm": "mixture",
+                  "gtm_vamp": "mixture", "flow": "flow"}
 
 
 class TorchVAE:
@@ -49,17 +64,9 @@ class TorchVAE:
     # ------------------------------------------------------------------ building blocks
     @staticmethod
     def activation(name, h):
-        if name == "leaky_relu":
-            return torch.nn.functional.leaky_relu(h, 0.01)
-        if name == "relu":
-            return torch.relu(h)
-        if name == "tanh":
-            return torch.tanh(h)
-        if name == "sigmoid":
-            return torch.sigmoid(h)
-        if name == "softplus":
-            return torch.nn.functional.softplus(h, threshold=40.0)
-        raise ValueError(f"unknown activation {name!r}")
+        if name not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}; this adapter implements {sorted(ACTIVATIONS)}")
+        return ACTIVATIONS[name](h)
 
     def mlp(self, P, prefix, h, act, out_act=None, trace=None, name=None):
         """``<prefix>.<i>.W`` (in, out) and ``.b``; hidden layers use ``act``. Records
@@ -126,31 +133,45 @@ class TorchVAE:
         ui, uj = torch.meshgrid(a, a, indexing="ij")
         return torch.stack([ui.reshape(-1), uj.reshape(-1)], dim=1)
 
+    @staticmethod
+    def family(cfg):
+        """The family of the case's prior (:data:`PRIOR_FAMILIES`; ``ValueError`` for another prior)."""
+        if cfg["prior"] not in PRIOR_FAMILIES:
+            raise ValueError(f"this adapter implements the priors {', '.join(PRIOR_FAMILIES)}, not "
+                             f"{cfg['prior']!r}")
+        return PRIOR_FAMILIES[cfg["prior"]]
+
+    def mog_components(self, P, cfg, trace):
+        return P["prior.means"], P["prior.log_vars"]
+
+    def vamp_components(self, P, cfg, trace):
+        u = P["prior.pseudo_inputs"]
+        trace["prior.pseudo_inputs"] = u
+        return self.encode(P, cfg, u, trace, name="prior.encoder")
+
+    def gtm_components(self, P, cfg, trace):
+        kw, L = cfg["prior_kwargs"], cfg["latent_dim"]
+        grid = self.grid(kw)
+        trace["prior.grid"] = grid
+        h = self.mlp(P, "prior.gtm", grid, kw["activation"], trace=trace)
+        return h[:, :L], h[:, L:]
+
+    def gtm_vamp_components(self, P, cfg, trace):
+        kw = cfg["prior_kwargs"]
+        grid = self.grid(kw)
+        trace["prior.grid"] = grid
+        s = self.mlp(P, "prior.gtm", grid, kw["activation"], out_act="sigmoid", trace=trace)
+        lo, hi = kw["data_range"]
+        u = lo + (hi - lo) * s
+        trace["prior.pseudo_inputs"] = u
+        return self.encode(P, cfg, u, trace, name="prior.encoder")
+
     def mixture_components(self, P, cfg, trace):
         """(means, log_vars, log_weights) of a mixture prior, recording the prior's trace."""
-        prior, kw, L = cfg["prior"], cfg["prior_kwargs"], cfg["latent_dim"]
+        if self.family(cfg) != "mixture":
+            raise ValueError(f"{cfg['prior']!r} is not a mixture prior")
+        means, log_vars = getattr(self, f"{cfg['prior']}_components")(P, cfg, trace)
         logits = P.get("prior.logits")
-        if prior == "mog":
-            means, log_vars = P["prior.means"], P["prior.log_vars"]
-        elif prior == "vamp":
-            u = P["prior.pseudo_inputs"]
-            trace["prior.pseudo_inputs"] = u
-            means, log_vars = self.encode(P, cfg, u, trace, name="prior.encoder")
-        elif prior == "gtm":
-            grid = self.grid(kw)
-            trace["prior.grid"] = grid
-            h = self.mlp(P, "prior.gtm", grid, kw["activation"], trace=trace)
-            means, log_vars = h[:, :L], h[:, L:]
-        elif prior == "gtm_vamp":
-            grid = self.grid(kw)
-            trace["prior.grid"] = grid
-            s = self.mlp(P, "prior.gtm", grid, kw["activation"], out_act="sigmoid", trace=trace)
-            lo, hi = kw["data_range"]
-            u = lo + (hi - lo) * s
-            trace["prior.pseudo_inputs"] = u
-            means, log_vars = self.encode(P, cfg, u, trace, name="prior.encoder")
-        else:
-            raise ValueError(f"{prior!r} is not a mixture prior")
         K = means.shape[0]
         if logits is not None:
             log_w = self.log_weights(logits)
@@ -188,22 +209,25 @@ class TorchVAE:
         t = self.mlp(P, f"prior.flow.{k}.t", z_a, kw["activation"])
         return torch.cat([z_a, y_b * torch.exp(s) + t], dim=1)
 
+    def standard_log_p(self, P, cfg, z, trace):
+        return self.log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+
+    def flow_log_p(self, P, cfg, z, trace):
+        kw = cfg["prior_kwargs"]
+        h, log_det = z, 0.0
+        for k in range(kw["num_couplings"]):
+            h, ld = self.coupling(P, kw, k, h, trace)
+            log_det = log_det + ld
+        base = self.log_normal(h, torch.zeros_like(h), torch.zeros_like(h))
+        trace["prior.flow.base_log_prob"] = base
+        return base + log_det
+
+    def mixture_log_p(self, P, cfg, z, trace):
+        means, log_vars, log_w = self.mixture_components(P, cfg, trace)
+        return self.mixture_log_prob(z, means, log_vars, log_w, trace)
+
     def prior_log_p(self, P, cfg, z, trace):
-        prior = cfg["prior"]
-        if prior == "standard":
-            log_p = self.log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
-        elif prior == "flow":
-            kw = cfg["prior_kwargs"]
-            h, log_det = z, 0.0
-            for k in range(kw["num_couplings"]):
-                h, ld = self.coupling(P, kw, k, h, trace)
-                log_det = log_det + ld
-            base = self.log_normal(h, torch.zeros_like(h), torch.zeros_like(h))
-            trace["prior.flow.base_log_prob"] = base
-            log_p = base + log_det
-        else:
-            means, log_vars, log_w = self.mixture_components(P, cfg, trace)
-            log_p = self.mixture_log_prob(z, means, log_vars, log_w, trace)
+        log_p = getattr(self, f"{self.family(cfg)}_log_p")(P, cfg, z, trace)
         trace["prior.log_p"] = log_p
         return log_p
 
@@ -252,28 +276,32 @@ class TorchVAE:
         with torch.no_grad():
             return self.numpy(self.prior_log_p(self.params(params), config, self.tensor(z), {}))
 
+    def standard_sample_from(self, P, cfg, noise, eps):
+        return eps
+
+    def flow_sample_from(self, P, cfg, noise, eps):
+        kw = cfg["prior_kwargs"]
+        h = eps
+        for k in range(kw["num_couplings"] - 1, -1, -1):
+            h = self.coupling_inverse(P, kw, k, h)
+        return h
+
+    def mixture_sample_from(self, P, cfg, noise, eps):
+        means, log_vars, log_w = self.mixture_components(P, cfg, {})
+        index = torch.as_tensor(np.asarray(noise["index"], dtype=np.int64))
+        return self.sample_mixture(means, log_vars, log_w, index, eps)
+
     def prior_sample_from(self, config, params, noise):
         """The prior sample made from given noise: ``eps`` (n, L) and, for mixtures, ``index``."""
         with torch.no_grad():
             P, eps = self.params(params), self.tensor(noise["eps"])
-            prior = config["prior"]
-            if prior == "standard":
-                return self.numpy(eps)
-            if prior == "flow":
-                kw = config["prior_kwargs"]
-                h = eps
-                for k in range(kw["num_couplings"] - 1, -1, -1):
-                    h = self.coupling_inverse(P, kw, k, h)
-                return self.numpy(h)
-            means, log_vars, log_w = self.mixture_components(P, config, {})
-            index = torch.as_tensor(np.asarray(noise["index"], dtype=np.int64))
-            return self.numpy(self.sample_mixture(means, log_vars, log_w, index, eps))
+            return self.numpy(getattr(self, f"{self.family(config)}_sample_from")(P, config, noise, eps))
 
     def prior_sample(self, config, params, n, seed):
         gen = torch.Generator().manual_seed(int(seed))
         L = config["latent_dim"]
         noise = {"eps": torch.randn(n, L, generator=gen, dtype=torch.float64).numpy()}
-        if config["prior"] not in ("standard", "flow"):
+        if self.family(config) == "mixture":
             with torch.no_grad():
                 _, _, log_w = self.mixture_components(self.params(params), config, {})
             probs = torch.exp(log_w.to(torch.float64))

@@ -26,8 +26,9 @@ import zipfile
 import numpy as np
 import pytest
 
+from refvae.tolerances import tolerance
 from refvae.tools import golden
-from refvae.tools.cli_verify import add_golden_parser, run_golden
+from refvae.tools.cli_verify import GOLDEN, run_golden
 from refvae.tools.golden import (CASE_LIKELIHOODS, CASE_PRIORS, CONVENTIONS, KINK_MARGIN, build_case,
                            compare_cases, load_case, reference_outputs)
 
@@ -39,7 +40,7 @@ DEFAULT = [("standard", "categorical"), ("mog", "bernoulli"), ("vamp", "gaussian
 
 def _parse(argv):
     parser = argparse.ArgumentParser()
-    add_golden_parser(parser.add_subparsers())
+    GOLDEN.add_to(parser.add_subparsers())
     return parser.parse_args(["golden", *argv])
 
 
@@ -105,7 +106,7 @@ def test_values_are_refvae_outputs(name, committed):
     assert list(out) == case.order
     for k in case.order:
         allowed = golden.allowed_error(case.values[k], case.scales[k], "float64",
-                                       c=golden.tolerance("golden_regeneration").c)
+                                       c=tolerance("golden_regeneration").c)
         assert np.all(np.abs(out[k] - case.values[k]) <= allowed), k
 
 
@@ -131,14 +132,14 @@ def test_format_and_manifest(name, committed):
     prov = m["provenance"]
     for key in ("refvae", "git_revision", "numpy", "numba", "scipy", "python", "seed", "rng"):
         assert key in prov, key
-    assert m["tolerances"]["c"] == golden.tolerance("verify_golden").c
+    assert m["tolerances"]["c"] == tolerance("verify_golden").c
     # parameters, arrays and order agree
     assert {f"param.{k}" for k in m["parameters"]} | {"input.x", "input.eps", "scales"} \
         | {f"draw.{k}" for k in m["draws"]} | {f"value.{e['name']}" for e in m["order"]} \
         | {f"reference.{k}" for k in ("nll", "nll_is", "nll_is_se", "nll_is_ess",
                                        "neg_elbo_expectation")} == files
     # data-flow order: the VAE's trace, then loss, the gradients (parameter order), the sample
-    trace = [n for n, _ in case.model().forward(case.x, case.eps)["trace"]]
+    trace = [n for n, _ in case.model().forward(case.x, case.eps).trace]
     assert case.order == trace + ["loss"] + [f"grad.{k}" for k in case.params] + ["prior_sample.z"]
     assert [e["group"] for e in m["order"]] == (["trace"] * len(trace) + ["loss"]
                                                 + ["gradient"] * len(case.params) + ["prior_sample"])
@@ -154,7 +155,7 @@ def test_kink_margin_and_visible_conventions(name, committed):
     """No leaky-ReLU pre-activation within KINK_MARGIN of 0; the conventions are visible in the
     numbers (posterior log-variances far from 0, nonzero mixture logits, flow scales)."""
     case = committed[name]
-    layers = golden._kinked_layers(case.order)
+    layers = golden.kinks._kinked_layers(case.order)
     assert layers, "every case has hidden leaky-ReLU layers"
     for pre, _ in layers:
         assert np.min(np.abs(case.values[pre])) >= KINK_MARGIN, pre
@@ -199,8 +200,8 @@ def test_scale_covers_float32_input_rounding(name, committed):
 
 def test_npz_is_deterministic():
     arrays = {"param.a": np.arange(3.0), "value.loss": np.array(1.5), "draw.i": np.arange(4)}
-    assert golden._npz_bytes(arrays) == golden._npz_bytes(arrays)
-    with np.load(io.BytesIO(golden._npz_bytes(arrays)), allow_pickle=False) as npz:
+    assert golden.writing._npz_bytes(arrays) == golden.writing._npz_bytes(arrays)
+    with np.load(io.BytesIO(golden.writing._npz_bytes(arrays)), allow_pickle=False) as npz:
         assert npz["value.loss"].shape == () and npz["draw.i"].dtype == np.int64
 
 
@@ -228,7 +229,7 @@ def test_cli_compare(tmp_path, capsys):
     with np.load(npz, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     arrays["value.kl"] = arrays["value.kl"] + 1e-9
-    npz.write_bytes(golden._npz_bytes(arrays))
+    npz.write_bytes(golden.writing._npz_bytes(arrays))
     args = _parse(["--prior", "standard", "--likelihood", "gaussian", "--compare", str(tmp_path)])
     assert run_golden(args) == 1
     assert "MOVED standard-gaussian" in capsys.readouterr().err
@@ -265,3 +266,15 @@ def test_load_case_errors(tmp_path):
     (case_dir / "case.npz").write_bytes(buf.getvalue())
     with pytest.raises(ValueError, match="without pickle"):
         load_case(case_dir)
+
+
+def test_conventions_take_each_prior_formula_from_its_class():
+    """The prior entries of the conventions are the priors' ``formula`` attributes (none is named in
+    the golden package); the general entries surround them in the committed order."""
+    from refvae.priors import PRIORS
+    keys = list(CONVENTIONS)
+    formulas = [n for n, cls in PRIORS.items() if cls.formula is not None]
+    assert formulas == ["vamp", "gtm", "gtm_vamp", "flow"]
+    for n in formulas:
+        assert CONVENTIONS[n] == PRIORS[n].formula
+    assert keys[keys.index("mixture") + 1:keys.index("elbo")] == formulas

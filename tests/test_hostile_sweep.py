@@ -795,18 +795,18 @@ TABLE["tools.distributed.load_array"] = Entry(
     label={"path": r"path|data|does not exist|not a file"})
 
 # --- golden
-TABLE["tools.golden.GoldenCase"] = ex(RECORD)
-TABLE["tools.golden.golden_dir"] = ex(NOARGS)
-TABLE["tools.golden.case_name"] = Entry(b(golden.case_name, prior="mog", likelihood="gaussian"),
+TABLE["tools.golden.case.GoldenCase"] = ex(RECORD)
+TABLE["tools.golden.case.golden_dir"] = ex(NOARGS)
+TABLE["tools.golden.case.case_name"] = Entry(b(golden.case_name, prior="mog", likelihood="gaussian"),
                                   options=("prior", "likelihood"))
-TABLE["tools.golden.build_case"] = Entry(b(golden.build_case, prior="standard", likelihood="bernoulli",
+TABLE["tools.golden.generation.build_case"] = Entry(b(golden.build_case, prior="standard", likelihood="bernoulli",
                                      seed=1), options=("prior", "likelihood"), ints={"seed": 0})
-TABLE["tools.golden.write_case"] = Entry(
+TABLE["tools.golden.writing.write_case"] = Entry(
     b(golden.write_case, out_dir=lazy(lambda c: c.fresh("golden")), prior="standard",
       likelihood="bernoulli", seed=1, checksums=True),
     paths={"out_dir": "outdir"}, options=("prior", "likelihood"), ints={"seed": 0},
     label={"out_dir": r"out_dir|directory"})
-TABLE["tools.golden.write_cases"] = Entry(
+TABLE["tools.golden.writing.write_cases"] = Entry(
     b(golden.write_cases, out_dir=lazy(lambda c: c.fresh("golden")), priors=("standard",),
       likelihoods=("bernoulli",), seed=1),
     paths={"out_dir": "outdir"}, ints={"seed": 0},
@@ -816,7 +816,7 @@ TABLE["tools.golden.write_cases"] = Entry(
             ("likelihoods", "unknown", lambda c: ("bogus",), "option", "error"),
             ("say", "not callable", lambda c: "print", "type", "error")],
     label={"priors": r"priors?", "likelihoods": r"likelihoods?"})
-TABLE["tools.golden.load_case"] = Entry(b(golden.load_case, path_or_name="standard-gaussian", directory=None),
+TABLE["tools.golden.reading.load_case"] = Entry(b(golden.load_case, path_or_name="standard-gaussian", directory=None),
                                   legal=[("directory", "none")],
                                   custom=[("path_or_name", "unknown case", lambda c: "bogus-case",
                                            "file", "error"),
@@ -829,27 +829,27 @@ TABLE["tools.golden.load_case"] = Entry(b(golden.load_case, path_or_name="standa
                                            "error")],
                                   label={"path_or_name": r"path_or_name|bogus-case|does-not-exist|"
                                                          r"a-regular-file|case"})
-TABLE["tools.golden.list_cases"] = Entry(b(golden.list_cases, directory=None), legal=[("directory", "none")],
+TABLE["tools.golden.reading.list_cases"] = Entry(b(golden.list_cases, directory=None), legal=[("directory", "none")],
                                    paths={"directory": "dir"})
-TABLE["tools.golden.write_checksums"] = Entry(b(golden.write_checksums,
+TABLE["tools.golden.checksums.write_checksums"] = Entry(b(golden.write_checksums,
                                           directory=lazy(lambda c: c.cases_copy())),
                                         paths={"directory": "dir"})
-TABLE["tools.golden.verify_checksums"] = Entry(b(golden.verify_checksums,
+TABLE["tools.golden.checksums.verify_checksums"] = Entry(b(golden.verify_checksums,
                                            directory=lazy(lambda c: c.cases_copy())),
                                          paths={"directory": "dir"}, legal=[("directory", "none")])
-TABLE["tools.golden.require_checksums"] = Entry(
+TABLE["tools.golden.checksums.require_checksums"] = Entry(
     b(golden.require_checksums, directory=lazy(lambda c: c.cases_copy()), cases=None),
     paths={"directory": "dir"}, legal=[("directory", "none"), ("cases", "none")],
     custom=[("cases", "unknown case", lambda c: ["bogus-case"], "option", "error"),
             ("cases", "str", lambda c: "standard-gaussian", "type", "error")],
     label={"directory": r"directory|does-not-exist|a-regular-file|SHA256SUMS",
            "cases": r"cases|bogus-case"})
-TABLE["tools.golden.compare_cases"] = Entry(b(golden.compare_cases, new=CASE, old=CASE, c_regen=None),
+TABLE["tools.golden.comparison.compare_cases"] = Entry(b(golden.compare_cases, new=CASE, old=CASE, c_regen=None),
                                       objects=("new", "old"), reals=("c_regen",),
                                       legal=[("c_regen", "none")],
                                       custom=[("c_regen", "negative", lambda c: -1.0, "option",
                                                "error")])
-TABLE["tools.golden.reference_model"] = Entry(
+TABLE["tools.golden.reference.reference_model"] = Entry(
     b(golden.reference_model, config=lazy(lambda c: dict(c.case().config)),
       params=lazy(lambda c: dict(c.case().params))),
     objects=("config", "params"),
@@ -861,26 +861,26 @@ TABLE["tools.golden.reference_model"] = Entry(
             ("params", "NaN", lambda c: {k: np.full(np.shape(v), np.nan)
                                          for k, v in c.case().params.items()}, "non-finite", "error")],
     label={"config": r"config|latent_dim", "params": r"params|encoder|decoder"})
-TABLE["tools.golden.reference_outputs"] = Entry(
+TABLE["tools.golden.reference.reference_outputs"] = Entry(
     b(golden.reference_outputs, model=lazy(lambda c: golden.reference_model(c.case().config,
                                                                             c.case().params)),
       x=lazy(lambda c: c.case().x), eps=lazy(lambda c: c.case().eps), draws=None),
     arrays={"x": 1, "eps": 0}, objects=("model",), legal=[("draws", "none")])
-TABLE["tools.golden.allowed_error"] = Entry(
+TABLE["tools.golden.case.allowed_error"] = Entry(
     b(golden.allowed_error, values=lazy(lambda c: c.case().values["loss"]),
       scales=lazy(lambda c: c.case().scales["loss"]), profile="float64", c=None),
     arrays={"values": None, "scales": None}, shape_kinds=("empty",), options=("profile",),
     reals=("c",), legal=[("c", "none"), ("values", "empty"), ("scales", "empty")],
     custom=[("c", "negative", lambda c: -1.0, "option", "error")])
-TABLE["tools.golden.prior_box"] = Entry(b(golden.prior_box, model=MOG), objects=("model",))
+TABLE["tools.golden.reference.prior_box"] = Entry(b(golden.prior_box, model=MOG), objects=("model",))
 
 # --- verify
-TABLE["tools.verify.QuantityResult"] = ex(RECORD)
-TABLE["tools.verify.CheckResult"] = ex(RECORD)
-TABLE["tools.verify.CaseResult"] = ex(RECORD)
-TABLE["tools.verify.VerifyReport"] = ex(RECORD)
-TABLE["tools.verify.RefvaeAdapter"] = ex(NOARGS)
-TABLE["tools.verify.load_adapter"] = Entry(
+TABLE["tools.verify.results.QuantityResult"] = ex(RECORD)
+TABLE["tools.verify.results.CheckResult"] = ex(RECORD)
+TABLE["tools.verify.results.CaseResult"] = ex(RECORD)
+TABLE["tools.verify.report.VerifyReport"] = ex(RECORD)
+TABLE["tools.verify.adapters.RefvaeAdapter"] = ex(NOARGS)
+TABLE["tools.verify.adapters.load_adapter"] = Entry(
     b(verify.load_adapter, spec="refvae.tools.verify:RefvaeAdapter"),
     custom=[("spec", "no colon", lambda c: "refvae.tools.verify", "option", "error"),
             ("spec", "unknown module", lambda c: "no_such_module_xyz:make", "option", "error"),
@@ -891,7 +891,7 @@ TABLE["tools.verify.load_adapter"] = Entry(
             ("spec", "None", lambda c: None, "type", "error"),
             ("spec", "not callable", lambda c: "refvae.tools.verify:PROFILES", "type", "error")],
     label={"spec": r"spec|no_such|refvae\.tools\.verify|does-not-exist|a-directory|factory|adapter"})
-TABLE["tools.verify.call_adapter"] = Entry(b(verify.call_adapter, adapter=ADAPTER, case=CASE, params=None),
+TABLE["tools.verify.adapters.call_adapter"] = Entry(b(verify.call_adapter, adapter=ADAPTER, case=CASE, params=None),
                                      objects=("adapter", "case"), legal=[("params", "none")])
 
 
@@ -902,7 +902,7 @@ def _kd_file(c, text, name):
     return p
 
 
-TABLE["tools.verify.load_known_deviations"] = Entry(
+TABLE["tools.verify.known.load_known_deviations"] = Entry(
     b(verify.load_known_deviations, path=lazy(lambda c: _kd_file(c, "[]", "kd-ok.json"))),
     paths={"path": "file"},
     custom=[("path", "not JSON", lambda c: _kd_file(c, "{oops", "kd1.json"), "file", "error"),
@@ -919,29 +919,29 @@ TABLE["tools.verify.load_known_deviations"] = Entry(
 _VCASE = lazy(lambda c: c.case())
 _VADAPT = dict(adapter=ADAPTER, case=_VCASE, profile="float64")
 _VCUSTOM = [("profile", "unknown", lambda c: "float16", "option", "error")]
-TABLE["tools.verify.compare_case"] = Entry(
+TABLE["tools.verify.comparison.compare_case"] = Entry(
     b(verify.compare_case, outputs=lazy(lambda c: verify.call_adapter(verify.RefvaeAdapter(), c.case())),
       case=_VCASE, profile="float64"),
     objects=("outputs", "case"), options=("profile",))
-TABLE["tools.verify.check_gradient"] = Entry(b(verify.check_gradient, **_VADAPT, seed=0),
+TABLE["tools.verify.checks.check_gradient"] = Entry(b(verify.check_gradient, **_VADAPT, seed=0),
                                        objects=("adapter", "case"), options=("profile",),
                                        ints={"seed": 0})
-TABLE["tools.verify.check_normalisation"] = Entry(
+TABLE["tools.verify.density.check_normalisation"] = Entry(
     b(verify.check_normalisation, **_VADAPT, grid=None), objects=("adapter", "case"),
     options=("profile",), legal=[("grid", "none")],
     custom=[("grid", "zero", lambda c: 0, "option", "error"),
             ("grid", "str", lambda c: "fine", "type", "error")])
-TABLE["tools.verify.check_sampler"] = Entry(
+TABLE["tools.verify.density.check_sampler"] = Entry(
     b(verify.check_sampler, **_VADAPT, grid=None, n=2000, seed=0), objects=("adapter", "case"),
     options=("profile",), ints={"n": 2, "seed": 0}, legal=[("grid", "none")],
     custom=[("n", "huge", lambda c: 10 ** 15, "resources", "error")])
-TABLE["tools.verify.check_mixture"] = Entry(
+TABLE["tools.verify.checks.check_mixture"] = Entry(
     b(verify.check_mixture, adapter=ADAPTER, case=lazy(lambda c: c.case("mog-gaussian")),
       profile="float64", n_points=16, seed=0),
     objects=("adapter", "case"), options=("profile",), ints={"n_points": 1, "seed": 0})
-TABLE["tools.verify.check_nll"] = Entry(b(verify.check_nll, **_VADAPT, seed=0), objects=("adapter", "case"),
+TABLE["tools.verify.checks.check_nll"] = Entry(b(verify.check_nll, **_VADAPT, seed=0), objects=("adapter", "case"),
                                   options=("profile",), ints={"seed": 0})
-TABLE["tools.verify.run"] = Entry(
+TABLE["tools.verify.runner.run"] = Entry(
     b(verify.run, adapter=ADAPTER, cases=lazy(lambda c: [os.path.join(c.cases_copy(),
                                                                       "standard-gaussian")]),
       profile="float64", checks=("golden",), prior_checks="once", json_out=None, seed=0),

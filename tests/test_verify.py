@@ -26,8 +26,9 @@ import textwrap
 import numpy as np
 import pytest
 
+from refvae.tolerances import tolerance
 from refvae.tools import golden, verify
-from refvae.tools.cli_verify import add_verify_parser, run_verify
+from refvae.tools.cli_verify import VERIFY, run_verify
 from refvae.tools.verify import RefvaeAdapter, load_adapter, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,7 @@ def cases(*names):
 
 def _parse(argv):
     parser = argparse.ArgumentParser()
-    add_verify_parser(parser.add_subparsers())
+    VERIFY.add_to(parser.add_subparsers())
     return parser.parse_args(["verify", *argv])
 
 
@@ -84,7 +85,7 @@ def test_reference_adapter_passes_the_committed_cases_within_rounding():
         for name, want in case.values.items():
             err = np.abs(np.asarray(outputs[name]) - want)
             bound = golden.allowed_error(want, case.scales[name], "float64",
-                                         c=golden.tolerance("golden_regeneration").c)
+                                         c=tolerance("golden_regeneration").c)
             assert np.all(err <= bound), (r.case, name, float(np.max(err / bound)))
     assert rep.case("mog-bernoulli").check("mixture").status == "pass"
     assert rep.case("flow-gaussian").check("normalisation").status == "pass"

@@ -37,6 +37,10 @@ here, so a new prior needs none of them to train and to be reported):
   it has a closed form, else ``None`` (the default);
 - ``net_inputs_fixed`` (class attribute) : ``True`` when the prior's networks read fixed inputs
   (a grid, pseudo-inputs) rather than ``z``, so their activation kinks do not move with the data.
+- ``formula`` (class attribute) : ``log p(z)`` in words, for the readers of golden cases (copied
+  into the conventions of their manifests under the prior's name); ``None`` (the default) when the
+  general conventions already say it (N(0, I); a plain mixture of Gaussians). A prior from
+  outside refvae without one is described by the first line of its class docstring.
 
 A prior is *bound* to a parameter dict (``prior.bind(params)``; the VAE binds its own ``params``)
 so that the convenience methods ``log_prob(z)``, ``log_prob_vjp(g, z)`` and ``draw(n, rng)``
@@ -93,6 +97,9 @@ class Prior:
     # ---- what the tools ask of a prior (defaults that any prior may override)
     #: True when the prior's networks read fixed inputs (a grid, pseudo-inputs), not z
     net_inputs_fixed = False
+
+    #: log p(z) in words for golden-case manifests; None: the general conventions say it
+    formula = None
 
     @classmethod
     def settings(cls, profile) -> dict:

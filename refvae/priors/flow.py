@@ -98,6 +98,10 @@ class FlowPrior(Prior):
     """
 
     name = "flow"
+    formula = ("RealNVP with T couplings; each splits z into z_a = z[:, :L//2], z_b = z[:, L//2:], "
+               "s = tanh(MLP_s(z_a)), t = MLP_t(z_a), y_b = (z_b - t) exp(-s), out = reverse([z_a, y_b]) "
+               "(coordinates in reverse order), log_det = -sum_j s_j once per coupling; log p(z) = "
+               "log N(f(z) | 0, I) + sum_t log_det_t")
 
     @classmethod
     def settings(cls, profile):

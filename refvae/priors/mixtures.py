@@ -498,6 +498,7 @@ class VampPrior(_MixturePrior):
     """
 
     name = "vamp"
+    formula = "components (mu_k, log_var_k) = encoder(prior.pseudo_inputs[k]), the model's own encoder"
     needs = ("encoder", "x_dim")
     INITS = ("uniform", "data")
 
@@ -683,6 +684,8 @@ class GTMPrior(_GridMixin, _MixturePrior):
     """
 
     name = "gtm"
+    formula = ("grid a = linspace(u_min, u_max, g); point k = i g + j is (a_i, a_j); (mu_k, log_var_k) = "
+               "split of MLP prior.gtm(grid) (2L outputs, like the encoder)")
 
     @classmethod
     def settings(cls, profile):
@@ -772,6 +775,8 @@ class GTMVampPrior(_GridMixin, _MixturePrior):
     """
 
     name = "gtm_vamp"
+    formula = ("pseudo-inputs lo + (hi - lo) sigmoid(MLP prior.gtm(grid)) with (lo, hi) = "
+               "prior_kwargs.data_range, then the encoder")
     needs = ("encoder", "x_dim")
 
     @classmethod
@@ -849,8 +854,7 @@ class AggregatedPosterior(_MixturePrior):
 
     Numerics
     --------
-    See :mod:`refvae.kernels.mixture` (online log-sum-exp, error <= c u (|f| + S): c <= 26 proven,
-    <= 4 tested). The trace holds the
+    See :mod:`refvae.kernels.mixture` (online log-sum-exp, error <= 4 u (|f| + S)). The trace holds the
     (B, N) matrix ``prior.component_log_prob`` only when ``N <= component_trace_limit`` (default
     0: never, since N is the size of a data set and the matrix would cost more than the kernel;
     pass a limit to see it) and ``B N <= 2**24``. The backward calls the kernel's VJP with ``z_only=True``: no pass

@@ -1,0 +1,176 @@
+r"""Adapters: loading a factory (``module:function`` or ``file.py:function``), calling an adapter
+on a case, the argument checks every check shares, and refvae itself as an adapter."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+
+import numpy as np
+
+from .. import golden as _golden
+from ..._validation import check_choice, check_positive_int
+
+__all__ = ["PROFILES", "load_adapter", "call_adapter", "RefvaeAdapter"]
+
+PROFILES = tuple(_golden.PROFILE_ROUNDOFF)
+
+
+def load_adapter(spec):
+    """``factory()`` for ``"package.module:factory"`` or ``"path/to/file.py:factory"``.
+
+    Raises ``ValueError`` naming the spec when the module or the factory cannot be found, or when
+    importing the module or calling the factory raises (the message gives the exception and the
+    line of the adapter's file it came from).
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"--impl must be 'module:factory' or 'path/to/file.py:factory', got {spec!r}")
+    mod_name, _, attr = spec.rpartition(":")
+    if not mod_name or not attr:
+        raise ValueError(f"--impl must be 'module:factory' or 'path/to/file.py:factory', got {spec!r}")
+    if mod_name.endswith(".py") or os.sep in mod_name or "/" in mod_name:
+        path = os.path.abspath(mod_name)
+        if not os.path.isfile(path):
+            raise ValueError(f"--impl {spec!r}: no such file {path}")
+        name = "refvae_adapter_" + os.path.splitext(os.path.basename(path))[0]
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - the adapter's own error, named in one line
+            sys.modules.pop(name, None)
+            raise ValueError(f"--impl {spec!r}: importing {path} raised {_where(exc)}") from exc
+    else:
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"--impl {spec!r}: cannot import {mod_name!r} ({exc})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"--impl {spec!r}: importing {mod_name!r} raised {_where(exc)}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--impl {spec!r}: {mod_name} has no callable {attr!r}")
+    try:
+        adapter = factory()
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"--impl {spec!r}: {attr}() raised {_where(exc)}") from exc
+    if not (callable(getattr(adapter, "run", None)) or callable(adapter)):
+        raise ValueError(f"--impl {spec!r}: {attr}() returned {type(adapter).__name__}, which has no "
+                         "run(config, params, x, eps) method and is not callable")
+    return adapter
+
+
+def _where(exc):
+    """``"Type: message (file, line n)"`` of an exception (its innermost frame)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        loc = f" ({exc.filename}, line {exc.lineno})"
+    elif tb:
+        loc = f" ({tb[-1].filename}, line {tb[-1].lineno})"
+    else:
+        loc = ""
+    return f"{type(exc).__name__}: {exc}{loc}"
+
+
+def _runner(adapter):
+    fn = getattr(adapter, "run", None)
+    if callable(fn):
+        return fn
+    if callable(adapter):
+        return adapter
+    raise ValueError(f"the adapter ({type(adapter).__name__}) has no run(config, params, x, eps) "
+                     "method and is not callable")
+
+
+def _check_case(case):
+    if not isinstance(case, (_golden.GoldenCase, _Sub)):
+        raise TypeError(f"case must be a refvae.tools.golden.GoldenCase (from refvae.tools.golden.load_case), got "
+                        f"{type(case).__name__}")
+    return case
+
+
+def _check_seed(seed):
+    return check_positive_int(seed, "seed", minimum=0)
+
+
+def _check_outputs(outputs):
+    if outputs is not None and not isinstance(outputs, dict):
+        raise TypeError(f"outputs must be a dict name -> array (or None), got {type(outputs).__name__}")
+    return outputs
+
+
+def _check_args(adapter, case, profile, seed=0, outputs=None):
+    """The arguments every check shares: an adapter with run(), a GoldenCase, a profile, a seed."""
+    _runner(adapter)
+    _check_case(case)
+    check_choice(profile, "profile", PROFILES)
+    _check_seed(seed)
+    _check_outputs(outputs)
+
+
+def _check_grid(grid):
+    if grid is not None and not (isinstance(grid, dict) and "logp" in grid and "h" in grid):
+        raise TypeError(f"grid must be None or the dict made by refvae.tools.verify._density_grid, got "
+                        f"{type(grid).__name__}")
+
+
+def call_adapter(adapter, case, params=None):
+    """The adapter's outputs for a case (fresh copies of the inputs), as a dict."""
+    _check_case(case)
+    if params is not None and not isinstance(params, dict):
+        raise TypeError(f"params must be a dict name -> array (or None), got {type(params).__name__}")
+    config, p, x, eps = case.inputs()
+    if params is not None:
+        p = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+    out = _runner(adapter)(config, p, x, eps)
+    if not isinstance(out, dict):
+        raise TypeError(f"the adapter returned {type(out).__name__}; expected a dict name -> array")
+    return out
+
+
+class RefvaeAdapter:
+    """refvae itself behind the adapter protocol (the reference passes every check by
+    construction; useful to see the protocol in use and to test the harness)."""
+
+    name = "refvae (reference)"
+
+    def _model(self, config, params):
+        return _golden.reference_model(config, params)
+
+    def run(self, config, params, x, eps):
+        return _golden.reference_outputs(self._model(config, params), x, eps)
+
+    def prior_log_prob(self, config, params, z):
+        model = self._model(config, params)
+        return model.prior.forward(model.params, z)[0]
+
+    def prior_sample(self, config, params, n, seed):
+        model = self._model(config, params)
+        return model.prior.sample(model.params, n, np.random.default_rng(seed))
+
+    def prior_sample_from(self, config, params, noise):
+        model = self._model(config, params)
+        noise = {k: np.asarray(v, np.float64 if k == "eps" else None) for k, v in noise.items()}
+        return model.prior.sample_from_noise(model.params, noise)
+
+    def nll(self, config, params, x, seed):
+        from ...estimators import log_likelihood
+        model = self._model(config, params)
+        return -log_likelihood(model, x, np.random.default_rng(seed), n_samples=_golden.NLL_SAMPLES)["log_px"]
+
+
+
+class _Sub:
+    """A view of a case restricted to one quantity (for :func:`compare_case`)."""
+
+    def __init__(self, case, name):
+        self.values = {name: case.values[name]}
+        self.order = [name]
+        self._case = case
+
+    def allowed(self, name, profile):
+        return self._case.allowed(name, profile)

@@ -1,0 +1,236 @@
+r"""The run: every selected case through the golden comparison and the checks (:func:`run`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+from .. import golden as _golden
+from ..._validation import check_choice
+from .adapters import PROFILES, _check_seed, _runner, call_adapter, load_adapter
+from .checks import _check_prior_sample_from, _is_mixture, check_gradient, check_mixture, check_nll
+from .comparison import _first_divergence, compare_case
+from .density import _density_grid, _needs_l2, check_normalisation, check_sampler
+from .known import _known, load_known_deviations, validate_known_deviations
+from .report import VerifyReport, _adapter_name
+from .results import CaseResult, CheckResult, QuantityResult
+from .snippets import _repro_check, _repro_quantity
+
+__all__ = ["CHECKS", "run"]
+
+CHECKS = ("golden", "gradient", "normalisation", "sampler", "mixture", "nll")
+
+
+def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CHECKS,
+        prior_checks="once", json_out=None, impl=None, seed=0, say=None,
+        checksums=True) -> VerifyReport:
+    """Run the golden comparison and the checks; return a :class:`VerifyReport`.
+
+    Parameters
+    ----------
+    adapter : the object a factory returns (or an ``impl`` spec string, loaded with
+        :func:`load_adapter`).
+    cases : None (the committed cases), a directory of cases, or a list of case names/paths/
+        :class:`~refvae.tools.golden.GoldenCase` objects.
+    profile : ``"float64"`` or ``"float32"``.
+    known_deviations : None, a path, or a list of ``{case, quantity, reason}``.
+    checks : which of :data:`CHECKS` to run.
+    prior_checks : ``"once"`` (normalisation, sampler and mixture checks on the first selected case
+        of each prior) or ``"all"`` (on every case).
+    json_out : path of the JSON report (optional).
+    impl : the factory spec, for the report and the reproduction snippets.
+    seed : seed of the checks' random draws (directions, samples).
+    say : callable for progress lines (e.g. ``print``), optional.
+    checksums : bool (default True). Check every case read from disk against the ``SHA256SUMS``
+        of its directory before anything runs (:func:`refvae.tools.golden.require_checksums`): a file
+        that does not match is a ``ValueError`` "corrupt golden case <name>: <file> does not match
+        SHA256SUMS" (the case is at fault, not the adapter), and so is a missing ``SHA256SUMS``.
+        ``False`` uses the cases unchecked. Cases given as ``GoldenCase`` objects are not files.
+    """
+    t0 = time.perf_counter()
+    adapter, impl, checks, seed, known = _run_args(adapter, impl, profile, prior_checks, checks, seed,
+                                                   known_deviations, checksums)
+    cases_dir, case_list = _resolve_cases(cases, checksums)
+    results, seen_priors = [], set()
+    for case in case_list:
+        do_prior = prior_checks == "all" or case.prior not in seen_priors
+        results.append(_verify_case(adapter, case, profile, checks, known, do_prior, seed, impl))
+        if results[-1].error is None:  # the prior checks ran (or were not due) for this prior
+            seen_priors.add(case.prior)
+        if say is not None:
+            say(f"{'PASS' if results[-1].passed else 'FAIL'}  {case.name} ({results[-1].seconds:.1f} s)")
+    from ..provenance import provenance
+    prov = provenance()
+    prov["adapter"] = _adapter_name(adapter, impl)
+    prov["seed"] = seed
+    for mod in ("torch", "jax"):
+        if mod in sys.modules:
+            prov[f"{mod}_version"] = getattr(sys.modules[mod], "__version__", None)
+    report = VerifyReport(impl, _adapter_name(adapter, impl), profile, cases_dir, results, known,
+                          checks, time.perf_counter() - t0, prov)
+    if json_out:
+        report.write_json(json_out)
+    return report
+
+
+def _run_args(adapter, impl, profile, prior_checks, checks, seed, known_deviations, checksums):
+    """The checked arguments of :func:`run`, in its order: ``(adapter, impl, checks, seed, known
+    deviations)`` (an ``impl`` spec string loaded with :func:`load_adapter`)."""
+    check_choice(profile, "profile", PROFILES)
+    check_choice(prior_checks, "prior_checks", ("once", "all"))
+    if isinstance(checks, str) or not isinstance(checks, (list, tuple)):
+        raise TypeError(f"checks must be a list of names from {CHECKS}, got {type(checks).__name__}")
+    checks = tuple(checks)
+    if not checks:
+        raise ValueError(f"checks must name at least one of {', '.join(CHECKS)}; got none")
+    for c in checks:
+        check_choice(c, "check", CHECKS)
+    seed = _check_seed(seed)
+    if isinstance(adapter, str):
+        impl = impl or adapter
+        try:
+            adapter = load_adapter(adapter)
+        except ValueError as exc:
+            raise ValueError(f"adapter {adapter!r}: {exc}") from None
+    _runner(adapter)
+    if known_deviations is None:
+        known = []
+    elif isinstance(known_deviations, (str, os.PathLike)):
+        known = load_known_deviations(known_deviations)
+    else:
+        known = validate_known_deviations(known_deviations)
+    if not isinstance(checksums, bool):
+        raise TypeError(f"checksums must be True or False, got {type(checksums).__name__}")
+    return adapter, impl, checks, seed, known
+
+
+def _verify_case(adapter, case, profile, checks, known, do_prior, seed, impl):
+    """One case: the adapter's outputs, the golden comparison (with its prior sample from the
+    case's draws), the checks, the known deviations and the reproductions of the failures."""
+    t1 = time.perf_counter()
+    res = CaseResult(case.name, case.path or "")
+    try:
+        out = call_adapter(adapter, case)
+    except Exception:  # noqa: BLE001 - the adapter's own error is part of the report
+        res.error = traceback.format_exc(limit=4)
+        res.seconds = time.perf_counter() - t1
+        return res
+    res.ignored = sorted(k for k in out if k not in case.values and k != "nll")
+    if "golden" in checks:
+        res.quantities = _golden_quantities(adapter, case, profile, out)
+    res.checks = _run_checks(adapter, case, profile, checks, out, do_prior, seed)
+    _apply_known(res, known)
+    res.first_divergence = _first_divergence(res.quantities)
+    for q in res.quantities:
+        if q.failed:
+            q.reproduction = _repro_quantity(impl, case, q.name, profile, q.status)
+    for c in res.checks:
+        if c.failed:
+            kw = {"seed": seed} if c.name in ("gradient", "sampler", "nll") else {}
+            c.reproduction = _repro_check(impl, case, c.name, profile, **kw)
+    res.seconds = time.perf_counter() - t1
+    return res
+
+
+def _golden_quantities(adapter, case, profile, out):
+    """:func:`compare_case` of the outputs, ``prior_sample.z`` from the adapter's
+    ``prior_sample_from`` when it has one, and a failure when it reported none of the quantities."""
+    quantities = compare_case(out, case, profile)
+    if callable(getattr(adapter, "prior_sample_from", None)) and "prior_sample.z" in case.values:
+        pos = case.order.index("prior_sample.z")
+        try:
+            quantities[pos] = _check_prior_sample_from(adapter, case, profile, pos)
+        except Exception as exc:  # noqa: BLE001
+            quantities[pos] = QuantityResult("prior_sample.z", pos, "fail",
+                                             message=f"prior_sample_from raised {exc!r}")
+    if all(q.status == "missing" for q in quantities):
+        quantities.append(QuantityResult(
+            "(any)", len(quantities), "fail",
+            message="the adapter reported none of the case's quantities "
+                    f"(it returned {sorted(out)[:8]})"))
+    return quantities
+
+
+def _checked(path, checksums):
+    """``load_case(path)`` after checking the case's files against its directory's SHA256SUMS."""
+    if checksums:
+        full = os.path.abspath(path)
+        _golden.require_checksums(os.path.dirname(full), [os.path.basename(full)])
+    return _golden.load_case(path)
+
+
+def _resolve_cases(cases, checksums=True):
+    if cases is None or isinstance(cases, (str, os.PathLike)):
+        directory = _golden.golden_dir() if cases is None else os.fspath(cases)
+        if os.path.isfile(os.path.join(directory, _golden.MANIFEST_FILE)):
+            return os.path.dirname(os.path.abspath(directory)), [_checked(directory, checksums)]
+        paths = _golden.list_cases(directory)
+        if checksums:  # every case of the directory, and nothing listed may be missing
+            _golden.require_checksums(directory)
+        return os.path.abspath(directory), [_golden.load_case(p) for p in paths]
+    if not isinstance(cases, (list, tuple)):
+        raise TypeError(f"cases must be None, a directory, or a list of case names/paths/GoldenCase "
+                        f"objects, got {type(cases).__name__}")
+    if not cases:
+        raise ValueError("cases must not be empty: no golden case to verify against")
+    out = []
+    for c in cases:
+        if isinstance(c, _golden.GoldenCase):
+            out.append(c)
+        elif isinstance(c, (str, os.PathLike)):
+            p = os.fspath(c)
+            out.append(_checked(p if os.path.isdir(p) else os.path.join(_golden.golden_dir(), p),
+                                checksums))
+        else:
+            raise TypeError(f"cases[{len(out)}] must be a case name, a path or a GoldenCase, got "
+                            f"{type(c).__name__}")
+    dirs = {os.path.dirname(c.path) for c in out if c.path}
+    return (dirs.pop() if len(dirs) == 1 else "(several)"), out
+
+
+def _run_checks(adapter, case, profile, checks, out, do_prior, seed):
+    results = []
+
+    def guarded(name, fn):
+        try:
+            results.append(fn())
+        except Exception as exc:  # noqa: BLE001 - an adapter error inside a check is a failure
+            results.append(CheckResult(name, "error", f"raised {type(exc).__name__}: {exc}",
+                                       details={"traceback": traceback.format_exc(limit=4)}))
+
+    if "gradient" in checks:
+        guarded("gradient", lambda: check_gradient(adapter, case, profile, seed, outputs=out))
+    grid = {}
+
+    def shared_grid():
+        if "g" not in grid:
+            grid["g"] = _density_grid(adapter, case)
+        return grid["g"]
+
+    if do_prior and "normalisation" in checks:
+        guarded("normalisation", lambda: (
+            check_normalisation(adapter, case, profile) if _needs_l2(case, "prior_log_prob", adapter)
+            else check_normalisation(adapter, case, profile, grid=shared_grid())))
+    if do_prior and "sampler" in checks:
+        guarded("sampler", lambda: (
+            check_sampler(adapter, case, profile, seed=seed)
+            if (_needs_l2(case, "prior_sample", adapter) or _needs_l2(case, "prior_log_prob", adapter))
+            else check_sampler(adapter, case, profile, grid=shared_grid(), seed=seed)))
+    if do_prior and "mixture" in checks and _is_mixture(case):
+        guarded("mixture", lambda: check_mixture(adapter, case, profile, outputs=out, seed=seed))
+    if "nll" in checks:
+        guarded("nll", lambda: check_nll(adapter, case, profile, outputs=out, seed=seed))
+    return results
+
+
+def _apply_known(res, known):
+    for x in res.quantities:
+        e = _known(known, res.case, x.name)
+        if e is not None and x.failed:
+            x.status, x.reason = "known", e["reason"]
+    for c in res.checks:
+        e = _known(known, res.case, f"check.{c.name}")
+        if e is not None and c.failed:
+            c.status, c.reason = "known", e["reason"]
