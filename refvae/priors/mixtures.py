@@ -854,7 +854,8 @@ class AggregatedPosterior(_MixturePrior):
 
     Numerics
     --------
-    See :mod:`refvae.kernels.mixture` (online log-sum-exp, error <= 4 u (|f| + S)). The trace holds the
+    See :mod:`refvae.kernels.mixture` (online log-sum-exp, error <= c u (|f| + S): c <= 26 proven,
+    <= 4 tested). The trace holds the
     (B, N) matrix ``prior.component_log_prob`` only when ``N <= component_trace_limit`` (default
     0: never, since N is the size of a data set and the matrix would cost more than the kernel;
     pass a limit to see it) and ``B N <= 2**24``. The backward calls the kernel's VJP with ``z_only=True``: no pass
