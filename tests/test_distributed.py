@@ -150,20 +150,19 @@ def _local_cluster(n_workers):
     return cluster, client
 
 
-@pytest.fixture(scope="module")
-def cluster2():
-    cluster, client = _local_cluster(2)
-    yield cluster, client
-    client.close()
-    cluster.close()
+def _cluster_fixture(n_workers):
+    """A module-scoped fixture: a local cluster of ``n_workers`` processes and its client."""
+    @pytest.fixture(scope="module")
+    def fixture():
+        cluster, client = _local_cluster(n_workers)
+        yield cluster, client
+        client.close()
+        cluster.close()
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def cluster1():
-    cluster, client = _local_cluster(1)
-    yield cluster, client
-    client.close()
-    cluster.close()
+cluster1 = _cluster_fixture(1)
+cluster2 = _cluster_fixture(2)
 
 
 @pytest.fixture(scope="module")

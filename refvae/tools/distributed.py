@@ -1047,6 +1047,17 @@ def _common_checks(chunk, split_every, threads_per_task, client, scheduler, conn
     return chunk, split_every, threads_per_task
 
 
+@contextlib.contextmanager
+def _components_on_cluster(model, x_or_components, params, client, scheduler, connect_timeout):
+    """``(p, comps, c)``: the parameters, the components (a _Components; data x is encoded with
+    ``encode_all``, as the single-machine estimators do) and the client (None: this machine,
+    else closed at the end if made here from ``scheduler``)."""
+    p = _params(model, params)
+    kind, obj = _data_or_components(model, x_or_components)
+    with _cluster(client, scheduler, connect_timeout) as c:
+        yield p, (_Components(*encode_all(model, obj, p)) if kind == "x" else obj), c
+
+
 def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n_queries=None,
                      client=None, scheduler=None, chunk=DEFAULT_CHUNK,
                      split_every=DEFAULT_SPLIT_EVERY, threads_per_task=1, progress=False,
@@ -1087,10 +1098,8 @@ def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n
     M = None if n_queries is None else check_positive_int(n_queries, "n_queries")
     chunk, split_every, threads_per_task = _common_checks(chunk, split_every, threads_per_task, client,
                                                           scheduler, connect_timeout)
-    p = _params(model, params)
-    kind, obj = _data_or_components(model, x_or_components)
-    with _cluster(client, scheduler, connect_timeout) as c:
-        comps = _Components(*encode_all(model, obj, p)) if kind == "x" else obj
+    with _components_on_cluster(model, x_or_components, params, client, scheduler,
+                                connect_timeout) as (p, comps, c):
         if M is not None and c is not None and comps.kind != "numpy":
             # components in files or Dask arrays: the same draws, but only the M drawn rows and
             # per-shard exact sums come to this machine (module docstring, "Drawn rows and exact sums")
@@ -1168,10 +1177,8 @@ def holes(model, x_or_components, rng, n_samples=10000, taus=(0.1, 0.01), *, par
         raise ValueError(f"taus must be positive finite thresholds, got {taus}")
     chunk, split_every, threads_per_task = _common_checks(chunk, split_every, threads_per_task, client,
                                                           scheduler, connect_timeout)
-    p = _params(model, params)
-    kind, obj = _data_or_components(model, x_or_components)
-    with _cluster(client, scheduler, connect_timeout) as c:
-        comps = _Components(*encode_all(model, obj, p)) if kind == "x" else obj
+    with _components_on_cluster(model, x_or_components, params, client, scheduler,
+                                connect_timeout) as (p, comps, c):
         log_qz = _LogQz(comps, c, chunk, split_every, threads_per_task, progress)
         return _prior_hole_estimates(model, p, rng, M, taus, log_qz)
 
