@@ -3,10 +3,29 @@
 Every public function converts its array arguments with :func:`as_float_array`, which returns a
 C-contiguous float64 copy (or view) and raises a ``ValueError``/``TypeError`` that names the
 argument and says what was expected. Nothing downstream ever sees NaN it did not make itself.
+
+One function per quantity: :func:`checked`
+------------------------------------------
+A quantity (``gaussian.log_prob``, ``primitives.logsumexp_vjp``, ``layers.mlp_forward``, ...) is
+ONE function: the arithmetic, with its math docstring. Validation is not a hand-written twin but
+a *validator* attached by the decorator :func:`checked`::
+
+    @checked(_check_latent_args)      # validator: dict of the bound arguments -> converted dict
+    def log_prob(z, mu, log_var):
+        # the math docstring: Forward / Backward / Shapes / Numerics / References
+        ...
+
+The decorated name is the checking entry point for user data (it binds the call's arguments to
+the function's signature, passes them by name to the validator, and calls the arithmetic with
+what the validator returns); ``log_prob.unchecked`` is the bare arithmetic, for refvae's own
+callers whose arrays are already checked (the VAE's training step, the priors, the kernels). On
+valid input both give bit-identical results; the validator's error messages are the public ones.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 
 import numpy as np
@@ -15,7 +34,7 @@ from numba import njit
 __all__ = ["as_float_array", "check_same_shape", "check_choice", "check_positive_int", "check_rng",
            "check_layer_widths",
            "check_real", "check_mapping", "all_finite", "first_non_finite",
-           "NonFiniteIntermediateError", "check_parameter_memory", "MAX_PARAMETER_BYTES"]
+           "NonFiniteIntermediateError", "check_parameter_memory", "MAX_PARAMETER_BYTES", "checked"]
 
 _DBL_MAX = 1.7976931348623157e308
 #: arrays at least this large are screened for non-finite entries by a Numba loop (one read, no
@@ -175,6 +194,66 @@ def check_mapping(value, name):
     if not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a dict (or None), got {type(value).__name__} {value!r}")
     return dict(value)
+
+
+# --------------------------------------------------------------------------- checked entry points
+
+def register_class(registry, cls, base, kind, example):
+    """Add ``cls``, a subclass of ``base`` (the class named ``refvae.<kind>s.<base>``), to
+    ``registry`` (name -> class) under its class attribute ``name``, and return it; the plug-in
+    registries ``register_prior`` and ``register_likelihood``. ``TypeError`` unless ``cls``
+    subclasses ``base``; ``ValueError`` if ``cls.name`` is not an identifier of its own (``example``
+    shows one) or is taken by another class (the same class twice is allowed)."""
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"register_{kind} takes a subclass of refvae.{kind}s.{base.__name__}, got {cls!r}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.isidentifier() or name == base.name:
+        raise ValueError(f"a registered {kind} needs its own class attribute name (an identifier "
+                         f"such as {example!r}), got {name!r}")
+    if registry.get(name, cls) is not cls:
+        raise ValueError(f"the {kind} name {name!r} is taken by {registry[name].__qualname__}")
+    registry[name] = cls
+    return cls
+
+
+def checked(validate, result=None):
+    """Decorator: the checking entry point of an arithmetic function (module docstring).
+
+    ``validate(arguments) -> arguments``: ``arguments`` is a dict of the call's arguments by
+    name (defaults filled in, in signature order; ``self`` included for a method); it raises the
+    public ``ValueError``/``TypeError`` or returns the dict of converted arguments the
+    arithmetic is called with (by keyword). ``result(out,
+    arguments)``, optional, checks the output (e.g. an overflow that must be an error) and
+    returns it. The wrapper carries the function's name and docstring (``functools.wraps``) and
+    exposes the bare function as ``.unchecked``.
+    """
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        params = tuple(sig.parameters.values())
+        names = tuple(p.name for p in params)
+        defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        positional = tuple(p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD)
+        simple = all(p.kind == p.POSITIONAL_OR_KEYWORD
+                     or (p.kind == p.KEYWORD_ONLY and p.default is not p.empty) for p in params)
+        required = sum(1 for p in params if p.kind == p.POSITIONAL_OR_KEYWORD and p.default is p.empty)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if simple and not kwargs and required <= len(args) <= len(positional):
+                given = dict(zip(positional, args))   # the common call: positional arguments only
+            else:
+                try:
+                    given = sig.bind(*args, **kwargs).arguments
+                except TypeError as e:
+                    raise TypeError(f"{fn.__name__}(): {e}") from None
+            arguments = {n: given[n] if n in given else defaults[n] for n in names}
+            arguments = validate(arguments)
+            out = fn(**arguments)
+            return out if result is None else result(out, arguments)
+
+        wrapper.unchecked = fn
+        return wrapper
+    return decorate
 
 
 # --------------------------------------------------------------------------- intermediates

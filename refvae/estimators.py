@@ -199,7 +199,7 @@ def _draw_posterior(mu, lv, S, rng, row0=0):
     """z (N, S, L) with z[n, s] ~ q(z|x_n); a ``ValueError`` naming the row of x if a draw is
     beyond the float range (an encoder output too large for the model, e.g. from a huge x)."""
     eps = rng.standard_normal((mu.shape[0], S, mu.shape[1]))
-    z = gaussian._reparameterize(mu[:, None, :], lv[:, None, :], eps)
+    z = gaussian.reparameterize.unchecked(mu[:, None, :], lv[:, None, :], eps)
     bad = ~np.isfinite(z)
     if bad.any():
         n = int(np.argwhere(bad)[0][0])

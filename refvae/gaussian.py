@@ -21,11 +21,15 @@ densities return one value per row: the broadcast shape without its last axis. A
 cotangent ``g`` of that output shape (anything broadcasting to it) and returns one gradient per
 input **with that input's own shape**: axes along which an input was broadcast are summed over.
 
-Each public function checks its arguments at the boundary (finite, equal ``L``, broadcastable)
-and then calls a private helper (``_log_prob`` ...) that does the arithmetic only. Other refvae
-modules call the helpers on arrays they have already checked; the helpers are analytic and accept
-complex input, so the complex-step check applies to them (the public forwards accept complex
-input too).
+Each quantity is one function (the arithmetic, with its math docstring) wrapped by
+:func:`refvae._validation.checked`: called by its name it checks its arguments (finite, equal
+``L``, broadcastable; the cotangent broadcastable to the output shape) and then runs the
+arithmetic; ``log_prob.unchecked`` (etc.) is the bare arithmetic, which other refvae modules call
+on arrays they have already checked. The arithmetic is analytic and accepts complex input, so the
+complex-step check applies to it (the checking entry points accept complex input too). A VJP
+``f_vjp(g, *inputs)`` returns one gradient per input, in input order (module docstring of
+:mod:`refvae.primitives`, "Conventions"); none of these VJPs needs the forward's output, so none
+takes ``ans``.
 
 Range
 -----
@@ -53,7 +57,7 @@ import math
 
 import numpy as np
 
-from ._validation import as_float_array
+from ._validation import as_float_array, checked
 
 __all__ = ["log_prob", "log_prob_vjp", "entropy", "entropy_vjp", "cross_entropy",
            "cross_entropy_vjp", "kl", "kl_vjp", "reparameterize", "reparameterize_vjp"]
@@ -233,108 +237,61 @@ def _half_lv_diff(log_var_q, log_var_p):
         return a, lo, 0.5 * log_var_q - 0.5 * log_var_p
 
 
-# --------------------------------------------------------------------------- unchecked helpers
+# --------------------------------------------------------------------------- validators
 
-def _log_prob(z, mu, log_var):
-    r = _diff(z, mu, -0.5 * log_var)                 # (z - mu) e^{-v/2}
-    return _sum_last(-0.5 * (LOG_2PI + log_var) - _half_square(r))
-
-
-def _log_prob_vjp(g, z, mu, log_var):
-    g = g[..., None]
-    w = _g_times(g, _diff(z, mu, -log_var))         # g (z - mu) / sigma^2
-    r = _diff(z, mu, -0.5 * log_var)
-    dz = -w
-    dmu = w
-    with np.errstate(over="ignore", invalid="ignore"):
-        dlog_var = _g_times(g, _half_square(r)) - 0.5 * g
-    return (_unbroadcast(dz, z.shape), _unbroadcast(dmu, mu.shape),
-            _unbroadcast(dlog_var, log_var.shape))
-
-
-def _entropy(log_var):
-    return _sum_last(0.5 * (LOG_2PI + 1.0 + log_var))
-
-
-def _entropy_vjp(g, log_var):
-    return (_unbroadcast(np.broadcast_to(0.5 * g[..., None], log_var.shape), log_var.shape),)
-
-
-def _half_ratio(log_var_q, log_var_p):
-    """``e^{v_q - v_p} / 2`` (0 where v_q - v_p = -inf, +inf where it is +inf)."""
-    a, lo, _ = _half_lv_diff(log_var_q, log_var_p)
-    with np.errstate(over="ignore"):
-        return _mul_exp(0.5, a) * (1.0 + lo)
-
-
-def _cross_entropy(mu_q, log_var_q, mu_p, log_var_p):
-    r = _diff(mu_q, mu_p, -0.5 * log_var_p)
-    return _sum_last(0.5 * (LOG_2PI + log_var_p) + _half_ratio(log_var_q, log_var_p)
-                     + _half_square(r))
-
-
-def _cross_entropy_vjp(g, mu_q, log_var_q, mu_p, log_var_p):
-    g = g[..., None]
-    r = _diff(mu_q, mu_p, -0.5 * log_var_p)
-    w = _g_times(g, _diff(mu_q, mu_p, -log_var_p))  # g (mu_q - mu_p) / sigma_p^2
-    dlog_var_q = _g_times(g, _half_ratio(log_var_q, log_var_p))
-    with np.errstate(over="ignore", invalid="ignore"):
-        dlog_var_p = (0.5 * g - dlog_var_q) - _g_times(g, _half_square(r))
-    return (_unbroadcast(w, mu_q.shape), _unbroadcast(dlog_var_q, log_var_q.shape),
-            _unbroadcast(-w, mu_p.shape), _unbroadcast(dlog_var_p, log_var_p.shape))
-
-
-def _half_expm1mx(log_var_q, log_var_p):
-    """``(e^a - 1 - a) / 2`` with a = v_q - v_p, finite wherever it is representable: beyond
-    a = 708 as ``e^a / 2 - (1 + a)/2`` (no cancellation there); where a overflows to -inf,
-    ``-1/2 - a/2`` from the exact halves."""
-    a, lo, half_a = _half_lv_diff(log_var_q, log_var_p)
-    ar = np.real(a)
-    big = ar > _EXP_DIRECT
-    neg_inf = ar == -np.inf
-    safe = np.where(big | neg_inf, 0.0, a)
-    # + lo (e^a - 1)/2: the first-order effect of the rounding of a (d/da = e^a - 1)
-    out = 0.5 * _expm1mx(safe) + lo * (0.5 * np.expm1(safe))
-    if np.any(big) or np.any(neg_inf):
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = np.where(big, _mul_exp(0.5, a) * (1.0 + lo) - (0.5 + half_a), out)
-            out = np.where(neg_inf, -half_a - 0.5, out)
+def _check_latent_args(arguments, *, g_has_latent_axis=False):
+    """Validator (:func:`refvae._validation.checked`) of every function here: each argument but
+    ``g`` is an array (..., L), finite, with equal ``L`` and broadcastable shapes; ``g`` (a VJP's
+    cotangent) is broadcast to the output shape (the broadcast shape without ``L``, or with it
+    for :func:`reparameterize_vjp`)."""
+    named = [(n, v) for n, v in arguments.items() if n != "g"]
+    arrays, shape = _check(named)
+    out = dict(zip((n for n, _ in named), arrays))
+    if "g" in arguments:
+        out["g"] = _check_g(arguments["g"], shape if g_has_latent_axis else shape[:-1])
     return out
 
 
-def _kl(mu_q, log_var_q, mu_p, log_var_p):
-    r = _diff(mu_q, mu_p, -0.5 * log_var_p)
-    return _sum_last(_half_expm1mx(log_var_q, log_var_p) + _half_square(r))
+def _check_reparameterize_vjp_args(arguments):
+    return _check_latent_args(arguments, g_has_latent_axis=True)
 
 
-def _kl_vjp(g, mu_q, log_var_q, mu_p, log_var_p):
-    g = g[..., None]
-    r = _diff(mu_q, mu_p, -0.5 * log_var_p)
-    w = _g_times(g, _diff(mu_q, mu_p, -log_var_p))
-    a, lo, _ = _half_lv_diff(log_var_q, log_var_p)
-    with np.errstate(over="ignore", invalid="ignore"):
-        dlog_var_q = _g_times(g, _half_expm1(a, lo))    # g (e^{v_q - v_p} - 1)/2
-    with np.errstate(over="ignore", invalid="ignore"):
-        dlog_var_p = -(dlog_var_q + _g_times(g, _half_square(r)))
-    return (_unbroadcast(w, mu_q.shape), _unbroadcast(dlog_var_q, log_var_q.shape),
-            _unbroadcast(-w, mu_p.shape), _unbroadcast(dlog_var_p, log_var_p.shape))
+def _check_no_overflow(out, what, named):
+    """``ValueError`` if ``out`` (computed from finite inputs) has an infinite entry: the exact
+    value is beyond the float64 range. Names the inputs at the first such entry."""
+    bad = ~np.isfinite(out)
+    if not np.any(bad):
+        return
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    vals = []
+    for n, a in named:
+        try:
+            vals.append(f"{n}={complex(np.broadcast_to(a, out.shape)[idx]).real!r}")
+        except ValueError:      # a gradient summed over broadcast axes: no single input entry
+            vals.append(f"{n} of shape {np.shape(a)}")
+    vals = ", ".join(vals)
+    raise ValueError(f"{what} overflows float64 at index {idx} ({vals}): the exact value is beyond "
+                     f"+-1.8e308; reduce the magnitude of log_var or eps")
 
 
-def _reparameterize(mu, log_var, eps):
-    with np.errstate(over="ignore"):
-        return mu + _mul_exp(eps, 0.5 * log_var)
+def _check_z_in_range(z, a):
+    """Result check of :func:`reparameterize`: ``ValueError`` where ``z`` overflows."""
+    _check_no_overflow(z, "z = mu + exp(log_var/2) * eps",
+                       (("mu", a["mu"]), ("log_var", a["log_var"]), ("eps", a["eps"])))
+    return z
 
 
-def _reparameterize_vjp(g, mu, log_var, eps):
-    deps = _mul_exp(g, 0.5 * log_var)                # g e^{v/2}
-    with np.errstate(over="ignore"):
-        dlog_var = _g_times(g, 0.5 * _mul_exp(eps, 0.5 * log_var))   # g/2 (e^{v/2} eps)
-    return (_unbroadcast(g, mu.shape), _unbroadcast(dlog_var, log_var.shape),
-            _unbroadcast(deps, eps.shape))
+def _check_grads_in_range(out, a):
+    """Result check of :func:`reparameterize_vjp`: ``ValueError`` where a gradient overflows."""
+    for name, grad in zip(("dlog_var", "deps"), out[1:]):
+        _check_no_overflow(grad, f"the gradient {name}",
+                           (("g", a["g"]), ("log_var", a["log_var"]), ("eps", a["eps"])))
+    return out
 
 
-# --------------------------------------------------------------------------- public API
+# --------------------------------------------------------------------------- the quantities
 
+@checked(_check_latent_args)
 def log_prob(z, mu, log_var):
     r"""Log-density of a diagonal Gaussian, all normalising constants included.
 
@@ -362,20 +319,29 @@ def log_prob(z, mu, log_var):
     References
         SPEC.md section 2 (``log N`` with all constants); SPEC.md section 5 (``ln q(z|x)``).
     """
-    (z, mu, log_var), _ = _check((("z", z), ("mu", mu), ("log_var", log_var)))
-    return _log_prob(z, mu, log_var)
+    r = _diff(z, mu, -0.5 * log_var)                 # (z - mu) e^{-v/2}
+    return _sum_last(-0.5 * (LOG_2PI + log_var) - _half_square(r))
 
 
+@checked(_check_latent_args)
 def log_prob_vjp(g, z, mu, log_var):
     """VJP of :func:`log_prob`; returns ``(dz, dmu, dlog_var)``, each with its input's shape.
 
     See :func:`log_prob` for the formulas (``dz = -g (z - mu)/sigma^2``, ``dmu = -dz``,
     ``dlog_var = g/2 ((z - mu)^2/sigma^2 - 1)``).
     """
-    (z, mu, log_var), shape = _check((("z", z), ("mu", mu), ("log_var", log_var)))
-    return _log_prob_vjp(_check_g(g, shape[:-1]), z, mu, log_var)
+    g = g[..., None]
+    w = _g_times(g, _diff(z, mu, -log_var))         # g (z - mu) / sigma^2
+    r = _diff(z, mu, -0.5 * log_var)
+    dz = -w
+    dmu = w
+    with np.errstate(over="ignore", invalid="ignore"):
+        dlog_var = _g_times(g, _half_square(r)) - 0.5 * g
+    return (_unbroadcast(dz, z.shape), _unbroadcast(dmu, mu.shape),
+            _unbroadcast(dlog_var, log_var.shape))
 
 
+@checked(_check_latent_args)
 def entropy(log_var):
     r"""Differential entropy of a diagonal Gaussian, ``H = 1/2 sum_l ln(2 pi e sigma_l^2)``.
 
@@ -396,16 +362,23 @@ def entropy(log_var):
     References
         SPEC.md section 2; the conditional entropy ``H[q(z|x)]`` of (4.43) is its data average.
     """
-    (log_var,), _ = _check((("log_var", log_var),))
-    return _entropy(log_var)
+    return _sum_last(0.5 * (LOG_2PI + 1.0 + log_var))
 
 
+@checked(_check_latent_args)
 def entropy_vjp(g, log_var):
     """VJP of :func:`entropy`; returns ``(dlog_var,)`` with ``dlog_var = g/2`` broadcast to (..., L)."""
-    (log_var,), shape = _check((("log_var", log_var),))
-    return _entropy_vjp(_check_g(g, shape[:-1]), log_var)
+    return (_unbroadcast(np.broadcast_to(0.5 * g[..., None], log_var.shape), log_var.shape),)
 
 
+def _half_ratio(log_var_q, log_var_p):
+    """``e^{v_q - v_p} / 2`` (0 where v_q - v_p = -inf, +inf where it is +inf)."""
+    a, lo, _ = _half_lv_diff(log_var_q, log_var_p)
+    with np.errstate(over="ignore"):
+        return _mul_exp(0.5, a) * (1.0 + lo)
+
+
+@checked(_check_latent_args)
 def cross_entropy(mu_q, log_var_q, mu_p, log_var_p):
     r"""Cross-entropy ``CE[q||p] = -E_q ln p`` between two diagonal Gaussians.
 
@@ -435,18 +408,43 @@ def cross_entropy(mu_q, log_var_q, mu_p, log_var_p):
     References
         SPEC.md section 2; (4.43) (``Omega = -CE + H``).
     """
-    (mu_q, log_var_q, mu_p, log_var_p), _ = _check(
-        (("mu_q", mu_q), ("log_var_q", log_var_q), ("mu_p", mu_p), ("log_var_p", log_var_p)))
-    return _cross_entropy(mu_q, log_var_q, mu_p, log_var_p)
+    r = _diff(mu_q, mu_p, -0.5 * log_var_p)
+    return _sum_last(0.5 * (LOG_2PI + log_var_p) + _half_ratio(log_var_q, log_var_p)
+                     + _half_square(r))
 
 
+@checked(_check_latent_args)
 def cross_entropy_vjp(g, mu_q, log_var_q, mu_p, log_var_p):
     """VJP of :func:`cross_entropy`; returns ``(dmu_q, dlog_var_q, dmu_p, dlog_var_p)``."""
-    (mu_q, log_var_q, mu_p, log_var_p), shape = _check(
-        (("mu_q", mu_q), ("log_var_q", log_var_q), ("mu_p", mu_p), ("log_var_p", log_var_p)))
-    return _cross_entropy_vjp(_check_g(g, shape[:-1]), mu_q, log_var_q, mu_p, log_var_p)
+    g = g[..., None]
+    r = _diff(mu_q, mu_p, -0.5 * log_var_p)
+    w = _g_times(g, _diff(mu_q, mu_p, -log_var_p))  # g (mu_q - mu_p) / sigma_p^2
+    dlog_var_q = _g_times(g, _half_ratio(log_var_q, log_var_p))
+    with np.errstate(over="ignore", invalid="ignore"):
+        dlog_var_p = (0.5 * g - dlog_var_q) - _g_times(g, _half_square(r))
+    return (_unbroadcast(w, mu_q.shape), _unbroadcast(dlog_var_q, log_var_q.shape),
+            _unbroadcast(-w, mu_p.shape), _unbroadcast(dlog_var_p, log_var_p.shape))
 
 
+def _half_expm1mx(log_var_q, log_var_p):
+    """``(e^a - 1 - a) / 2`` with a = v_q - v_p, finite wherever it is representable: beyond
+    a = 708 as ``e^a / 2 - (1 + a)/2`` (no cancellation there); where a overflows to -inf,
+    ``-1/2 - a/2`` from the exact halves."""
+    a, lo, half_a = _half_lv_diff(log_var_q, log_var_p)
+    ar = np.real(a)
+    big = ar > _EXP_DIRECT
+    neg_inf = ar == -np.inf
+    safe = np.where(big | neg_inf, 0.0, a)
+    # + lo (e^a - 1)/2: the first-order effect of the rounding of a (d/da = e^a - 1)
+    out = 0.5 * _expm1mx(safe) + lo * (0.5 * np.expm1(safe))
+    if np.any(big) or np.any(neg_inf):
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.where(big, _mul_exp(0.5, a) * (1.0 + lo) - (0.5 + half_a), out)
+            out = np.where(neg_inf, -half_a - 0.5, out)
+    return out
+
+
+@checked(_check_latent_args)
 def kl(mu_q, log_var_q, mu_p, log_var_p):
     r"""Kullback-Leibler divergence ``KL[q||p] = CE[q||p] - H[q]`` between diagonal Gaussians.
 
@@ -479,18 +477,26 @@ def kl(mu_q, log_var_q, mu_p, log_var_p):
     References
         SPEC.md section 2 (``KL = CE - H``); SPEC.md section 5 (analytic KL for the standard prior).
     """
-    (mu_q, log_var_q, mu_p, log_var_p), _ = _check(
-        (("mu_q", mu_q), ("log_var_q", log_var_q), ("mu_p", mu_p), ("log_var_p", log_var_p)))
-    return _kl(mu_q, log_var_q, mu_p, log_var_p)
+    r = _diff(mu_q, mu_p, -0.5 * log_var_p)
+    return _sum_last(_half_expm1mx(log_var_q, log_var_p) + _half_square(r))
 
 
+@checked(_check_latent_args)
 def kl_vjp(g, mu_q, log_var_q, mu_p, log_var_p):
     """VJP of :func:`kl`; returns ``(dmu_q, dlog_var_q, dmu_p, dlog_var_p)``."""
-    (mu_q, log_var_q, mu_p, log_var_p), shape = _check(
-        (("mu_q", mu_q), ("log_var_q", log_var_q), ("mu_p", mu_p), ("log_var_p", log_var_p)))
-    return _kl_vjp(_check_g(g, shape[:-1]), mu_q, log_var_q, mu_p, log_var_p)
+    g = g[..., None]
+    r = _diff(mu_q, mu_p, -0.5 * log_var_p)
+    w = _g_times(g, _diff(mu_q, mu_p, -log_var_p))
+    a, lo, _ = _half_lv_diff(log_var_q, log_var_p)
+    with np.errstate(over="ignore", invalid="ignore"):
+        dlog_var_q = _g_times(g, _half_expm1(a, lo))    # g (e^{v_q - v_p} - 1)/2
+    with np.errstate(over="ignore", invalid="ignore"):
+        dlog_var_p = -(dlog_var_q + _g_times(g, _half_square(r)))
+    return (_unbroadcast(w, mu_q.shape), _unbroadcast(dlog_var_q, log_var_q.shape),
+            _unbroadcast(-w, mu_p.shape), _unbroadcast(dlog_var_p, log_var_p.shape))
 
 
+@checked(_check_latent_args, result=_check_z_in_range)
 def reparameterize(mu, log_var, eps):
     r"""The reparameterisation ``z = mu + exp(0.5 log_var) * eps``: with ``eps ~ N(0, I)``,
     ``z ~ N(mu, diag exp(log_var))``.
@@ -522,39 +528,21 @@ def reparameterize(mu, log_var, eps):
     References
         SPEC.md section 3 (reparameterisation) and section 1 (``eps`` is passed in).
     """
-    (mu, log_var, eps), _ = _check((("mu", mu), ("log_var", log_var), ("eps", eps)))
-    z = _reparameterize(mu, log_var, eps)
-    _check_no_overflow(z, "z = mu + exp(log_var/2) * eps", (("mu", mu), ("log_var", log_var),
-                                                             ("eps", eps)))
-    return z
+    with np.errstate(over="ignore"):
+        return mu + _mul_exp(eps, 0.5 * log_var)
 
 
-def _check_no_overflow(out, what, named):
-    """``ValueError`` if ``out`` (computed from finite inputs) has an infinite entry: the exact
-    value is beyond the float64 range. Names the inputs at the first such entry."""
-    bad = ~np.isfinite(out)
-    if not np.any(bad):
-        return
-    idx = tuple(int(i) for i in np.argwhere(bad)[0])
-    vals = []
-    for n, a in named:
-        try:
-            vals.append(f"{n}={complex(np.broadcast_to(a, out.shape)[idx]).real!r}")
-        except ValueError:      # a gradient summed over broadcast axes: no single input entry
-            vals.append(f"{n} of shape {np.shape(a)}")
-    vals = ", ".join(vals)
-    raise ValueError(f"{what} overflows float64 at index {idx} ({vals}): the exact value is beyond "
-                     f"+-1.8e308; reduce the magnitude of log_var or eps")
-
-
+@checked(_check_reparameterize_vjp_args, result=_check_grads_in_range)
 def reparameterize_vjp(g, mu, log_var, eps):
     """VJP of :func:`reparameterize`; returns ``(dmu, dlog_var, deps)``, each with its input's shape.
 
     ``ValueError`` naming ``log_var`` and ``eps`` if ``dlog_var`` or ``deps`` is beyond the float
     range (module docstring, "Range")."""
-    (mu, log_var, eps), shape = _check((("mu", mu), ("log_var", log_var), ("eps", eps)))
-    g = _check_g(g, shape)
-    out = _reparameterize_vjp(g, mu, log_var, eps)
-    for name, grad in zip(("dlog_var", "deps"), out[1:]):
-        _check_no_overflow(grad, f"the gradient {name}", (("g", g), ("log_var", log_var), ("eps", eps)))
-    return out
+    deps = _mul_exp(g, 0.5 * log_var)                # g e^{v/2}
+    with np.errstate(over="ignore"):
+        dlog_var = _g_times(g, 0.5 * _mul_exp(eps, 0.5 * log_var))   # g/2 (e^{v/2} eps)
+    return (_unbroadcast(g, mu.shape), _unbroadcast(dlog_var, log_var.shape),
+            _unbroadcast(deps, eps.shape))
+
+
+# --------------------------------------------------------------------------- public API

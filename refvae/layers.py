@@ -6,7 +6,14 @@ Every layer is a pure pair in the style of CS231n's ``layers.py``::
     d<inputs> = <layer>_backward(dy, cache)
 
 where ``d<name>`` is :math:`\partial L / \partial\,\text{name}` for a scalar loss L and has the
-shape of ``name``. Nothing is stored between calls except in the returned cache.
+shape of ``name``. Nothing is stored between calls except in the returned cache. (This is the
+layer-level convention; the function-level one, ``f_vjp(g, *inputs, ans=None)``, is described in
+:mod:`refvae.primitives`, "Conventions".)
+
+Each layer function is one function, the arithmetic with its math docstring, wrapped by
+:func:`refvae._validation.checked`: ``relu_forward(x)`` checks ``x``, ``relu_backward(dy, cache)``
+checks the cache and ``dy``; ``relu_forward.unchecked`` etc. are the bare arithmetic, used by
+:data:`ACTIVATIONS`, by the MLP and by the VAE on arrays checked once at their boundary.
 
 Conventions (SPEC section 3)
 ----------------------------
@@ -31,7 +38,7 @@ import re
 import numpy as np
 from numba import njit
 
-from ._validation import as_float_array, check_choice, check_positive_int, check_rng
+from ._validation import as_float_array, check_choice, check_positive_int, check_rng, checked
 from .primitives import sigmoid as _sigmoid
 from .primitives import softplus as _softplus
 
@@ -84,17 +91,41 @@ def _check_mlp_cache(cache):
     return cache
 
 
+def _check_x_args(arguments):
+    """Validator (:func:`refvae._validation.checked`) of the activation forwards: ``x`` float64
+    or complex128, finite, any shape."""
+    return dict(arguments, x=as_float_array(arguments["x"], "x", allow_complex=True))
+
+
+def _check_act_args(who):
+    """Validator of ``<who>_backward(dy, cache)``: the cache is the forward's input array, ``dy``
+    a finite float64 array of its shape."""
+    def check_args(arguments):
+        cache = _check_act_cache(arguments["cache"], who)
+        return dict(arguments, cache=cache, dy=_check_dy(arguments["dy"], cache.shape))
+    return check_args
+
+
+def _check_linear_args(arguments):
+    """Validator of :func:`linear_forward`: x (B, in), W (in, out), b (out,)."""
+    x = as_float_array(arguments["x"], "x", ndim=2, allow_complex=True)
+    W = as_float_array(arguments["W"], "W", ndim=2, allow_complex=True)
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(f"x has {x.shape[1]} columns but W has {W.shape[0]} rows; "
+                         f"x must have shape (B, {W.shape[0]}) for W of shape {W.shape}")
+    b = as_float_array(arguments["b"], "b", shape=(W.shape[1],), allow_complex=True)
+    return {"x": x, "W": W, "b": b}
+
+
+def _check_linear_backward_args(arguments):
+    """Validator of :func:`linear_backward`: the cache ``(x, W)``, then dy (B, out)."""
+    x, W = cache = _check_linear_cache(arguments["cache"])
+    return {"dy": _check_dy(arguments["dy"], (x.shape[0], W.shape[1])), "cache": cache}
+
+
 # =========================================================================== linear
 
-def _linear_fwd(x, W, b):
-    return x @ W + b, (x, W)
-
-
-def _linear_bwd(dy, cache):
-    x, W = cache
-    return dy @ W.T, x.T @ dy, dy.sum(axis=0)
-
-
+@checked(_check_linear_args)
 def linear_forward(x, W, b):
     r"""Affine layer ``y = x W + b``.
 
@@ -118,15 +149,10 @@ def linear_forward(x, W, b):
     ----------
     SPEC.md section 3 (W of shape (in, out); PyTorch's weight is W.T).
     """
-    x = as_float_array(x, "x", ndim=2, allow_complex=True)
-    W = as_float_array(W, "W", ndim=2, allow_complex=True)
-    if x.shape[1] != W.shape[0]:
-        raise ValueError(f"x has {x.shape[1]} columns but W has {W.shape[0]} rows; "
-                         f"x must have shape (B, {W.shape[0]}) for W of shape {W.shape}")
-    b = as_float_array(b, "b", shape=(W.shape[1],), allow_complex=True)
-    return _linear_fwd(x, W, b)
+    return x @ W + b, (x, W)
 
 
+@checked(_check_linear_backward_args)
 def linear_backward(dy, cache):
     r"""Backward pass of :func:`linear_forward`: ``(dx, dW, db)``.
 
@@ -158,9 +184,8 @@ def linear_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    x, W = _check_linear_cache(cache)
-    dy = _check_dy(dy, (x.shape[0], W.shape[1]))
-    return _linear_bwd(dy, cache)
+    x, W = cache
+    return dy @ W.T, x.T @ dy, dy.sum(axis=0)
 
 
 # =========================================================================== activations
@@ -202,59 +227,7 @@ def _use_kernel(*arrays):
                and a.shape == a0.shape for a in arrays)
 
 
-def _relu_fwd(x):
-    if _use_kernel(x):
-        return _kinked_fwd_kernel(x.reshape(-1), 0.0).reshape(x.shape), x
-    return np.where(_real(x) > 0, x, 0.0 * x), x
-
-
-def _relu_bwd(dy, x):
-    if _use_kernel(dy, x):
-        return _kinked_bwd_kernel(dy.reshape(-1), x.reshape(-1), 0.0).reshape(x.shape)
-    return dy * (_real(x) > 0)
-
-
-def _leaky_fwd(x):
-    if _use_kernel(x):
-        return _kinked_fwd_kernel(x.reshape(-1), LEAKY_SLOPE).reshape(x.shape), x
-    return np.where(_real(x) > 0, x, LEAKY_SLOPE * x), x
-
-
-def _leaky_bwd(dy, x):
-    if _use_kernel(dy, x):
-        return _kinked_bwd_kernel(dy.reshape(-1), x.reshape(-1), LEAKY_SLOPE).reshape(x.shape)
-    return dy * np.where(_real(x) > 0, 1.0, LEAKY_SLOPE)
-
-
-def _tanh_fwd(x):
-    return np.tanh(x), x
-
-
-def _tanh_bwd(dy, x):
-    # sech(x) = 2 e^{-|x|} / (1 + e^{-2|x|}): no overflow, full relative accuracy for large |x|
-    x = np.real(x)
-    e = np.exp(-np.abs(x))
-    sech = 2.0 * e / (1.0 + e * e)
-    return dy * (sech * sech)
-
-
-def _sigmoid_fwd(x):
-    return _sigmoid(x), x
-
-
-def _sigmoid_bwd(dy, x):
-    x = np.real(x)
-    return dy * (_sigmoid(x) * _sigmoid(-x))
-
-
-def _softplus_fwd(x):
-    return _softplus(x), x
-
-
-def _softplus_bwd(dy, x):
-    return dy * _sigmoid(np.real(x))
-
-
+@checked(_check_x_args)
 def relu_forward(x):
     r"""Rectified linear unit, ``y = max(x, 0)``.
 
@@ -278,10 +251,12 @@ def relu_forward(x):
     ----------
     SPEC.md section 3.
     """
-    x = as_float_array(x, "x", allow_complex=True)
-    return _relu_fwd(x)
+    if _use_kernel(x):
+        return _kinked_fwd_kernel(x.reshape(-1), 0.0).reshape(x.shape), x
+    return np.where(_real(x) > 0, x, 0.0 * x), x
 
 
+@checked(_check_act_args("relu"))
 def relu_backward(dy, cache):
     r"""Backward of :func:`relu_forward`: ``dx = dy * [x > 0]``.
 
@@ -302,10 +277,13 @@ def relu_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    cache = _check_act_cache(cache, "relu")
-    return _relu_bwd(_check_dy(dy, cache.shape), cache)
+    x = cache
+    if _use_kernel(dy, x):
+        return _kinked_bwd_kernel(dy.reshape(-1), x.reshape(-1), 0.0).reshape(x.shape)
+    return dy * (_real(x) > 0)
 
 
+@checked(_check_x_args)
 def leaky_relu_forward(x):
     r"""Leaky ReLU with slope 0.01: ``y = x`` for x > 0, ``0.01 x`` otherwise.
 
@@ -329,10 +307,12 @@ def leaky_relu_forward(x):
     ----------
     SPEC.md section 3 (slope 0.01).
     """
-    x = as_float_array(x, "x", allow_complex=True)
-    return _leaky_fwd(x)
+    if _use_kernel(x):
+        return _kinked_fwd_kernel(x.reshape(-1), LEAKY_SLOPE).reshape(x.shape), x
+    return np.where(_real(x) > 0, x, LEAKY_SLOPE * x), x
 
 
+@checked(_check_act_args("leaky_relu"))
 def leaky_relu_backward(dy, cache):
     r"""Backward of :func:`leaky_relu_forward`: ``dx = dy * where(x > 0, 1, 0.01)``.
 
@@ -352,10 +332,13 @@ def leaky_relu_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    cache = _check_act_cache(cache, "leaky_relu")
-    return _leaky_bwd(_check_dy(dy, cache.shape), cache)
+    x = cache
+    if _use_kernel(dy, x):
+        return _kinked_bwd_kernel(dy.reshape(-1), x.reshape(-1), LEAKY_SLOPE).reshape(x.shape)
+    return dy * np.where(_real(x) > 0, 1.0, LEAKY_SLOPE)
 
 
+@checked(_check_x_args)
 def tanh_forward(x):
     r"""Hyperbolic tangent, ``y = tanh(x)``.
 
@@ -379,10 +362,10 @@ def tanh_forward(x):
     ----------
     SPEC.md section 3.
     """
-    x = as_float_array(x, "x", allow_complex=True)
-    return _tanh_fwd(x)
+    return np.tanh(x), x
 
 
+@checked(_check_act_args("tanh"))
 def tanh_backward(dy, cache):
     r"""Backward of :func:`tanh_forward`: ``dx = dy * sech(x)**2``.
 
@@ -406,10 +389,15 @@ def tanh_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    cache = _check_act_cache(cache, "tanh")
-    return _tanh_bwd(_check_dy(dy, cache.shape), cache)
+    x = cache
+    # sech(x) = 2 e^{-|x|} / (1 + e^{-2|x|}): no overflow, full relative accuracy for large |x|
+    x = np.real(x)
+    e = np.exp(-np.abs(x))
+    sech = 2.0 * e / (1.0 + e * e)
+    return dy * (sech * sech)
 
 
+@checked(_check_x_args)
 def sigmoid_forward(x):
     r"""Logistic sigmoid, ``y = 1 / (1 + exp(-x))``.
 
@@ -433,10 +421,10 @@ def sigmoid_forward(x):
     ----------
     SPEC.md section 3.
     """
-    x = as_float_array(x, "x", allow_complex=True)
-    return _sigmoid_fwd(x)
+    return _sigmoid(x), x
 
 
+@checked(_check_act_args("sigmoid"))
 def sigmoid_backward(dy, cache):
     r"""Backward of :func:`sigmoid_forward`: ``dx = dy * sigma(x) * sigma(-x)``.
 
@@ -458,10 +446,12 @@ def sigmoid_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    cache = _check_act_cache(cache, "sigmoid")
-    return _sigmoid_bwd(_check_dy(dy, cache.shape), cache)
+    x = cache
+    x = np.real(x)
+    return dy * (_sigmoid(x) * _sigmoid(-x))
 
 
+@checked(_check_x_args)
 def softplus_forward(x):
     r"""Softplus, ``y = log(1 + exp(x))``.
 
@@ -485,10 +475,10 @@ def softplus_forward(x):
     ----------
     SPEC.md section 3.
     """
-    x = as_float_array(x, "x", allow_complex=True)
-    return _softplus_fwd(x)
+    return _softplus(x), x
 
 
+@checked(_check_act_args("softplus"))
 def softplus_backward(dy, cache):
     r"""Backward of :func:`softplus_forward`: ``dx = dy * sigma(x)``.
 
@@ -508,18 +498,19 @@ def softplus_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    cache = _check_act_cache(cache, "softplus")
-    return _softplus_bwd(_check_dy(dy, cache.shape), cache)
+    x = cache
+    return dy * _sigmoid(np.real(x))
 
 
-#: name -> (forward, backward) of the unchecked kernels; ``tuple(ACTIVATIONS)`` lists the names.
-ACTIVATIONS = {
-    "leaky_relu": (_leaky_fwd, _leaky_bwd),
-    "relu": (_relu_fwd, _relu_bwd),
-    "tanh": (_tanh_fwd, _tanh_bwd),
-    "sigmoid": (_sigmoid_fwd, _sigmoid_bwd),
-    "softplus": (_softplus_fwd, _softplus_bwd),
-}
+#: name -> (forward, backward), the bare arithmetic (``.unchecked``) of ``<name>_forward`` and
+#: ``<name>_backward``; ``tuple(ACTIVATIONS)`` lists the names.
+ACTIVATIONS = {name: (fwd.unchecked, bwd.unchecked) for name, fwd, bwd in (
+    ("leaky_relu", leaky_relu_forward, leaky_relu_backward),
+    ("relu", relu_forward, relu_backward),
+    ("tanh", tanh_forward, tanh_backward),
+    ("sigmoid", sigmoid_forward, sigmoid_backward),
+    ("softplus", softplus_forward, softplus_backward),
+)}
 
 
 def activation_forward(name, x):
@@ -615,6 +606,44 @@ def mlp_init(sizes, prefix, rng):
     return params
 
 
+def check_mlp_params(params, prefix, x_width, names=None):
+    """The parameters of the MLP ``prefix`` in ``params``, checked for an input of ``x_width``
+    columns: ``{name: array}`` with exactly its keys (:func:`mlp_param_names`), each finite,
+    float64 or complex128, C-contiguous, the shapes chained (``prefix.i.W`` (width, out),
+    ``prefix.i.b`` (out,)). Part of the validator of :func:`mlp_forward`; callers that checked
+    ``x`` themselves (the VAE's encoder) check the parameters with it and then call
+    ``mlp_forward.unchecked``."""
+    if names is None:
+        names = mlp_param_names(params, prefix)
+    checked_params = {}
+    width, width_from = x_width, "x"
+    for i in range(len(names) // 2):
+        wn, bn = f"{prefix}.{i}.W", f"{prefix}.{i}.b"
+        W = as_float_array(params[wn], wn, ndim=2, allow_complex=True)
+        if W.shape[0] != width:
+            what = "columns" if width_from == "x" else "columns (outputs)"
+            raise ValueError(f"{width_from} has {width} {what} but {wn} has {W.shape[0]} rows; "
+                             f"{wn} must have shape ({width}, out)")
+        b = as_float_array(params[bn], bn, shape=(W.shape[1],), allow_complex=True)
+        checked_params[wn], checked_params[bn] = W, b
+        width, width_from = W.shape[1], wn
+    return checked_params
+
+
+def _check_mlp_args(arguments):
+    """Validator of :func:`mlp_forward`, in this order: the activation names, the parameter names,
+    ``x`` (2-d, finite), the parameters (:func:`check_mlp_params`)."""
+    a = dict(arguments)
+    check_choice(a["activation"], "activation", tuple(ACTIVATIONS))
+    if a["out_activation"] is not None:
+        check_choice(a["out_activation"], "out_activation", tuple(ACTIVATIONS))
+    names = mlp_param_names(a["params"], a["prefix"])
+    a["x"] = as_float_array(a["x"], "x", ndim=2, allow_complex=True)
+    a["params"] = check_mlp_params(a["params"], a["prefix"], a["x"].shape[1], names)
+    return a
+
+
+@checked(_check_mlp_args)
 def mlp_forward(params, prefix, x, activation, out_activation=None):
     r"""Multi-layer perceptron: linear, activation, linear, ..., linear [, out_activation].
 
@@ -645,45 +674,22 @@ def mlp_forward(params, prefix, x, activation, out_activation=None):
 
     Numerics
     --------
-    Inputs and parameters are validated once here (finite, shapes chained); the layers then run
-    unchecked. Complex input is accepted (complex-step checks of the analytic activations).
+    Inputs and parameters are validated once by the wrapper (finite, shapes chained); the layers
+    then run unchecked. ``mlp_forward.unchecked`` expects ``x`` and the parameters in that checked
+    form (:func:`check_mlp_params`). Complex input is accepted (complex-step checks of the
+    analytic activations).
 
     References
     ----------
     SPEC.md section 3.
     """
-    return _mlp_forward(params, prefix, x, activation, out_activation)
-
-
-def _mlp_forward(params, prefix, x, activation, out_activation=None, *, x_checked=False):
-    """:func:`mlp_forward`; with ``x_checked=True`` the caller guarantees that ``x`` already is a
-    2-d, C-contiguous, finite float64 array (e.g. ``VAE.forward``'s checked input), and it is not
-    checked a second time. The parameters are always checked."""
-    check_choice(activation, "activation", tuple(ACTIVATIONS))
-    if out_activation is not None:
-        check_choice(out_activation, "out_activation", tuple(ACTIVATIONS))
-    names = mlp_param_names(params, prefix)
-    n = len(names) // 2
-    if not x_checked:
-        x = as_float_array(x, "x", ndim=2, allow_complex=True)
-    Ws, bs = [], []
-    width, width_from = x.shape[1], "x"
-    for i in range(n):
-        wn, bn = f"{prefix}.{i}.W", f"{prefix}.{i}.b"
-        W = as_float_array(params[wn], wn, ndim=2, allow_complex=True)
-        if W.shape[0] != width:
-            what = "columns" if width_from == "x" else "columns (outputs)"
-            raise ValueError(f"{width_from} has {width} {what} but {wn} has {W.shape[0]} rows; "
-                             f"{wn} must have shape ({width}, out)")
-        b = as_float_array(params[bn], bn, shape=(W.shape[1],), allow_complex=True)
-        Ws.append(W)
-        bs.append(b)
-        width, width_from = W.shape[1], wn
-
+    n = 0
+    while f"{prefix}.{n}.W" in params:
+        n += 1
     layers, trace = [], []
     h = x
     for i in range(n):
-        pre, lin_cache = _linear_fwd(h, Ws[i], bs[i])
+        pre, lin_cache = linear_forward.unchecked(h, params[f"{prefix}.{i}.W"], params[f"{prefix}.{i}.b"])
         trace.append((f"{prefix}.{i}.pre", pre))
         act = activation if i < n - 1 else out_activation
         if act is None:
@@ -697,6 +703,13 @@ def _mlp_forward(params, prefix, x, activation, out_activation=None, *, x_checke
     return h, cache
 
 
+def _check_mlp_backward_args(arguments):
+    """Validator of :func:`mlp_backward`: the cache (the dict of :func:`mlp_forward`), then dy."""
+    cache = _check_mlp_cache(arguments["cache"])
+    return {"dy": _check_dy(arguments["dy"], cache["y_shape"]), "cache": cache}
+
+
+@checked(_check_mlp_backward_args)
 def mlp_backward(dy, cache):
     r"""Backward of :func:`mlp_forward`: ``(dx, grads)``.
 
@@ -724,19 +737,14 @@ def mlp_backward(dy, cache):
     ----------
     SPEC.md section 3 (gradient dicts have the keys and shapes of the parameter dict).
     """
-    cache = _check_mlp_cache(cache)
-    return _mlp_backward(_check_dy(dy, cache["y_shape"]), cache)
-
-
-def _mlp_backward(d, cache):
-    """Unchecked :func:`mlp_backward`: ``d`` a float64 array of shape ``cache["y_shape"]``."""
+    d = dy
     prefix = cache["prefix"]
     grads_rev = {}
     for i in range(len(cache["layers"]) - 1, -1, -1):
         lin_cache, act, act_cache = cache["layers"][i]
         if act is not None:
             d = ACTIVATIONS[act][1](d, act_cache)
-        d, dW, db = _linear_bwd(d, lin_cache)
+        d, dW, db = linear_backward.unchecked(d, lin_cache)
         grads_rev[i] = (dW, db)
     grads = {}
     for i in range(len(cache["layers"])):

@@ -28,7 +28,7 @@ import numpy as np
 from .kernels import rowkernels as _rowkernels
 from . import gaussian
 from ._validation import as_float_array, check_positive_int
-from .primitives import _log_softmax, log_sigmoid, log_softmax, sigmoid
+from .primitives import log_sigmoid, log_softmax, sigmoid
 
 __all__ = ["LIKELIHOODS", "categorical_log_prob", "categorical_log_prob_vjp",
            "bernoulli_log_prob", "bernoulli_log_prob_vjp", "gaussian_log_prob",
@@ -74,7 +74,7 @@ def _categorical_log_prob_and_cache(xi, a):
 
     Real finite logits go through the fused kernel :func:`refvae.kernels.rowkernels.categorical_forward`,
     and ``cache = ("p", softmax weights)``; complex logits (complex-step checks) and real logits
-    with an infinite (or NaN) entry take the NumPy path (:func:`refvae.primitives._log_softmax`,
+    with an infinite (or NaN) entry take the NumPy path (:func:`refvae.primitives.log_softmax`,
     which handles +-inf), and ``cache = ("lsm", log_softmax)``. The public functions make the same
     choice, so the two paths give the same bits."""
     if not np.iscomplexobj(a):
@@ -82,7 +82,7 @@ def _categorical_log_prob_and_cache(xi, a):
         ok, lp, p = _rowkernels.categorical_forward(np.ascontiguousarray(xi, dtype=np.intp), a)
         if ok:
             return lp, ("p", p)
-    lsm = _log_softmax(a, axis=-1)
+    lsm = log_softmax.unchecked(a, axis=-1)
     return np.take_along_axis(lsm, xi[:, :, None], axis=-1)[:, :, 0].sum(axis=1), ("lsm", lsm)
 
 

@@ -44,6 +44,24 @@ Numerics, shared by all of them
   only, and every formula is analytic in ``x``. (Only the imaginary part of a complex result is
   meaningful; numpy's complex ``log1p`` is not accurate in the real part for tiny arguments.)
 
+Conventions (all of refvae's hand-written derivatives)
+------------------------------------------------------
+* **Functions** (this module, :mod:`refvae.gaussian`, :mod:`refvae.kernels.mixture`):
+  ``f(*inputs)`` and ``f_vjp(g, *inputs, ans=None) -> (d_input, ...)``,
+  ``g`` the cotangent of f's output, one gradient per array input **in input order** (a 1-tuple
+  for one input; non-array settings such as ``axis`` get none), each with its input's shape. This
+  is the ``vjp(g, *args)`` of :func:`refvae.gradcheck.check_vjp`. ``ans``, keyword only, is f's
+  output: optional, reused when given (never required, never ignored); VJPs that do not need it
+  do not take it.
+* **Layers** (:mod:`refvae.layers`, the MLPs of the encoder, decoder and priors):
+  ``<layer>_forward(...) -> (out, cache)`` and ``<layer>_backward(dout, cache) -> gradients``; the
+  cache carries what the backward needs, so nothing is recomputed.
+
+Each quantity is one function, the arithmetic with its math docstring, wrapped by
+:func:`refvae._validation.checked`: ``logsumexp(x)`` checks ``x`` (and ``axis``, ``g``, ``ans``)
+and runs the arithmetic; ``logsumexp.unchecked`` is the arithmetic alone, for refvae's callers
+with checked arrays (bit-identical results).
+
 References: SPEC.md section 2 (Bernoulli and categorical decoders) and section 4 (mixtures as a
 ``logsumexp`` over components); HIPS/autograd ``numpy_vjps.py`` for the VJP of ``logsumexp``.
 """
@@ -52,7 +70,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import as_float_array
+from ._validation import as_float_array, checked
 
 __all__ = ["logsumexp", "logsumexp_vjp", "log_softmax", "log_softmax_vjp", "softplus",
            "softplus_vjp", "log_sigmoid", "log_sigmoid_vjp", "sigmoid"]
@@ -91,6 +109,32 @@ def _check_cotangent(g, shape, name="g"):
                          f"shape {shape}") from None
 
 
+def _check_args(arguments, *, reduces=False):
+    """Validator (:func:`refvae._validation.checked`) of every function here, in this order: ``x``
+    (float64 or complex128, +-inf allowed, NaN a ``ValueError``), ``axis`` (an in-range integer,
+    normalised to >= 0), the cotangent ``g`` broadcast to the output shape (``x.shape``, without
+    ``axis`` when the function ``reduces`` along it) and ``ans`` (no NaN, the output shape)."""
+    out = dict(arguments)
+    out["x"] = x = _check_input(arguments["x"], "x")
+    out_shape = x.shape
+    if "axis" in arguments:
+        out["axis"] = axis = _check_axis(arguments["axis"], x.ndim)
+        if reduces:
+            out_shape = x.shape[:axis] + x.shape[axis + 1:]
+    if "g" in arguments:
+        out["g"] = _check_cotangent(arguments["g"], out_shape)
+    if arguments.get("ans") is not None:
+        out["ans"] = ans = _check_input(arguments["ans"], "ans")
+        if ans.shape != out_shape:
+            want = f"the output shape {out_shape}" if reduces else f"the shape of x {x.shape}"
+            raise ValueError(f"ans must have {want}, got {ans.shape}")
+    return out
+
+
+def _check_reducing_args(arguments):
+    return _check_args(arguments, reduces=True)
+
+
 # --------------------------------------------------------------------------- row kernels
 
 def _shifted(x, axis):
@@ -124,13 +168,6 @@ def _shifted(x, axis):
     return m, d, c, s1
 
 
-def _logsumexp(x, axis=-1, keepdims=False):
-    """Unchecked ``logsumexp`` (see :func:`logsumexp`); ``x`` float64 or complex128, no NaN."""
-    m, _, _, s1 = _shifted(x, axis)
-    out = np.where(np.isfinite(m), np.where(np.isfinite(m), m, 0.0) + np.log1p(s1), m)
-    return out if keepdims else np.squeeze(out, axis=axis)
-
-
 def _softmax_weights(x, axis, ans=None):
     """Softmax weights ``exp(x - logsumexp(x))`` along ``axis`` (same shape as ``x``).
 
@@ -155,22 +192,9 @@ def _softmax_weights(x, axis, ans=None):
     return np.where(ok, w, 0.0)
 
 
-def _log_softmax(x, axis=-1):
-    """Unchecked ``log_softmax`` (see :func:`log_softmax`)."""
-    m, d, c, s1 = _shifted(x, axis)
-    finite_m = np.isfinite(m)
-    with np.errstate(invalid="ignore"):
-        out = (d - np.log1p(s1)) + c
-    # rows containing +inf: the k entries equal to +inf get -ln k, the others -inf
-    pos = x.real == np.inf
-    k = np.sum(pos, axis=axis, keepdims=True)
-    inf_row = np.where(pos, -np.log(np.maximum(k, 1)), -np.inf)
-    out = np.where(finite_m, out, np.where(m == np.inf, inf_row, -np.inf))
-    return np.where(np.isfinite(x.real) | ~finite_m, out, -np.inf)
-
-
 # --------------------------------------------------------------------------- logsumexp
 
+@checked(_check_reducing_args)
 def logsumexp(x, axis=-1):
     r"""Log of a sum of exponentials along one axis, ``ln sum_k exp(x_k)``, without overflow.
 
@@ -196,13 +220,14 @@ def logsumexp(x, axis=-1):
     References
         SPEC.md section 4 (mixture log-densities); HIPS/autograd (VJP reusing the forward result).
     """
-    x = _check_input(x, "x")
-    axis = _check_axis(axis, x.ndim)
-    return _logsumexp(x, axis)
+    m, _, _, s1 = _shifted(x, axis)
+    out = np.where(np.isfinite(m), np.where(np.isfinite(m), m, 0.0) + np.log1p(s1), m)
+    return np.squeeze(out, axis=axis)
 
 
-def logsumexp_vjp(g, x, axis=-1, ans=None):
-    r"""VJP of :func:`logsumexp`: ``dx = g[..., None] * exp(x - ans)``.
+@checked(_check_reducing_args)
+def logsumexp_vjp(g, x, axis=-1, *, ans=None):
+    r"""VJP of :func:`logsumexp`: ``(dx,)`` with ``dx = g[..., None] * exp(x - ans)``.
 
     Forward
         ``ans = logsumexp(x, axis)`` (recomputed unless passed in).
@@ -226,20 +251,14 @@ def logsumexp_vjp(g, x, axis=-1, ans=None):
     References
         HIPS/autograd ``numpy_vjps.py`` (``grad_logsumexp``).
     """
-    x = _check_input(x, "x")
-    axis = _check_axis(axis, x.ndim)
-    out_shape = x.shape[:axis] + x.shape[axis + 1:]
-    g = _check_cotangent(g, out_shape)
     if ans is not None:
-        ans = _check_input(ans, "ans")
-        if ans.shape != out_shape:
-            raise ValueError(f"ans must have the output shape {out_shape}, got {ans.shape}")
         ans = np.expand_dims(ans, axis)
-    return np.expand_dims(g, axis) * _softmax_weights(x, axis, ans)
+    return (np.expand_dims(g, axis) * _softmax_weights(x, axis, ans),)
 
 
 # --------------------------------------------------------------------------- log_softmax
 
+@checked(_check_args)
 def log_softmax(x, axis=-1):
     r"""Logarithm of the softmax along one axis, ``x_k - logsumexp(x)``.
 
@@ -262,9 +281,16 @@ def log_softmax(x, axis=-1):
     References
         SPEC.md section 2 (categorical decoder: ``log p(x|z) = sum_d log_softmax(logits_d)[x_d]``).
     """
-    x = _check_input(x, "x")
-    axis = _check_axis(axis, x.ndim)
-    return _log_softmax(x, axis)
+    m, d, c, s1 = _shifted(x, axis)
+    finite_m = np.isfinite(m)
+    with np.errstate(invalid="ignore"):
+        out = (d - np.log1p(s1)) + c
+    # rows containing +inf: the k entries equal to +inf get -ln k, the others -inf
+    pos = x.real == np.inf
+    k = np.sum(pos, axis=axis, keepdims=True)
+    inf_row = np.where(pos, -np.log(np.maximum(k, 1)), -np.inf)
+    out = np.where(finite_m, out, np.where(m == np.inf, inf_row, -np.inf))
+    return np.where(np.isfinite(x.real) | ~finite_m, out, -np.inf)
 
 
 def _sum_hi_lo(g, axis):
@@ -285,13 +311,15 @@ def _sum_hi_lo(g, axis):
     return np.expand_dims(hi, axis), np.expand_dims(lo, axis)
 
 
-def log_softmax_vjp(g, x, axis=-1, ans=None):
-    r"""VJP of :func:`log_softmax`: ``dx = g - softmax(x) * sum(g)``.
+@checked(_check_args)
+def log_softmax_vjp(g, x, axis=-1, *, ans=None):
+    r"""VJP of :func:`log_softmax`: ``(dx,)`` with ``dx = g - softmax(x) * sum(g)``.
 
     Forward
-        ``ans = log_softmax(x, axis)``. ``ans`` is accepted (and its shape checked) for symmetry
-        with :func:`logsumexp_vjp`, but the weights are recomputed from ``x``: ``exp(ans)`` would
-        carry ``|ans_j| u`` relative error.
+        ``ans = log_softmax(x, axis)``, optional. When given it supplies ``1 - p = -expm1(ans)``
+        directly (the forward's ``(d - log1p(s1)) + c``, so the result has the same bits as
+        without it); the weights ``p`` themselves still come from the exact shift of ``x``:
+        ``exp(ans)`` would carry ``|ans_j| u`` relative error (700 u at ``ans_j = -700``).
 
     Backward
         ``dx_j = g_j - softmax_j(x) * sum_k g_k``, from ``d(x_k - lse)/dx_j = [j = k] - softmax_j``.
@@ -323,13 +351,6 @@ def log_softmax_vjp(g, x, axis=-1, ans=None):
         SPEC.md section 2 (categorical decoder); Ogita, Rump & Oishi, "Accurate sum and dot
         product", SIAM J. Sci. Comput. 26 (2005) (Sum2).
     """
-    x = _check_input(x, "x")
-    axis = _check_axis(axis, x.ndim)
-    g = _check_cotangent(g, x.shape)
-    if ans is not None:
-        ans = _check_input(ans, "ans")
-        if ans.shape != x.shape:
-            raise ValueError(f"ans must have the shape of x {x.shape}, got {ans.shape}")
     # p and 1 - p from the exact shift d + c = x - max (not from exp(ans), which would carry
     # |ans_j| u relative error): p_j = exp(d_j)(1 + c_j) / (1 + s1), log p_j = (d_j - log1p(s1)) + c_j
     m, d, c, s1 = _shifted(x, axis)
@@ -339,13 +360,14 @@ def log_softmax_vjp(g, x, axis=-1, ans=None):
     with np.errstate(under="ignore", invalid="ignore", over="ignore"):
         dl = np.where(live, d, 0.0)
         p = np.where(live, np.exp(dl) * (1.0 + c) / (1.0 + s1), 0.0)
-        q = np.where(live, -np.expm1((dl - np.log1p(s1)) + c), 0.0)   # 1 - p_j, accurate near p_j = 1
+        lsm = (dl - np.log1p(s1)) + c if ans is None else ans    # log p_j (the forward's output)
+        q = np.where(live, -np.expm1(lsm), 0.0)   # 1 - p_j, accurate near p_j = 1
     gl = np.where(live, g, 0.0)
     with np.errstate(over="ignore", invalid="ignore"):   # an overflowing sum is redone below
         hi, lo = _sum_hi_lo(gl, axis)
     if np.iscomplexobj(hi) or np.all(np.abs(hi) < 2.0 ** 1000):
         rest = (hi - gl) + lo                           # sum_{k != j} g_k
-        return gl * q - p * rest
+        return (gl * q - p * rest,)
     # the sum of g overflows or comes near it (entries near 1.8e308; (hi - g_j) + lo can overflow
     # although hi did not): redo it with g scaled by 2^-64 (exact for every entry that matters),
     # and scale p * rest back (inf only if the exact product is)
@@ -357,7 +379,7 @@ def log_softmax_vjp(g, x, axis=-1, ans=None):
     t = hi - gs
     pr = np.where(p > 0.5, t + (p * lo - q * t), p * t + p * lo)   # small corrections summed first
     with np.errstate(over="ignore"):
-        return gl * q - pr / scale
+        return (gl * q - pr / scale,)
 
 
 # --------------------------------------------------------------------------- softplus family
@@ -370,16 +392,7 @@ def _split(x):
     return pos, t, np.where(pos, x, 0.0)
 
 
-def _softplus(x):
-    _, t, xp = _split(x)
-    return xp + np.log1p(t)
-
-
-def _sigmoid(x):
-    pos, t, _ = _split(x)
-    return np.where(pos, 1.0, t) / (1.0 + t)
-
-
+@checked(_check_args)
 def softplus(x):
     r"""Softplus, ``ln(1 + e^x)``, stable on the whole float64 line.
 
@@ -400,15 +413,17 @@ def softplus(x):
     References
         SPEC.md section 3 (activations) and section 2 (Bernoulli decoder).
     """
-    return _softplus(_check_input(x, "x"))
+    _, t, xp = _split(x)
+    return xp + np.log1p(t)
 
 
+@checked(_check_args)
 def softplus_vjp(g, x):
-    """VJP of :func:`softplus`: ``dx = g * sigmoid(x)`` (shapes: ``g`` broadcasts to ``x``)."""
-    x = _check_input(x, "x")
-    return _check_cotangent(g, x.shape) * _sigmoid(x)
+    """VJP of :func:`softplus`: ``(dx,)`` with ``dx = g * sigmoid(x)`` (``g`` broadcasts to ``x``)."""
+    return (g * sigmoid.unchecked(x),)
 
 
+@checked(_check_args)
 def log_sigmoid(x):
     r"""Log of the logistic sigmoid, ``ln sigmoid(x) = -softplus(-x)``, without forming sigmoid.
 
@@ -428,15 +443,16 @@ def log_sigmoid(x):
     References
         SPEC.md section 2 (Bernoulli decoder: ``x log sigma(a) + (1 - x) log sigma(-a)``).
     """
-    return -_softplus(-_check_input(x, "x"))
+    return -softplus.unchecked(-x)
 
 
+@checked(_check_args)
 def log_sigmoid_vjp(g, x):
-    """VJP of :func:`log_sigmoid`: ``dx = g * sigmoid(-x)`` (shapes: ``g`` broadcasts to ``x``)."""
-    x = _check_input(x, "x")
-    return _check_cotangent(g, x.shape) * _sigmoid(-x)
+    """VJP of :func:`log_sigmoid`: ``(dx,)`` with ``dx = g * sigmoid(-x)`` (``g`` broadcasts to ``x``)."""
+    return (g * sigmoid.unchecked(-x),)
 
 
+@checked(_check_args)
 def sigmoid(x):
     r"""Logistic sigmoid ``1 / (1 + e^-x)``, without overflow warnings.
 
@@ -458,4 +474,5 @@ def sigmoid(x):
     References
         SPEC.md section 3 (activations).
     """
-    return _sigmoid(_check_input(x, "x"))
+    pos, t, _ = _split(x)
+    return np.where(pos, 1.0, t) / (1.0 + t)

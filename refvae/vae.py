@@ -45,7 +45,7 @@ from . import gaussian, likelihoods
 from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
                           check_mapping, check_parameter_memory, check_positive_int, check_real,
                           check_layer_widths, check_rng, first_non_finite)
-from .layers import ACTIVATIONS, _mlp_backward, _mlp_forward, mlp_backward, mlp_forward, mlp_init
+from .layers import ACTIVATIONS, check_mlp_params, mlp_backward, mlp_forward, mlp_init
 from .priors import PRIORS, Prior, check_sample_size, make_prior
 
 __all__ = ["VAE", "Encoder", "Decoder", "NegElbo", "NonFiniteIntermediateError"]
@@ -108,7 +108,8 @@ class Encoder:
     def _forward(self, params, x):
         """:meth:`forward` for an ``x`` already checked by ``VAE._check_x`` (finite float64,
         C-contiguous, (B, x_dim)): the MLP does not check it again."""
-        h, cache = _mlp_forward(params, self.prefix, x, self.activation, x_checked=True)
+        h, cache = mlp_forward.unchecked(check_mlp_params(params, self.prefix, x.shape[1]),
+                                         self.prefix, x, self.activation)
         L = self.latent_dim
         return h[:, :L], h[:, L:], cache
 
@@ -122,7 +123,7 @@ class Encoder:
         dh = np.empty((dmu.shape[0], 2 * L))
         np.add(dmu, dmu_r, out=dh[:, :L])
         np.add(dlog_var, dlog_var_r, out=dh[:, L:])
-        return _mlp_backward(dh, cache)
+        return mlp_backward.unchecked(dh, cache)
 
 
 class Decoder:
@@ -218,7 +219,7 @@ class Decoder:
         return np.ascontiguousarray(dout, dtype=np.float64), grads
 
     def _backward(self, dout, cache):
-        return _mlp_backward(dout, cache)
+        return mlp_backward.unchecked(dout, cache)
 
     def mean(self, params, out):
         """The likelihood's mean: E[x | z] (categorical: sum_c c p_c; Bernoulli: sigmoid)."""
@@ -504,7 +505,7 @@ class VAE:
             # mu, log_var: C-contiguous copies of the encoder's output halves, as the public
             # gaussian.* functions would make them; the unchecked kernels then see the same arrays
             mu_c, log_var_c = np.ascontiguousarray(mu), np.ascontiguousarray(log_var)
-            z = gaussian._reparameterize(mu_c, log_var_c, eps)
+            z = gaussian.reparameterize.unchecked(mu_c, log_var_c, eps)
             trace += [("mu", mu), ("log_var", log_var), ("eps", eps), ("z", z)]
             check(z, trace)
             out, dec_cache = self.decoder.forward(p, z)
@@ -515,10 +516,10 @@ class VAE:
             check(log_px_z, trace)
             used = list(trace)           # the intermediates the value depends on
             log_pz, prior_cache = self.prior.forward(p, z)
-            log_qz_x = gaussian._log_prob(z, mu_c, log_var_c)
+            log_qz_x = gaussian.log_prob.unchecked(z, mu_c, log_var_c)
             if self.kl == "analytic":
                 zeros = np.zeros(self.latent_dim)
-                kl = gaussian._kl(mu_c, log_var_c, zeros, zeros)
+                kl = gaussian.kl.unchecked(mu_c, log_var_c, zeros, zeros)
             else:
                 kl = log_qz_x - log_pz
                 used += list(prior_cache["trace"]) + [("log_pz", log_pz), ("log_qz_x", log_qz_x)]
@@ -619,13 +620,13 @@ class VAE:
             add(g_dec, owned=True)
             if self.kl == "analytic":
                 zeros = np.zeros(self.latent_dim)
-                dmu, dlog_var, _, _ = gaussian._kl_vjp(c, mu, log_var, zeros, zeros)
+                dmu, dlog_var, _, _ = gaussian.kl_vjp.unchecked(c, mu, log_var, zeros, zeros)
             else:
                 dz_p, g_prior = self.prior.backward(-c, cache["prior"])
                 add(g_prior)
-                dz_q, dmu, dlog_var = gaussian._log_prob_vjp(c, z, mu, log_var)
+                dz_q, dmu, dlog_var = gaussian.log_prob_vjp.unchecked(c, z, mu, log_var)
                 dz = dz + dz_p + dz_q
-            dmu_r, dlog_var_r, _ = gaussian._reparameterize_vjp(dz, mu, log_var, eps)
+            dmu_r, dlog_var_r, _ = gaussian.reparameterize_vjp.unchecked(dz, mu, log_var, eps)
             _, g_enc = self.encoder._backward_sum(dmu, dmu_r, dlog_var, dlog_var_r, cache["enc"])
             add(g_enc, owned=True)
         else:  # a cache assembled by hand (no private entries): the checked path

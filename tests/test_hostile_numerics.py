@@ -117,30 +117,30 @@ def _vjp_case(seed=0, B=5, K=4, L=3):
 @pytest.mark.hostile("magnitude", "named error")
 @pytest.mark.parametrize("how", ["+1", "-1", "+ln K + 1e-6", "-inf", "1e300", "-1e300", "row 3 + 1.5"])
 def test_mixture_vjp_wrong_log_prob_named_error(how):
-    """A log_prob outside [max_k t, max_k t + ln K] (off by 1, -inf, +-1e300) passed to the mixture VJP."""
+    """An ans (the forward's log_prob) outside [max_k t, max_k t + ln K] (off by 1, -inf, +-1e300) passed to the mixture VJP."""
     g, z, mu, lv, lw = _vjp_case()
     f = mixture_log_prob(z, mu, lv, lw)
     bad = {"+1": f + 1, "-1": f - 1, "+ln K + 1e-6": f + math.log(4) + 1e-6 + 1e-8 * abs(f),
            "-inf": np.full(5, -np.inf), "1e300": np.full(5, 1e300), "-1e300": np.full(5, -1e300),
            "row 3 + 1.5": f + np.array([0, 0, 0, 1.5, 0])}[how]
-    with pytest.raises(ValueError, match=r"log_prob is not the forward.*log_prob\[\d\]"):
-        mixture_log_prob_vjp(g, z, mu, lv, lw, log_prob=bad)
+    with pytest.raises(ValueError, match=r"ans is not the forward.*ans\[\d\]"):
+        mixture_log_prob_vjp(g, z, mu, lv, lw, ans=bad)
 
 
 @pytest.mark.hostile("non-finite", "named error")
 @pytest.mark.parametrize("value,shape", [(np.nan, 5), (np.inf, 5), (0.0, 4), (0.0, (5, 1))])
 def test_mixture_vjp_log_prob_nan_inf_shape_named_error(value, shape):
-    """log_prob with NaN, +inf or the wrong shape passed to the mixture VJP."""
+    """ans (the forward's log_prob) with NaN, +inf or the wrong shape passed to the mixture VJP."""
     g, z, mu, lv, lw = _vjp_case()
     f = np.full(shape, value)
-    with pytest.raises(ValueError, match="log_prob"):
-        mixture_log_prob_vjp(g, z, mu, lv, lw, log_prob=f)
+    with pytest.raises(ValueError, match="ans"):
+        mixture_log_prob_vjp(g, z, mu, lv, lw, ans=f)
 
 
 @pytest.mark.hostile("magnitude", "exact value")
 @pytest.mark.parametrize("seed", range(4))
 def test_mixture_vjp_correct_log_prob_accepted_same_bits(seed):
-    """The forward's own log_prob (and the twin's, and the sharded one) passes the check, same bits."""
+    """The forward's own log_prob as ans (and the twin's, and the sharded one) passes the check, same bits."""
     g, z, mu, lv, lw = _vjp_case(seed, B=40, K=300, L=4)
     lw[::7] = -np.inf
     z[3] = 1e3                                      # a row whose terms are all far in the tail
@@ -149,7 +149,7 @@ def test_mixture_vjp_correct_log_prob_accepted_same_bits(seed):
     for given_f in (f, mixture.mixture_log_prob_numpy(z, mu, lv, lw),
                     finalize_partials(*combine_partials([mixture_partial(z, mu[:150], lv[:150], lw[:150]),
                                                          mixture_partial(z, mu[150:], lv[150:], lw[150:])]))):
-        got = mixture_log_prob_vjp(g, z, mu, lv, lw, log_prob=given_f)
+        got = mixture_log_prob_vjp(g, z, mu, lv, lw, ans=given_f)
         if given_f is f:
             assert all(np.array_equal(a, b) for a, b in zip(got, want))
         else:
@@ -164,13 +164,13 @@ def test_mixture_vjp_correct_log_prob_accepted_same_bits(seed):
 
 @pytest.mark.hostile("non-finite", "exact value")
 def test_mixture_vjp_log_prob_minus_inf_rows_accepted():
-    """log_prob = -inf on rows whose terms are all -inf (all weights -inf) is the forward: zero gradients."""
+    """ans = -inf on rows whose terms are all -inf (all weights -inf) is the forward: zero gradients."""
     z, mu, lv = np.zeros((2, 2)), np.zeros((3, 2)), np.zeros((3, 2))
     lw = np.full(3, -np.inf)
-    got = mixture_log_prob_vjp(np.ones(2), z, mu, lv, lw, log_prob=np.full(2, -np.inf))
+    got = mixture_log_prob_vjp(np.ones(2), z, mu, lv, lw, ans=np.full(2, -np.inf))
     assert all(np.array_equal(a, np.zeros_like(a)) for a in got)
-    with pytest.raises(ValueError, match=r"log_prob\[0\] = 0.0"):
-        mixture_log_prob_vjp(np.ones(2), z, mu, lv, lw, log_prob=np.zeros(2))
+    with pytest.raises(ValueError, match=r"ans\[0\] = 0.0"):
+        mixture_log_prob_vjp(np.ones(2), z, mu, lv, lw, ans=np.zeros(2))
 
 
 # =========================================================================== partial combiners (item 4)
@@ -458,8 +458,8 @@ def test_primitives_elementwise_whole_float_line_exact(x):
         for got, want in ((P.softplus([x])[0], _mp_softplus(x)),
                           (P.log_sigmoid([x])[0], -_mp_softplus(-x)),
                           (P.sigmoid([x])[0], _mp_sigmoid(x)),
-                          (P.softplus_vjp([1.0], [x])[0], _mp_sigmoid(x)),
-                          (P.log_sigmoid_vjp([1.0], [x])[0], _mp_sigmoid(-x))):
+                          (P.softplus_vjp([1.0], [x])[0][0], _mp_sigmoid(x)),
+                          (P.log_sigmoid_vjp([1.0], [x])[0][0], _mp_sigmoid(-x))):
             assert _rel_ok(got, want, tol), (x, float(got), float(want))
 
 
@@ -495,8 +495,8 @@ def test_primitive_vjps_finite_cotangents_never_nan(row, g):
     """logsumexp_vjp/log_softmax_vjp/softplus_vjp/log_sigmoid_vjp: any x, any finite g up to 1e308: no NaN, sums exact."""
     x = np.array(row)
     gx = np.array(g[:len(row)])
-    outs = (P.logsumexp_vjp(gx[0], x), P.log_softmax_vjp(gx, x), P.softplus_vjp(gx, x),
-            P.log_sigmoid_vjp(gx, x))
+    outs = (P.logsumexp_vjp(gx[0], x)[0], P.log_softmax_vjp(gx, x)[0], P.softplus_vjp(gx, x)[0],
+            P.log_sigmoid_vjp(gx, x)[0])
     for o in outs:
         assert not np.isnan(o).any(), (row, g, outs)
     # log_softmax_vjp: the exact |dx_j| = |g_j - p_j sum_k g_k| <= |g_j| + sum_k |g_k|: where that
@@ -711,7 +711,7 @@ def test_log_softmax_vjp_sum_of_g_at_the_overflow_threshold(row, g):
     exact dx_j is finite (it gave -inf): each entry within a few ulp of mpmath's, all finite."""
     import refvae.primitives as P
     x = np.array([row])
-    got = P.log_softmax_vjp(np.array([g]), x)
+    (got,) = P.log_softmax_vjp(np.array([g]), x)
     mpmath.mp.prec = 200
     e = [mpmath.e ** mpmath.mpf(v) for v in row]
     p = [v / sum(e) for v in e]

@@ -353,11 +353,11 @@ TABLE["kernels.mixture.check_mixture_args"] = Entry(
 TABLE["kernels.mixture.mixture_partial"] = Entry(b(mixture.mixture_partial, **_mix()), arrays=_MIXA,
                                          legal=[("log_weights", "neginf")])
 TABLE["kernels.mixture.mixture_log_prob_vjp"] = Entry(
-    b(mixture.mixture_log_prob_vjp, g=np.ones(3), **_mix(), log_prob=None, z_only=False),
-    arrays={"g": 0, **_MIXA, "log_prob": 0}, legal=_MIXL + [("log_prob", "none")],
-    bases={"log_prob": mixture.mixture_log_prob(**_mix())},
+    b(mixture.mixture_log_prob_vjp, g=np.ones(3), **_mix(), ans=None, z_only=False),
+    arrays={"g": 0, **_MIXA, "ans": 0}, legal=_MIXL + [("ans", "none")],
+    bases={"ans": mixture.mixture_log_prob(**_mix())},
     custom=[("z_only", "str", lambda c: "yes", "type", "error"),
-            ("log_prob", "not the forward value", lambda c: np.full(3, 50.0), "option", "error")])
+            ("ans", "not the forward value", lambda c: np.full(3, 50.0), "option", "error")])
 TABLE["kernels.mixture.mixture_log_prob_vjp_numpy"] = Entry(
     b(mixture.mixture_log_prob_vjp_numpy, g=np.ones(3), **_mix()),
     arrays={"g": 0, **_MIXA}, legal=_MIXL)

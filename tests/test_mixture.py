@@ -961,11 +961,11 @@ def test_twin_vjp_complex_step(B, K, L):
 
 
 def test_vjp_with_log_prob_given_equals_recomputed():
-    """Passing the forward result (``log_prob=``) gives the same gradients, bit for bit."""
+    """Passing the forward result (``ans=``) gives the same gradients, bit for bit."""
     z, m, v, w = _case_tile_and_block_edges()
     g = np.random.default_rng(1).normal(size=len(z))
     a = mixture_log_prob_vjp(g, z, m, v, w)
-    b = mixture_log_prob_vjp(g, z, m, v, w, log_prob=mixture_log_prob(z, m, v, w))
+    b = mixture_log_prob_vjp(g, z, m, v, w, ans=mixture_log_prob(z, m, v, w))
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
 

@@ -1,7 +1,7 @@
 """The fused categorical kernel (refvae.kernels.rowkernels) against the NumPy path and against mpmath.
 
 * every entry of log_softmax and softmax produced by the kernel, against
-  ``primitives._log_softmax`` / ``primitives._softmax_weights`` (hypothesis rows, C <= 17, with
+  ``primitives.log_softmax.unchecked`` / ``primitives._softmax_weights`` (hypothesis rows, C <= 17, with
   +-1e300, +-1e3, +-700, ties at the maximum, C = 1) and against mpmath (dps=50) on adversarial
   rows; tolerance ``categorical_kernel`` (a few ulp; subnormal results to a few spacings);
 * the VJP entry by entry against mpmath, the observed entry ``sum_{c != k} p_c`` included;
@@ -21,7 +21,7 @@ from hypothesis import example, given
 
 from refvae.kernels import rowkernels as _rowkernels
 from refvae import likelihoods
-from refvae.primitives import _log_softmax, _softmax_weights
+from refvae.primitives import _softmax_weights, log_softmax
 from refvae.tolerances import tolerance
 
 from strategies import finite_logit_rows
@@ -102,7 +102,7 @@ def assert_close(actual, expected, what):
 def test_kernel_vs_numpy_log_softmax(rows):
     """The same algorithm in NumPy: every entry within a few ulp (libm vs SIMD exp, summation order)."""
     lsm, p = kernel_rows(rows)
-    assert_close(lsm, _log_softmax(rows, axis=-1), "log_softmax, kernel vs NumPy")
+    assert_close(lsm, log_softmax.unchecked(rows, axis=-1), "log_softmax, kernel vs NumPy")
     assert_close(p, _softmax_weights(rows, -1), "softmax, kernel vs NumPy")
     assert np.all(lsm <= 0) and np.all((p >= 0) & (p <= 1))
 
@@ -112,7 +112,7 @@ def test_kernel_vs_numpy_random_c17():
     scale = np.array([0.3, 3.0, 30.0, 300.0]).repeat(1024)[:, None]
     rows = np.random.default_rng(0).normal(size=(4096, 17)) * scale
     lsm, p = kernel_rows(rows)
-    assert_close(lsm, _log_softmax(rows, axis=-1), "log_softmax, kernel vs NumPy")
+    assert_close(lsm, log_softmax.unchecked(rows, axis=-1), "log_softmax, kernel vs NumPy")
     assert_close(p, _softmax_weights(rows, -1), "softmax, kernel vs NumPy")
 
 
@@ -130,7 +130,7 @@ def test_whole_forward_and_vjp_vs_numpy_twins(rows):
     ok, lp, p = _rowkernels.categorical_forward(xi, a)
     lp_t, p_t = _rowkernels.categorical_forward_numpy(xi, a)
     assert ok
-    scale = np.abs(np.take_along_axis(_log_softmax(a, axis=-1), xi[:, :, None], axis=-1)).sum(axis=(1, 2))
+    scale = np.abs(np.take_along_axis(log_softmax.unchecked(a, axis=-1), xi[:, :, None], axis=-1)).sum(axis=(1, 2))
     assert np.all(np.abs(lp - lp_t) <= TOL.rtol * scale + TOL.atol), (lp, lp_t)
     assert_close(p, p_t, "softmax, kernel vs twin")
     d = _rowkernels.categorical_vjp(g, xi, p)
@@ -191,7 +191,7 @@ def test_nonfinite_logits_fall_back_to_numpy(bad):
     assert not ok
     with np.errstate(invalid="ignore"):
         lp, cache = likelihoods._categorical_log_prob_and_cache(xi, a)
-        lsm = _log_softmax(a, axis=-1)
+        lsm = log_softmax.unchecked(a, axis=-1)
     assert cache[0] == "lsm"
     np.testing.assert_array_equal(cache[1], lsm)
     np.testing.assert_array_equal(lp, np.take_along_axis(lsm, xi[:, :, None], -1)[:, :, 0].sum(1))

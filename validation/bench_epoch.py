@@ -509,9 +509,9 @@ def _plain_log_softmax(a):
 CATEGORIES = (  # (category, predicate on (module file stem, function name))
     ("input validation", lambda mod, fn: mod == "_validation" or fn.startswith(("_check", "check_"))
      or fn in ("mlp_param_names", "_as_array", "_param")),
-    ("matmul (linear layers)", lambda mod, fn: fn in ("_linear_fwd", "_linear_bwd")),
-    ("activations", lambda mod, fn: mod == "layers" and fn.startswith(("_leaky", "_relu", "_tanh",
-                                                                         "_sigmoid", "_softplus"))),
+    ("matmul (linear layers)", lambda mod, fn: fn in ("linear_forward", "linear_backward")),
+    ("activations", lambda mod, fn: mod == "layers" and fn.startswith(("leaky_relu_", "relu_", "tanh_",
+                                                                         "sigmoid_", "softplus_"))),
     ("MLP glue (layers.py)", lambda mod, fn: mod == "layers"),
     ("likelihood + log_softmax", lambda mod, fn: mod in ("likelihoods", "primitives")),
     ("optimizer (Adamax arithmetic)", lambda mod, fn: mod == "optim"),

@@ -499,7 +499,7 @@ def _vjp_z_kernel(g, z, f, muT, aT, const, qb, want_max=False):
     """dz[b] = -g_b sum_k r_bk (z_b - mu_k) e^{-v_k}; parallel over query blocks.
 
     Returns ``(dz, tmax)``; with ``want_max``, ``tmax[b] = max_k t_bk`` (the terms are at hand:
-    one compare per term, to check a ``log_prob`` passed in), otherwise ``tmax`` is all -inf.
+    one compare per term, to check an ``ans`` passed in), otherwise ``tmax`` is all -inf.
 
     Per tile: the terms of the block's queries (:func:`_tile_terms`, shared with the forward),
     coef = g r, then for each dimension the products coef_k (z_l - mu_kl) e^{-v_kl} into a tile
@@ -619,8 +619,11 @@ def _vjp_components_kernel(g, z, f, muT, aT, const, K):
     return dmeans, dlog_vars, dlog_weights
 
 
-def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=None, z_only=False):
+def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, ans=None, z_only=False):
     """VJP of :func:`mixture_log_prob`: returns ``(dz, dmeans, dlog_vars, dlog_weights)``.
+
+    The function-level VJP convention (:mod:`refvae.primitives`, "Conventions"): ``g`` first,
+    then the forward's inputs, ``ans`` the forward's output (keyword, optional).
 
     Backward (module docstring): with r_bk = exp(t_bk - f_b),
     ``dz = -g r (z - mu) e^{-v}`` summed over k, ``dmeans = +g r (z - mu) e^{-v}`` summed over b,
@@ -631,11 +634,11 @@ def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=No
     Parameters
     ----------
     g : (B,) finite upstream gradient.
-    log_prob : (B,), optional. The forward result, if already computed (saves one pass). It is
-        checked, not trusted: shape (B,), no NaN or +inf, and ``max_k t_bk <= log_prob_b <=
-        max_k t_bk + ln K`` up to a slack of ``LOG_PROB_CHECK_RTOL (1 + |max_k t_bk|)`` (1e-8
-        relative), ``-inf`` exactly on rows whose terms are all ``-inf``; otherwise a
-        ``ValueError`` naming ``log_prob``. (A value off by less than the slack passes and
+    ans : (B,), optional. The forward result ``mixture_log_prob(z, means, log_vars,
+        log_weights)``, if already computed (saves one pass). It is checked, not trusted: shape
+        (B,), no NaN or +inf, and ``max_k t_bk <= ans_b <= max_k t_bk + ln K`` up to a slack of
+        ``LOG_PROB_CHECK_RTOL (1 + |max_k t_bk|)`` (1e-8 relative), ``-inf`` exactly on rows
+        whose terms are all ``-inf``; otherwise a ``ValueError`` naming ``ans``. (A value off by less than the slack passes and
         scales the gradients by up to ``e^{slack}``.)
     z_only : bool. Compute dz only and return ``None`` for the component gradients (saves the
         pass over components, e.g. for the aggregated posterior, whose components are data).
@@ -646,13 +649,13 @@ def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=No
     B = z.shape[0]
     g = as_float_array(g, "g", shape=(B,))
     muT, aT, const = _tile_components(means, log_vars, log_weights, TILE)
-    if log_prob is None:
+    if ans is None:
         m, s = _forward_partial_kernel(z, muT, aT, const, _skip_threshold(means.shape[0]), QUERY_BLOCK)
         f = finalize_partials(m, s)
     else:
-        f = as_float_array(log_prob, "log_prob", shape=(B,), allow_neg_inf=True)
-    dz, tmax = _vjp_z_kernel(g, z, f, muT, aT, const, QUERY_BLOCK, log_prob is not None)
-    if log_prob is not None:
+        f = as_float_array(ans, "ans", shape=(B,), allow_neg_inf=True)
+    dz, tmax = _vjp_z_kernel(g, z, f, muT, aT, const, QUERY_BLOCK, ans is not None)
+    if ans is not None:
         _check_log_prob(f, tmax, means.shape[0])
     if z_only:
         return dz, None, None, None
@@ -660,13 +663,15 @@ def mixture_log_prob_vjp(g, z, means, log_vars, log_weights=None, *, log_prob=No
     return dz, dmeans, dlog_vars, dlog_weights
 
 
-#: slack of the ``log_prob`` check: relative to 1 + |max_k t_bk|, far above the rounding of any
+#: slack of the check of a given ``ans`` (the forward's log_prob): relative to 1 + |max_k t_bk|,
+#: far above the rounding of any
 #: forward (the kernel, the sharded path, the NumPy twin), far below a wrong value that matters
 LOG_PROB_CHECK_RTOL = 1e-8
 
 
 def _check_log_prob(f, tmax, K):
-    """Reject a ``log_prob`` that cannot be the forward: since f = tmax + ln sum_k e^{t_k - tmax},
+    """Reject an ``ans`` (a given log_prob ``f``) that cannot be the forward: since
+    f = tmax + ln sum_k e^{t_k - tmax},
     ``tmax <= f <= tmax + ln K`` (up to rounding), and f = -inf exactly when every term is -inf."""
     live = tmax > -np.inf
     slack = LOG_PROB_CHECK_RTOL * (1.0 + np.abs(np.where(live, tmax, 0.0)))
@@ -675,9 +680,9 @@ def _check_log_prob(f, tmax, K):
     if not ok.all():
         b = int(np.argmin(ok))
         raise ValueError(
-            f"log_prob is not the forward mixture_log_prob(z, means, log_vars, log_weights): "
-            f"log_prob[{b}] = {float(f[b])!r}, but it must lie in [max_k t, max_k t + ln K] = "
-            f"[{float(tmax[b])!r}, {float(tmax[b]) + math.log(K)!r}] (up to rounding); pass log_prob=None to "
+            f"ans is not the forward mixture_log_prob(z, means, log_vars, log_weights): "
+            f"ans[{b}] = {float(f[b])!r}, but it must lie in [max_k t, max_k t + ln K] = "
+            f"[{float(tmax[b])!r}, {float(tmax[b]) + math.log(K)!r}] (up to rounding); pass ans=None to "
             f"recompute it")
 
 

@@ -15,12 +15,12 @@ Both are used by the VAE's fast path *and* by the public
 :func:`refvae.likelihoods.categorical_log_prob` / :func:`~refvae.likelihoods.categorical_log_prob_vjp`
 for real logits, so the two paths give the same bits. Complex logits (complex-step checks) and
 non-finite logits (``+-inf`` handling) stay on the NumPy path,
-:func:`refvae.primitives._log_softmax`.
+:func:`refvae.primitives.log_softmax` (``.unchecked``).
 
 Forward
 -------
 For one row :math:`a = a_{bd\cdot}` with observed category :math:`k = x_{bd}`, the algorithm of
-:func:`refvae.primitives._shifted` / :func:`~refvae.primitives._log_softmax`:
+:func:`refvae.primitives._shifted` / :func:`~refvae.primitives.log_softmax` (``.unchecked``):
 
 .. math::
 
@@ -85,7 +85,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..primitives import _log_softmax, _softmax_weights
+from ..primitives import _softmax_weights, log_softmax
 
 __all__ = ["categorical_forward", "categorical_vjp", "categorical_forward_numpy",
            "categorical_vjp_numpy"]
@@ -188,10 +188,11 @@ def categorical_forward_numpy(xi, a):
     """Plain NumPy twin of :func:`categorical_forward` (finite real logits): ``(log_prob, p)``.
 
     ``log_prob[b] = sum_d log_softmax(a[b, d])[xi[b, d]]`` and ``p = softmax(a)`` along the last
-    axis, from :func:`refvae.primitives._log_softmax` and :func:`~refvae.primitives._softmax_weights`
+    axis, from :func:`refvae.primitives.log_softmax` (``.unchecked``) and
+    :func:`~refvae.primitives._softmax_weights`
     (the same algorithm with NumPy's exp and pairwise sums: a few ulp from the kernel).
     """
-    lsm = _log_softmax(a, axis=-1)
+    lsm = log_softmax.unchecked(a, axis=-1)
     lp = np.take_along_axis(lsm, xi[:, :, None], axis=-1)[:, :, 0].sum(axis=1)
     return lp, _softmax_weights(a, -1)
 

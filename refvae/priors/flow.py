@@ -44,7 +44,8 @@ import numbers
 import numpy as np
 
 from .._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
-                          check_parameter_memory, check_positive_int, check_rng, first_non_finite)
+                          check_parameter_memory, check_positive_int, check_rng, checked,
+                          first_non_finite)
 from ..layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
 from .base import Prior
 
@@ -52,6 +53,14 @@ __all__ = ["FlowPrior"]
 
 LN_2PI = math.log(2.0 * math.pi)
 _TANH_FWD, _TANH_BWD = ACTIVATIONS["tanh"]
+
+
+def _check_transform_args(arguments):
+    """Validator (:func:`refvae._validation.checked`) of :meth:`FlowPrior.transform`: the
+    parameters (keys and shapes), then z (B, L), finite, float64 or complex128."""
+    prior = arguments["self"]
+    prior._check_params(arguments["params"])
+    return dict(arguments, z=prior._check_z(arguments["z"], "z", allow_complex=True))
 
 
 class FlowPrior(Prior):
@@ -268,25 +277,24 @@ class FlowPrior(Prior):
         return np.concatenate([z_a, z_b], axis=1)
 
     # ------------------------------------------------------------------ the map and its inverse
-    def _transform(self, params, z):
-        caches, log_det = [], np.zeros(z.shape[0], dtype=z.dtype)
+    @checked(_check_transform_args)
+    def transform(self, params, z, caches=None):
+        """``(f(z), log |det df/dz|)``: the flow's output u = f(z) (B, L) and its log-det (B,).
+
+        ``log_det = -sum_t sum_j s_{t,j}``, the couplings applied in order (class docstring).
+        Accepts complex z and parameters (complex-step checks); otherwise float64. ``caches``,
+        optional, a list to which each coupling's cache is appended (what :meth:`forward` keeps
+        for :meth:`backward`). ``FlowPrior.transform.unchecked(self, params, z, caches)`` is the
+        arithmetic without the checks, for arguments already checked.
+        """
+        log_det = np.zeros(z.shape[0], dtype=z.dtype)
         h = z
         for k in range(self.num_couplings):
             h, ld, c = self._coupling_forward(params, k, h)
             log_det = log_det + ld
-            caches.append(c)
-        return h, log_det, caches
-
-    def transform(self, params, z):
-        """``(f(z), log |det df/dz|)``: the flow's output u = f(z) (B, L) and its log-det (B,).
-
-        ``log_det = -sum_t sum_j s_{t,j}``. Accepts complex z and parameters (complex-step
-        checks); otherwise float64.
-        """
-        self._check_params(params)
-        z = self._check_z(z, "z", allow_complex=True)
-        u, log_det, _ = self._transform(params, z)
-        return u, log_det
+            if caches is not None:
+                caches.append(c)
+        return h, log_det
 
     def inverse(self, params, y):
         """``f^{-1}(y)`` (B, L): the couplings' inverses in reverse order (exact up to rounding).
@@ -324,7 +332,8 @@ class FlowPrior(Prior):
         self._check_params(params)
         z = self._check_z(z, "z", allow_complex=True)
         with np.errstate(over="ignore", invalid="ignore"):
-            u, log_det, caches = self._transform(params, z)
+            caches = []
+            u, log_det = FlowPrior.transform.unchecked(self, params, z, caches)
             trace = [item for c in caches for item in c["trace"]]
             if not (all_finite(u) and all_finite(log_det)):
                 name, idx, val = first_non_finite(trace)

@@ -273,7 +273,7 @@ class _MixturePrior(Prior):
 
     def _log_density_vjp(self, g, z, means, log_vars, log_weights, log_p):
         """(dz, dmeans, dlog_vars, dlog_weights) by the kernel's VJP."""
-        return mixture_log_prob_vjp(g, z, means, log_vars, log_weights, log_prob=log_p)
+        return mixture_log_prob_vjp(g, z, means, log_vars, log_weights, ans=log_p)
 
     def _draw(self, means, log_vars, log_weights, n, rng):
         """n samples: component indices from the weights, then mu + exp(1/2 log_var) * eps."""
@@ -347,7 +347,7 @@ class _MixturePrior(Prior):
 
     @staticmethod
     def _logits_backward(dlog_w, logits, log_w):
-        return log_softmax_vjp(dlog_w, logits, ans=log_w)
+        return log_softmax_vjp(dlog_w, logits, ans=log_w)[0]
 
 
 # =========================================================================== MoG
@@ -928,4 +928,4 @@ class AggregatedPosterior(_MixturePrior):
 
     def _log_density_vjp(self, g, z, means, log_vars, log_weights, log_p):
         """dz only: the components are data, so their gradients are not computed."""
-        return mixture_log_prob_vjp(g, z, means, log_vars, log_weights, log_prob=log_p, z_only=True)
+        return mixture_log_prob_vjp(g, z, means, log_vars, log_weights, ans=log_p, z_only=True)
