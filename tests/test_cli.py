@@ -13,14 +13,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 import refvae
+from refvae.tools import profiles
 from refvae.tools import report as rep
 from refvae.tools.cli import main
+from refvae.tools.report import runner, writing
 
 PRIORS = ("standard", "mog", "vamp", "gtm", "gtm_vamp", "flow")
 
@@ -66,9 +70,55 @@ def test_help_lists_the_subcommands(capsys):
 
 
 def test_subcommands_come_from_the_registry():
-    from refvae.tools.cli import SUBCOMMANDS, build_parser
-    assert {"validate", "train", "gradcheck"} <= set(SUBCOMMANDS)
-    assert build_parser().parse_args(["validate", "--profile", "tiny"]).func is SUBCOMMANDS["validate"][2]
+    from refvae.tools import cli_stats, cli_verify
+    from refvae.tools.cli import COMMANDS, build_parser, subcommands
+    commands = subcommands()
+    assert list(commands) == ["validate", "train", "gradcheck", "stats", "golden", "verify"]
+    assert build_parser().parse_args(["validate", "--profile", "tiny"]).func is commands["validate"].run
+    # one mechanism: every subcommand module lists Subcommand records in COMMANDS
+    assert [c.name for c in COMMANDS + cli_stats.COMMANDS + cli_verify.COMMANDS] == list(commands)
+    assert build_parser().parse_args(["stats", "--model", "m", "--data", "d"]).func is cli_stats.run
+
+
+def test_train_imports_no_report_module(tmp_path):
+    """``refvae train`` takes its profile and model from refvae.tools.profiles: a (tiny) training
+    run loads no module of refvae.tools.report."""
+    code = ("import sys; from refvae.tools.cli import main; "
+            f"rc = main(['train', '--prior', 'mog', '--latent-dim', '2', '--data', 'synthetic', "
+            f"'--max-epochs', '1', '--quiet', '--out', {str(tmp_path / 'm')!r}]); "
+            "print(rc, sorted(m for m in sys.modules if m.startswith('refvae.tools.report')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["0", "[]"], out.stdout + out.stderr
+    assert (tmp_path / "m" / "history.json").is_file()
+
+
+def test_stored_quick_report_renders_to_the_committed_markdown():
+    """render_markdown of the committed quick report's JSON gives its committed Markdown, byte for
+    byte (the Markdown is one function per section; this pins the output)."""
+    from refvae.tools.report.markdown import render_markdown
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "validation",
+                        "report-quick")
+    with open(os.path.join(root, "report.json"), encoding="utf-8") as fh:
+        doc = json.load(fh)
+    with open(os.path.join(root, "report.md"), encoding="utf-8", newline="") as fh:
+        assert render_markdown(doc) == fh.read()
+
+
+def test_tools_take_the_prior_names_from_the_registry():
+    """No list of prior names in the tools: the CLI's choices, the report's default priors and the
+    generators' prior index are the registry's."""
+    from refvae.priors import PRIORS
+    assert profiles.prior_names() == tuple(PRIORS)
+    assert [profiles.prior_index(p) for p in PRIORS] == list(range(len(PRIORS)))
+    assert profiles.parse_priors(",".join(reversed(PRIORS))) == tuple(reversed(PRIORS))
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "refvae", "tools")
+    report = os.path.join(tools, "report")
+    paths = [os.path.join(tools, f) for f in ("profiles.py", "cli.py", "cli_stats.py", "cli_verify.py")]
+    paths += [os.path.join(report, f) for f in os.listdir(report) if f.endswith(".py")]
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        assert "PRIOR_ORDER" not in text and not re.search(r"prior\.name [!=]= ", text), path
 
 
 def test_profiles_are_data_with_the_texts_settings():
@@ -138,14 +188,14 @@ def test_validate_tiny_writes_a_complete_finite_report(tmp_path, capsys, plots):
 def test_interrupt_keeps_finished_priors_and_exits_130(tmp_path, monkeypatch, capsys):
     """Ctrl-C while the second prior trains: the first prior's results stay, the report says
     what is missing, exit code 130."""
-    real_train = rep._train
+    real_train = runner._train
 
     def train(run, *a, **k):
         if run["prior"] == "mog":
             raise KeyboardInterrupt
         return real_train(run, *a, **k)
 
-    monkeypatch.setattr(rep, "_train", train)
+    monkeypatch.setattr(runner, "_train", train)
     out = tmp_path / "r"
     rc = main(["validate", "--profile", "tiny", "--out", str(out), "--priors", "standard,mog,flow",
                "--no-plots", "--quiet"])
@@ -235,7 +285,7 @@ def test_unwritable_output_directory_is_refused_even_as_root(tmp_path, capsys, m
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(rep.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(profiles.tempfile, "NamedTemporaryFile", refuse)
     line = assert_one_line_error(capsys, main(["validate", "--profile", "tiny", "--out",
                                                str(tmp_path / "out")]), "cannot write")
     assert "Permission denied" in line
@@ -356,7 +406,7 @@ def test_stats_input_errors_give_one_line_and_exit_2(stats_files, tmp_path, caps
 
 def test_json_cleaning_turns_non_finite_numbers_into_null_with_a_note():
     missing = []
-    out = rep._clean({"a": [1.0, float("nan")], "b": {"c": np.float64(-np.inf), "d": np.int64(3)}},
+    out = writing._clean({"a": [1.0, float("nan")], "b": {"c": np.float64(-np.inf), "d": np.int64(3)}},
                      "", missing)
     assert out == {"a": [1.0, None], "b": {"c": None, "d": 3}}
     assert [m["path"] for m in missing] == ["a[1]", "b.c"]

@@ -535,7 +535,7 @@ def test_missing_dask_names_the_extra(monkeypatch):
 
 def _stats_args(argv):
     parser = argparse.ArgumentParser(prog="refvae")
-    cli_stats.add_parser(parser.add_subparsers(dest="command"))
+    cli_stats.STATS.add_to(parser.add_subparsers(dest="command"))
     return parser.parse_args(["stats", *argv])
 
 

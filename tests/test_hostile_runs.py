@@ -29,7 +29,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refvae import io as rio
+import refvae.estimators as est
 from refvae.tools import report as rep
+from refvae.tools.report import runner
 from refvae.tools.cli import main
 from refvae.io import CONFIG_FILE, PARAMS_FILE, load_params, save_params
 from refvae.tools.provenance import DirectoryLock
@@ -239,8 +241,8 @@ def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, cap
     the kernel check, a Ctrl-C that a library swallowed (then 10 s of work without a checkpoint),
     and an error raised after a signal: the run stops promptly as interrupted (exit 130,
     "partial"), never marks a prior failed or ends complete."""
-    real_train = rep._train
-    real_ll = rep.est.log_likelihood
+    real_train = runner._train
+    real_ll = est.log_likelihood
 
     def train(run, *a, **k):
         if run["prior"] == "mog":
@@ -264,10 +266,10 @@ def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, cap
             interrupt_error()
         return real_ll(model, *a, **k)
 
-    monkeypatch.setattr(rep, "_train", train)
-    monkeypatch.setattr(rep.est, "log_likelihood", log_likelihood if where == "evaluate" else real_ll)
+    monkeypatch.setattr(runner, "_train", train)
+    monkeypatch.setattr(est, "log_likelihood", log_likelihood if where == "evaluate" else real_ll)
     if where == "kernel-check":
-        monkeypatch.setattr(rep, "kernel_accuracy", interrupt_error)
+        monkeypatch.setattr(runner, "kernel_accuracy", interrupt_error)
     out = tmp_path / "r"
     t0 = time.monotonic()
     rc = main(["validate", "--profile", "tiny", "--out", str(out), "--priors", "standard,mog,vamp",
@@ -362,7 +364,7 @@ def test_out_of_memory_outside_a_prior_leaves_a_failed_report_not_a_running_one(
     def oom(*a, **k):
         raise MemoryError("cannot allocate 745 GiB")
 
-    monkeypatch.setattr(rep, "kernel_accuracy", oom)
+    monkeypatch.setattr(runner, "kernel_accuracy", oom)
     out = tmp_path / "r"
     rc = main(["validate", "--profile", "tiny", "--out", str(out), "--priors", "standard",
                "--no-plots", "--quiet"])
@@ -419,7 +421,7 @@ def test_second_validate_against_a_running_subprocess_is_refused(tmp_path, capsy
     doc = read_json(out / "report.json")
     assert [r["prior"] for r in doc["runs"]] == ["vamp"]
     assert doc["status"] == "running" and doc["process"]["pid"] == proc.pid
-    assert rep._previous_report(str(out))["pid"] == proc.pid
+    assert runner._previous_report(str(out))["pid"] == proc.pid
 
 
 # =========================================================================== corrupt files

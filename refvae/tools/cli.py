@@ -1,12 +1,22 @@
 """The ``refvae`` command line.
 
-Subcommands (a registry: each is one function decorated with :func:`subcommand`, so later ones —
-``golden``, ``verify``, ``stats`` — are added without touching the parser code):
+Subcommands: every subcommand is one :class:`Subcommand` record (name, help, an options function
+that adds its flags to an argparse parser, and ``run(args) -> exit code``), listed in the
+``COMMANDS`` tuple of its module; :func:`subcommands` collects them (this module's, then
+:mod:`refvae.tools.cli_stats` and :mod:`refvae.tools.cli_verify`) and :func:`build_parser` adds each
+with :meth:`Subcommand.add_to`, the same call a stand-alone parser uses.
 
 - ``refvae validate`` — train every prior on the digits data and write the validation report
   (:mod:`refvae.tools.report`);
-- ``refvae train`` — train one model on the digits data and save it (``VAE.save``) with its history;
-- ``refvae gradcheck`` — gradient checks of ``neg_elbo`` on tiny models.
+- ``refvae train`` — train one model on the digits data and save it (``VAE.save``) with its history
+  (settings from :mod:`refvae.tools.profiles`; the report is not imported);
+- ``refvae gradcheck`` — gradient checks of ``neg_elbo`` on tiny models;
+- ``refvae stats`` (:mod:`refvae.tools.cli_stats`), ``refvae golden`` and ``refvae verify``
+  (:mod:`refvae.tools.cli_verify`).
+
+The prior choices of every subcommand are the names of the registry :data:`refvae.priors.PRIORS`.
+Importing this module loads neither NumPy nor Numba (the console script imports it before
+:func:`main` installs the interrupt guard).
 
 Errors in the input (unknown prior or profile, a negative number of epochs, an output directory
 that cannot be written or is in use by another run, a bad config file, a missing optional package)
@@ -28,8 +38,10 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
-__all__ = ["main", "SUBCOMMANDS", "subcommand", "build_parser"]
+__all__ = ["main", "Subcommand", "subcommands", "build_parser"]
 
 
 class UsageError(Exception):
@@ -43,24 +55,22 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
-#: name -> (help, configure(parser), run(args) -> exit code)
-SUBCOMMANDS: dict = {}
+@dataclass(frozen=True)
+class Subcommand:
+    """One subcommand of ``refvae``: ``options(parser)`` adds its flags, ``run(args)`` returns the
+    exit code. A module lists its subcommands in a ``COMMANDS`` tuple."""
 
+    name: str
+    help: str
+    options: Callable
+    run: Callable
 
-def subcommand(name, help):
-    """Register ``run(args) -> int`` as subcommand ``name``; ``run.configure(parser)`` adds options."""
-    def deco(fn):
-        SUBCOMMANDS[name] = (help, getattr(fn, "configure", None), fn)
-        return fn
-    return deco
-
-
-def _options(configure):
-    """Attach an options function to a subcommand (applied before registration)."""
-    def deco(fn):
-        fn.configure = configure
-        return fn
-    return deco
+    def add_to(self, subparsers):
+        """Add this subcommand to an argparse sub-parser collection; returns its parser."""
+        p = subparsers.add_parser(self.name, help=self.help, description=self.help)
+        self.options(p)
+        p.set_defaults(func=self.run)
+        return p
 
 
 def _positive_int(value, flag, minimum=1):
@@ -106,29 +116,28 @@ def _digits():
 # =========================================================================== validate
 
 def _validate_options(p):
-    from .report import PROFILES
+    from .profiles import PROFILES, prior_names
     p.add_argument("--profile", choices=list(PROFILES), default="quick",
                    help="quick (<= 5 min, L = 2), full (<= 60 min, L = 2 and 16, S = 5000) or tiny "
                         "(seconds; smoke test on synthetic data). Default: quick")
     p.add_argument("--out", default=os.path.join("validation", "report"),
                    help="output directory (default validation/report)")
     p.add_argument("--priors", default=None,
-                   help="comma-separated subset of standard,mog,vamp,gtm,gtm_vamp,flow (default all)")
+                   help=f"comma-separated subset of {','.join(prior_names())} (default all)")
     p.add_argument("--max-epochs", type=int, default=None, help="override the profile's maximum epochs")
     p.add_argument("--no-plots", action="store_true", help="do not write figures")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     _common(p)
 
 
-@subcommand("validate", "train every prior on the digits data and write the validation report")
-@_options(_validate_options)
 def cmd_validate(args):
     from dataclasses import replace
 
+    from .profiles import PROFILES, parse_priors
     from .provenance import limit_threads
-    from .report import PRIOR_ORDER, PROFILES, parse_priors, run_validation
+    from .report import run_validation
     profile = PROFILES[args.profile]
-    priors = parse_priors(args.priors) if args.priors is not None else PRIOR_ORDER
+    priors = parse_priors(args.priors) if args.priors is not None else None  # None: every prior
     if args.max_epochs is not None:
         profile = replace(profile, max_epochs=_positive_int(args.max_epochs, "--max-epochs"))
     _positive_int(args.seed, "--seed", minimum=0)
@@ -143,7 +152,8 @@ def cmd_validate(args):
 # =========================================================================== train
 
 def _train_options(p):
-    p.add_argument("--prior", required=True, help="standard, mog, vamp, gtm, gtm_vamp or flow")
+    from .profiles import prior_names
+    p.add_argument("--prior", required=True, help=f"one of {', '.join(prior_names())}")
     p.add_argument("--latent-dim", type=int, required=True, help="latent dimension L")
     p.add_argument("--out", required=True, help="directory for params.npz, config.json, history.json")
     p.add_argument("--max-epochs", type=int, default=None,
@@ -155,8 +165,6 @@ def _train_options(p):
     _common(p)
 
 
-@subcommand("train", "train one model on the digits data and save it with its history")
-@_options(_train_options)
 def cmd_train(args):
     from contextlib import ExitStack
     from dataclasses import asdict
@@ -166,7 +174,7 @@ def cmd_train(args):
     from ..io import _atomic_write_bytes
     from .provenance import DirectoryLock
     from .provenance import REPRODUCIBILITY, InterruptGuard, limit_threads, provenance
-    from .report import PROFILES, build_model, parse_priors, prepare_out_dir
+    from .profiles import PROFILES, build_model, parse_priors, prepare_out_dir
     from ..train import fit
     if "," in args.prior:
         raise ValueError(f"--prior takes one name, got {args.prior!r}")
@@ -225,7 +233,9 @@ def cmd_train(args):
 def _gradcheck_options(p):
     from ..likelihoods import LIKELIHOODS
     from ..layers import ACTIVATIONS
-    p.add_argument("--prior", default=None, help="one prior (default: every prior)")
+    from .profiles import prior_names
+    p.add_argument("--prior", default=None,
+                   help=f"one of {', '.join(prior_names())} (default: every prior)")
     p.add_argument("--likelihood", default="categorical",
                    help=f"{', '.join(LIKELIHOODS)} (default categorical)")
     p.add_argument("--activation", default="leaky_relu",
@@ -234,14 +244,13 @@ def _gradcheck_options(p):
 
 
 def tiny_model(prior, likelihood, activation, rng):
-    """A tiny VAE (D = 6, L = 2, hidden (5, 4)) and a batch of 3 matching data points."""
+    """A tiny VAE (D = 6, L = 2, hidden (5, 4)) and a batch of 3 matching data points; the prior's
+    options are its ``tiny_settings(activation, data_range)`` (those of the golden cases)."""
+    from ..priors import PRIORS
     from ..vae import VAE
     D, L = 6, 2
-    kw = {"mog": {"num_components": 3}, "vamp": {"num_components": 3},
-          "gtm": {"grid_size": 2, "hidden": (4,), "activation": activation},
-          "gtm_vamp": {"grid_size": 2, "hidden": (4,), "activation": activation,
-                       "data_range": (0.0, 16.0) if likelihood == "categorical" else (0.0, 1.0)},
-          "flow": {"num_couplings": 2, "hidden": (4,), "activation": activation}}.get(prior, {})
+    data_range = (0.0, 16.0) if likelihood == "categorical" else (0.0, 1.0)
+    kw = PRIORS[prior].tiny_settings(activation, data_range)
     model = VAE(D, L, (5, 4), activation, likelihood, 17, prior, rng=rng, prior_kwargs=kw)
     if likelihood == "categorical":
         x = rng.integers(0, 17, size=(3, D)).astype(float)
@@ -252,8 +261,6 @@ def tiny_model(prior, likelihood, activation, rng):
     return model, x
 
 
-@subcommand("gradcheck", "gradient checks of neg_elbo w.r.t. every parameter of tiny models")
-@_options(_gradcheck_options)
 def cmd_gradcheck(args):
     import numpy as np
 
@@ -261,8 +268,9 @@ def cmd_gradcheck(args):
     from ..layers import ACTIVATIONS
     from ..likelihoods import LIKELIHOODS
     from .provenance import limit_threads
-    from .report import PRIOR_ORDER, gradcheck_model, near_kink, parse_priors
-    priors = PRIOR_ORDER if args.prior is None else parse_priors(args.prior, "--prior")
+    from .profiles import parse_priors, prior_index, prior_names
+    from .report.gradient_check import gradcheck_model, near_kink
+    priors = prior_names() if args.prior is None else parse_priors(args.prior, "--prior")
     check_choice(args.likelihood, "--likelihood", tuple(LIKELIHOODS))
     check_choice(args.activation, "--activation", tuple(ACTIVATIONS))
     _positive_int(args.seed, "--seed", minimum=0)
@@ -270,7 +278,7 @@ def cmd_gradcheck(args):
     failed = []
     with limit_threads(args.threads):
         for prior in priors:
-            rng = np.random.default_rng([args.seed, PRIOR_ORDER.index(prior)])
+            rng = np.random.default_rng([args.seed, prior_index(prior)])
             for attempt in range(1, 51):  # a model and batch with no pre-activation near a kink
                 model, x = tiny_model(prior, args.likelihood, args.activation, rng)
                 eps = rng.standard_normal((x.shape[0], model.latent_dim))
@@ -292,14 +300,21 @@ def cmd_gradcheck(args):
 
 # =========================================================================== main
 
-from . import cli_stats as _cli_stats  # noqa: E402
+COMMANDS = (
+    Subcommand("validate", "train every prior on the digits data and write the validation report",
+               _validate_options, cmd_validate),
+    Subcommand("train", "train one model on the digits data and save it with its history",
+               _train_options, cmd_train),
+    Subcommand("gradcheck", "gradient checks of neg_elbo w.r.t. every parameter of tiny models",
+               _gradcheck_options, cmd_gradcheck),
+)
 
-subcommand("stats", _cli_stats.HELP)(_cli_stats.run)
 
-from . import cli_verify as _cli_verify  # noqa: E402
-
-subcommand("golden", _cli_verify.GOLDEN_HELP)(_cli_verify.run_golden)
-subcommand("verify", _cli_verify.VERIFY_HELP)(_cli_verify.run_verify)
+def subcommands():
+    """``name -> Subcommand`` of every subcommand, in the order of ``refvae --help``: the
+    ``COMMANDS`` of this module, of :mod:`refvae.tools.cli_stats` and of :mod:`refvae.tools.cli_verify`."""
+    from . import cli_stats, cli_verify
+    return {c.name: c for c in COMMANDS + cli_stats.COMMANDS + cli_verify.COMMANDS}
 
 
 def build_parser():
@@ -307,13 +322,11 @@ def build_parser():
                      "and the priors of Tomczak, Deep Generative Modeling, section 4.4.1.")
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"refvae {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}",
+    commands = subcommands()
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(commands) + "}",
                                 title="subcommands")
-    for name, (help_, configure, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        if configure is not None:
-            configure(p)
-        p.set_defaults(func=run)
+    for command in commands.values():
+        command.add_to(sub)
     return parser
 
 
@@ -340,7 +353,7 @@ def main(argv=None) -> int:
         print("refvae: interrupted (SIGINT) while starting", file=sys.stderr)
         return 130
     if getattr(args, "func", None) is None:
-        print("refvae: error: a subcommand is required: " + ", ".join(SUBCOMMANDS)
+        print("refvae: error: a subcommand is required: " + ", ".join(subcommands())
               + " (see refvae --help)", file=sys.stderr)
         return 2
     args.argv = argv

@@ -36,8 +36,9 @@ one line that says how much it needs and how much fits; ``--chunk`` larger than 
 ``--out FILE.json`` is written only after everything has been computed, to a temporary file that
 is moved into place, so an error (an unreachable scheduler, bad input) leaves no file.
 
-Registered by ``refvae.tools.cli`` (``subcommand("stats", HELP)(cli_stats.run)``; ``run.configure``
-adds the options), or stand-alone through :func:`add_parser`.
+The subcommand is :data:`STATS` (a :class:`refvae.tools.cli.Subcommand`: :func:`options` adds the
+flags, :func:`run` runs it), listed in ``COMMANDS`` for ``refvae.tools.cli``; a stand-alone parser
+adds it with ``STATS.add_to(subparsers)``.
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ import os
 import sys
 import time
 
-__all__ = ["HELP", "add_parser", "configure", "run"]
+from .cli import Subcommand
+
+__all__ = ["HELP", "STATS", "COMMANDS", "options", "run"]
 
 MAX_TASK_THREADS = 4096  #: the largest --threads with --scheduler (the workers' cores are not known here)
 
 HELP = "aggregated-posterior statistics (H[q(z)], KL[q(z)||p], I(x;z), holes) of a saved model"
 
 
-def configure(p):
+def options(p):
     """Add the options of ``refvae stats`` to an argparse parser."""
     p.add_argument("--model", required=True, help="directory of a saved model (VAE.save)")
     p.add_argument("--data", default=None,
@@ -93,14 +96,6 @@ def configure(p):
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def add_parser(subparsers):
-    """Add ``stats`` to an ``argparse`` subparsers object; returns the new parser."""
-    p = subparsers.add_parser("stats", help=HELP, description=HELP)
-    configure(p)
-    p.set_defaults(func=run)
-    return p
-
-
 def _check_int(value, flag, minimum):
     if value is not None and value < minimum:
         raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}")
@@ -122,7 +117,7 @@ def _prior_bytes_per_point(model, n=512):
 
     from ..estimators import _prior_log_prob
     L = model.latent_dim
-    K = int(getattr(model.prior, "K", 0) or 0) if model.prior.name != "standard" else 0
+    K = int(getattr(model.prior, "K", 0) or 0)
     if tracemalloc.is_tracing():
         return 8 * (4 * K * L + 2 * L)
     z = np.zeros((n, L))
@@ -394,11 +389,12 @@ def _write_components(args, out_dir):
     return 0
 
 
-run.configure = configure
+STATS = Subcommand("stats", HELP, options, run)
+COMMANDS = (STATS,)
 
 
 if __name__ == "__main__":  # pragma: no cover
     import argparse
     parser = argparse.ArgumentParser(prog="refvae-stats", description=HELP)
-    configure(parser)
+    options(parser)
     sys.exit(run(parser.parse_args()))

@@ -18,15 +18,10 @@
 
 Both functions take an ``argparse.Namespace`` and return the exit code; input errors (an unknown
 prior, a missing file) raise ``ValueError``, which ``refvae.tools.cli.main`` prints in one line with
-exit code 2. Registration in ``refvae/tools/cli.py`` (``run_golden.configure`` and
-``run_verify.configure`` hold the option functions, as ``refvae.tools.cli_stats.run`` does)::
-
-    from . import cli_verify as _cli_verify  # noqa: E402
-    subcommand("golden", _cli_verify.GOLDEN_HELP)(_cli_verify.run_golden)
-    subcommand("verify", _cli_verify.VERIFY_HELP)(_cli_verify.run_verify)
-
-or, on a plain ``argparse`` sub-parser collection, ``add_golden_parser(subparsers)`` and
-``add_verify_parser(subparsers)``.
+exit code 2. The subcommands are :data:`GOLDEN` and :data:`VERIFY` (:class:`refvae.tools.cli.Subcommand`
+records, listed in ``COMMANDS`` for ``refvae.tools.cli``, as every subcommand module does); a plain
+``argparse`` sub-parser collection takes them with ``GOLDEN.add_to(subparsers)`` and
+``VERIFY.add_to(subparsers)``.
 """
 
 from __future__ import annotations
@@ -34,8 +29,10 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["GOLDEN_HELP", "VERIFY_HELP", "golden_options", "verify_options", "add_golden_parser",
-           "add_verify_parser", "run_golden", "run_verify"]
+from .cli import Subcommand
+
+__all__ = ["GOLDEN_HELP", "VERIFY_HELP", "GOLDEN", "VERIFY", "COMMANDS", "golden_options",
+           "verify_options", "run_golden", "run_verify"]
 
 GOLDEN_HELP = "write golden cases (every intermediate and gradient of tiny models) for other implementations"
 VERIFY_HELP = "verify another implementation (an adapter) against the golden cases and the mathematics"
@@ -55,7 +52,7 @@ def _names(value, choices, flag):
 # =========================================================================== golden
 
 def golden_options(p):
-    """Options of ``refvae golden`` (for a registry that passes the sub-parser)."""
+    """Add the options of ``refvae golden`` to an argparse parser."""
     from .golden import CASE_LIKELIHOODS, CASE_PRIORS, DEFAULT_SEED
     p.add_argument("--prior", default="all",
                    help=f"{', '.join(CASE_PRIORS)}, a comma-separated subset, or all (default)")
@@ -69,14 +66,6 @@ def golden_options(p):
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"base seed of every generator (default {DEFAULT_SEED}, the committed cases)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-
-
-def add_golden_parser(subparsers):
-    """Add ``golden`` to an ``argparse`` sub-parser collection; returns the parser."""
-    p = subparsers.add_parser("golden", help=GOLDEN_HELP, description=GOLDEN_HELP)
-    golden_options(p)
-    p.set_defaults(func=run_golden)
-    return p
 
 
 def run_golden(args) -> int:
@@ -131,7 +120,7 @@ def run_golden(args) -> int:
 # =========================================================================== verify
 
 def verify_options(p):
-    """Options of ``refvae verify`` (for a registry that passes the sub-parser)."""
+    """Add the options of ``refvae verify`` to an argparse parser."""
     p.add_argument("--impl", required=True, metavar="MODULE:FACTORY",
                    help="the adapter factory: 'package.module:factory' or 'path/to/file.py:factory' "
                         "(see docs/verify.md)")
@@ -157,14 +146,6 @@ def verify_options(p):
     p.add_argument("--no-checksums", action="store_true",
                    help="use the cases without checking them against SHA256SUMS (by default a "
                         "missing SHA256SUMS or a file that does not match it is an error)")
-
-
-def add_verify_parser(subparsers):
-    """Add ``verify`` to an ``argparse`` sub-parser collection; returns the parser."""
-    p = subparsers.add_parser("verify", help=VERIFY_HELP, description=VERIFY_HELP)
-    verify_options(p)
-    p.set_defaults(func=run_verify)
-    return p
 
 
 def run_verify(args) -> int:
@@ -220,5 +201,6 @@ def run_verify(args) -> int:
     return 0 if report.passed else 1
 
 
-run_golden.configure = golden_options
-run_verify.configure = verify_options
+GOLDEN = Subcommand("golden", GOLDEN_HELP, golden_options, run_golden)
+VERIFY = Subcommand("verify", VERIFY_HELP, verify_options, run_verify)
+COMMANDS = (GOLDEN, VERIFY)

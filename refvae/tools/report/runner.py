@@ -1,0 +1,264 @@
+"""The whole report: :func:`run_validation` (the command line is ``refvae validate``) runs the
+kernel check and every prior and latent dimension of a profile, writing the report after each
+(locking, interruption and stale reports: the module docstring of :mod:`refvae.tools.report`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import asdict
+
+import numpy as np
+
+from ..._validation import check_positive_int
+from ...tolerances import TOLERANCES
+from ..profiles import (_check_priors, _check_profile, _check_seed, build_model,
+                        load_data, prepare_out_dir, prior_index, prior_names)
+from ..provenance import (REPRODUCIBILITY, DirectoryLock, InterruptGuard, Interrupted,
+                          interrupt_exit_code, interrupt_signal, run_identity)
+from .figures import have_matplotlib
+from .kernel_check import kernel_accuracy
+from .single_run import _evaluate, _rng, _train
+from .writing import write_report
+
+__all__ = ["run_validation"]
+
+SCHEMA = "refvae-validation-report/1"
+
+
+def figure_re():
+    """The names of the figures a run writes into ``<out>/figures`` (``<prior>_L<L>.png``, for every
+    registered prior); at the start of a run every file of this naming is removed, so a report
+    never links a previous run's figure."""
+    return re.compile(r"^(?:" + "|".join(map(re.escape, prior_names())) + r")_L[0-9]+\.png$")
+
+
+def remove_stale_figures(out):
+    """Remove the files of refvae's figure naming (:func:`figure_re`) from ``<out>/figures``;
+    nothing else is touched. Returns the removed names."""
+    fig_dir = os.path.join(out, "figures")
+    removed = []
+    try:
+        names = sorted(os.listdir(fig_dir))
+    except OSError:
+        return removed
+    pattern = figure_re()
+    for name in names:
+        full = os.path.join(fig_dir, name)
+        if pattern.match(name) and os.path.isfile(full) and not os.path.islink(full):
+            try:
+                os.unlink(full)
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def _previous_report(out):
+    """The status/pid/host/started of an existing ``<out>/report.json`` (None if unreadable)."""
+    try:
+        with open(os.path.join(out, "report.json"), encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    proc = doc.get("process") if isinstance(doc.get("process"), dict) else {}
+    return {"status": doc.get("status"), "pid": proc.get("pid"), "host": proc.get("host"),
+            "started": proc.get("started") or doc.get("started")}
+
+
+def run_validation(profile, *, seed=0, out="validation/report", priors=None, plots=True,
+                   quiet=False, command=None, threads=None):
+    """Run the validation (module docstring) and write the report. Returns the exit code:
+    0 (every run done, every check passed), 1 (a check failed or a run failed), 130 (interrupted
+    by Ctrl-C/SIGINT) or 143 (SIGTERM): then a partial report is written, status "partial", the
+    running prior "interrupted", ``interrupted_by`` the signal. An error in a prior's run marks
+    that run "failed" and the next prior runs; an error outside (the kernel check, writing the
+    report, MemoryError while building the report) is re-raised after the report is written with
+    status "failed" and the error, so no report is left "running".
+
+    The output directory is locked for the run (:class:`refvae.tools.provenance.DirectoryLock`): a second run
+    into it raises :class:`refvae.tools.provenance.DirectoryInUseError` naming the other run's pid. A
+    ``report.json`` left "running" by a killed run is recognised (its process holds no lock) and
+    overwritten with a message on stderr; figures of refvae's naming from an earlier run are removed
+    (:func:`remove_stale_figures`), so the directory holds only what this run wrote.
+
+    Arguments are checked first (TypeError/ValueError naming them): ``profile`` a :class:`Profile`
+    with positive sizes, known options and a finite lr > 0; ``seed`` an integer >= 0; ``priors`` a
+    non-empty sequence of registered prior names (default None: every prior of
+    :data:`refvae.priors.PRIORS`, in its order); ``threads`` None (the current settings)
+    or an integer >= 1 (:func:`refvae.tools.provenance.limit_threads` for the run).
+    """
+    _check_profile(profile)
+    seed = _check_seed(seed)
+    priors = prior_names() if priors is None else _check_priors(priors)
+    for flag, value in (("plots", plots), ("quiet", quiet)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {type(value).__name__} {value!r}")
+    if threads is not None:
+        threads = check_positive_int(threads, "threads")
+    out = prepare_out_dir(out)
+    from contextlib import nullcontext
+
+    from ..provenance import limit_threads
+    with DirectoryLock(out, command or "refvae validate"), InterruptGuard() as guard, \
+            (limit_threads(threads) if threads is not None else nullcontext()):
+        return _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard)
+
+
+def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard):
+    t_start = time.perf_counter()
+
+    def say(msg):
+        guard.check()
+        if not quiet:
+            print(msg, flush=True)
+
+    _warn_if_stale(out)
+    data, data_desc = load_data(profile, seed)
+    plots, plot_note = _plots_and_note(plots)
+    report = _new_report(profile, seed, priors, data_desc, command, plot_note)
+    if not quiet:
+        _print_settings(profile, seed, priors, data_desc, out, plot_note)
+    current = None
+    try:
+        write_report(report, out, t_start)  # "running", with this process's pid and host
+        removed = remove_stale_figures(out)
+        if removed:
+            say(f"removed {len(removed)} figure(s) of an earlier run from "
+                f"{os.path.join(out, 'figures')}")
+        say("mixture kernel vs mpmath ...")
+        t0 = time.perf_counter()
+        report["kernel_accuracy"] = kernel_accuracy(np.random.default_rng([seed, 7777]),
+                                                    profile.kernel_points)
+        report["timing"]["kernel_accuracy"] = time.perf_counter() - t0
+        write_report(report, out, t_start)
+        n = len(report["runs"])
+        for i, run in enumerate(report["runs"], 1):
+            current = run
+            say(f"[{i}/{n}] prior {run['prior']}, L = {run['latent_dim']}")
+            _run_one(run, data, data_desc, profile, seed, out, plots, quiet, say, guard)
+            guard.check()
+            write_report(report, out, t_start)
+        current = None
+        guard.check()
+        guard.cleaning = True  # the work is done: a signal from here on does not undo it
+        report["status"] = "complete"
+        summary = write_report(report, out, t_start)
+    except BaseException as exc:
+        return _stopped(exc, report, current, out, t_start, guard)
+    say(f"report: {os.path.join(out, 'report.md')} and report.json "
+        f"({summary['checks_failed']} failed check(s), {summary['runs_failed']} failed run(s), "
+        f"{report['timing']['total_seconds']:.0f} s)")
+    return 0 if summary["checks_failed"] == 0 and summary["runs_failed"] == 0 else 1
+
+
+def _warn_if_stale(out):
+    """One line on stderr when ``out`` holds a report left "running" by a process that is gone
+    (this run holds the directory's lock, so that process does not)."""
+    prev = _previous_report(out)
+    if prev is not None and prev["status"] == "running":
+        print(f"refvae validate: {os.path.join(out, 'report.json')} was left 'running' by pid "
+              f"{prev['pid']} on {prev['host']} (started {prev['started']}), which no longer holds "
+              f"the directory (killed?); it is stale and will be overwritten", file=sys.stderr)
+
+
+def _plots_and_note(plots):
+    """(draw figures?, the note on figures not drawn or None)."""
+    if plots and not have_matplotlib():
+        return False, "figures skipped: matplotlib is not installed (pip install refvae[plot])"
+    if not plots:
+        return False, "figures skipped (--no-plots)"
+    return True, None
+
+
+def _new_report(profile, seed, priors, data_desc, command, plot_note):
+    """The report dict at the start of a run: status "running", every run "pending"."""
+    from ..provenance import provenance
+    report = {
+        "schema": SCHEMA, "title": "refvae validation report", "command": command,
+        "status": "running", "interrupted_by": None, "process": run_identity(),
+        "seed": seed, "profile": asdict(profile), "data": data_desc,
+        "provenance": {**provenance(), "seed": seed, "profile": profile.name,
+                       "reproducibility": REPRODUCIBILITY},
+        "tolerances": {k: v.record() for k, v in TOLERANCES.items()},
+        "kernel_accuracy": None, "runs": [], "timing": {}, "figures_note": plot_note,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+    for L in profile.latent_dims:
+        for p in priors:
+            report["runs"].append({"prior": p, "latent_dim": L, "status": "pending", "timing": {},
+                                   "seeds": {"generator": f"default_rng([{seed}, {L}, "
+                                                          f"{prior_index(p)}, part])"}})
+    return report
+
+
+def _print_settings(profile, seed, priors, data_desc, out, plot_note):
+    print(f"refvae validate: profile {profile.name!r} ({profile.description})")
+    for k, v in asdict(profile).items():
+        if k not in ("name", "description"):
+            print(f"  {k:<22} {v}")
+    print(f"  {'seed':<22} {seed}")
+    print(f"  {'priors':<22} {', '.join(priors)}")
+    print(f"  {'data':<22} {data_desc['name']}: {data_desc['n_train']}/{data_desc['n_val']}/"
+          f"{data_desc['n_test']} (train/val/test)")
+    print(f"  {'output':<22} {out}")
+    if plot_note:
+        print(f"  note: {plot_note}")
+
+
+def _run_one(run, data, data_desc, profile, seed, out, plots, quiet, say, guard):
+    """Build, train and evaluate the model of one run. An error marks the run "failed" (with the
+    error and traceback) and returns, so the next prior runs; an interrupt, also one disguised as
+    another error (a SystemError from a Ctrl-C inside a Numba call), is raised."""
+    try:
+        model = build_model(run["prior"], run["latent_dim"], data_desc["D"], profile,
+                            _rng(seed, run["latent_dim"], run["prior"], "train"))
+        run["model"] = model.config()
+        run["status"] = "training"
+        _train(run, model, data, profile, seed, quiet)
+        run["status"] = "evaluating"
+        _evaluate(run, model, data, profile, seed, out, plots, say)
+        run["status"] = "done"
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # record, continue with the next prior
+        sig = interrupt_signal(exc, guard)
+        if sig is not None:  # e.g. SystemError from a Ctrl-C inside a Numba call
+            raise Interrupted(sig) from exc
+        run["status"] = "failed"
+        run["error"] = f"{type(exc).__name__}: {exc}"
+        run["traceback"] = traceback.format_exc()
+        print(f"refvae validate: {run['prior']} L = {run['latent_dim']} failed: "
+              f"{run['error']}", file=sys.stderr)
+
+
+def _stopped(exc, report, current, out, t_start, guard):
+    """The run stopped with ``exc``: an interrupt writes the partial report and returns 130/143;
+    any other error writes the report "failed" (never left "running") and is re-raised."""
+    if guard.received:
+        guard.cleaning = True  # first: no repeated/second Ctrl-C while writing the partial report
+    sig = interrupt_signal(exc, guard)
+    if sig is None:  # an error outside a prior's run: never leave the report "running"
+        report["status"] = "failed"
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            write_report(report, out, t_start)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+        raise  # the exception being handled by the caller's except clause
+    guard.cleaning = True
+    if current is not None and current["status"] not in ("done", "failed"):
+        current["status"] = "interrupted"
+    report["status"] = "partial"
+    report["interrupted_by"] = sig
+    write_report(report, out, t_start)
+    what = "terminated (SIGTERM)" if sig == "SIGTERM" else f"interrupted ({sig})"
+    print(f"refvae validate: {what}; partial report written to "
+          f"{os.path.join(out, 'report.md')}", file=sys.stderr)
+    return interrupt_exit_code(sig)
