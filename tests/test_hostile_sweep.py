@@ -278,7 +278,7 @@ from refvae import (data, estimators, gaussian, gradcheck, io, layers, likelihoo
                     optim, primitives, priors, tolerances, train)
 from refvae.kernels import mixture  # noqa: E402
 from refvae.priors import flow as prior_flow, mixtures as prior_mixtures  # noqa: E402
-from refvae.tools import distributed, golden, provenance, report, verify  # noqa: E402
+from refvae.tools import distributed, golden, profiles, provenance, report, verify  # noqa: E402
 
 TABLE: dict = {}
 
@@ -961,50 +961,53 @@ TABLE["tools.verify.runner.run"] = Entry(
            "known_deviations": r"known_deviations|does-not-exist"})
 
 # --- report
-_TINY = report.PROFILES["tiny"]
-TABLE["tools.report.Profile"] = ex(RECORD + " (the profiles are constants in refvae.tools.report.PROFILES; "
+_TINY = profiles.PROFILES["tiny"]
+TABLE["tools.profiles.Profile"] = ex(RECORD + " (the profiles are constants in refvae.tools.profiles.PROFILES; "
                              "run_validation is swept with a meaningless profile below)")
-TABLE["tools.report.parse_priors"] = Entry(
-    b(report.parse_priors, text="standard,mog", flag="--priors"),
+TABLE["tools.profiles.prior_names"] = ex(NOARGS)
+TABLE["tools.profiles.prior_index"] = Entry(b(profiles.prior_index, name="mog"), options=("name",),
+                                            label={"name": r"name|prior"})
+TABLE["tools.profiles.parse_priors"] = Entry(
+    b(profiles.parse_priors, text="standard,mog", flag="--priors"),
     custom=[("text", "empty", lambda c: "", "option", "error"),
             ("text", "unknown", lambda c: "standard,bogus", "option", "error"),
             ("text", "only commas", lambda c: ",,", "option", "error"),
             ("text", "None", lambda c: None, "type", "error"),
             ("text", "int", lambda c: 3, "type", "error")],
     label={"text": r"--priors|text|prior"})
-TABLE["tools.report.prepare_out_dir"] = Entry(b(report.prepare_out_dir, out=lazy(lambda c: c.fresh("out")),
+TABLE["tools.profiles.prepare_out_dir"] = Entry(b(profiles.prepare_out_dir, out=lazy(lambda c: c.fresh("out")),
                                           subdirs=("figures",)),
                                         paths={"out": "outdir"},
                                         custom=[("subdirs", "str", lambda c: "figures", "type", "ok"),
                                                 ("subdirs", "escaping", lambda c: ("../../x",),
                                                  "file", "error")],
                                         label={"out": r"out|output directory|a-regular-file"})
-TABLE["tools.report.build_model"] = Entry(
-    b(report.build_model, name="mog", latent_dim=2, x_dim=4, profile=_TINY, rng=R),
+TABLE["tools.profiles.build_model"] = Entry(
+    b(profiles.build_model, name="mog", latent_dim=2, x_dim=4, profile=_TINY, rng=R),
     options=("name",), ints={"latent_dim": 1, "x_dim": 1}, objects=("profile", "rng"),
     label={"name": r"name|prior"},
     custom=[("latent_dim", "huge", lambda c: 10 ** 12, "resources", "error")])
-TABLE["tools.report.load_data"] = Entry(b(report.load_data, profile=_TINY, seed=0), objects=("profile",),
+TABLE["tools.profiles.load_data"] = Entry(b(profiles.load_data, profile=_TINY, seed=0), objects=("profile",),
                                   ints={"seed": 0})
 _GM = lazy(lambda c: c.model(D=4))
-TABLE["tools.report.gradcheck_model"] = Entry(
+TABLE["tools.report.gradient_check.gradcheck_model"] = Entry(
     b(report.gradcheck_model, model=_GM, x=lazy(lambda c: c.x(3)), eps=_EPS, rng=R, near_kink_fixed=0),
     arrays={"x": 1, "eps": 0}, objects=("model", "rng"), ints={"near_kink_fixed": 0})
-TABLE["tools.report.near_kink"] = Entry(
+TABLE["tools.report.gradient_check.near_kink"] = Entry(
     b(report.near_kink, model=_GM, x=lazy(lambda c: c.x(3)), eps=_EPS, margin=None),
     arrays={"x": 1, "eps": 0}, objects=("model",), reals=("margin",), legal=[("margin", "none")],
     custom=[("margin", "negative", lambda c: -1.0, "option", "error")])
-TABLE["tools.report.choose_gradcheck_batch"] = Entry(
+TABLE["tools.report.gradient_check.choose_gradcheck_batch"] = Entry(
     b(report.choose_gradcheck_batch, model=_GM, x_pool=X, rng=R, batch_size=2, candidates=2),
     arrays={"x_pool": 1}, objects=("model", "rng"), ints={"batch_size": 1, "candidates": 1})
-TABLE["tools.report.kernel_accuracy"] = Entry(b(report.kernel_accuracy, rng=R, n_random=2),
+TABLE["tools.report.kernel_check.kernel_accuracy"] = Entry(b(report.kernel_accuracy, rng=R, n_random=2),
                                         objects=("rng",), ints={"n_random": 0})
-TABLE["tools.report.identities"] = Entry(b(report.identities, run={"prior": "standard", "latent_dim": 2},
+TABLE["tools.report.identity_checks.identities"] = Entry(b(report.identities, run={"prior": "standard", "latent_dim": 2},
                                      n_train=10),
                                    objects=("run",), ints={"n_train": 1},
                                    custom=[("run", "list", lambda c: [1, 2], "type", "error")])
-_VAL_GUARDS = (("refvae.tools.report", "load_data"),)
-TABLE["tools.report.run_validation"] = Entry(
+_VAL_GUARDS = (("refvae.tools.report.runner", "load_data"),)
+TABLE["tools.report.runner.run_validation"] = Entry(
     b(report.run_validation, profile=_TINY, seed=0, out=lazy(lambda c: c.fresh("val")),
       priors=("standard",), plots=False, quiet=True),
     objects=("profile",), ints={"seed": 0}, paths={"out": "outdir"}, guards=_VAL_GUARDS,
@@ -1183,16 +1186,15 @@ TABLE["tools.cli.main"] = Entry(b(cli.main, argv=["--version"]),
                           custom=[("argv", "str", lambda c: "validate", "type", "error"),
                                   ("argv", "int", lambda c: 3, "type", "error"),
                                   ("argv", "list of ints", lambda c: [1, 2], "type", "error")])
-for _k in ("tools.cli.build_parser", "tools.cli.subcommand", "tools.cli_stats.add_parser", "tools.cli_stats.configure",
-           "tools.cli_stats.run", "tools.cli_verify.add_golden_parser", "tools.cli_verify.add_verify_parser",
-           "tools.cli_verify.golden_options", "tools.cli_verify.verify_options", "tools.cli_verify.run_golden",
-           "tools.cli_verify.run_verify"):
+for _k in ("tools.cli.build_parser", "tools.cli.Subcommand", "tools.cli.subcommands", "tools.cli_stats.options",
+           "tools.cli_stats.run", "tools.cli_verify.golden_options", "tools.cli_verify.verify_options",
+           "tools.cli_verify.run_golden", "tools.cli_verify.run_verify"):
     TABLE[_k] = ex(ARGPARSE)
 
 # write_report: no valid report to start from at tiny cost (a report comes out of run_validation);
 # only the type of ``report`` is perturbed
 TABLE["priors.register_prior"] = ex(RECORD + " (registers a class; tests/test_plugin_prior.py)")
-TABLE["tools.report.write_report"] = Entry(
+TABLE["tools.report.writing.write_report"] = Entry(
     b(report.write_report, report=None, out=lazy(lambda c: c.fresh("rep"))), baseline=False,
     custom=[("report", "None", lambda c: None, "type", "error"),
             ("report", "str", lambda c: "report", "type", "error"),
@@ -1982,8 +1984,8 @@ def cli(monkeypatch, capsys):
             raise _Reached(where)
         return f
 
-    for mod, attr in (("refvae.train", "fit"), ("refvae.tools.report", "load_data"),
-                      ("refvae.tools.report", "gradcheck_model"), ("refvae.tools.verify", "run"),
+    for mod, attr in (("refvae.train", "fit"), ("refvae.tools.report.runner", "load_data"),
+                      ("refvae.tools.report.gradient_check", "gradcheck_model"), ("refvae.tools.verify", "run"),
                       ("refvae.tools.golden", "build_case"), ("refvae.tools.golden", "write_case")):
         monkeypatch.setattr(importlib.import_module(mod), attr, sentinel(f"{mod}.{attr}"))
     real_stats, real_holes = dist.aggregated_stats, dist.holes
