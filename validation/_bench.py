@@ -14,10 +14,11 @@ r"""Shared machinery of the benchmark scripts in ``validation/`` (a helper modul
   timing phase), :func:`flag_contended` (the per-case "load" line and ``CONTENDED`` flag);
 - **timing and formatting**: :func:`run_timed`, :func:`med`, :func:`fmt_t`, :func:`fmt_x`,
   :func:`fmt_e`, :func:`max_abs`, :func:`chunk_rows`;
-- **provenance**: :func:`git_revision` (read from ``.git`` without running git), :func:`git_dirty`,
-  :func:`cpu_model` (model, logical CPUs, SIMD flags), :func:`provenance`;
-- **output**: :func:`arg_parser`, :func:`output_paths`, :func:`write_report` and the Markdown fragments
-  :func:`md_versions`, :func:`md_run`, :func:`md_machine_load`.
+- **provenance**: :func:`provenance` (:func:`refvae.tools.provenance.provenance`, the package's
+  one record, plus the run's threads, seed, command, load and thread pools), :func:`cpu_simd`;
+- **output**: :func:`arg_parser`, :func:`add_run_options`, :func:`parse_triples`, :func:`output_paths`,
+  :func:`write_report` and the Markdown fragments :func:`md_header`, :func:`md_versions`,
+  :func:`md_run`, :func:`md_machine_load`.
 
 Nothing here imports NumPy at module level: the scripts import this module *before* NumPy, so
 that :func:`setup_threads` can still set the thread environment variables.
@@ -28,14 +29,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+LN_2PI = math.log(2.0 * math.pi)
 REPO = HERE.parent
 RESULTS = HERE / "results"
 
@@ -228,6 +229,21 @@ def flag_contended(r, *, steal=False, loadavg=True, what="timings are unreliable
 
 # ============================================================================ timing and formatting
 
+def run_cases(bench, cases, snap_run, t_start):
+    """``[bench(case) for case in cases]`` (a ``gc.collect()`` after each), then the whole run's
+    :func:`contention` since ``snap_run`` and its total time since ``t_start`` (logged):
+    ``(results, run_contention, total_s)``."""
+    results = []
+    for case in cases:
+        results.append(bench(case))
+        gc.collect()
+    run_contention = contention(snap_run, cpu_snapshot())
+    total = time.perf_counter() - t_start
+    log(f"\nwhole run: other processes used {run_contention['others_cores']:.2f} cores on average; "
+        f"total {total:.0f} s")
+    return results, run_contention, total
+
+
 def run_timed(fn, repeats, warmup):
     """(last result, list of wall times of max(1, repeats) calls); one untimed call first if
     warmup. The previous result is dropped and the garbage collector run before every timed call."""
@@ -283,63 +299,45 @@ def chunk_rows(n_components, L, budget_bytes):
     return max(1, int(budget_bytes // (8 * n_components * L)))
 
 
+def scipy_mixture_log_prob(z, means, log_vars, log_weights, budget_bytes):
+    """The baseline of the mixture benchmarks: ``log sum_k exp(w_k + log N(z_b | mu_k, diag
+    e^{v_k}))`` by NumPy broadcasting + ``scipy.special.logsumexp``, chunked over the queries z
+    (B, L) so that one (b, K, L) float64 buffer stays under ``budget_bytes``."""
+    import numpy as np
+    from scipy.special import logsumexp
+    B, L = z.shape
+    K = means.shape[0]
+    inv_sd = np.exp(-0.5 * log_vars)
+    const = log_weights - 0.5 * np.sum(LN_2PI + log_vars, axis=1)
+    step = chunk_rows(K, L, budget_bytes)
+    buf = np.empty((min(step, B), K, L))
+    out = np.empty(B)
+    for b0 in range(0, B, step):
+        zc = z[b0:b0 + step]
+        n = zc.shape[0]
+        d = buf[:n]
+        np.subtract(zc[:, None, :], means[None, :, :], out=d)
+        d *= inv_sd
+        np.square(d, out=d)                       # (z - mu)^2 / var
+        t = const - 0.5 * d.sum(axis=2)           # (n, K)
+        out[b0:b0 + n] = logsumexp(t, axis=1)
+    return out
+
+
 # ============================================================================ provenance
 
-def git_revision():
-    """HEAD's commit, read from .git directly (no git process, no lock); `git rev-parse` as
-    fallback; None if unknown (e.g. a branch without commits)."""
-    gitdir = REPO / ".git"
-    try:
-        if gitdir.is_dir():
-            head = (gitdir / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head
-            ref = head.split(None, 1)[1]
-            loose = gitdir / ref
-            if loose.is_file():
-                return loose.read_text().strip()
-            packed = gitdir / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-            return None  # branch without commits
-    except OSError:
-        pass
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                           timeout=10)
-        return r.stdout.strip() if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def git_dirty():
-    """Paths under refvae/ with uncommitted changes (they affect what was measured), or None."""
-    try:
-        r = subprocess.run(["git", "status", "--porcelain", "--", "refvae"], cwd=REPO,
-                           capture_output=True, text=True, timeout=10)
-        return [ln[3:] for ln in r.stdout.splitlines()] if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def cpu_model():
-    """{"model", "logical_cpus", "simd"} from /proc/cpuinfo (platform/os fallbacks)."""
-    model, flags, n = None, set(), 0
+def cpu_simd():
+    """The SIMD extensions of the CPU that matter for the kernels (``/proc/cpuinfo`` flags)."""
+    flags = set()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name") and model is None:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
+                if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                elif line.startswith("processor"):
-                    n += 1
+                    break
     except OSError:
         pass
-    simd = [fl for fl in ("sse4_2", "avx", "avx2", "fma", "avx512f") if fl in flags]
-    return {"model": model or platform.processor(), "logical_cpus": n or os.cpu_count(), "simd": simd}
+    return [fl for fl in ("sse4_2", "avx", "avx2", "fma", "avx512f") if fl in flags]
 
 
 def numba_threading_layer():
@@ -373,69 +371,95 @@ def threadpools(keys=("internal_api", "num_threads", "version")):
         return "threadpoolctl unavailable"
 
 
-def provenance(*, threads, seed, torch=None, torch_status=None, extra_versions=(), sources=None,
-               uncommitted=True, threading_layer=True, with_torch_blas=False, loadavg=True,
-               pool_keys=("internal_api", "num_threads", "version")):
-    """What ran, where: a JSON-able dict, keys in this order (optional ones in brackets):
+def provenance(*, seed, threads=None, torch=None, torch_status=None, extra_versions=(), sources=None,
+               with_torch_blas=False, pool_keys=("internal_api", "num_threads", "version")):
+    """What ran, where: :func:`refvae.tools.provenance.provenance` (the package's one record:
+    ``refvae``, ``git_revision``, ``git_dirty``, the versions of Python, NumPy, Numba, SciPy and the
+    optional packages, ``platform``, ``machine``, ``cpu_model``, ``cpu_count``, ``numba_threads``,
+    ``blas_threads``), then what a benchmark run adds, in this order (optional ones in brackets):
 
-    ``refvae_version``, ``git_revision``, [``source_sha256_16`` = `sources`],
-    [``refvae_uncommitted_changes`` if `uncommitted`], ``python``, ``numpy``, ``numba``, ``scipy``,
-    [`extra_versions`, e.g. ``sklearn``], [``torch`` and, with `with_torch_blas`, ``torch_blas``,
-    if the script uses torch: `torch` or `torch_status` given], ``platform``, ``cpu``, ``threads``,
-    ``numba_threads``, [``numba_threading_layer`` if `threading_layer`], [``torch_threads``,
-    ``torch_interop_threads`` with torch], ``thread_env``, ``seed``, ``command``, ``date_utc``,
-    [``loadavg_start`` if `loadavg`], ``threadpools`` (`pool_keys` of each pool).
-
-    The options reproduce what each script has always recorded (see its JSON files).
+    [``source_sha256_16`` = `sources`], [`extra_versions`, e.g. ``dask``, that the record lacks],
+    [``torch`` and, with `with_torch_blas`, ``torch_blas``, if the script uses torch: `torch` or
+    `torch_status` given], ``simd`` (:func:`cpu_simd`), ``threads`` (the ``--threads`` asked for),
+    ``numba_threading_layer``, [``torch_threads``, ``torch_interop_threads`` with torch],
+    ``thread_env``, ``seed``, ``command``, ``date_utc``, ``loadavg_start``, ``threadpools``
+    (`pool_keys` of each pool). A JSON-able dict.
     """
     import importlib
 
-    import numba
-    import numpy
-    import scipy
-
-    import refvae
+    from refvae.tools.provenance import provenance as package_provenance
     with_torch = torch is not None or torch_status is not None
-    prov = {"refvae_version": getattr(refvae, "__version__", None), "git_revision": git_revision()}
+    prov = package_provenance()
     if sources is not None:
         prov["source_sha256_16"] = sources
-    if uncommitted:
-        prov["refvae_uncommitted_changes"] = git_dirty()
-    prov["python"] = sys.version.split()[0]
-    prov.update(numpy=numpy.__version__, numba=numba.__version__, scipy=scipy.__version__)
     for name in extra_versions:
-        prov[name] = importlib.import_module(name).__version__
+        if name not in prov:
+            prov[name] = importlib.import_module(name).__version__
     if with_torch:
         prov["torch"] = torch.__version__ if torch is not None else torch_status
         if with_torch_blas:
             prov["torch_blas"] = torch_blas(torch)
-    prov.update(platform=platform.platform(), cpu=cpu_model(), threads=threads,
-                numba_threads=numba.get_num_threads())
-    if threading_layer:
-        prov["numba_threading_layer"] = numba_threading_layer()
+    prov.update(simd=cpu_simd(), threads=threads, numba_threading_layer=numba_threading_layer())
     if with_torch:
         prov["torch_threads"] = torch.get_num_threads() if torch is not None else None
         prov["torch_interop_threads"] = torch.get_num_interop_threads() if torch is not None else None
     prov.update(thread_env={v: os.environ.get(v) for v in THREAD_ENV_VARS}, seed=seed,
                 command=" ".join([Path(sys.executable).name] + sys.argv),
-                date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    if loadavg:
-        prov["loadavg_start"] = list(os.getloadavg())
-    prov["threadpools"] = threadpools(pool_keys)
+                date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                loadavg_start=list(os.getloadavg()), threadpools=threadpools(pool_keys))
     return prov
 
 
 def log_uncommitted(prov):
-    if prov.get("refvae_uncommitted_changes"):
-        log(f"note: uncommitted changes under refvae/: {prov['refvae_uncommitted_changes']}")
+    if prov.get("git_dirty"):
+        log("note: the checkout has uncommitted changes (git_dirty); what was measured may differ "
+            f"from {prov['git_revision']}")
 
 
 # ============================================================================ output
 
-def arg_parser(doc):
-    """The scripts' argument parser: the module docstring's first paragraph as the description."""
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def arg_parser(doc, quick=None):
+    """The scripts' argument parser: the module docstring's first paragraph as the description;
+    with ``quick`` (its help text) the ``--quick`` flag."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if quick is not None:
+        p.add_argument("--quick", action="store_true", help=quick)
+    return p
+
+
+def add_run_options(p, stem, *, torch=True, wait_help="first wait up to this long until other "
+                    "processes use < 0.25 cores"):
+    """The options every benchmark script takes: ``--threads`` (default 2), ``--seed``, ``--json``,
+    ``--md`` (:func:`output_paths`), [``--no-torch``], ``--wait-idle``."""
+    p.add_argument("--threads", type=int, default=2, help="threads for Numba, torch and BLAS; default 2")
+    p.add_argument("--seed", type=int, default=20261125)
+    p.add_argument("--json", default=None, help=f"output JSON (default validation/results/{stem}.json)")
+    p.add_argument("--md", default=None, help="output Markdown (default: the JSON path with .md)")
+    if torch:
+        p.add_argument("--no-torch", action="store_true", help="behave as if torch were not installed")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS", help=wait_help)
+    return p
+
+
+def parse_triples(items, flag, what, normalise=None):
+    """Each of ``items`` split at commas into three stripped fields (``normalise(item)`` first, if
+    given), or ``SystemExit`` naming ``flag`` and ``what`` the triples are."""
+    out = []
+    for it in items:
+        parts = [q.strip() for q in (normalise(it) if normalise else it).split(",") if q.strip()]
+        if len(parts) != 3:
+            raise SystemExit(f"{flag} expects {what} triples, got {it!r}")
+        out.append(parts)
+    return out
+
+
+def md_header(title, prov, versions, threads, run_extra=""):
+    """The first lines of a report: ``# title``, then :func:`md_versions` + ``versions`` (the
+    script's other versions), ``**T threads** (threads)`` and :func:`md_run` + ``run_extra``."""
+    return [f"# {title}", "",
+            md_versions(prov) + f"{versions}. **{prov['threads']} threads** {threads}. " + md_run(prov)
+            + run_extra, ""]
 
 
 def output_paths(args, stem):
@@ -458,14 +482,12 @@ def write_report(json_path, md_path, report, md_text):
 
 
 def md_versions(prov):
-    """Markdown: "refvae V at `rev` [(uncommitted changes ...)], date; CPU (...), platform; Python
+    """Markdown: "refvae V at `rev` [(uncommitted changes)], date; CPU (...), platform; Python
     V, NumPy V, Numba V, SciPy V" -- the script continues with its other versions."""
-    cpu = prov["cpu"]
-    return (f"refvae {prov['refvae_version']} at `{prov['git_revision']}`"
-            + (f" (uncommitted changes under refvae/: {', '.join(prov['refvae_uncommitted_changes'])})"
-               if prov.get("refvae_uncommitted_changes") else "")
-            + f", {prov['date_utc']}; {cpu['model']} ({cpu['logical_cpus']} logical CPUs, "
-            f"{'/'.join(cpu['simd'])}), {prov['platform']}; Python {prov['python']}, NumPy {prov['numpy']}, "
+    return (f"refvae {prov['refvae']} at `{prov['git_revision']}`"
+            + (" (uncommitted changes)" if prov.get("git_dirty") else "")
+            + f", {prov['date_utc']}; {prov['cpu_model']} ({prov['cpu_count']} logical CPUs, "
+            f"{'/'.join(prov['simd'])}), {prov['platform']}; Python {prov['python']}, NumPy {prov['numpy']}, "
             f"Numba {prov['numba']}, SciPy {prov['scipy']}")
 
 

@@ -11,7 +11,7 @@ environment variables set before NumPy is imported):
 - **refvae**: ``AggregatedPosterior.log_prob(z)`` (the streaming kernel ``mixture_log_prob``) and
   ``AggregatedPosterior.log_prob_vjp(g, z)`` (forward + ``mixture_log_prob_vjp``; returns dz and an
   empty parameter dict). For reference also the kernel's VJP alone, ``mixture_log_prob_vjp(g, z,
-  means, log_vars, ans=f)`` (all four gradients, given f), and -- through the private kernel
+  means, log_vars, log_prob=f)`` (all four gradients, given f), and -- through the private kernel
   ``refvae.kernels.mixture._vjp_z_kernel``, reported as unavailable if that changes -- what a dz-only pass
   costs (``log_prob_vjp`` also computes the component gradients, which an aggregated posterior
   discards).
@@ -70,7 +70,7 @@ import time  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _bench import (chunk_rows, contention, cpu_snapshot, fmt_t, fmt_x, log, max_abs,  # noqa: E402
+from _bench import (chunk_rows, cpu_snapshot, fmt_t, fmt_x, log, max_abs,  # noqa: E402
                     med, run_timed)
 from refvae.kernels.mixture import mixture_log_prob_vjp  # noqa: E402
 from refvae.priors.mixtures import AggregatedPosterior  # noqa: E402
@@ -166,7 +166,7 @@ def dz_only_time(ap, g, z, f, repeats):
         tiles = M._tile_components(means, log_vars, lw, M.TILE)
         muT, aT, const = tiles
         fn = lambda: M._vjp_z_kernel(g, z, f, muT, aT, const, M.QUERY_BLOCK)  # noqa: E731
-        dz, ts = run_timed(fn, repeats, True)
+        (dz, _), ts = run_timed(fn, repeats, True)  # the kernel returns (dz, max term)
         return {"dz_kernel_s": med(ts), "dz_kernel_times": ts}, dz
     except Exception as exc:
         return {"unavailable": f"{type(exc).__name__}: {exc}"}, None
@@ -192,7 +192,7 @@ def bench_size(N, L, args, torch):
     assert grads_ref == {}
     r["refvae_log_prob_vjp_times"] = ts
     r["refvae_log_prob_vjp_s"] = med(ts)
-    kv, ts = run_timed(lambda: mixture_log_prob_vjp(g, z, means, log_vars, None, ans=f_ref),
+    kv, ts = run_timed(lambda: mixture_log_prob_vjp(g, z, means, log_vars, None, log_prob=f_ref),
                        args.repeats, True)
     r["refvae_kernel_vjp_times"] = ts
     r["refvae_kernel_vjp_s"] = med(ts)
@@ -274,12 +274,10 @@ def bench_size(N, L, args, torch):
 # ============================================================================ report
 
 def markdown(results, prov, args, run_contention):
-    out = ["# Aggregated posterior: log q(z) and its gradient, refvae vs PyTorch "
-           "(`validation/bench_aggregated.py`)", ""]
-    out += [_bench.md_versions(prov)
-            + f", torch {prov['torch']}. **{prov['threads']} threads** (Numba {prov['numba_threads']} "
-            f"[{prov['numba_threading_layer']}], torch {prov['torch_threads']}, BLAS env vars "
-            f"{prov['threads']}). " + _bench.md_run(prov), ""]
+    threads = (f"(Numba {prov['numba_threads']} [{prov['numba_threading_layer']}], torch "
+               f"{prov['torch_threads']}, BLAS env vars {prov['threads']})")
+    out = _bench.md_header("Aggregated posterior: log q(z) and its gradient, refvae vs PyTorch "
+                           "(`validation/bench_aggregated.py`)", prov, f", torch {prov['torch']}", threads)
     out += [f"Data: {args.data} components ("
             + ("means ~ N(0, 1), log-variances ~ N(−2, 0.5²)" if args.data == "synthetic" else
                "resampled digits + U(−0.5, 0.5) noise through a random encoder, hidden (64,)")
@@ -340,28 +338,20 @@ def parse_sizes(items):
 
 
 def build_parser():
-    p = _bench.arg_parser(__doc__)
-    p.add_argument("--quick", action="store_true", help="N = 1e4, L = 2, one repeat (seconds)")
+    p = _bench.arg_parser(__doc__, "N = 1e4, L = 2, one repeat (seconds)")
     p.add_argument("--sizes", nargs="+", default=None, help="N,L pairs (default 1e4 and 1e5 x 2, 16, 32)")
     p.add_argument("--queries", type=int, default=1000, help="B, queries drawn from q(z); default 1000")
     p.add_argument("--data", choices=("synthetic", "encoder"), default="synthetic")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median); default 3")
     p.add_argument("--slow-repeats", type=int, default=1,
                    help=f"repeats of torch runs estimated above {SLOW_S:g} s; default 1")
-    p.add_argument("--threads", type=int, default=2, help="threads for Numba, torch and BLAS; default 2")
-    p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--budget-mb", type=float, default=256.0,
                    help="MiB per (b, N, L) float64 chunk of the torch path; default 256")
     p.add_argument("--probe", type=int, default=20,
                    help="queries timed first in torch to estimate its full time; default 20 (at least one chunk)")
     p.add_argument("--torch-max-s", type=float, default=120.0,
                    help="skip torch runs estimated above this many seconds (0: never skip); default 120")
-    p.add_argument("--json", default=None)
-    p.add_argument("--md", default=None)
-    p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to this long until other processes use < 0.25 cores")
-    return p
+    return _bench.add_run_options(p, "bench_aggregated")
 
 
 def main(argv=None):
@@ -384,20 +374,14 @@ def main(argv=None):
     dz_only_time(ap0, g0, z0, ap0.log_prob(z0), 1)
     t_compile = time.perf_counter() - t0
     prov = _bench.provenance(threads=THREADS, seed=args.seed, torch=torch, torch_status=torch_status)
-    log(f"refvae {prov['refvae_version']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
+    log(f"refvae {prov['refvae']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
         f"{prov['numpy']}, Numba {prov['numba']}, torch {prov['torch']}")
     _bench.log_uncommitted(prov)
-    log(f"CPU {prov['cpu']['model']} ({prov['cpu']['logical_cpus']} logical); threads {THREADS} (numba "
+    log(f"CPU {prov['cpu_model']} ({prov['cpu_count']} logical); threads {THREADS} (numba "
         f"{prov['numba_threads']} [{prov['numba_threading_layer']}], torch {prov['torch_threads']}); seed "
         f"{args.seed}; kernels compiled/loaded in {t_compile:.2f} s; load average {prov['loadavg_start']}")
-    results = []
-    for N, L in sizes:
-        results.append(bench_size(N, L, args, torch))
-        gc.collect()
-    run_contention = contention(snap_run, cpu_snapshot())
-    total = time.perf_counter() - t_start
-    log(f"\nwhole run: other processes used {run_contention['others_cores']:.2f} cores on average; "
-        f"total {total:.0f} s")
+    results, run_contention, total = _bench.run_cases(lambda s: bench_size(*s, args, torch), sizes,
+                                                      snap_run, t_start)
     report = {"provenance": prov, "settings": {
         "sizes": [list(s) for s in sizes], "queries": args.queries, "data": args.data,
         "repeats": args.repeats, "slow_repeats": args.slow_repeats, "budget_mib": args.budget_mb,

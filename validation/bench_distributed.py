@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 import warnings
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _bench.py sits next to this script
 import _bench  # noqa: E402  (shared benchmark machinery)
@@ -77,19 +75,8 @@ def contention(s0, s1):
 # ============================================================================ provenance
 
 def provenance(args):
-    import dask
-    import distributed
-    import numba
-
-    import refvae
-    from refvae.tools.provenance import cpu_model, git_revision
-    return {"refvae": refvae.__version__, "git_revision": git_revision(), "python": sys.version.split()[0],
-            "numpy": np.__version__, "numba": numba.__version__, "dask": dask.__version__,
-            "distributed": distributed.__version__, "platform": platform.platform(),
-            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-            "command": " ".join([Path(sys.executable).name] + sys.argv),
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "loadavg_start": list(os.getloadavg()), "seed": args.seed}
+    """_bench.provenance with the versions of Dask and distributed."""
+    return _bench.provenance(seed=args.seed, extra_versions=("dask", "distributed"))
 
 
 # ============================================================================ benchmark
@@ -113,7 +100,7 @@ def phase(name, fn, repeats, record):
     return out
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="M = 1000 queries, one repeat")
     p.add_argument("--N", type=int, default=100_000)
@@ -129,16 +116,81 @@ def main(argv=None):
     if args.quick:
         args.M = min(args.M, 1000)
         args.repeats = 1
-    chunks = [int(c) for c in args.chunks.split(",")]
-    json_path, md_path = _bench.output_paths(args, "bench_distributed")
+    return args
 
-    import dask.array as da
-    import distributed
+
+def single_machine(z, means, log_vars, repeats, record):
+    """log q(z) on this machine with all cores and with one: (the result, t_all_cores, t_one_core)."""
     import numba
 
+    from refvae.kernels.mixture import mixture_log_prob
     from refvae.tools import distributed as dist
-    from refvae.kernels.mixture import mixture_log_prob, mixture_partial
+    mixture_log_prob(z[:8], means[:300], log_vars[:300])  # compile / load from cache
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS))
+    name = f"single machine, {numba.get_num_threads()} Numba threads"
+    single = phase(name, lambda: dist.log_qz(z, means, log_vars), repeats, record)
+    numba.set_num_threads(1)
+    phase("single machine, 1 Numba thread (one core)", lambda: dist.log_qz(z, means, log_vars),
+          repeats, record)
+    numba.set_num_threads(old)
+    return single, record[name]["median_s"], record["single machine, 1 Numba thread (one core)"]["median_s"]
 
+
+def start_cluster(workers):
+    """A LocalCluster of ``workers`` processes x 1 thread with the kernel loaded in each:
+    (cluster, client, start-up seconds)."""
+    import distributed
+
+    from refvae.kernels.mixture import mixture_partial
+    t0 = time.perf_counter()
+    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=40)
+    client = distributed.Client(cluster, set_as_default=False)
+    client.run(lambda: mixture_partial(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2)),
+                                       np.zeros(1)))
+    t_startup = time.perf_counter() - t0
+    log(f"  LocalCluster start-up and kernel load: {t_startup:.2f} s; dashboard {client.dashboard_link}")
+    return cluster, client, t_startup
+
+
+def cluster_row(client, z, means, log_vars, chunk, single, t_single, repeats, record):
+    """One chunking on the cluster: end to end (NumPy components in the graph) and with the
+    components resident on the workers; the row of the report."""
+    import dask.array as da
+    import distributed
+
+    from refvae.tools import distributed as dist
+    n_shards = len(dist.shard_bounds(means.shape[0], chunk))
+    dist.log_qz(z[:8], means, log_vars, client=client, chunk=chunk)  # warm-up
+    name_e = f"Dask end to end, chunk {chunk} ({n_shards} shards)"
+    r_e = phase(name_e, lambda: dist.log_qz(z, means, log_vars, client=client, chunk=chunk),
+                repeats, record)
+    with warnings.catch_warnings():  # the components travel in the graph here, once
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        md = client.persist(da.from_array(means, chunks=(chunk, means.shape[1])))
+        lv = client.persist(da.from_array(log_vars, chunks=(chunk, means.shape[1])))
+    with client.as_current():
+        distributed.wait([md, lv])
+    name_r = f"Dask components resident, chunk {chunk}"
+    r_r = phase(name_r, lambda: dist.log_qz(z, md, lv, client=client, chunk=chunk), repeats, record)
+    again = dist.log_qz(z, md, lv, client=client, chunk=chunk)
+    del md, lv
+    return {"chunk": chunk, "shards": n_shards,
+            "end_to_end_s": record[name_e]["median_s"],
+            "resident_s": record[name_r]["median_s"],
+            "ratio_end_to_end": record[name_e]["median_s"] / t_single,
+            "ratio_resident": record[name_r]["median_s"] / t_single,
+            "bit_identical_repeat_and_sources": bool(np.array_equal(r_e, r_r)
+                                                     and np.array_equal(r_r, again)),
+            "max_abs_diff_vs_single": float(np.max(np.abs(r_e - single))),
+            "max_rel_diff_vs_single": float(np.max(np.abs(r_e - single) / np.abs(single)))}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    chunks = [int(c) for c in args.chunks.split(",")]
+    json_path, md_path = _bench.output_paths(args, "bench_distributed")
     prov = provenance(args)
     N, M, L = args.N, args.M, args.L
     pairs = N * M
@@ -148,57 +200,11 @@ def main(argv=None):
     s_run = snapshot()
     record = {}
     cores = os.cpu_count() or 1
-
-    # ---------------------------------------------------------------- single machine
-    mixture_log_prob(z[:8], means[:300], log_vars[:300])  # compile / load from cache
-    old = numba.get_num_threads()
-    numba.set_num_threads(min(cores, numba.config.NUMBA_NUM_THREADS))
-    single = phase(f"single machine, {numba.get_num_threads()} Numba threads",
-                   lambda: dist.log_qz(z, means, log_vars), args.repeats, record)
-    t_single = record[f"single machine, {numba.get_num_threads()} Numba threads"]["median_s"]
-    numba.set_num_threads(1)
-    phase("single machine, 1 Numba thread (one core)", lambda: dist.log_qz(z, means, log_vars),
-          args.repeats, record)
-    numba.set_num_threads(old)
-    t_one = record["single machine, 1 Numba thread (one core)"]["median_s"]
-
-    # ---------------------------------------------------------------- cluster
-    t0 = time.perf_counter()
-    cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", silence_logs=40)
-    client = distributed.Client(cluster, set_as_default=False)
-    client.run(lambda: mixture_partial(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2)),
-                                       np.zeros(1)))
-    t_startup = time.perf_counter() - t0
-    log(f"  LocalCluster start-up and kernel load: {t_startup:.2f} s; dashboard {client.dashboard_link}")
-    rows = []
+    single, t_single, t_one = single_machine(z, means, log_vars, args.repeats, record)
+    cluster, client, t_startup = start_cluster(args.workers)
     try:
-        for chunk in chunks:
-            n_shards = len(dist.shard_bounds(N, chunk))
-            dist.log_qz(z[:8], means, log_vars, client=client, chunk=chunk)  # warm-up
-            name_e = f"Dask end to end, chunk {chunk} ({n_shards} shards)"
-            r_e = phase(name_e, lambda: dist.log_qz(z, means, log_vars, client=client, chunk=chunk),
-                        args.repeats, record)
-            with warnings.catch_warnings():  # the components travel in the graph here, once
-                warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-                md = client.persist(da.from_array(means, chunks=(chunk, L)))
-                lv = client.persist(da.from_array(log_vars, chunks=(chunk, L)))
-            with client.as_current():
-                distributed.wait([md, lv])
-            name_r = f"Dask components resident, chunk {chunk}"
-            r_r = phase(name_r, lambda: dist.log_qz(z, md, lv, client=client, chunk=chunk),
-                        args.repeats, record)
-            again = dist.log_qz(z, md, lv, client=client, chunk=chunk)
-            del md, lv
-            rows.append({"chunk": chunk, "shards": n_shards,
-                         "end_to_end_s": record[name_e]["median_s"],
-                         "resident_s": record[name_r]["median_s"],
-                         "ratio_end_to_end": record[name_e]["median_s"] / t_single,
-                         "ratio_resident": record[name_r]["median_s"] / t_single,
-                         "bit_identical_repeat_and_sources": bool(np.array_equal(r_e, r_r)
-                                                                  and np.array_equal(r_r, again)),
-                         "max_abs_diff_vs_single": float(np.max(np.abs(r_e - single))),
-                         "max_rel_diff_vs_single": float(np.max(np.abs(r_e - single) / np.abs(single)))})
+        rows = [cluster_row(client, z, means, log_vars, chunk, single, t_single, args.repeats, record)
+                for chunk in chunks]
         run_c = contention(s_run, snapshot())  # before the workers (counted as ours) exit
     finally:
         client.close()

@@ -114,10 +114,9 @@ PAUSE_S = 0.2           # idle time between timed epochs (lets spinning BLAS/Ope
 # ============================================================================ provenance
 
 def provenance(args, torch, torch_status):
-    """_bench.provenance with scikit-learn's version and torch's BLAS; the BLAS pools' library
-    paths; no Numba threading layer."""
+    """_bench.provenance with torch's BLAS and the BLAS pools' library paths."""
     return _bench.provenance(threads=THREADS, seed=args.seed, torch=torch, torch_status=torch_status,
-                             extra_versions=("sklearn",), threading_layer=False, with_torch_blas=True,
+                             with_torch_blas=True,
                              pool_keys=("internal_api", "num_threads", "version", "filepath"))
 
 
@@ -151,14 +150,20 @@ def reset_refvae(model, init):
     return Adamax(model.params, lr=LR)
 
 
-def refvae_epoch(model, opt, x, batches, eps_list):
-    """The timed loop: refvae's gradient and Adamax step per minibatch; returns the batch losses."""
+def run_epoch(loss_and_grad, step, x, batches, eps_list):
+    """The timed loop: ``loss_and_grad(x[b], eps)`` and the optimiser's ``step(grads)`` per
+    minibatch; returns the batch losses."""
     losses = []
     for b, eps in zip(batches, eps_list):
-        value, grads = model.neg_elbo_and_grad(x[b], eps)
-        opt.step(grads)
+        value, grads = loss_and_grad(x[b], eps)
+        step(grads)
         losses.append(value)
     return losses
+
+
+def refvae_epoch(model, opt, x, batches, eps_list):
+    """refvae's gradient and Adamax step per minibatch (:func:`run_epoch`)."""
+    return run_epoch(model.neg_elbo_and_grad, opt.step, x, batches, eps_list)
 
 
 def epoch_loss(losses, batches):
@@ -353,12 +358,7 @@ class NumpyTwin:
             p += tmp
 
     def epoch(self, x, batches, eps_list):
-        losses = []
-        for b, eps in zip(batches, eps_list):
-            value, grads = self.loss_and_grad(x[b], eps)
-            self.step(grads)
-            losses.append(value)
-        return losses
+        return run_epoch(self.loss_and_grad, self.step, x, batches, eps_list)
 
 
 def gemm_only_epoch(init, L, batch_sizes, D):
@@ -448,11 +448,11 @@ def stage_timings(model, init, x, sched, reps):
         cache = T("whole VAE.forward", lambda: model.forward(xb, eps), "total")
         T("grads = zeros_like for every parameter (VAE.backward)",
           lambda: {k: np.zeros_like(v) for k, v in p.items()}, "backward")
-        dout, _ = T("categorical log_prob_vjp (checks + fused forward again + VJP kernel)",
-                    lambda: model.decoder.log_prob_vjp(-c, p, xb, out), "backward")
+        dout = T("categorical log_prob_vjp (checks + fused forward again + VJP kernel)",
+                 lambda: likelihoods.categorical_log_prob_vjp(-c, xb, out, NUM_VALS), "backward")
         dz, g_dec = T("decoder backward (mlp_backward)", lambda: model.decoder.backward(dout, dec_cache),
                       "backward")
-        T("prior backward", lambda: model.prior.backward(-c, cache["prior"]), "backward")
+        T("prior backward", lambda: model.prior.backward(-c, cache.prior), "backward")
         dz_q, dmu, dlv = T("gaussian log_prob_vjp", lambda: gaussian.log_prob_vjp(c, z, mu, lv), "backward")
         dmu_r, dlv_r, _ = T("reparameterize_vjp", lambda: gaussian.reparameterize_vjp(dz, mu, lv, eps),
                             "backward")
@@ -828,11 +828,10 @@ def findings(results):
 
 
 def markdown(results, prov, args, run_contention, notes):
-    out = ["# One training epoch: refvae vs PyTorch (`validation/bench_epoch.py`)", ""]
-    out += [_bench.md_versions(prov)
-            + f", scikit-learn {prov['sklearn']}, torch {prov['torch']}. **{prov['threads']} threads** "
-            f"(torch {prov['torch_threads']}, BLAS env vars {prov['threads']}, Numba "
-            f"{prov['numba_threads']}). " + _bench.md_run(prov), ""]
+    out = _bench.md_header(
+        "One training epoch: refvae vs PyTorch (`validation/bench_epoch.py`)", prov,
+        f", scikit-learn {prov['sklearn']}, torch {prov['torch']}",
+        f"(torch {prov['torch_threads']}, BLAS env vars {prov['threads']}, Numba {prov['numba_threads']})")
     out += [f"Setup: digits (first {N_TRAIN} images, values 0..16), categorical likelihood C = {NUM_VALS}, "
             f"hidden {HIDDEN}, leaky ReLU, batch {BATCH}, standard prior (MC KL), Adamax lr {LR:g}. "
             "Every timed epoch starts from the same initial parameters (refvae's, copied into "
@@ -918,20 +917,12 @@ def markdown(results, prov, args, run_contention, notes):
 # ============================================================================ main
 
 def build_parser():
-    p = _bench.arg_parser(__doc__)
-    p.add_argument("--quick", action="store_true", help="L = 2 only, 2 rounds (seconds)")
+    p = _bench.arg_parser(__doc__, "L = 2 only, 2 rounds (seconds)")
     p.add_argument("--latent", type=int, nargs="+", default=None, help="latent sizes (default 2 16)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds (median); default 7")
-    p.add_argument("--threads", type=int, default=2, help="threads for BLAS and torch; default 2")
-    p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--stage-reps", type=int, default=50,
                    help="calls per stage in the per-minibatch stage timings (median); default 50")
-    p.add_argument("--json", default=None, help="output JSON (default validation/results/bench_epoch.json)")
-    p.add_argument("--md", default=None, help="output Markdown (default: the JSON path with .md)")
-    p.add_argument("--no-torch", action="store_true", help="behave as if torch were not installed")
-    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to this long until other processes use < 0.25 cores")
-    return p
+    return _bench.add_run_options(p, "bench_epoch")
 
 
 def main(argv=None):
@@ -950,10 +941,10 @@ def main(argv=None):
     snap_run = cpu_snapshot()
     x = load_train()
     prov = provenance(args, torch, torch_status)
-    log(f"refvae {prov['refvae_version']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
+    log(f"refvae {prov['refvae']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
         f"{prov['numpy']}, torch {prov['torch']} ({prov['torch_blas']}), scikit-learn {prov['sklearn']}")
     _bench.log_uncommitted(prov)
-    log(f"CPU {prov['cpu']['model']} ({prov['cpu']['logical_cpus']} logical); threads {THREADS} (torch "
+    log(f"CPU {prov['cpu_model']} ({prov['cpu_count']} logical); threads {THREADS} (torch "
         f"{prov['torch_threads']}, env " + ", ".join(f"{k}={v}" for k, v in prov["thread_env"].items())
         + f"); seed {args.seed}; load average {prov['loadavg_start']}")
 

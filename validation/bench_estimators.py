@@ -65,15 +65,13 @@ import _bench  # noqa: E402  (shared benchmark machinery; imports no NumPy)
 
 THREADS = _bench.setup_threads(sys.argv[1:])  # BLAS thread env vars, before NumPy is imported
 
-import gc  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy.special import logsumexp  # noqa: E402
 
-from _bench import chunk_rows, contention, cpu_snapshot, log, med, run_timed  # noqa: E402
+from _bench import chunk_rows, cpu_snapshot, log, med, run_timed  # noqa: E402
 from refvae import estimators  # noqa: E402
 from refvae.kernels.mixture import mixture_log_prob  # noqa: E402
 from refvae.priors.mixtures import AggregatedPosterior  # noqa: E402
@@ -82,6 +80,7 @@ from refvae.priors import StandardPrior  # noqa: E402
 numba.set_num_threads(THREADS)
 
 LN_2PI = math.log(2.0 * math.pi)
+TITLE = "Estimators over the aggregated posterior: refvae vs NumPy/SciPy (`validation/bench_estimators.py`)"
 MIB = 2.0 ** 20
 DEFAULT_CASES = (("digits", 1000, 2), ("digits", 1000, 16), ("synthetic", 100_000, 2),
                  ("synthetic", 100_000, 16))
@@ -114,6 +113,7 @@ class LookupModel:
 
     def __init__(self, means, log_vars):
         self.encoder = _LookupEncoder(means, log_vars)
+        self.decoder = None  # the aggregated-posterior estimators do not decode
         self.latent_dim = means.shape[1]
         self.x_dim = 1
         self.params = {}
@@ -153,22 +153,8 @@ def make_case(kind, N, L, args):
 
 def scipy_log_q(z, means, log_vars, budget_bytes):
     """log q(z_b) = logsumexp_n [-ln N + log N(z_b | mu_n, diag exp(v_n))], broadcast over chunks."""
-    B, L = z.shape
     N = means.shape[0]
-    inv_sd = np.exp(-0.5 * log_vars)
-    const = -math.log(N) - 0.5 * np.sum(LN_2PI + log_vars, axis=1)
-    step = chunk_rows(N, L, budget_bytes)
-    buf = np.empty((min(step, B), N, L))
-    out = np.empty(B)
-    for b0 in range(0, B, step):
-        zc = z[b0:b0 + step]
-        n = zc.shape[0]
-        d = buf[:n]
-        np.subtract(zc[:, None, :], means[None, :, :], out=d)
-        d *= inv_sd
-        np.square(d, out=d)
-        out[b0:b0 + n] = logsumexp(const - 0.5 * d.sum(axis=2), axis=1)
-    return out
+    return _bench.scipy_mixture_log_prob(z, means, log_vars, np.full(N, -math.log(N)), budget_bytes)
 
 
 def _est(v):
@@ -423,12 +409,9 @@ def bench_case(kind, N, L, args):
 # ============================================================================ report
 
 def markdown(results, prov, args, run_contention):
-    out = ["# Estimators over the aggregated posterior: refvae vs NumPy/SciPy "
-           "(`validation/bench_estimators.py`)", ""]
-    out += [_bench.md_versions(prov)
-            + f", scikit-learn {prov['sklearn']}. **{prov['threads']} threads** (Numba "
-            f"{prov['numba_threads']} [{prov['numba_threading_layer']}], BLAS env vars {prov['threads']}; "
-            "NumPy ufuncs and scipy's logsumexp are single-threaded). " + _bench.md_run(prov), ""]
+    out = _bench.md_header(TITLE, prov, f", scikit-learn {prov['sklearn']}",
+                           f"(Numba {prov['numba_threads']} [{prov['numba_threading_layer']}], BLAS env "
+                           f"vars {prov['threads']}; NumPy ufuncs and scipy's logsumexp are single-threaded)")
     out += [f"`aggregated_posterior_stats(model, x, rng, n_samples={args.n_samples})` (H[q(z)] and the "
             f"other terms from the same draws) and `hole_metrics(model, x, rng, n_samples="
             f"{args.holes_samples}, taus={TAUS})`, end to end (encoding included), against the same "
@@ -489,19 +472,15 @@ def markdown(results, prov, args, run_contention):
 
 
 def parse_cases(items):
-    cases = []
-    for it in items:
-        parts = [p.strip() for p in it.split(",") if p.strip()]
-        if len(parts) != 3 or parts[0] not in ("digits", "synthetic"):
+    cases = _bench.parse_triples(items, "--cases", "kind,N,L (kind digits or synthetic)")
+    for it, (kind, _, _) in zip(items, cases):
+        if kind not in ("digits", "synthetic"):
             raise SystemExit(f"--cases expects kind,N,L with kind digits or synthetic, got {it!r}")
-        cases.append((parts[0], int(float(parts[1])), int(parts[2])))
-    return cases
+    return [(kind, int(float(n)), int(L)) for kind, n, L in cases]
 
 
 def build_parser():
-    p = _bench.arg_parser(__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="digits N = 1000 with L = 2 and 16 only, 1 training epoch, 1 repeat")
+    p = _bench.arg_parser(__doc__, "digits N = 1000 with L = 2 and 16 only, 1 training epoch, 1 repeat")
     p.add_argument("--cases", nargs="+", default=None,
                    help="kind,N,L triples (default digits,1000,2 digits,1000,16 synthetic,1e5,2 synthetic,1e5,16)")
     p.add_argument("--n-samples", type=int, default=1, help="S, draws per data point for H[q(z)]; default 1")
@@ -509,8 +488,6 @@ def build_parser():
     p.add_argument("--train-epochs", type=int, default=5, help="training epochs of the digits VAE; default 5")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--slow-repeats", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--budget-mb", type=float, default=256.0)
     p.add_argument("--probe", type=int, default=500,
                    help="queries timed first on the NumPy/SciPy path to estimate its time; default 500")
@@ -521,10 +498,7 @@ def build_parser():
                    help="target time of that prefix run; default 60")
     p.add_argument("--check-queries", type=int, default=2000,
                    help="per-query agreement of log q(z) on this many draws; default 2000")
-    p.add_argument("--json", default=None)
-    p.add_argument("--md", default=None)
-    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS")
-    return p
+    return _bench.add_run_options(p, "bench_estimators", torch=False)
 
 
 def main(argv=None):
@@ -548,21 +522,15 @@ def main(argv=None):
     t_compile = time.perf_counter() - t0
     baseline_stats(m0, x0, 1, 1, args.budget_mb * MIB)
     baseline_holes(m0, x0, 2, 100, args.budget_mb * MIB)
-    prov = _bench.provenance(threads=THREADS, seed=args.seed, extra_versions=("sklearn",))
-    log(f"refvae {prov['refvae_version']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
+    prov = _bench.provenance(threads=THREADS, seed=args.seed)
+    log(f"refvae {prov['refvae']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
         f"{prov['numpy']}, Numba {prov['numba']}, SciPy {prov['scipy']}")
     _bench.log_uncommitted(prov)
-    log(f"CPU {prov['cpu']['model']} ({prov['cpu']['logical_cpus']} logical); threads {THREADS} (numba "
+    log(f"CPU {prov['cpu_model']} ({prov['cpu_count']} logical); threads {THREADS} (numba "
         f"{prov['numba_threads']} [{prov['numba_threading_layer']}]); seed {args.seed}; kernels "
         f"compiled/loaded in {t_compile:.2f} s; load average {prov['loadavg_start']}")
-    results = []
-    for kind, N, L in cases:
-        results.append(bench_case(kind, N, L, args))
-        gc.collect()
-    run_contention = contention(snap_run, cpu_snapshot())
-    total = time.perf_counter() - t_start
-    log(f"\nwhole run: other processes used {run_contention['others_cores']:.2f} cores on average; "
-        f"total {total:.0f} s")
+    results, run_contention, total = _bench.run_cases(lambda c: bench_case(*c, args), cases,
+                                                      snap_run, t_start)
     report = {"provenance": prov, "settings": {
         "cases": [list(c) for c in cases], "n_samples": args.n_samples,
         "holes_samples": args.holes_samples, "taus": list(TAUS), "train_epochs": args.train_epochs,

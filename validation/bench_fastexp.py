@@ -39,46 +39,47 @@ from refvae.kernels.fastexp import exp_shift_tile, exp_tile
 SEED = 20261125
 
 
-@njit(cache=True)
-def _rep_tile(d, out, lo, reps):
-    s = 0.0
-    for i in range(reps):
-        exp_tile(d, out, lo)
-        s += out[i % d.shape[0]]
-    return s
+def _repeated(step):
+    """A Numba loop ``run(d, out, lo, reps)`` calling ``step(d, out, lo)`` reps times (inlined:
+    the same code as writing the step into the loop) and reading one output each time."""
+    @njit
+    def run(d, out, lo, reps):
+        s = 0.0
+        for i in range(reps):
+            step(d, out, lo)
+            s += out[i % d.shape[0]]
+        return s
+    return run
 
 
-@njit(cache=True)
-def _rep_shift_tile(d, out, lo, reps):
-    s = 0.0
-    for i in range(reps):
-        exp_shift_tile(d, 0.5, out, lo)
-        s += out[i % d.shape[0]]
-    return s
+@njit(inline="always")
+def _step_tile(d, out, lo):
+    exp_tile(d, out, lo)
 
 
-@njit(cache=True)
-def _rep_math(d, out, lo, reps):
-    s = 0.0
-    for i in range(reps):
-        for k in range(d.shape[0]):
-            out[k] = math.exp(d[k])
-        s += out[i % d.shape[0]]
-    return s
+@njit(inline="always")
+def _step_shift_tile(d, out, lo):
+    exp_shift_tile(d, 0.5, out, lo)
 
 
-@njit(cache=True)
-def _rep_math_branch(d, out, lo, reps):
-    s = 0.0
-    for i in range(reps):
-        for k in range(d.shape[0]):
-            dk = d[k]
-            if dk >= lo:
-                out[k] = math.exp(dk)
-            else:
-                out[k] = 0.0
-        s += out[i % d.shape[0]]
-    return s
+@njit(inline="always")
+def _step_math(d, out, lo):
+    for k in range(d.shape[0]):
+        out[k] = math.exp(d[k])
+
+
+@njit(inline="always")
+def _step_math_branch(d, out, lo):
+    for k in range(d.shape[0]):
+        dk = d[k]
+        if dk >= lo:  # the skip branch of the old kernel (data-dependent)
+            out[k] = math.exp(dk)
+        else:
+            out[k] = 0.0
+
+
+_rep_tile, _rep_shift_tile = _repeated(_step_tile), _repeated(_step_shift_tile)
+_rep_math, _rep_math_branch = _repeated(_step_math), _repeated(_step_math_branch)
 
 
 def _time_numba(fn, d, out, lo, total=2e5, repeat=300):

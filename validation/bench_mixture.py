@@ -9,7 +9,7 @@ For queries z (B, L) and K diagonal-Gaussian components (means, log-variances (K
 on one machine with one thread count (default 2, set for Numba, PyTorch and -- through environment
 variables set before NumPy is imported -- OpenBLAS/OpenMP), for
 
-- refvae: ``mixture_log_prob`` and ``mixture_log_prob_vjp(g, ..., ans=f)``;
+- refvae: ``mixture_log_prob`` and ``mixture_log_prob_vjp(g, ..., log_prob=f)``;
 - SciPy: NumPy broadcasting + ``scipy.special.logsumexp`` chunked over queries so that a chunk's
   (b, K, L) array stays under ``--budget-mb`` (256 MiB), and a NumPy VJP on the same chunking
   (two (b, K, L) buffers, given f);
@@ -115,26 +115,7 @@ def make_inputs(B, K, L, seed):
 
 # ============================================================================ SciPy / NumPy path
 
-def scipy_forward(z, means, log_vars, log_weights, budget_bytes):
-    """NumPy broadcasting + scipy.special.logsumexp, chunked over queries (one (b, K, L) buffer)."""
-    from scipy.special import logsumexp
-    B, L = z.shape
-    K = means.shape[0]
-    inv_sd = np.exp(-0.5 * log_vars)
-    const = log_weights - 0.5 * np.sum(LN_2PI + log_vars, axis=1)
-    step = chunk_rows(K, L, budget_bytes)
-    buf = np.empty((min(step, B), K, L))
-    out = np.empty(B)
-    for b0 in range(0, B, step):
-        zc = z[b0:b0 + step]
-        n = zc.shape[0]
-        d = buf[:n]
-        np.subtract(zc[:, None, :], means[None, :, :], out=d)
-        d *= inv_sd
-        np.square(d, out=d)                       # (z - mu)^2 / var
-        t = const - 0.5 * d.sum(axis=2)           # (n, K)
-        out[b0:b0 + n] = logsumexp(t, axis=1)
-    return out
+scipy_forward = _bench.scipy_mixture_log_prob  # NumPy broadcasting + scipy.special.logsumexp
 
 
 def numpy_vjp(g, z, means, log_vars, log_weights, f, budget_bytes):
@@ -480,7 +461,7 @@ def memprobe_child(kind, size, seed, f_file):
     X = make_inputs(B, K, L, seed)
     T = make_inputs(16, 300, L, seed + 1)  # tiny input: compiles (or loads from cache) the kernels
     ft = mixture_log_prob(T["z"], T["means"], T["log_vars"], T["log_weights"])
-    mixture_log_prob_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], ans=ft)
+    mixture_log_prob_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], log_prob=ft)
     f = np.load(f_file) if kind == "vjp" else None
     del T, ft
     gc.collect()
@@ -492,7 +473,7 @@ def memprobe_child(kind, size, seed, f_file):
         outs = (mixture_log_prob(X["z"], X["means"], X["log_vars"], X["log_weights"]),)
     else:
         outs = mixture_log_prob_vjp(X["g"], X["z"], X["means"], X["log_vars"], X["log_weights"],
-                                    ans=f)
+                                    log_prob=f)
     st1 = _proc_status()
     ru1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     base = st0["VmRSS"]
@@ -543,9 +524,9 @@ def source_hashes():
 
 
 def provenance(args, torch, torch_status):
-    """_bench.provenance with the kernel sources' hashes; no git status, no start load average."""
+    """_bench.provenance with the kernel sources' hashes."""
     return _bench.provenance(threads=THREADS, seed=args.seed, torch=torch, torch_status=torch_status,
-                             sources=source_hashes(), uncommitted=False, loadavg=False)
+                             sources=source_hashes())
 
 
 # ============================================================================ one size
@@ -604,10 +585,10 @@ def bench_size(size, args, torch):
         f, out["refvae_fwd_times"] = run_timed(lambda: mixture_log_prob(z, means, log_vars, lw),
                                                args.repeats, False)
         t0 = time.perf_counter()
-        mixture_log_prob_vjp(g, z, means, log_vars, lw, ans=f)
+        mixture_log_prob_vjp(g, z, means, log_vars, lw, log_prob=f)
         out["refvae_vjp_first_call_s"] = time.perf_counter() - t0
         grads, out["refvae_vjp_times"] = run_timed(
-            lambda: mixture_log_prob_vjp(g, z, means, log_vars, lw, ans=f), args.repeats, False)
+            lambda: mixture_log_prob_vjp(g, z, means, log_vars, lw, log_prob=f), args.repeats, False)
         return out, f, grads
 
     out, f_ref, grads_ref = phase("refvae", refvae_phase)
@@ -748,18 +729,14 @@ def evaluate_targets(results, torch_status):
 
 
 def markdown(results, peaks, prov, targets, args, run_contention):
-    def cell(r, key, f=fmt_t):
-        return f(r[key]) if key in r else ("not installed" if "torch" in key else "-")
-
-    out = ["# Mixture kernel benchmark (`validation/bench_mixture.py`)", ""]
-    out += [_bench.md_versions(prov)
-            + f", torch {prov['torch']}. **{prov['threads']} threads** everywhere "
-            f"(Numba {prov['numba_threads']} [{prov['numba_threading_layer']}], torch "
-            f"{prov['torch_threads']}, BLAS env vars {prov['threads']}). " + _bench.md_run(prov)
-            + " Kernel sources (sha256, 16 hex): "
-            + ", ".join(f"`{k}` {v}" for k, v in prov["source_sha256_16"].items())
-            + ("" if prov.get("source_sha256_16_end", prov["source_sha256_16"]) == prov["source_sha256_16"]
-               else " (**changed during the run**)") + ".", ""]
+    out = _bench.md_header(
+        "Mixture kernel benchmark (`validation/bench_mixture.py`)", prov, f", torch {prov['torch']}",
+        f"everywhere (Numba {prov['numba_threads']} [{prov['numba_threading_layer']}], torch "
+        f"{prov['torch_threads']}, BLAS env vars {prov['threads']})",
+        " Kernel sources (sha256, 16 hex): "
+        + ", ".join(f"`{k}` {v}" for k, v in prov["source_sha256_16"].items())
+        + ("" if prov.get("source_sha256_16_end", prov["source_sha256_16"]) == prov["source_sha256_16"]
+           else " (**changed during the run**)") + ".")
     out += ["Data: means ~ N(0, 1), log-variances ~ N(−2, 0.5²), uniform log-weights −ln K, queries "
             "drawn from the mixture, upstream gradient g ~ N(0, 1). refvae: median of "
             f"{args.repeats} repeat(s) after a warm-up call at the same size. SciPy/NumPy and torch: "
@@ -776,60 +753,93 @@ def markdown(results, peaks, prov, targets, args, run_contention):
             f"during the run (hypervisor steal {run_contention['steal_cores']:.2f})"
             + (". **Contended sizes (other processes used > "
                f"{CONTENDED_CORES} cores in some phase; their timings are unreliable): "
-               + ", ".join("({}, {}, {})".format(*r["size"]) for r in bad) + "**." if bad else
+               + ", ".join(_size(r) for r in bad) + "**." if bad else
                "; no phase was contended."), ""]
-    out += ["## Times", "",
-            "| (B, K, L) | refvae fwd | SciPy fwd | torch fwd | refvae VJP | NumPy VJP | "
-            "refvae fwd+VJP | SciPy fwd+VJP | torch fwd+bwd | fwd / bound |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        sz = "({}, {}, {})".format(*r["size"])
-        tf = (f"{fmt_t(r['torch_fwd_s'])} ({fmt_x(r['ratio_fwd_torch'])})" if "torch_fwd_s" in r
-              else "not installed")
-        tb = (f"{fmt_t(r['torch_fwd_bwd_s'])} ({fmt_x(r['ratio_fwd_vjp_torch'])})"
-              if "torch_fwd_bwd_s" in r else "not installed")
-        def spread(key):
-            ts = r[key]
-            return "" if len(ts) < 2 else f" [{fmt_t(min(ts))}–{fmt_t(max(ts))}]"
-        out.append(f"| {sz} | {fmt_t(r['refvae_fwd_s'])}{spread('refvae_fwd_times')} | {fmt_t(r['scipy_fwd_s'])} "
-                   f"({fmt_x(r['ratio_fwd_scipy'])}) | {tf} | {fmt_t(r['refvae_vjp_s'])}{spread('refvae_vjp_times')} | "
-                   f"{fmt_t(r['numpy_vjp_s'])} ({fmt_x(r['ratio_vjp_numpy'])}) | "
-                   f"{fmt_t(r['refvae_fwd_vjp_s'])} | {fmt_t(r['scipy_fwd_vjp_s'])} "
-                   f"({fmt_x(r['ratio_fwd_vjp_scipy'])}) | {tb} | "
-                   f"{r['fwd_over_bound']:.2f} (bound {fmt_t(r['bound_s'])}"
-                   + (f"; {r['fwd_over_bound_fastexp']:.2f} at _fastexp's rate"
-                      if "fwd_over_bound_fastexp" in r else "") + ") |")
-    out += ["", "## Agreement and memory", "",
-            "| (B, K, L) | max\\|Δf\\| vs SciPy (max\\|f\\|) | max\\|Δf\\| vs torch | max\\|Δgrad\\| vs torch "
-            "(dz, dmeans, dlog_vars, dlogits) | max rel. Δgrad vs torch | max\\|Δgrad\\| vs NumPy VJP | "
-            "refvae fwd extra MiB | refvae VJP extra MiB |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        sz = "({}, {}, {})".format(*r["size"])
-        if "grad_maxabs_vs_torch" in r:
-            gt = ", ".join(fmt_e(v) for v in r["grad_maxabs_vs_torch"].values())
-            ft = fmt_e(r["fwd_maxabs_vs_torch"])
-            rel = fmt_e(r["grad_maxrel_vs_torch_max"])
-        else:
-            gt = ft = rel = "not installed"
-        gn = fmt_e(max(r["grad_maxabs_vs_numpy"].values()))
-
-        def mem(kind):
-            m = r.get(f"memory_{kind}")
-            if m is None:
-                return "not measured"
-            if "error" in m:
-                return "probe failed"
-            return f"{m['extra_mib']:.1f} ({m['extra_minus_outputs_mib']:.1f} w/o outputs)"
-        out.append(f"| {sz} | {fmt_e(r['fwd_maxabs_vs_scipy'])} ({r['fwd_maxabs_f']:.3g}) | {ft} | {gt} | "
-                   f"{rel} | {gn} | {mem('fwd')} | {mem('vjp')} |")
+    out += ["## Times", ""] + _md_table(
+        "| (B, K, L) | refvae fwd | SciPy fwd | torch fwd | refvae VJP | NumPy VJP | "
+        "refvae fwd+VJP | SciPy fwd+VJP | torch fwd+bwd | fwd / bound |", results, _md_times_row)
+    out += ["", "## Agreement and memory", ""] + _md_table(
+        "| (B, K, L) | max\\|Δf\\| vs SciPy (max\\|f\\|) | max\\|Δf\\| vs torch | max\\|Δgrad\\| vs torch "
+        "(dz, dmeans, dlog_vars, dlogits) | max rel. Δgrad vs torch | max\\|Δgrad\\| vs NumPy VJP | "
+        "refvae fwd extra MiB | refvae VJP extra MiB |", results, _md_agreement_row)
     out += ["", "Memory: peak RSS (VmHWM, reset through /proc/self/clear_refs) minus the RSS after the "
             "inputs were created and the kernels warmed up on a tiny input, in a fresh subprocess per "
             "measurement; \"w/o outputs\" subtracts the returned arrays. dlogits: refvae's "
             "dlog_weights mapped through log_softmax (dw − π Σdw).", ""]
+    out += _md_peaks(peaks)
+    out += ["## Where refvae's time goes", ""] + _md_table(
+        "| (B, K, L) | pairs with exp (fwd / VJP) | tiling | fwd kernel | fwd kernel, every exp | "
+        "fwd kernel, no exp | VJP dz kernel | VJP component kernel |", results, _md_breakdown_row)
+    out += ["", "## Targets", ""]
+    for t in targets:
+        out.append(f"- **{t['status']}** {t['target']} at ({', '.join(map(str, t['size']))}): {t['detail']}")
+    out.append("")
+    return "\n".join(out)
+
+
+def _size(r):
+    return "({}, {}, {})".format(*r["size"])
+
+
+def _md_table(header, results, row):
+    """A Markdown table: the header line, its separator, then ``row(r)`` for each result."""
+    return [header, "|" + "---|" * (header.replace("\\|", "").count("|") - 1)] + [row(r) for r in results]
+
+
+def _md_times_row(r):
+    tf = (f"{fmt_t(r['torch_fwd_s'])} ({fmt_x(r['ratio_fwd_torch'])})" if "torch_fwd_s" in r
+          else "not installed")
+    tb = (f"{fmt_t(r['torch_fwd_bwd_s'])} ({fmt_x(r['ratio_fwd_vjp_torch'])})"
+          if "torch_fwd_bwd_s" in r else "not installed")
+
+    def spread(key):
+        ts = r[key]
+        return "" if len(ts) < 2 else f" [{fmt_t(min(ts))}–{fmt_t(max(ts))}]"
+    return (f"| {_size(r)} | {fmt_t(r['refvae_fwd_s'])}{spread('refvae_fwd_times')} | {fmt_t(r['scipy_fwd_s'])} "
+            f"({fmt_x(r['ratio_fwd_scipy'])}) | {tf} | {fmt_t(r['refvae_vjp_s'])}{spread('refvae_vjp_times')} | "
+            f"{fmt_t(r['numpy_vjp_s'])} ({fmt_x(r['ratio_vjp_numpy'])}) | "
+            f"{fmt_t(r['refvae_fwd_vjp_s'])} | {fmt_t(r['scipy_fwd_vjp_s'])} "
+            f"({fmt_x(r['ratio_fwd_vjp_scipy'])}) | {tb} | "
+            f"{r['fwd_over_bound']:.2f} (bound {fmt_t(r['bound_s'])}"
+            + (f"; {r['fwd_over_bound_fastexp']:.2f} at _fastexp's rate"
+               if "fwd_over_bound_fastexp" in r else "") + ") |")
+
+
+def _md_agreement_row(r):
+    if "grad_maxabs_vs_torch" in r:
+        gt = ", ".join(fmt_e(v) for v in r["grad_maxabs_vs_torch"].values())
+        ft = fmt_e(r["fwd_maxabs_vs_torch"])
+        rel = fmt_e(r["grad_maxrel_vs_torch_max"])
+    else:
+        gt = ft = rel = "not installed"
+    gn = fmt_e(max(r["grad_maxabs_vs_numpy"].values()))
+
+    def mem(kind):
+        m = r.get(f"memory_{kind}")
+        if m is None:
+            return "not measured"
+        if "error" in m:
+            return "probe failed"
+        return f"{m['extra_mib']:.1f} ({m['extra_minus_outputs_mib']:.1f} w/o outputs)"
+    return (f"| {_size(r)} | {fmt_e(r['fwd_maxabs_vs_scipy'])} ({r['fwd_maxabs_f']:.3g}) | {ft} | {gt} | "
+            f"{rel} | {gn} | {mem('fwd')} | {mem('vjp')} |")
+
+
+def _md_breakdown_row(r):
+    ts_, bd = r["term_statistics"], r["breakdown"]
+    fr = f"{100 * ts_['forward_exp_fraction']:.2f}% / {100 * ts_['vjp_exp_fraction']:.2f}%"
+    if "unavailable" in bd:
+        return f"| {_size(r)} | {fr} | {bd['unavailable']} | | | | | |"
+    return (f"| {_size(r)} | {fr} | {fmt_t(bd['tile_components_s'])} | {fmt_t(bd['forward_kernel_s'])} | "
+            f"{fmt_t(bd['forward_kernel_no_skip_s'])} | {fmt_t(bd['forward_kernel_no_exp_s'])} | "
+            f"{fmt_t(bd['vjp_z_kernel_s'])} | {fmt_t(bd['vjp_components_kernel_s'])} |")
+
+
+def _md_peaks(peaks):
     fe = peaks["fastexp"]
     ex = peaks["numba_math_exp_ns"]
     exm = peaks["numba_math_exp_ns_median"]
-    out += ["## Machine peaks (same run: sampled at the start and at the end)", "",
+    return ["## Machine peaks (same run: sampled at the start and at the end)", "",
             f"- float64 matmul {peaks['matmul_n']}×{peaks['matmul_n']} @, {THREADS} threads: "
             f"**{peaks['matmul_gflops']:.1f} GFLOP/s** best, {peaks['matmul_gflops_median']:.1f} median, "
             f"{peaks['matmul_gflops_min']:.1f} worst of {sum(len(r['matmul_gflops_samples']) for r in peaks['runs'])}",
@@ -842,60 +852,29 @@ def markdown(results, peaks, prov, targets, args, run_contention):
             f"- Bound = B·K·{ex['normal [-40, 1]']:.2f} ns / {THREADS} + 3·B·K·L / "
             f"{peaks['matmul_gflops']:.1f} GFLOP/s (best rates; the JSON also has it at median rates, "
             "`fwd_over_bound_median_rates`).", ""]
-    out += ["## Where refvae's time goes", "",
-            "| (B, K, L) | pairs with exp (fwd / VJP) | tiling | fwd kernel | fwd kernel, every exp | "
-            "fwd kernel, no exp | VJP dz kernel | VJP component kernel |",
-            "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        sz = "({}, {}, {})".format(*r["size"])
-        ts_, bd = r["term_statistics"], r["breakdown"]
-        fr = f"{100 * ts_['forward_exp_fraction']:.2f}% / {100 * ts_['vjp_exp_fraction']:.2f}%"
-        if "unavailable" in bd:
-            out.append(f"| {sz} | {fr} | {bd['unavailable']} | | | | | |")
-        else:
-            out.append(f"| {sz} | {fr} | {fmt_t(bd['tile_components_s'])} | {fmt_t(bd['forward_kernel_s'])} | "
-                       f"{fmt_t(bd['forward_kernel_no_skip_s'])} | {fmt_t(bd['forward_kernel_no_exp_s'])} | "
-                       f"{fmt_t(bd['vjp_z_kernel_s'])} | {fmt_t(bd['vjp_components_kernel_s'])} |")
-    out += ["", "## Targets", ""]
-    for t in targets:
-        out.append(f"- **{t['status']}** {t['target']} at ({', '.join(map(str, t['size']))}): {t['detail']}")
-    out.append("")
-    return "\n".join(out)
 
 
 # ============================================================================ main
 
 def parse_sizes(items):
-    sizes = []
-    for it in items:
-        parts = it.replace("x", ",").replace("(", "").replace(")", "").split(",")
-        parts = [p for p in (s.strip() for s in parts) if p]
-        if len(parts) != 3:
-            raise SystemExit(f"--sizes expects B,K,L triples, got {it!r}")
-        sizes.append(tuple(int(p) for p in parts))
-    return sizes
+    triples = _bench.parse_triples(
+        items, "--sizes", "B,K,L", lambda it: it.replace("x", ",").replace("(", "").replace(")", ""))
+    return [tuple(int(p) for p in t) for t in triples]
 
 
 def build_parser():
-    p = _bench.arg_parser(__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="first size only, one repeat (a smoke run in seconds)")
+    p = _bench.arg_parser(__doc__, "first size only, one repeat (a smoke run in seconds)")
     p.add_argument("--sizes", nargs="+", default=None,
                    help="B,K,L triples (default: 1797,1797,2 10000,10000,16 1000,60000,32)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats for refvae (median); default 5")
     p.add_argument("--slow-repeats", type=int, default=1,
                    help="repeats of the SciPy/torch paths at large sizes (B*K*L > 5e7); default 1")
-    p.add_argument("--threads", type=int, default=2, help="threads for Numba, torch and BLAS; default 2")
-    p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--budget-mb", type=float, default=256.0,
                    help="MiB per (b, K, L) chunk of the broadcast paths; default 256")
-    p.add_argument("--json", default=None, help="output JSON (default validation/results/bench_mixture.json)")
-    p.add_argument("--md", default=None, help="output Markdown (default: the JSON path with .md)")
-    p.add_argument("--no-torch", action="store_true", help="behave as if torch were not installed")
     p.add_argument("--skip-memory", action="store_true", help="do not run the memory subprocesses")
-    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
-                   help="before the run and before each timing phase, wait up to this long until "
-                        "other processes use < 0.25 cores (default 0: do not wait)")
+    _bench.add_run_options(p, "bench_mixture",
+                           wait_help="before the run and before each timing phase, wait up to this "
+                                     "long until other processes use < 0.25 cores (default 0: do not wait)")
     p.add_argument("--max-total-wait", type=float, default=1800.0, metavar="SECONDS",
                    help="cap on all waiting for an idle machine in one run; default 1800")
     p.add_argument("--retries", type=int, default=2,
@@ -928,7 +907,7 @@ def main(argv=None):
     T = make_inputs(16, 300, 3, args.seed)
     t0 = time.perf_counter()
     ft = mixture_log_prob(T["z"], T["means"], T["log_vars"], T["log_weights"])
-    mixture_log_prob_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], ans=ft)
+    mixture_log_prob_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], log_prob=ft)
     t_compile = time.perf_counter() - t0
     scipy_forward(T["z"], T["means"], T["log_vars"], T["log_weights"], args.budget_mb * MIB)
     numpy_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], ft, args.budget_mb * MIB)
@@ -938,10 +917,10 @@ def main(argv=None):
 
     prov = provenance(args, torch, torch_status)
     SOURCE_HASHES.update(prov["source_sha256_16"])
-    log(f"refvae {prov['refvae_version']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
+    log(f"refvae {prov['refvae']} ({prov['git_revision']}); Python {prov['python']}, NumPy "
         f"{prov['numpy']}, Numba {prov['numba']}, SciPy {prov['scipy']}, torch {prov['torch']}")
-    log(f"CPU {prov['cpu']['model']} ({prov['cpu']['logical_cpus']} logical, "
-        f"{'/'.join(prov['cpu']['simd'])}); {prov['platform']}")
+    log(f"CPU {prov['cpu_model']} ({prov['cpu_count']} logical, "
+        f"{'/'.join(prov['simd'])}); {prov['platform']}")
     log(f"threads: requested {THREADS}; numba {prov['numba_threads']} ({prov['numba_threading_layer']}), "
         f"torch {prov['torch_threads']} (interop {prov['torch_interop_threads']}), env "
         + ", ".join(f"{k}={v}" for k, v in prov["thread_env"].items())
