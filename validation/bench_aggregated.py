@@ -11,7 +11,7 @@ environment variables set before NumPy is imported):
 - **refvae**: ``AggregatedPosterior.log_prob(z)`` (the streaming kernel ``mixture_log_prob``) and
   ``AggregatedPosterior.log_prob_vjp(g, z)`` (forward + ``mixture_log_prob_vjp``; returns dz and an
   empty parameter dict). For reference also the kernel's VJP alone, ``mixture_log_prob_vjp(g, z,
-  means, log_vars, log_prob=f)`` (all four gradients, given f), and -- through the private kernel
+  means, log_vars, ans=f)`` (all four gradients, given f), and -- through the private kernel
   ``refvae.kernels.mixture._vjp_z_kernel``, reported as unavailable if that changes -- what a dz-only pass
   costs (``log_prob_vjp`` also computes the component gradients, which an aggregated posterior
   discards).
@@ -192,7 +192,7 @@ def bench_size(N, L, args, torch):
     assert grads_ref == {}
     r["refvae_log_prob_vjp_times"] = ts
     r["refvae_log_prob_vjp_s"] = med(ts)
-    kv, ts = run_timed(lambda: mixture_log_prob_vjp(g, z, means, log_vars, None, log_prob=f_ref),
+    kv, ts = run_timed(lambda: mixture_log_prob_vjp(g, z, means, log_vars, None, ans=f_ref),
                        args.repeats, True)
     r["refvae_kernel_vjp_times"] = ts
     r["refvae_kernel_vjp_s"] = med(ts)

@@ -9,7 +9,7 @@ For queries z (B, L) and K diagonal-Gaussian components (means, log-variances (K
 on one machine with one thread count (default 2, set for Numba, PyTorch and -- through environment
 variables set before NumPy is imported -- OpenBLAS/OpenMP), for
 
-- refvae: ``mixture_log_prob`` and ``mixture_log_prob_vjp(g, ..., log_prob=f)``;
+- refvae: ``mixture_log_prob`` and ``mixture_log_prob_vjp(g, ..., ans=f)``;
 - SciPy: NumPy broadcasting + ``scipy.special.logsumexp`` chunked over queries so that a chunk's
   (b, K, L) array stays under ``--budget-mb`` (256 MiB), and a NumPy VJP on the same chunking
   (two (b, K, L) buffers, given f);
@@ -461,7 +461,7 @@ def memprobe_child(kind, size, seed, f_file):
     X = make_inputs(B, K, L, seed)
     T = make_inputs(16, 300, L, seed + 1)  # tiny input: compiles (or loads from cache) the kernels
     ft = mixture_log_prob(T["z"], T["means"], T["log_vars"], T["log_weights"])
-    mixture_log_prob_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], log_prob=ft)
+    mixture_log_prob_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], ans=ft)
     f = np.load(f_file) if kind == "vjp" else None
     del T, ft
     gc.collect()
@@ -473,7 +473,7 @@ def memprobe_child(kind, size, seed, f_file):
         outs = (mixture_log_prob(X["z"], X["means"], X["log_vars"], X["log_weights"]),)
     else:
         outs = mixture_log_prob_vjp(X["g"], X["z"], X["means"], X["log_vars"], X["log_weights"],
-                                    log_prob=f)
+                                    ans=f)
     st1 = _proc_status()
     ru1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     base = st0["VmRSS"]
@@ -585,10 +585,10 @@ def bench_size(size, args, torch):
         f, out["refvae_fwd_times"] = run_timed(lambda: mixture_log_prob(z, means, log_vars, lw),
                                                args.repeats, False)
         t0 = time.perf_counter()
-        mixture_log_prob_vjp(g, z, means, log_vars, lw, log_prob=f)
+        mixture_log_prob_vjp(g, z, means, log_vars, lw, ans=f)
         out["refvae_vjp_first_call_s"] = time.perf_counter() - t0
         grads, out["refvae_vjp_times"] = run_timed(
-            lambda: mixture_log_prob_vjp(g, z, means, log_vars, lw, log_prob=f), args.repeats, False)
+            lambda: mixture_log_prob_vjp(g, z, means, log_vars, lw, ans=f), args.repeats, False)
         return out, f, grads
 
     out, f_ref, grads_ref = phase("refvae", refvae_phase)
@@ -907,7 +907,7 @@ def main(argv=None):
     T = make_inputs(16, 300, 3, args.seed)
     t0 = time.perf_counter()
     ft = mixture_log_prob(T["z"], T["means"], T["log_vars"], T["log_weights"])
-    mixture_log_prob_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], log_prob=ft)
+    mixture_log_prob_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], ans=ft)
     t_compile = time.perf_counter() - t0
     scipy_forward(T["z"], T["means"], T["log_vars"], T["log_weights"], args.budget_mb * MIB)
     numpy_vjp(T["g"], T["z"], T["means"], T["log_vars"], T["log_weights"], ft, args.budget_mb * MIB)
