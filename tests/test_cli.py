@@ -121,6 +121,55 @@ def test_tools_take_the_prior_names_from_the_registry():
         assert "PRIOR_ORDER" not in text and not re.search(r"prior\.name [!=]= ", text), path
 
 
+_BARE_PRIOR = '''
+import math, sys
+import numpy as np
+from refvae.priors import Prior, register_prior
+
+@register_prior
+class Shifted(Prior):
+    """N(m, I) with a learned mean m: nothing of the tools' protocol beyond the base defaults."""
+    name = "bare_shift"
+    @property
+    def param_shapes(self):
+        return {"prior.m": (self.latent_dim,)}
+    def init_params(self, rng):
+        return {"prior.m": np.zeros(self.latent_dim)}
+    def forward(self, params, z):
+        d = z - params["prior.m"]
+        lp = -0.5 * np.sum(d * d, axis=1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
+        return lp, {"d": d, "trace": [("prior.log_p", lp)]}
+    def backward(self, g, cache):
+        return -g[:, None] * cache["d"], {"prior.m": np.sum(g[:, None] * cache["d"], axis=0)}
+    def sample(self, params, n, rng):
+        return params["prior.m"] + rng.standard_normal((n, self.latent_dim))
+
+from refvae.tools.cli import main
+sys.exit(main(["validate", "--profile", "tiny", "--priors", "bare_shift", "--quiet",
+               "--out", sys.argv[1]]))
+'''
+
+
+def test_a_prior_with_only_the_base_defaults_runs_every_report_path(tmp_path):
+    """A prior registered from outside refvae with no settings, support box, mixture components
+    or closed forms: the tiny report (every part, the figure included) runs and passes; in a
+    subprocess, so the registry of this process is not changed."""
+    pytest.importorskip("matplotlib")
+    script = tmp_path / "bare.py"
+    script.write_text(_BARE_PRIOR)
+    out = tmp_path / "r"
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["status"] == "complete" and doc["summary"]["checks_failed"] == 0
+    (run,) = doc["runs"]
+    assert run["prior"] == "bare_shift" and run["status"] == "done"
+    assert run["figure"] == "figures/bare_shift_L2.png" and (out / run["figure"]).is_file()
+    assert run["seeds"]["generator"].endswith(", 6, part])")  # index 6: after the six built-ins
+    assert doc["missing"] == []
+
+
 def test_profiles_are_data_with_the_texts_settings():
     for name in ("tiny", "quick", "full"):
         assert rep.PROFILES[name].name == name
