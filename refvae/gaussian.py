@@ -57,7 +57,7 @@ import math
 
 import numpy as np
 
-from ._validation import as_float_array, checked
+from ._validation import as_float_array, check_cotangent, checked
 
 __all__ = ["log_prob", "log_prob_vjp", "entropy", "entropy_vjp", "cross_entropy",
            "cross_entropy_vjp", "kl", "kl_vjp", "reparameterize", "reparameterize_vjp"]
@@ -88,16 +88,6 @@ def _check(named, *, allow_complex=True):
         desc = ", ".join(f"{n} {a.shape}" for n, a in zip(names, arrays))
         raise ValueError(f"the shapes of {', '.join(names)} do not broadcast: {desc}") from None
     return arrays, shape
-
-
-def _check_g(g, shape, name="g"):
-    """The cotangent, broadcast to ``shape`` (the output shape)."""
-    garr = as_float_array(g, name, allow_empty=True, allow_complex=True).reshape(np.shape(g))
-    try:
-        return np.broadcast_to(garr, shape)
-    except ValueError:
-        raise ValueError(f"{name} has shape {garr.shape}, which does not broadcast to the output "
-                         f"shape {shape}") from None
 
 
 def _unbroadcast(grad, shape):
@@ -248,7 +238,7 @@ def _check_latent_args(arguments, *, g_has_latent_axis=False):
     arrays, shape = _check(named)
     out = dict(zip((n for n, _ in named), arrays))
     if "g" in arguments:
-        out["g"] = _check_g(arguments["g"], shape if g_has_latent_axis else shape[:-1])
+        out["g"] = check_cotangent(arguments["g"], shape if g_has_latent_axis else shape[:-1])
     return out
 
 

@@ -227,6 +227,21 @@ def _use_kernel(*arrays):
                and a.shape == a0.shape for a in arrays)
 
 
+def _kinked_forward(x, slope):
+    """``(y, x)``, ``y = where(Re x > 0, x, slope * x)``: relu (slope 0) and leaky_relu; the Numba
+    kernel for real float64 input, the same bits as the NumPy expression."""
+    if _use_kernel(x):
+        return _kinked_fwd_kernel(x.reshape(-1), slope).reshape(x.shape), x
+    return np.where(_real(x) > 0, x, slope * x), x
+
+
+def _kinked_backward(dy, x, slope):
+    """``dx = dy * where(Re x > 0, 1, slope)`` (the left slope at 0), kernel or NumPy, same bits."""
+    if _use_kernel(dy, x):
+        return _kinked_bwd_kernel(dy.reshape(-1), x.reshape(-1), slope).reshape(x.shape)
+    return dy * np.where(_real(x) > 0, 1.0, slope)
+
+
 @checked(_check_x_args)
 def relu_forward(x):
     r"""Rectified linear unit, ``y = max(x, 0)``.
@@ -251,9 +266,7 @@ def relu_forward(x):
     ----------
     SPEC.md section 3.
     """
-    if _use_kernel(x):
-        return _kinked_fwd_kernel(x.reshape(-1), 0.0).reshape(x.shape), x
-    return np.where(_real(x) > 0, x, 0.0 * x), x
+    return _kinked_forward(x, 0.0)
 
 
 @checked(_check_act_args("relu"))
@@ -277,10 +290,7 @@ def relu_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    x = cache
-    if _use_kernel(dy, x):
-        return _kinked_bwd_kernel(dy.reshape(-1), x.reshape(-1), 0.0).reshape(x.shape)
-    return dy * (_real(x) > 0)
+    return _kinked_backward(dy, cache, 0.0)
 
 
 @checked(_check_x_args)
@@ -307,9 +317,7 @@ def leaky_relu_forward(x):
     ----------
     SPEC.md section 3 (slope 0.01).
     """
-    if _use_kernel(x):
-        return _kinked_fwd_kernel(x.reshape(-1), LEAKY_SLOPE).reshape(x.shape), x
-    return np.where(_real(x) > 0, x, LEAKY_SLOPE * x), x
+    return _kinked_forward(x, LEAKY_SLOPE)
 
 
 @checked(_check_act_args("leaky_relu"))
@@ -332,10 +340,7 @@ def leaky_relu_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    x = cache
-    if _use_kernel(dy, x):
-        return _kinked_bwd_kernel(dy.reshape(-1), x.reshape(-1), LEAKY_SLOPE).reshape(x.shape)
-    return dy * np.where(_real(x) > 0, 1.0, LEAKY_SLOPE)
+    return _kinked_backward(dy, cache, LEAKY_SLOPE)
 
 
 @checked(_check_x_args)
@@ -389,9 +394,8 @@ def tanh_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    x = cache
     # sech(x) = 2 e^{-|x|} / (1 + e^{-2|x|}): no overflow, full relative accuracy for large |x|
-    x = np.real(x)
+    x = np.real(cache)
     e = np.exp(-np.abs(x))
     sech = 2.0 * e / (1.0 + e * e)
     return dy * (sech * sech)
@@ -446,8 +450,7 @@ def sigmoid_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    x = cache
-    x = np.real(x)
+    x = np.real(cache)
     return dy * (_sigmoid(x) * _sigmoid(-x))
 
 
@@ -498,8 +501,7 @@ def softplus_backward(dy, cache):
     ----------
     SPEC.md section 3.
     """
-    x = cache
-    return dy * _sigmoid(np.real(x))
+    return dy * _sigmoid(np.real(cache))
 
 
 #: name -> (forward, backward), the bare arithmetic (``.unchecked``) of ``<name>_forward`` and

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import as_float_array, checked
+from ._validation import as_float_array, check_cotangent, checked
 
 __all__ = ["logsumexp", "logsumexp_vjp", "log_softmax", "log_softmax_vjp", "softplus",
            "softplus_vjp", "log_sigmoid", "log_sigmoid_vjp", "sigmoid"]
@@ -97,23 +97,12 @@ def _check_axis(axis, ndim, name="axis", array_name="x"):
     return int(axis) % ndim
 
 
-def _check_cotangent(g, shape, name="g"):
-    """The cotangent, broadcast to ``shape``: finite (NaN or +-inf is a ``ValueError`` naming it:
-    an infinite cotangent times a zero partial has no value, and in ``log_softmax_vjp`` two
-    infinite entries meet as inf - inf)."""
-    g = as_float_array(g, name, allow_empty=True, allow_complex=True).reshape(np.shape(g))
-    try:
-        return np.broadcast_to(g, shape)
-    except ValueError:
-        raise ValueError(f"{name} has shape {g.shape}, which does not broadcast to the output "
-                         f"shape {shape}") from None
-
-
 def _check_args(arguments, *, reduces=False):
     """Validator (:func:`refvae._validation.checked`) of every function here, in this order: ``x``
     (float64 or complex128, +-inf allowed, NaN a ``ValueError``), ``axis`` (an in-range integer,
     normalised to >= 0), the cotangent ``g`` broadcast to the output shape (``x.shape``, without
-    ``axis`` when the function ``reduces`` along it) and ``ans`` (no NaN, the output shape)."""
+    ``axis`` when the function ``reduces`` along it; finite: in ``log_softmax_vjp`` two infinite
+    entries would meet as inf - inf) and ``ans`` (no NaN, the output shape)."""
     out = dict(arguments)
     out["x"] = x = _check_input(arguments["x"], "x")
     out_shape = x.shape
@@ -122,7 +111,7 @@ def _check_args(arguments, *, reduces=False):
         if reduces:
             out_shape = x.shape[:axis] + x.shape[axis + 1:]
     if "g" in arguments:
-        out["g"] = _check_cotangent(arguments["g"], out_shape)
+        out["g"] = check_cotangent(arguments["g"], out_shape)
     if arguments.get("ans") is not None:
         out["ans"] = ans = _check_input(arguments["ans"], "ans")
         if ans.shape != out_shape:
