@@ -257,7 +257,7 @@ TOLERANCES: dict[str, Tolerance] = {
         rtol=16 * EPS, atol=4 * 2.0 ** -1074,
         reason=_prose("""
             the fused categorical kernel (refvae.kernels.rowkernels), entry by entry, against the NumPy path
-            (primitives._log_softmax / _softmax_weights) and against mpmath (dps=50): log_softmax and
+            (primitives.log_softmax.unchecked / _softmax_weights) and against mpmath (dps=50): log_softmax and
             softmax of one row. Both paths use the same exact TwoSum shift; they differ in exp (libm vs
             NumPy's SIMD exp, each < 1 ulp) and in the order of the sum s' = sum_c exp(a_c - m) - 1
             (sequential vs pairwise). Kernel vs exact: each term <= 2 u, s' <= (C + 1) u relative, log1p,
