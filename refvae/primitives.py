@@ -309,6 +309,8 @@ def log_softmax_vjp(g, x, axis=-1, *, ans=None):
         directly (the forward's ``(d - log1p(s1)) + c``, so the result has the same bits as
         without it); the weights ``p`` themselves still come from the exact shift of ``x``:
         ``exp(ans)`` would carry ``|ans_j| u`` relative error (700 u at ``ans_j = -700``).
+        Only its shape and NaN are checked: an ``ans`` that is not the forward's output gives
+        wrong gradients.
 
     Backward
         ``dx_j = g_j - softmax_j(x) * sum_k g_k``, from ``d(x_k - lse)/dx_j = [j = k] - softmax_j``.
