@@ -19,6 +19,11 @@ finite for every finite logit (``+-1e300`` included).
 
 The forwards accept complex128 decoder outputs (logits, mean, log_var) for complex-step checks;
 the data ``x`` is real.
+
+The VAE reads a likelihood through an object with the interface of :class:`Likelihood` (shaped
+like :class:`refvae.priors.Prior`): :class:`Categorical`, :class:`Bernoulli` and :class:`Gaussian`
+call the functions above. :data:`LIKELIHOODS` (name -> class) is the single list of names; a
+likelihood defined outside refvae joins it with :func:`register_likelihood`.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ import numpy as np
 
 from .kernels import rowkernels as _rowkernels
 from . import gaussian
-from ._validation import as_float_array, check_positive_int
+from ._validation import as_float_array, check_choice, check_positive_int, check_real, register_class
 from .primitives import log_sigmoid, log_softmax, sigmoid
 
-__all__ = ["LIKELIHOODS", "categorical_log_prob", "categorical_log_prob_vjp",
+__all__ = ["LIKELIHOODS", "Likelihood", "Categorical", "Bernoulli", "Gaussian", "make_likelihood",
+           "register_likelihood", "categorical_log_prob", "categorical_log_prob_vjp",
            "bernoulli_log_prob", "bernoulli_log_prob_vjp", "gaussian_log_prob",
            "gaussian_log_prob_vjp"]
 
-LIKELIHOODS = ("categorical", "bernoulli", "gaussian")
+#: a fixed decoder log-variance v must keep exp(+-v/2) finite in float64
+MAX_ABS_DECODER_LOG_VAR = 1400.0
 
 
 def _check_g(g, B):
@@ -349,3 +356,212 @@ def gaussian_log_prob_vjp(g, x, mean, log_var):
     g = _check_g(g, x.shape[0])
     _, dmean, dlog_var = gaussian.log_prob_vjp(g, x, mean, log_var)
     return dmean, dlog_var  # gaussian.log_prob_vjp sums a (D,) log_var's gradient over the batch
+
+
+# =========================================================================== the Likelihood protocol
+
+def check_log_var(log_var, name="log_var"):
+    """A decoder log-variance option: ``"learned"``, or a real number in [-1400, 1400] returned as
+    float (``ValueError``/``TypeError`` naming ``name`` otherwise; a bool is a TypeError)."""
+    if isinstance(log_var, str):
+        if log_var != "learned":
+            raise ValueError(f"{name} must be 'learned' or a finite float, got {log_var!r}")
+        return log_var
+    return check_real(log_var, f"{name} (a fixed log-variance, or 'learned')",
+                      lo=-MAX_ABS_DECODER_LOG_VAR, hi=MAX_ABS_DECODER_LOG_VAR)
+
+
+class Likelihood:
+    r"""A decoder likelihood ``p(x | z)`` read from the decoder's output, shaped like
+    :class:`refvae.priors.Prior`. A likelihood object has
+
+    - ``name`` : its key in :data:`LIKELIHOODS` (a class attribute);
+    - ``options`` (class attribute) : the names of the :class:`~refvae.vae.VAE` options its
+      constructor takes besides ``x_dim`` (``num_vals``, ``log_var``);
+    - ``out_dim`` : the width of the decoder's output it reads;
+    - ``param_shapes`` : dict ``name -> shape`` of the parameters it owns (``decoder.log_var`` for a
+      learned Gaussian variance), and ``init_params(rng)``;
+    - ``check_x(x)`` : the data (already a finite float64 (B, D) array) in the form ``forward``
+      reads, checked against the likelihood (``ValueError`` naming x);
+    - ``forward(params, x, out) -> (log_px, cache)`` : ``ln p(x | z)`` per example, shape (B,), for
+      ``x`` from ``check_x``;
+    - ``backward(g, cache) -> (dout, grads)`` : the VJP of ``forward`` for an upstream gradient g
+      (B,): dout (float64, C-contiguous, the shape of ``out``) and the gradients of its parameters;
+    - ``log_prob(params, x, out)`` : ``ln p(x | z)`` with every argument checked (the module's
+      public functions);
+    - ``mean(params, out)`` : ``E[x | z]``; ``sample(params, out, rng)`` : one draw of x per row;
+    - ``config()`` : the JSON-able options.
+
+    A subclass provides ``log_prob``, ``backward``, ``mean`` and ``sample`` (and ``forward`` when
+    its backward wants more than ``(params, x, out)``, as the categorical's does).
+    """
+
+    name = "likelihood"
+    options = ()
+
+    def __init__(self, x_dim):
+        self.x_dim = check_positive_int(x_dim, "x_dim")
+
+    @property
+    def out_dim(self) -> int:
+        return self.x_dim
+
+    @property
+    def param_shapes(self) -> dict:
+        return {}
+
+    def init_params(self, rng) -> dict:
+        return {k: np.zeros(s) for k, s in self.param_shapes.items()}
+
+    def check_x(self, x):
+        """Default: ``x`` as it is (the public functions check it in :meth:`log_prob`)."""
+        return x
+
+    def forward(self, params, x, out):
+        """Default: :meth:`log_prob`, with the cache ``(params, x, out)``."""
+        return self.log_prob(params, x, out), (params, x, out)
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+
+class Categorical(Likelihood):
+    """``categorical``: the decoder outputs D*C logits (C = ``num_vals``), reshaped C-order to
+    (B, D, C); see :func:`categorical_log_prob`. ``forward`` keeps the softmax weights of the fused
+    row kernel for ``backward`` (one pass over the logits' exponentials per step)."""
+
+    name = "categorical"
+    options = ("num_vals",)
+
+    def __init__(self, x_dim, num_vals):
+        super().__init__(x_dim)
+        if num_vals is None:
+            raise TypeError("num_vals must be an integer >= 2 for the categorical likelihood, got None")
+        self.num_vals = check_positive_int(num_vals, "num_vals", minimum=2)
+
+    @property
+    def out_dim(self):
+        return self.x_dim * self.num_vals
+
+    def check_x(self, x):
+        """Category indices 0..C-1 as ``intp`` (``ValueError`` naming x)."""
+        return _check_categorical_x(x, self.num_vals)
+
+    def log_prob(self, params, x, out):
+        return categorical_log_prob(x, out, self.num_vals)
+
+    def forward(self, params, x, out):
+        a = out.reshape(out.shape[0], self.x_dim, self.num_vals)
+        log_px, rows = _categorical_log_prob_and_cache(x, a)
+        return log_px, (x, a, rows)
+
+    def backward(self, g, cache):
+        """Complex logits (a complex-step forward) are differentiated at their real part."""
+        xi, a, rows = cache
+        if np.iscomplexobj(rows[1]):
+            rows = _categorical_log_prob_and_cache(xi, np.ascontiguousarray(np.real(a)))[1]
+        return _categorical_vjp_from_cache(g, xi, rows).reshape(a.shape[0], -1), {}
+
+    def mean(self, params, out):
+        """``sum_c c p_c`` per dimension."""
+        logits = out.reshape(out.shape[0], self.x_dim, self.num_vals)
+        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        return p @ np.arange(self.num_vals, dtype=np.float64)
+
+    def sample(self, params, out, rng):
+        """The Gumbel-max draw: ``argmax_c (a_c - ln(-ln u_c))``."""
+        logits = out.reshape(out.shape[0], self.x_dim, self.num_vals)
+        gumbel = -np.log(-np.log(rng.uniform(size=logits.shape)))
+        return np.argmax(logits + gumbel, axis=-1).astype(np.float64)
+
+    def config(self):
+        return {"name": self.name, "num_vals": self.num_vals}
+
+
+class Bernoulli(Likelihood):
+    """``bernoulli``: the decoder outputs D logits; see :func:`bernoulli_log_prob`."""
+
+    name = "bernoulli"
+
+    def log_prob(self, params, x, out):
+        return bernoulli_log_prob(x, out)
+
+    def backward(self, g, cache):
+        _, x, out = cache
+        return np.ascontiguousarray(bernoulli_log_prob_vjp(g, x, np.real(out)), dtype=np.float64), {}
+
+    def mean(self, params, out):
+        return sigmoid(out)
+
+    def sample(self, params, out, rng):
+        return (rng.uniform(size=out.shape) < self.mean(params, out)).astype(np.float64)
+
+
+class Gaussian(Likelihood):
+    """``gaussian``: the decoder outputs D means; the log-variance is the learned parameter
+    ``decoder.log_var`` (D,) (``log_var="learned"``) or a fixed float. See
+    :func:`gaussian_log_prob`."""
+
+    name = "gaussian"
+    options = ("log_var",)
+
+    def __init__(self, x_dim, log_var="learned"):
+        super().__init__(x_dim)
+        log_var = check_log_var(log_var)
+        self.fixed_log_var = None if log_var == "learned" else log_var
+
+    @property
+    def param_shapes(self):
+        return {"decoder.log_var": (self.x_dim,)} if self.fixed_log_var is None else {}
+
+    def log_var(self, params):
+        """The decoder's log-variance (D,)."""
+        if self.fixed_log_var is not None:
+            return np.full(self.x_dim, self.fixed_log_var)
+        return params["decoder.log_var"]
+
+    def log_prob(self, params, x, out):
+        return gaussian_log_prob(x, out, self.log_var(params))
+
+    def backward(self, g, cache):
+        params, x, out = cache
+        dmean, dlog_var = gaussian_log_prob_vjp(g, x, np.real(out), np.real(self.log_var(params)))
+        grads = {} if self.fixed_log_var is not None else {"decoder.log_var": dlog_var}
+        return np.ascontiguousarray(dmean, dtype=np.float64), grads
+
+    def mean(self, params, out):
+        return out
+
+    def sample(self, params, out, rng):
+        return out + np.exp(0.5 * self.log_var(params)) * rng.standard_normal(out.shape)
+
+    def config(self):
+        return {"name": self.name,
+                "log_var": "learned" if self.fixed_log_var is None else self.fixed_log_var}
+
+
+#: name -> likelihood class, the single list of names; :func:`register_likelihood` appends.
+LIKELIHOODS = {cls.name: cls for cls in (Categorical, Bernoulli, Gaussian)}
+
+
+def register_likelihood(cls):
+    """Add a :class:`Likelihood` subclass to :data:`LIKELIHOODS` under ``cls.name`` and return it
+    (usable as a class decorator); the VAE, the CLI and ``VAE.from_config`` then take the name.
+    ``TypeError`` unless ``cls`` subclasses :class:`Likelihood`; ``ValueError`` if ``cls.name`` is
+    not its own identifier or is taken by another class (the same class twice is allowed)."""
+    return register_class(LIKELIHOODS, cls, Likelihood, "likelihood", "poisson")
+
+
+def make_likelihood(name, x_dim, **options):
+    """Construct a likelihood by name (:data:`LIKELIHOODS` lists them); ``options`` go to its
+    constructor (the class attribute ``options`` names those it takes: ``num_vals`` for the
+    categorical, ``log_var`` for the Gaussian). An option it does not take is a ``ValueError``
+    naming it."""
+    check_choice(name, "likelihood", tuple(LIKELIHOODS))
+    cls = LIKELIHOODS[name]
+    unknown = [k for k in options if k not in cls.options]
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for the {name} likelihood; "
+                         f"it takes {', '.join(cls.options) if cls.options else 'no options'}")
+    return cls(x_dim, **options)

@@ -16,19 +16,30 @@ standard prior, ``kl="analytic"`` replaces ``ln p(z) - ln q(z|x)`` by ``-KL[q(z|
 
 The backward pass, step by step (``d<name>`` is dLoss/d<name>)
 --------------------------------------------------------------
+:meth:`VAE.forward` returns a :class:`VAECache` (every intermediate, and the caches of the
+encoder, decoder, likelihood and prior); :meth:`VAE.backward` reads it, one line per step.
 With per-example weight c = 1/B (mean) or 1 (sum):
 
-1. ``dlog_px_z = -c``, ``dlog_pz = -c``, ``dlog_qz = +c``.
-2. Decoder: ``dlogits = likelihood_vjp(dlog_px_z)``; ``(dz_dec, grads) = mlp_backward(dlogits)``.
-3. Prior: ``(dz_prior, grads) = prior.backward(dlog_pz)``.
+1. ``dlog_px = -c``, ``dlog_pz = -c``, ``dlog_qz = +c``.
+2. Decoder: ``(dout, grads) = likelihood.backward(dlog_px)``; ``(dz, grads) = mlp_backward(dout)``.
+3. Prior: ``(dz_p, grads) = prior.backward(dlog_pz)``.
 4. Posterior density: ``(dz_q, dmu_q, dlog_var_q) = gaussian.log_prob_vjp(dlog_qz, z, mu, log_var)``.
-5. ``dz = dz_dec + dz_prior + dz_q``.
-6. Reparameterisation: ``dmu = dz + dmu_q``, ``dlog_var = dz * 1/2 sigma * eps + dlog_var_q``.
-7. Encoder: ``(dx, grads) = mlp_backward([dmu, dlog_var])``.
+5. ``dz = dz + dz_p + dz_q``.
+6. Reparameterisation: ``(dmu_r, dlog_var_r) = gaussian.reparameterize_vjp(dz, mu, log_var, eps)``,
+   i.e. ``dmu_r = dz``, ``dlog_var_r = dz * 1/2 sigma * eps``.
+7. Encoder: ``(dx, grads) = mlp_backward([dmu_q + dmu_r, dlog_var_q + dlog_var_r])``.
 
-Gradients of parameters that appear on several paths are summed (the VampPrior's pseudo-inputs go
+With ``kl="analytic"`` steps 3-5 are replaced by ``(dmu_q, dlog_var_q) = gaussian.kl_vjp(c, mu,
+log_var, 0, 0)`` (z then has the decoder's path only).
+
+Gradients of parameters that appear on several paths are summed in path order (likelihood,
+decoder, prior, encoder), starting from zero (:func:`_sum_paths`): the VampPrior's pseudo-inputs go
 through the encoder, so the encoder's gradient is the sum of its path through q(z|x) and its path
-through the prior).
+through the prior.
+
+The likelihood is a :class:`~refvae.likelihoods.Likelihood` object (``LIKELIHOODS``: categorical,
+Bernoulli, Gaussian, and any registered with ``register_likelihood``), as the prior is a
+:class:`~refvae.priors.Prior`; the VAE never branches on their names.
 
 References: SPEC.md sections 2, 3, 5; Tomczak, *Deep Generative Modeling*, eqs. (4.33)-(4.35).
 """
@@ -36,22 +47,20 @@ References: SPEC.md sections 2, 3, 5; Tomczak, *Deep Generative Modeling*, eqs. 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import gaussian, likelihoods
+from .likelihoods import MAX_ABS_DECODER_LOG_VAR  # noqa: F401  (re-exported: the VAE's bound)
 from ._validation import (NonFiniteIntermediateError, all_finite, as_float_array, check_choice,
-                          check_mapping, check_parameter_memory, check_positive_int, check_real,
+                          check_mapping, check_parameter_memory, check_positive_int,
                           check_layer_widths, check_rng, first_non_finite)
-from .layers import ACTIVATIONS, check_mlp_params, mlp_backward, mlp_forward, mlp_init
+from .layers import ACTIVATIONS, mlp_backward, mlp_forward, mlp_init
 from .priors import PRIORS, Prior, check_sample_size, make_prior
 
-__all__ = ["VAE", "Encoder", "Decoder", "NegElbo", "NonFiniteIntermediateError"]
+__all__ = ["VAE", "Encoder", "Decoder", "NegElbo", "VAECache", "NonFiniteIntermediateError"]
 
-#: a fixed decoder log-variance v must keep exp(+-v/2) finite in float64
-MAX_ABS_DECODER_LOG_VAR = 1400.0
 #: the keys of a model configuration (``VAE.config()``; ``VAE.from_config`` reads them)
 CONFIG_REQUIRED = ("x_dim", "latent_dim", "hidden", "activation", "likelihood", "prior")
 CONFIG_OPTIONAL = ("num_vals", "prior_kwargs", "decoder_log_var", "kl")
@@ -105,34 +114,18 @@ class Encoder:
         L = self.latent_dim
         return h[:, :L], h[:, L:], cache
 
-    def _forward(self, params, x):
-        """:meth:`forward` for an ``x`` already checked by ``VAE._check_x`` (finite float64,
-        C-contiguous, (B, x_dim)): the MLP does not check it again."""
-        h, cache = mlp_forward.unchecked(check_mlp_params(params, self.prefix, x.shape[1]),
-                                         self.prefix, x, self.activation)
-        L = self.latent_dim
-        return h[:, :L], h[:, L:], cache
-
     def backward(self, dmu, dlog_var, cache):
+        """``(dx, grads)``, checked (``VAE.backward`` runs the MLP's backward on its own cache)."""
         return mlp_backward(np.concatenate([dmu, dlog_var], axis=1), cache)
-
-    def _backward_sum(self, dmu, dmu_r, dlog_var, dlog_var_r, cache):
-        """Unchecked ``backward(dmu + dmu_r, dlog_var + dlog_var_r, cache)``: the two sums are
-        written straight into the halves of one (B, 2L) array (no concatenation)."""
-        L = self.latent_dim
-        dh = np.empty((dmu.shape[0], 2 * L))
-        np.add(dmu, dmu_r, out=dh[:, :L])
-        np.add(dlog_var, dlog_var_r, out=dh[:, L:])
-        return mlp_backward.unchecked(dh, cache)
 
 
 class Decoder:
-    r"""z (B, L) -> the likelihood's parameters, and ``log p(x|z)`` with its VJP.
+    r"""z (B, L) -> the likelihood's parameters (an MLP), and ``log p(x|z)`` from them.
 
-    - ``categorical``: an MLP with D*C outputs, reshaped C-order to (B, D, C) inside the likelihood;
-    - ``bernoulli``: D logits;
-    - ``gaussian``: D means, and ``log_var`` either the learned parameter ``decoder.log_var`` (D,)
-      or a fixed float.
+    ``likelihood`` names a :class:`~refvae.likelihoods.Likelihood` (``LIKELIHOODS``); the object is
+    ``self.likelihood`` and sets the output width (``categorical``: D*C logits, reshaped C-order to
+    (B, D, C); ``bernoulli``: D logits; ``gaussian``: D means, with ``log_var`` the learned
+    parameter ``decoder.log_var`` (D,) or a fixed float).
     """
 
     prefix = "decoder"
@@ -141,97 +134,36 @@ class Decoder:
         self.x_dim = x_dim = check_positive_int(x_dim, "x_dim")
         self.latent_dim = latent_dim = check_positive_int(latent_dim, "latent_dim")
         hidden = check_layer_widths(hidden)
-        self.likelihood = check_choice(likelihood, "likelihood", tuple(likelihoods.LIKELIHOODS))
-        if likelihood == "categorical" or num_vals is not None:
+        check_choice(likelihood, "likelihood", tuple(likelihoods.LIKELIHOODS))
+        if num_vals is not None:
             num_vals = check_positive_int(num_vals, "num_vals", minimum=2)
-        self.num_vals = num_vals
-        if isinstance(log_var, str):
-            if log_var != "learned":
-                raise ValueError(f"log_var must be 'learned' or a finite float, got {log_var!r}")
-            self.fixed_log_var = None
-        else:
-            self.fixed_log_var = check_real(log_var, "log_var (a fixed log-variance, or 'learned')",
-                                            lo=-MAX_ABS_DECODER_LOG_VAR, hi=MAX_ABS_DECODER_LOG_VAR)
-        out = x_dim * num_vals if likelihood == "categorical" else x_dim
-        self.sizes = (latent_dim, *tuple(reversed(hidden)), out)
+        log_var = likelihoods.check_log_var(log_var)
+        given = {"num_vals": num_vals, "log_var": log_var}    # the options a likelihood may take
+        cls = likelihoods.LIKELIHOODS[likelihood]
+        self.likelihood = likelihoods.make_likelihood(likelihood, x_dim,
+                                                      **{k: given[k] for k in cls.options})
+        self.sizes = (latent_dim, *tuple(reversed(hidden)), self.likelihood.out_dim)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
 
     def init_params(self, rng):
         params = mlp_init(self.sizes, self.prefix, rng)
-        if self.likelihood == "gaussian" and self.fixed_log_var is None:
-            params["decoder.log_var"] = np.zeros(self.x_dim)
+        params.update(self.likelihood.init_params(rng))
         return params
 
     def forward(self, params, z):
         return mlp_forward(params, self.prefix, z, self.activation)
 
-    def _log_var(self, params):
-        if self.fixed_log_var is not None:
-            return np.full(self.x_dim, self.fixed_log_var)
-        return params["decoder.log_var"]
-
     def log_prob(self, params, x, out):
-        """ln p(x | z) per example, from the decoder's output ``out``."""
-        if self.likelihood == "categorical":
-            return likelihoods.categorical_log_prob(x, out, self.num_vals)
-        if self.likelihood == "bernoulli":
-            return likelihoods.bernoulli_log_prob(x, out)
-        return likelihoods.gaussian_log_prob(x, out, self._log_var(params))
-
-    def log_prob_vjp(self, g, params, x, out):
-        """``(dout, grads)``: VJP of ``log_prob`` w.r.t. the decoder output (and decoder.log_var).
-
-        Complex ``out`` (the cache of a complex-step forward) is differentiated at its real part."""
-        out = np.real(out)
-        if self.likelihood == "categorical":
-            return likelihoods.categorical_log_prob_vjp(g, x, out, self.num_vals), {}
-        if self.likelihood == "bernoulli":
-            return likelihoods.bernoulli_log_prob_vjp(g, x, out), {}
-        dmean, dlog_var = likelihoods.gaussian_log_prob_vjp(g, x, out, np.real(self._log_var(params)))
-        grads = {} if self.fixed_log_var is not None else {"decoder.log_var": dlog_var}
-        return dmean, grads
+        """ln p(x | z) per example, from the decoder's output ``out`` (arguments checked)."""
+        return self.likelihood.log_prob(params, x, out)
 
     def backward(self, dout, cache):
+        """``(dz, grads)``, checked (``VAE.backward`` runs the MLP's backward on its own cache)."""
         return mlp_backward(dout, cache)
-
-    # -- unchecked variants used by VAE.forward/backward (x validated once at the boundary) --
-    def _check_x(self, x):
-        """Cheap check that the (already float64, (B, D)) ``x`` suits the likelihood; returns the
-        form the private likelihood path uses (category indices for ``categorical``)."""
-        if self.likelihood == "categorical":
-            return likelihoods._check_categorical_x(x, self.num_vals)
-        return x
-
-    def _log_prob(self, params, x, xl, out):
-        """``(log_prob(params, x, out), lik_cache)``; ``xl`` from :meth:`_check_x`."""
-        if self.likelihood == "categorical":
-            a = out.reshape(out.shape[0], self.x_dim, self.num_vals)
-            return likelihoods._categorical_log_prob_and_cache(xl, a)
-        return self.log_prob(params, x, out), None
-
-    def _log_prob_vjp(self, g, params, x, xl, out, lik_cache):
-        """:meth:`log_prob_vjp` from the forward's ``lik_cache`` (no second pass over the logits'
-        exponentials); complex logits take the checked public path."""
-        if self.likelihood == "categorical" and not np.iscomplexobj(lik_cache[1]):
-            d = likelihoods._categorical_vjp_from_cache(g, xl, lik_cache)
-            return d.reshape(out.shape[0], -1), {}
-        dout, grads = self.log_prob_vjp(g, params, x, out)
-        return np.ascontiguousarray(dout, dtype=np.float64), grads
-
-    def _backward(self, dout, cache):
-        return mlp_backward.unchecked(dout, cache)
 
     def mean(self, params, out):
         """The likelihood's mean: E[x | z] (categorical: sum_c c p_c; Bernoulli: sigmoid)."""
-        if self.likelihood == "categorical":
-            logits = out.reshape(out.shape[0], self.x_dim, self.num_vals)
-            p = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            p /= p.sum(axis=-1, keepdims=True)
-            return p @ np.arange(self.num_vals, dtype=np.float64)
-        if self.likelihood == "bernoulli":
-            from .primitives import sigmoid
-            return sigmoid(out)
-        return out
+        return self.likelihood.mean(params, out)
 
 
 @dataclass
@@ -250,6 +182,58 @@ class NegElbo:
     log_qz_x: np.ndarray
     kl: np.ndarray
     reduction: str
+
+
+@dataclass(frozen=True, eq=False)
+class VAECache:
+    """Every intermediate of one forward pass, made by :meth:`VAE.forward` only (the input of
+    :meth:`VAE.backward`). Arrays are (B, ...) for a batch of B rows; do not modify them.
+
+    ``x``, ``eps`` : the checked inputs; ``mu``, ``log_var`` : q(z|x)'s parameters (B, L), and
+    ``z = mu + exp(log_var / 2) * eps``; ``out`` : the decoder's output; ``log_px_z``, ``log_pz``,
+    ``log_qz_x``, ``kl``, ``per_example`` (= neg_elbo per row) : the terms of the ELBO (B,);
+    ``enc``, ``dec``, ``prior``, ``lik`` : the caches of the encoder's and decoder's MLPs, of the
+    prior and of the likelihood; ``params`` : the parameter dict used; ``trace`` : the ordered
+    ``(name, array)`` intermediates (data-flow order, for golden files and the verification harness).
+    """
+
+    x: np.ndarray
+    eps: np.ndarray
+    mu: np.ndarray
+    log_var: np.ndarray
+    z: np.ndarray
+    out: np.ndarray
+    log_px_z: np.ndarray
+    log_pz: np.ndarray
+    log_qz_x: np.ndarray
+    kl: np.ndarray
+    per_example: np.ndarray
+    enc: dict
+    dec: dict
+    prior: dict
+    lik: object
+    params: dict
+    trace: list
+
+
+def _sum_paths(params, *paths, owned=()):
+    """Each parameter's gradient: its terms on ``paths`` summed in path order from +0.0, i.e.
+    ``(0 + g_1) + g_2 + ...`` (0 + g turns -0.0 into +0.0), and zeros off every path.
+
+    The arrays of the ``owned`` paths (fresh arrays no one else holds) are reused for the sums;
+    the others are copied."""
+    total = {}
+    for grads in paths:
+        reuse = any(grads is o for o in owned)
+        for k, g in grads.items():
+            if k in total:
+                total[k] += g
+            elif reuse and g.dtype == params[k].dtype and g.shape == params[k].shape:
+                total[k] = np.add(g, 0.0, out=g)
+            else:
+                total[k] = np.zeros_like(params[k])
+                total[k] += g
+    return {k: total[k] if k in total else np.zeros_like(v) for k, v in params.items()}
 
 
 class VAE:
@@ -289,25 +273,17 @@ class VAE:
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.hidden = check_layer_widths(hidden)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
-        self.likelihood = check_choice(likelihood, "likelihood", tuple(likelihoods.LIKELIHOODS))
-        if num_vals is None:
-            if likelihood == "categorical":
-                raise TypeError("num_vals must be an integer >= 2 for the categorical likelihood, got None")
-        else:
+        check_choice(likelihood, "likelihood", tuple(likelihoods.LIKELIHOODS))
+        if num_vals is not None:
             num_vals = check_positive_int(num_vals, "num_vals", minimum=2)
-        self.num_vals = num_vals if likelihood == "categorical" else None
         self.kl = check_choice(kl, "kl", ("mc", "analytic"))
-        if isinstance(decoder_log_var, str):
-            if decoder_log_var != "learned":
-                raise ValueError(f"decoder_log_var must be 'learned' or a finite float, got {decoder_log_var!r}")
-        else:
-            decoder_log_var = check_real(decoder_log_var, "decoder_log_var (a fixed log-variance, or "
-                                         "'learned')", lo=-MAX_ABS_DECODER_LOG_VAR,
-                                         hi=MAX_ABS_DECODER_LOG_VAR)
-        self.decoder_log_var = decoder_log_var
+        self.decoder_log_var = likelihoods.check_log_var(decoder_log_var, "decoder_log_var")
         self.encoder = Encoder(self.x_dim, self.latent_dim, self.hidden, self.activation)
         self.decoder = Decoder(self.x_dim, self.latent_dim, self.hidden, self.activation,
-                               self.likelihood, self.num_vals, decoder_log_var)
+                               likelihood, num_vals, self.decoder_log_var)
+        #: the :class:`~refvae.likelihoods.Likelihood` object (its ``name`` is the option's value)
+        self.likelihood = self.decoder.likelihood
+        self.num_vals = getattr(self.likelihood, "num_vals", None)
         self.prior_kwargs = check_mapping(prior_kwargs, "prior_kwargs")
         if isinstance(prior, Prior):
             if prior.latent_dim != self.latent_dim:
@@ -339,7 +315,7 @@ class VAE:
         def mlp(sizes):
             return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
         n_enc, n_dec = mlp(self.encoder.sizes), mlp(self.decoder.sizes)
-        n_dec += self.x_dim if (self.likelihood == "gaussian" and self.decoder_log_var == "learned") else 0
+        n_dec += sum(math.prod(s) for s in self.likelihood.param_shapes.values())
         n_prior = sum(math.prod(s) for s in self.prior.param_shapes.values())
         check_parameter_memory(n_enc + n_dec + n_prior, "the VAE",
                                f"x_dim={self.x_dim}, latent_dim={self.latent_dim}, hidden={self.hidden}"
@@ -360,7 +336,7 @@ class VAE:
     def config(self) -> dict:
         """JSON-able configuration; ``VAE.from_config(config, rng)`` rebuilds the architecture."""
         return {"x_dim": self.x_dim, "latent_dim": self.latent_dim, "hidden": list(self.hidden),
-                "activation": self.activation, "likelihood": self.likelihood,
+                "activation": self.activation, "likelihood": self.likelihood.name,
                 "num_vals": self.num_vals, "prior": self.prior.name,
                 "prior_kwargs": self.prior.config().get("kwargs", self.prior_kwargs),
                 "decoder_log_var": self.decoder_log_var, "kl": self.kl}
@@ -390,8 +366,10 @@ class VAE:
                              f"expected the keys {', '.join(CONFIG_REQUIRED)} (and optionally "
                              f"{', '.join(CONFIG_OPTIONAL)})")
         num_vals = cfg.get("num_vals")
-        if num_vals is None:
-            num_vals = 17 if cfg["likelihood"] == "categorical" else None
+        lik = cfg["likelihood"]
+        if num_vals is None and isinstance(lik, str) and \
+                "num_vals" in getattr(likelihoods.LIKELIHOODS.get(lik), "options", ()):
+            num_vals = 17
         hidden = cfg["hidden"]
         if isinstance(hidden, list):
             hidden = tuple(hidden)
@@ -478,9 +456,9 @@ class VAE:
             f"but {name} is not representable in float64; largest "
             f"{', '.join(t[2] for t in sizes)} ({guess} too large?)")
 
-    def forward(self, x, eps, params=None):
-        """The whole forward pass; returns a cache with every intermediate (``cache["trace"]``:
-        ordered ``(name, array)`` pairs in data-flow order).
+    def forward(self, x, eps, params=None) -> "VAECache":
+        """The whole forward pass: a :class:`VAECache` with every intermediate (``.trace``: ordered
+        ``(name, array)`` pairs in data-flow order), the input of :meth:`backward`.
 
         x, eps and the parameters must be finite (``ValueError`` naming them otherwise). If they
         are finite but an intermediate overflows (or becomes inf - inf), the pass stops with
@@ -492,51 +470,48 @@ class VAE:
         p = self.params if params is None else params
         x = self._check_x(x)
         eps = self._check_eps(eps, x.shape[0])
-        xl = self.decoder._check_x(x)       # x suits the likelihood (categorical: indices 0..C-1)
+        x_lik = self.likelihood.check_x(x)      # x suits the likelihood (categorical: indices 0..C-1)
 
         def check(arr, trace):
             if not all_finite(arr):
                 self._overflow(trace, x, eps, p)
 
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            mu, log_var, enc_cache = self.encoder._forward(p, x)   # x checked above, not again
-            trace = list(enc_cache["trace"])
+            mu, log_var, enc = self.encoder.forward(p, x)
+            trace = list(enc["trace"])
             check(trace[-1][1], trace)
-            # mu, log_var: C-contiguous copies of the encoder's output halves, as the public
-            # gaussian.* functions would make them; the unchecked kernels then see the same arrays
-            mu_c, log_var_c = np.ascontiguousarray(mu), np.ascontiguousarray(log_var)
-            z = gaussian.reparameterize.unchecked(mu_c, log_var_c, eps)
+            # C-contiguous copies of the encoder's output halves, as the public gaussian.*
+            # functions would make them; the unchecked kernels then see the same arrays
+            mu, log_var = np.ascontiguousarray(mu), np.ascontiguousarray(log_var)
+            z = gaussian.reparameterize.unchecked(mu, log_var, eps)
             trace += [("mu", mu), ("log_var", log_var), ("eps", eps), ("z", z)]
             check(z, trace)
-            out, dec_cache = self.decoder.forward(p, z)
-            trace += list(dec_cache["trace"])
+            out, dec = self.decoder.forward(p, z)
+            trace += list(dec["trace"])
             check(out, trace)
-            log_px_z, lik_cache = self.decoder._log_prob(p, x, xl, out)
+            log_px_z, lik = self.likelihood.forward(p, x_lik, out)
             trace += [("log_px_z", log_px_z)]
             check(log_px_z, trace)
             used = list(trace)           # the intermediates the value depends on
-            log_pz, prior_cache = self.prior.forward(p, z)
-            log_qz_x = gaussian.log_prob.unchecked(z, mu_c, log_var_c)
+            log_pz, prior = self.prior.forward(p, z)
+            log_qz_x = gaussian.log_prob.unchecked(z, mu, log_var)
             if self.kl == "analytic":
-                zeros = np.zeros(self.latent_dim)
-                kl = gaussian.kl.unchecked(mu_c, log_var_c, zeros, zeros)
+                zeros = np.zeros(self.latent_dim)     # N(0, I): mean and log-variance
+                kl = gaussian.kl.unchecked(mu, log_var, zeros, zeros)
             else:
                 kl = log_qz_x - log_pz
-                used += list(prior_cache["trace"]) + [("log_pz", log_pz), ("log_qz_x", log_qz_x)]
+                used += list(prior["trace"]) + [("log_pz", log_pz), ("log_qz_x", log_qz_x)]
             per_example = -(log_px_z - kl)
             used += [("kl", kl), ("neg_elbo", per_example)]
             check(per_example, used)
-        trace += list(prior_cache["trace"])
+        trace += list(prior["trace"])
         trace += [("log_pz", log_pz), ("log_qz_x", log_qz_x), ("kl", kl), ("neg_elbo", per_example)]
-        return {"x": x, "eps": eps, "mu": mu, "log_var": log_var, "z": z, "out": out,
-                "log_px_z": log_px_z, "log_pz": log_pz, "log_qz_x": log_qz_x, "kl": kl,
-                "per_example": per_example, "enc": enc_cache, "dec": dec_cache,
-                "prior": prior_cache, "params": p, "trace": trace,
-                "_x_lik": xl, "_lik": lik_cache, "_mu_c": mu_c, "_log_var_c": log_var_c}
+        return VAECache(x, eps, mu, log_var, z, out, log_px_z, log_pz, log_qz_x, kl, per_example,
+                        enc, dec, prior, lik, p, trace)
 
     def trace(self, x, eps, params=None):
         """Every intermediate of the forward pass, as an ordered dict name -> array."""
-        return dict(self.forward(x, eps, params)["trace"])
+        return dict(self.forward(x, eps, params).trace)
 
     @staticmethod
     def _reduce(per_example, reduction):
@@ -563,95 +538,50 @@ class VAE:
     def neg_elbo(self, x, eps, reduction="mean", params=None) -> NegElbo:
         """Negative ELBO (SPEC section 5) with its per-example parts."""
         c = self.forward(x, eps, params)
-        return NegElbo(self._reduce(c["per_example"], reduction), c["per_example"], c["log_px_z"],
-                       c["log_pz"], c["log_qz_x"], c["kl"], reduction)
+        return NegElbo(self._reduce(c.per_example, reduction), c.per_example, c.log_px_z, c.log_pz,
+                       c.log_qz_x, c.kl, reduction)
 
     def loss(self, x, eps, params=None) -> float:
         """Batch mean of neg_elbo (the training loss)."""
         return self.neg_elbo(x, eps, "mean", params).value
 
     # ------------------------------------------------------------------ backward
-    def backward(self, cache, reduction="mean"):
-        """Gradient dict (keys and shapes of ``params``) of the reduced neg_elbo; see module doc.
+    def backward(self, cache: "VAECache", reduction="mean"):
+        """Gradient dict (keys and shapes of ``params``) of the reduced neg_elbo at the
+        :class:`VAECache` of :meth:`forward`: the chain rule of the module docstring, one line per step.
 
         A gradient entry that overflows (finite forward pass, non-finite gradient) is a
         :class:`~refvae._validation.NonFiniteIntermediateError` naming the parameter: never a
         silent NaN or inf gradient.
         """
+        check_choice(reduction, "reduction", ("mean", "sum"))
+        x, eps, mu, log_var, z = cache.x, cache.eps, cache.mu, cache.log_var, cache.z
+        c = np.full(x.shape[0], 1.0 / x.shape[0] if reduction == "mean" else 1.0)   # d loss/d per_example
+        zeros = np.zeros(self.latent_dim)                        # N(0, I)'s mean and log-variance
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            grads = self._backward(cache, reduction)
+            dlog_px, dlog_pz, dlog_qz = -c, -c, c                                             # 1.
+            dout, g_lik = self.likelihood.backward(dlog_px, cache.lik)                        # 2.
+            dz, g_dec = mlp_backward.unchecked(dout, cache.dec)
+            if self.kl == "analytic":     # -KL[q(z|x) || N(0, I)] replaces ln p(z) - ln q(z|x)
+                dmu_q, dlog_var_q, _, _ = gaussian.kl_vjp.unchecked(dlog_qz, mu, log_var, zeros, zeros)
+                g_prior = {}
+            else:
+                dz_p, g_prior = self.prior.backward(dlog_pz, cache.prior)                     # 3.
+                dz_q, dmu_q, dlog_var_q = gaussian.log_prob_vjp.unchecked(dlog_qz, z, mu, log_var)  # 4.
+                dz = dz + dz_p + dz_q                                                         # 5.
+            dmu_r, dlog_var_r, _ = gaussian.reparameterize_vjp.unchecked(dz, mu, log_var, eps)   # 6.
+            dh = np.concatenate([dmu_q + dmu_r, dlog_var_q + dlog_var_r], axis=1)             # 7.
+            _, g_enc = mlp_backward.unchecked(dh, cache.enc)
+            grads = _sum_paths(cache.params, g_lik, g_dec, g_prior, g_enc, owned=(g_dec, g_enc))
         for k, g in grads.items():
             if not all_finite(g):
-                self._overflow([(f"grads[{k!r}]", g)], cache.get("x"), cache.get("eps"), cache.get("params"),
-                               where="backward")
+                self._overflow([(f"grads[{k!r}]", g)], x, eps, cache.params, where="backward")
         return grads
-
-    def _backward(self, cache, reduction):
-        """:meth:`backward` without the final check of the gradients."""
-        check_choice(reduction, "reduction", ("mean", "sum"))
-        p = cache["params"]
-        B = cache["x"].shape[0]
-        c = np.full(B, 1.0 / B if reduction == "mean" else 1.0)
-        # Gradients of parameters on several paths are summed in path order. The first term of
-        # each is stored as ``v + 0.0`` (in place for arrays owned here), which has the bits of
-        # ``zeros + v`` (-0.0 becomes +0.0) without the zeros; later terms are added in place.
-        acc = {}
-
-        def add(gs, owned=False):
-            for k, v in gs.items():
-                if k in acc:
-                    acc[k] += v
-                elif owned and isinstance(v, np.ndarray) and v.dtype == np.float64 \
-                        and v.flags.writeable and isinstance(p[k], np.ndarray) \
-                        and p[k].dtype == np.float64 and v.shape == p[k].shape:
-                    acc[k] = np.add(v, 0.0, out=v)
-                else:
-                    acc[k] = np.zeros_like(p[k])
-                    acc[k] += v
-
-        if "_lik" in cache:
-            x, xl = cache["x"], cache["_x_lik"]
-            mu, log_var = cache["_mu_c"], cache["_log_var_c"]
-            z, eps = cache["z"], cache["eps"]
-            # decoder path: d(-log p(x|z))
-            dout, g_lik = self.decoder._log_prob_vjp(-c, p, x, xl, cache["out"], cache["_lik"])
-            add(g_lik)
-            dz, g_dec = self.decoder._backward(dout, cache["dec"])
-            add(g_dec, owned=True)
-            if self.kl == "analytic":
-                zeros = np.zeros(self.latent_dim)
-                dmu, dlog_var, _, _ = gaussian.kl_vjp.unchecked(c, mu, log_var, zeros, zeros)
-            else:
-                dz_p, g_prior = self.prior.backward(-c, cache["prior"])
-                add(g_prior)
-                dz_q, dmu, dlog_var = gaussian.log_prob_vjp.unchecked(c, z, mu, log_var)
-                dz = dz + dz_p + dz_q
-            dmu_r, dlog_var_r, _ = gaussian.reparameterize_vjp.unchecked(dz, mu, log_var, eps)
-            _, g_enc = self.encoder._backward_sum(dmu, dmu_r, dlog_var, dlog_var_r, cache["enc"])
-            add(g_enc, owned=True)
-        else:  # a cache assembled by hand (no private entries): the checked path
-            mu, log_var, z, eps = cache["mu"], cache["log_var"], cache["z"], cache["eps"]
-            dout, g_lik = self.decoder.log_prob_vjp(-c, p, cache["x"], cache["out"])
-            add(g_lik)
-            dz, g_dec = self.decoder.backward(dout, cache["dec"])
-            add(g_dec)
-            if self.kl == "analytic":
-                zeros = np.zeros(self.latent_dim)
-                dmu, dlog_var, _, _ = gaussian.kl_vjp(c, mu, log_var, zeros, zeros)
-            else:
-                dz_p, g_prior = self.prior.backward(-c, cache["prior"])
-                add(g_prior)
-                dz_q, dmu, dlog_var = gaussian.log_prob_vjp(c, z, mu, log_var)
-                dz = dz + dz_p + dz_q
-            dmu_r, dlog_var_r, _ = gaussian.reparameterize_vjp(dz, mu, log_var, eps)
-            _, g_enc = self.encoder.backward(dmu + dmu_r, dlog_var + dlog_var_r, cache["enc"])
-            add(g_enc)
-        return {k: acc[k] if k in acc else np.zeros_like(v) for k, v in p.items()}
 
     def neg_elbo_and_grad(self, x, eps, reduction="mean", params=None):
         """``(value, grads)``: the reduced neg_elbo and its gradient w.r.t. every parameter."""
         cache = self.forward(x, eps, params)
-        return self._reduce(cache["per_example"], reduction), self.backward(cache, reduction)
+        return self._reduce(cache.per_example, reduction), self.backward(cache, reduction)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, n, rng, params=None, mode="mean"):
@@ -667,12 +597,5 @@ class VAE:
         if not all_finite(out):
             self._overflow([("z", z)] + list(dec_cache["trace"]), None, None, p, where="sampling")
         if mode == "mean":
-            return self.decoder.mean(p, out)
-        if self.likelihood == "categorical":
-            logits = out.reshape(n, self.x_dim, self.num_vals)
-            gumbel = -np.log(-np.log(rng.uniform(size=logits.shape)))
-            return np.argmax(logits + gumbel, axis=-1).astype(np.float64)
-        if self.likelihood == "bernoulli":
-            return (rng.uniform(size=out.shape) < self.decoder.mean(p, out)).astype(np.float64)
-        sd = np.exp(0.5 * self.decoder._log_var(p))
-        return out + sd * rng.standard_normal(out.shape)
+            return self.likelihood.mean(p, out)
+        return self.likelihood.sample(p, out, rng)

@@ -488,7 +488,7 @@ def test_near_kink_sees_a_pre_activation_at_zero():
     model = refvae.VAE(4, 2, (3,), rng=np.random.default_rng(0))
     x = np.ones((1, 4))
     eps = np.zeros((1, 2))
-    pre = model.forward(x, eps)["trace"][0][1]  # encoder.0.pre
+    pre = model.forward(x, eps).trace[0][1]  # encoder.0.pre
     model.params["encoder.0.b"][0] -= pre[0, 0]  # move unit 0 onto its kink
     count, fixed, names = rep.near_kink(model, x, eps)
     assert count >= 1 and fixed == 0 and "encoder.0.pre" in names

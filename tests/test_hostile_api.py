@@ -575,17 +575,17 @@ def test_neg_elbo_exact_at_huge_gaussian_x(xval):
         v = mpmath.mpf(1000)
         per = []
         for b in range(3):
-            lpx = mpmath.fsum(_mp_log_normal(mpmath.mpf(x[b, d]), mpmath.mpf(cache["out"][b, d]), v)
+            lpx = mpmath.fsum(_mp_log_normal(mpmath.mpf(x[b, d]), mpmath.mpf(cache.out[b, d]), v)
                               for d in range(6))
-            z = [mpmath.mpf(t) for t in cache["z"][b]]
-            mu = [mpmath.mpf(t) for t in cache["mu"][b]]
-            lv = [mpmath.mpf(t) for t in cache["log_var"][b]]
+            z = [mpmath.mpf(t) for t in cache.z[b]]
+            mu = [mpmath.mpf(t) for t in cache.mu[b]]
+            lv = [mpmath.mpf(t) for t in cache.log_var[b]]
             lq = mpmath.fsum(_mp_log_normal(z[j], mu[j], lv[j]) for j in range(2))
             lp = mpmath.fsum(-(LN_2PI + z[j] ** 2) / 2 for j in range(2))
             per.append(-(lpx + lp - lq))
         want = mpmath.fsum(per) / 3
         # d loss / d decoder.1.b_d = mean_b -(x_bd - out_bd) e^{-v}
-        want_db = [mpmath.fsum(-(mpmath.mpf(x[b, d]) - mpmath.mpf(cache["out"][b, d])) * mpmath.exp(-v)
+        want_db = [mpmath.fsum(-(mpmath.mpf(x[b, d]) - mpmath.mpf(cache.out[b, d])) * mpmath.exp(-v)
                                for b in range(3)) / 3 for d in range(6)]
     assert math.isfinite(value)
     assert abs(mpmath.mpf(value) - want) <= 16 * U * abs(want), (value, float(want))

@@ -406,6 +406,20 @@ TABLE["likelihoods.gaussian_log_prob_vjp"] = Entry(
     b(likelihoods.gaussian_log_prob_vjp, g=np.ones(_B), x=_xg, mean=_rows(_B, _D, 4),
       log_var=np.zeros(_D)),
     arrays={"g": 0, "x": 0, "mean": 0, "log_var": 0})
+TABLE["likelihoods.Likelihood"] = Entry(b(likelihoods.Likelihood, x_dim=_D), ints={"x_dim": 1})
+TABLE["likelihoods.Bernoulli"] = Entry(b(likelihoods.Bernoulli, x_dim=_D), ints={"x_dim": 1})
+TABLE["likelihoods.Categorical"] = Entry(b(likelihoods.Categorical, x_dim=_D, num_vals=_C),
+                                         ints={"x_dim": 1, "num_vals": 2})
+TABLE["likelihoods.Gaussian"] = Entry(
+    b(likelihoods.Gaussian, x_dim=_D, log_var="learned"), ints={"x_dim": 1},
+    custom=[("log_var", "unknown option", lambda c: "fixed", "option", "error"),
+            ("log_var", "NaN", lambda c: math.nan, "non-finite", "error"),
+            ("log_var", "inf", lambda c: math.inf, "non-finite", "error")])
+TABLE["likelihoods.make_likelihood"] = Entry(
+    b(likelihoods.make_likelihood, name="categorical", x_dim=_D, num_vals=_C), options=("name",),
+    ints={"x_dim": 1, "num_vals": 2}, label={"name": r"name|likelihood"},
+    custom=[("bogus", "unknown keyword", lambda c: 1, "option", "error")])
+TABLE["likelihoods.register_likelihood"] = ex(RECORD + " (registers a class; tests/test_likelihoods.py)")
 
 # --- layers
 _LX, _LW, _Lb = _rows(3, 4, 5), _rows(4, 2, 6), np.zeros(2)
@@ -589,6 +603,7 @@ TABLE["vae.Decoder"] = Entry(
     custom=[("hidden", "zero width", lambda c: (0,), "option", "error"),
             ("log_var", "unknown option", lambda c: "fixed", "option", "error")])
 TABLE["vae.NegElbo"] = ex(RECORD)
+TABLE["vae.VAECache"] = ex(RECORD + " (made by VAE.forward only)")
 TABLE["_validation.NonFiniteIntermediateError"] = ex(RECORD + " (exported by refvae.vae)")
 # methods of VAE and of a prior (not in any __all__, but the first thing a user calls)
 _EPS = _rows(3, 2, 9)

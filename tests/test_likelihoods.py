@@ -27,7 +27,8 @@ from strategies import bernoulli_cases, categorical_cases, check_vjp_robust, gau
 
 
 def test_registry():
-    assert LIKELIHOODS == ("categorical", "bernoulli", "gaussian")
+    assert tuple(LIKELIHOODS) == ("categorical", "bernoulli", "gaussian")
+    assert all(LIKELIHOODS[name].name == name for name in LIKELIHOODS)
 
 
 # =========================================================================== gradient checks
@@ -433,3 +434,125 @@ def test_gaussian_vs_torch(case):
     dmean, dlog_var = gaussian_log_prob_vjp(g, x, mean, log_var)
     _assert_normwise(dmean, tm.grad.numpy(), "gaussian dmean")
     _assert_normwise(dlog_var, tv.grad.numpy(), "gaussian dlog_var")
+
+
+# =========================================================================== the Likelihood protocol
+
+from refvae import likelihoods  # noqa: E402
+from refvae.likelihoods import (Bernoulli, Categorical, Gaussian, Likelihood,  # noqa: E402
+                                make_likelihood, register_likelihood)
+
+
+def _objects_and_data(rng, B=5, D=4, C=3):
+    return [(Categorical(D, C), rng.integers(0, C, (B, D)).astype(float), 3.0 * rng.normal(size=(B, D * C)), {}),
+            (Bernoulli(D), rng.uniform(size=(B, D)), 3.0 * rng.normal(size=(B, D)), {}),
+            (Gaussian(D), rng.normal(size=(B, D)), rng.normal(size=(B, D)),
+             {"decoder.log_var": 0.3 * rng.normal(size=D)}),
+            (Gaussian(D, log_var=-0.5), rng.normal(size=(B, D)), rng.normal(size=(B, D)), {})]
+
+
+def test_likelihood_objects_are_the_module_functions():
+    """forward/backward/log_prob of each object give the bits of the public functions."""
+    rng = np.random.default_rng(7)
+    for lik, x, out, params in _objects_and_data(rng):
+        g = rng.normal(size=x.shape[0])
+        log_px, cache = lik.forward(params, lik.check_x(x), out)
+        dout, grads = lik.backward(g, cache)
+        if lik.name == "categorical":
+            want = categorical_log_prob(x, out, lik.num_vals), categorical_log_prob_vjp(g, x, out, lik.num_vals), {}
+        elif lik.name == "bernoulli":
+            want = bernoulli_log_prob(x, out), bernoulli_log_prob_vjp(g, x, out), {}
+        else:
+            lv = params.get("decoder.log_var", np.full(x.shape[1], -0.5))
+            dmean, dlv = gaussian_log_prob_vjp(g, x, out, lv)
+            want = gaussian_log_prob(x, out, lv), dmean, ({"decoder.log_var": dlv} if params else {})
+        assert np.array_equal(log_px, want[0]) and np.array_equal(lik.log_prob(params, x, out), want[0])
+        assert np.array_equal(dout, want[1]) and dout.flags.c_contiguous and dout.dtype == np.float64
+        assert list(grads) == list(want[2]) == list(lik.param_shapes)
+        assert all(np.array_equal(grads[k], want[2][k]) for k in grads)
+        assert out.shape[1] == lik.out_dim
+        assert lik.mean(params, out).shape == x.shape
+        assert lik.sample(params, out, np.random.default_rng(0)).shape == x.shape
+        assert make_likelihood(**{"name": lik.name, "x_dim": lik.x_dim},
+                               **{k: v for k, v in lik.config().items() if k != "name"}).config() == lik.config()
+
+
+def test_make_likelihood_names_unknown_options_and_names():
+    with pytest.raises(ValueError, match="unknown option.*'log_var'.*categorical likelihood; it takes num_vals"):
+        make_likelihood("categorical", 3, num_vals=4, log_var=0.0)
+    with pytest.raises(ValueError, match="it takes no options"):
+        make_likelihood("bernoulli", 3, num_vals=4)
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
+        make_likelihood("poisson", 3)
+    with pytest.raises(TypeError, match="num_vals must be an integer >= 2 for the categorical"):
+        Categorical(3, None)
+
+
+class ToyLaplace(Likelihood):
+    """A likelihood from outside refvae: unit-scale Laplace around the decoder's D outputs,
+    ln p(x|z) = sum_d [-ln 2 - |x_d - m_d|]."""
+
+    name = "toy_laplace"
+
+    def log_prob(self, params, x, out):
+        return np.sum(-np.log(2.0) - np.abs(x - out), axis=1)
+
+    def backward(self, g, cache):
+        _, x, out = cache
+        return np.ascontiguousarray(g[:, None] * np.sign(x - out)), {}
+
+    def mean(self, params, out):
+        return out
+
+    def sample(self, params, out, rng):
+        return out + rng.laplace(size=out.shape)
+
+
+@pytest.fixture
+def toy_laplace(monkeypatch):
+    """ToyLaplace registered in a copy of the registry (the original is back after the test)."""
+    monkeypatch.setattr(likelihoods, "LIKELIHOODS", dict(likelihoods.LIKELIHOODS))
+    return register_likelihood(ToyLaplace)
+
+
+def test_registered_likelihood_runs_in_the_vae(toy_laplace):
+    """A likelihood registered from outside: the VAE builds, saves its config, samples, and its
+    gradient passes the finite-difference check."""
+    from refvae.gradcheck import check_vjp
+    from refvae.vae import VAE
+    assert list(likelihoods.LIKELIHOODS)[-1] == "toy_laplace" and "toy_laplace" not in LIKELIHOODS
+    rng = np.random.default_rng(2)
+    model = VAE(5, 2, (4,), "tanh", "toy_laplace", prior="mog", rng=rng)
+    assert model.likelihood.name == "toy_laplace" and model.num_vals is None
+    assert VAE.from_config(model.config()).config() == model.config()
+    x, eps = rng.normal(size=(4, 5)), rng.standard_normal((4, 2))
+
+    def f(params):
+        return model.neg_elbo(x, eps, params=params).value
+
+    def vjp(g, params):
+        return {k: g * v for k, v in model.neg_elbo_and_grad(x, eps, params=params)[1].items()}
+
+    report = check_vjp(f, vjp, dict(model.params), rng=rng)
+    assert report.passed, str(report)
+    assert model.sample(3, rng, mode="sample").shape == (3, 5)
+
+
+def test_register_likelihood_refusals(toy_laplace):
+    assert register_likelihood(ToyLaplace) is ToyLaplace        # the same class twice: fine
+    with pytest.raises(TypeError, match="subclass of refvae.likelihoods.Likelihood"):
+        register_likelihood(object)
+
+    class Unnamed(Likelihood):
+        pass
+
+    with pytest.raises(ValueError, match="its own class attribute name"):
+        register_likelihood(Unnamed)
+
+    class Impostor(ToyLaplace):
+        pass
+
+    with pytest.raises(ValueError, match="'toy_laplace' is taken by ToyLaplace"):
+        register_likelihood(Impostor)
+    with pytest.raises(ValueError, match="'gaussian' is taken by Gaussian"):
+        register_likelihood(type("G2", (Gaussian,), {}))

@@ -511,8 +511,8 @@ def test_encoder_gradient_is_the_sum_of_the_posterior_and_prior_paths(name, monk
 
     # prior path: -mean_b log p(z_b) with z fixed, as a function of the encoder's parameters
     cache = model.forward(x, eps)
-    z = cache["z"]
-    _, prior_grads = model.prior.backward(np.full(4, -0.25), cache["prior"])
+    z = cache.z
+    _, prior_grads = model.prior.backward(np.full(4, -0.25), cache.prior)
 
     def f_prior(p):
         return -np.mean(model.prior.forward({**model.params, **p}, z)[0])

@@ -263,3 +263,40 @@ def test_same_expression_in_torch_float64(likelihood, rng):
     assert value == pytest.approx(loss.item(), rel=1e-13)
     for k, g in grads.items():
         np.testing.assert_allclose(g, P[k].grad.numpy(), rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+def test_sum_paths_adds_in_path_order_from_positive_zero():
+    """_sum_paths: (0 + g_1) + g_2 per parameter in path order (-0.0 becomes +0.0, as a sum into
+    zeros), zeros off every path; owned arrays are reused, the others left untouched."""
+    from refvae.vae import _sum_paths
+    params = {"a": np.zeros(3), "b": np.zeros(2), "c": np.zeros(())}
+    prior = {"a": np.array([-0.0, 1e16, -0.0]), "b": np.array([-0.0, 2.0])}
+    net = {"a": np.array([-0.0, 1.0, 3.0])}
+    prior_copy = {k: v.copy() for k, v in prior.items()}
+    total = _sum_paths(params, prior, net, owned=(net,))
+    assert list(total) == ["a", "b", "c"]
+    assert np.array_equal(total["a"], [0.0, 1e16 + 1.0, 3.0]) and not np.signbit(total["a"]).any()
+    assert np.array_equal(total["b"], [0.0, 2.0]) and not np.signbit(total["b"]).any()
+    assert total["c"].shape == () and total["c"] == 0.0
+    assert all(np.array_equal(prior[k], prior_copy[k]) and
+               np.array_equal(np.signbit(prior[k]), np.signbit(prior_copy[k])) for k in prior)
+    # an owned path's array becomes the sum (no copy)
+    own = {"b": np.array([-0.0, 5.0])}
+    total = _sum_paths(params, own, owned=(own,))
+    assert total["b"] is own["b"] and not np.signbit(total["b"]).any()
+
+
+def test_teaching_page_quotes_vae_backward():
+    """docs/gradients-without-autograd.md shows VAE.backward's lines verbatim (the page says "one
+    line per step": it must stay the code)."""
+    import inspect
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "gradients-without-autograd.md"), encoding="utf-8") as fh:
+        block = re.search(r"## The same steps in the code.*?```py\n(.*?)```", fh.read(), re.S).group(1)
+    code = [line.strip() for line in inspect.getsource(VAE.backward).splitlines()]
+    quoted = [line.strip() for line in block.splitlines()]
+    assert len(quoted) >= 10 and all(line in code for line in quoted), quoted
+    start = code.index(quoted[0])
+    assert code[start:start + len(quoted)] == quoted      # in order, nothing left out in between

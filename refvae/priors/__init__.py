@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 
-from .._validation import check_choice
+from .._validation import check_choice, register_class
 from .base import Prior, check_sample_size
 from .flow import FlowPrior
 from .mixtures import AggregatedPosterior, GTMPrior, GTMVampPrior, MoGPrior, VampPrior
@@ -39,16 +39,7 @@ def register_prior(cls):
     not a non-empty identifier or is already taken by another class (registering the same class
     twice is allowed).
     """
-    if not (isinstance(cls, type) and issubclass(cls, Prior)):
-        raise TypeError(f"register_prior takes a subclass of refvae.priors.Prior, got {cls!r}")
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name.isidentifier() or name == Prior.name:
-        raise ValueError(f"a registered prior needs its own class attribute name (an identifier "
-                         f"such as 'student_t'), got {name!r}")
-    if PRIORS.get(name, cls) is not cls:
-        raise ValueError(f"the prior name {name!r} is taken by {PRIORS[name].__qualname__}")
-    PRIORS[name] = cls
-    return cls
+    return register_class(PRIORS, cls, Prior, "prior", "student_t")
 
 
 def make_prior(name, latent_dim, **kwargs):

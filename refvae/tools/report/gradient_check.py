@@ -42,7 +42,7 @@ def near_kink(model, x, eps, margin=None):
     _check_model(model)
     margin = (tolerance("gradcheck_kink_margin").d if margin is None
               else check_real(margin, "margin", lo=0.0))
-    trace = dict(model.forward(x, eps)["trace"])
+    trace = dict(model.forward(x, eps).trace)
     count = fixed = 0
     names = []
     for name, arr in trace.items():
