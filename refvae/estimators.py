@@ -258,17 +258,10 @@ def _aggregated_posterior(model, mu, lv):
 
 
 def _closed_form_kl(prior, params, mu, lv):
-    """``KL[N(mu_n, e^{lv_n}) || p]`` per row in closed form, or None (then Monte Carlo).
-
-    The prior's ``kl_closed_form(params, mu, log_var)`` when it has one (the standard prior:
-    :func:`refvae.gaussian.kl`), else ``CE - H`` from its ``cross_entropy_closed_form`` (None when
-    that is None).
-    """
-    kl = getattr(prior, "kl_closed_form", None)
-    if kl is not None:
-        return kl(params, mu, lv)
-    ce = prior.cross_entropy_closed_form(params, mu, lv)
-    return None if ce is None else ce - gaussian.entropy(lv)
+    """``KL[N(mu_n, e^{lv_n}) || p]`` per row in closed form, or None (then Monte Carlo): the
+    prior's :meth:`~refvae.priors.base.Prior.kl_closed_form` (the standard prior:
+    :func:`refvae.gaussian.kl`; by default ``CE - H`` when the cross-entropy has a closed form)."""
+    return prior.kl_closed_form(params, mu, lv)
 
 
 # --------------------------------------------------------------------------- ELBO, RE, Omega

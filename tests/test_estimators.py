@@ -311,8 +311,11 @@ def test_bad_log_qz_is_named(data, kw, err, match):
 
 
 class _CEOnly:
-    """Mixin: the standard prior without its closed-form KL (CE only)."""
-    kl_closed_form = None
+    """Mixin: the standard prior without its own closed-form KL (the protocol's default: CE - H)."""
+
+    def kl_closed_form(self, params, mu, log_var):
+        from refvae.priors import Prior
+        return Prior.kl_closed_form(self, params, mu, log_var)
 
 
 class _NoClosedForm(_CEOnly):

@@ -175,3 +175,29 @@ def test_randomize_params_moves_only_what_it_says():
         assert all(k.startswith("prior.") for k in moved), (name, moved)
         if "prior.logits" in before:
             assert "prior.logits" in moved
+
+
+def test_kl_closed_form_default_is_ce_minus_entropy():
+    from refvae import gaussian
+
+    class ClosedCE(Prior):
+        name = "closed_ce"
+
+        def cross_entropy_closed_form(self, params, mu, log_var):
+            zero = np.zeros(np.shape(mu)[-1])
+            return gaussian.cross_entropy(mu, log_var, zero, zero)
+
+    rng = np.random.default_rng(2)
+    mu, lv = rng.normal(size=(4, 3)), rng.uniform(-1, 1, size=(4, 3))
+    zero = np.zeros(3)
+    kl_default = ClosedCE(3).kl_closed_form({}, mu, lv)
+    np.testing.assert_array_equal(kl_default, gaussian.cross_entropy(mu, lv, zero, zero)
+                                  - gaussian.entropy(lv))
+    # the standard prior's own closed form agrees to rounding (and is gaussian.kl itself)
+    kl_std = StandardPrior(3).kl_closed_form({}, mu, lv)
+    np.testing.assert_array_equal(kl_std, gaussian.kl(mu, lv, zero, zero))
+    np.testing.assert_allclose(kl_std, kl_default, rtol=1e-13, atol=1e-13)
+    assert Prior.kl_closed_form(StandardPrior(3), {}, mu, lv) is not None
+    for name in BUILTIN[1:]:
+        m = _tiny(name)
+        assert m.prior.kl_closed_form(m.params, mu[:, :2], lv[:, :2]) is None

@@ -35,6 +35,9 @@ here, so a new prior needs none of them to train and to be reported):
   Gaussian mixture, else ``None`` (the default);
 - ``cross_entropy_closed_form(params, mu, log_var)`` : ``CE[N(mu, e^log_var) || p]`` per row when
   it has a closed form, else ``None`` (the default);
+- ``kl_closed_form(params, mu, log_var)`` : ``KL[N(mu, e^log_var) || p]`` per row in closed form
+  (default: ``CE - H`` from ``cross_entropy_closed_form``, ``None`` when that is ``None``; the
+  standard prior overrides it with :func:`refvae.gaussian.kl`, which avoids the cancellation);
 - ``net_inputs_fixed`` (class attribute) : ``True`` when the prior's networks read fixed inputs
   (a grid, pseudo-inputs) rather than ``z``, so their activation kinks do not move with the data.
 - ``formula`` (class attribute) : ``log p(z)`` in words, for the readers of golden cases (copied
@@ -104,7 +107,7 @@ class Prior:
     @classmethod
     def settings(cls, profile) -> dict:
         """Constructor options under a validation-report profile (an object with the attributes
-        of :class:`refvae.tools.report.Profile`: ``num_components``, ``gtm_grid``, ``gtm_range``,
+        of :class:`refvae.tools.profiles.Profile`: ``num_components``, ``gtm_grid``, ``gtm_range``,
         ``prior_hidden``, ``activation``, ``flow_couplings``, ``num_vals``). Default: none."""
         return {}
 
@@ -140,6 +143,15 @@ class Prior:
     def cross_entropy_closed_form(self, params, mu, log_var):
         """``CE[N(mu, diag e^log_var) || p]`` per row when it has a closed form, else ``None``."""
         return None
+
+    def kl_closed_form(self, params, mu, log_var):
+        """``KL[N(mu, diag e^log_var) || p]`` per row: ``CE - H`` when the cross-entropy has a
+        closed form, else ``None``."""
+        ce = self.cross_entropy_closed_form(params, mu, log_var)
+        if ce is None:
+            return None
+        from .. import gaussian
+        return ce - gaussian.entropy(log_var)
 
     def _check_noise(self, noise, n=None):
         """``noise["eps"]`` as a finite (n, L) array (``ValueError`` naming it otherwise)."""
