@@ -202,71 +202,12 @@ def run(args) -> int:
     import numpy as np
 
     from . import distributed as dist
-    from .provenance import limit_threads, provenance
+    from .provenance import limit_threads
     from ..vae import VAE
 
-    _check_int(args.seed, "--seed", 0)
-    _check_int(args.samples, "--samples", 1)
-    _check_int(args.queries, "--queries", 1)
-    _check_int(args.holes, "--holes", 0)
-    if args.holes == 1:
-        raise ValueError("--holes must be 0 (off) or >= 2 prior draws, got 1")
-    _check_int(args.threads, "--threads", 1)
-    chunk = dist.DEFAULT_CHUNK if args.chunk is None else args.chunk
-    if chunk < 1:
-        raise ValueError(f"--chunk must be a positive integer (components per shard), got {chunk}")
-    timeout = getattr(args, "connect_timeout", 10.0)
-    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-        raise ValueError(f"--connect-timeout must be a finite number of seconds > 0, got {timeout}")
-    timeout = float(timeout)
-    if args.scheduler is not None and not args.scheduler.strip():
-        raise ValueError("--scheduler: empty address; give one such as tcp://host:8786 (or omit "
-                         "--scheduler to compute on this machine)")
-    for flag, value in (("--model", args.model), ("--data", getattr(args, "data", None)),
-                        ("--components", getattr(args, "components", None)),
-                        ("--out", args.out), ("--write-components", getattr(args, "write_components", None))):
-        if value is not None and not str(value).strip():
-            raise ValueError(f"{flag}: empty path")
-    if not os.path.isdir(args.model):
-        raise ValueError(f"--model: {args.model!r} "
-                         + ("is not a directory" if os.path.exists(args.model) else "does not exist")
-                         + " (a directory written by VAE.save or refvae train)")
-    if getattr(args, "data", None) is not None and os.path.isdir(args.data):
-        raise ValueError(f"--data: {args.data!r} is a directory; expected a .npy or .npz file")
-    key = getattr(args, "key", None)
-    if key is not None and not str(getattr(args, "data", None) or "").endswith(".npz"):
-        raise ValueError(f"--key {key!r}: only an .npz --data file has named arrays"
-                         + (" (--components uses the arrays 'means' and 'log_vars')"
-                            if getattr(args, "components", None) is not None else ""))
-    if args.scheduler is None:
-        import numba
-        most = int(numba.config.NUMBA_NUM_THREADS)
-        if args.threads > most:
-            raise ValueError(f"--threads {args.threads}: this machine runs at most {most} threads "
-                             f"(NUMBA_NUM_THREADS)")
-    elif args.threads > MAX_TASK_THREADS:
-        raise ValueError(f"--threads {args.threads}: at most {MAX_TASK_THREADS} threads per shard task")
-    if args.out is not None:
-        if os.path.isdir(args.out):
-            raise ValueError(f"--out: {args.out!r} is a directory; expected the path of a JSON file")
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(out_dir):
-            raise ValueError(f"--out: directory {out_dir!r} does not exist")
-    data = getattr(args, "data", None)
-    components = getattr(args, "components", None)
-    write_to = getattr(args, "write_components", None)
-    if (data is None) == (components is None):
-        raise ValueError("give exactly one of --data FILE and --components DIR|FILE.npz"
-                         + (" (got both)" if data is not None else ""))
+    chunk, timeout = _check_options(args, dist)
+    data, components, write_to = _check_sources(args)
     if write_to is not None:
-        if data is None:
-            raise ValueError("--write-components encodes --data; it cannot be used with --components")
-        given = [f for f, v in (("--scheduler", args.scheduler), ("--out", args.out),
-                                ("--queries", args.queries)) if v is not None]
-        given += ["--holes"] if args.holes else []
-        if given:
-            raise ValueError(f"--write-components only writes the components and exits; drop "
-                             f"{', '.join(given)} (then run refvae stats --components {write_to})")
         return _write_components(args, write_to)
     comps = None
     if components is not None:
@@ -315,33 +256,118 @@ def run(args) -> int:
                                   **kw)
     seconds = time.perf_counter() - started
     if not quiet:
-        for k, e in stats.items():
-            print(f"  {LABELS[k]:<20s} {e.value: .6f} ± {e.se:.6f}   (n = {e.n})")
-        if hole is not None:
-            e = hole["reverse_kl"]
-            print(f"  {'KL[p||q(z)]':<20s} {e.value: .6f} ± {e.se:.6f}   (n = {e.n})")
-            for t, e in hole["hole_mass"].items():
-                print(f"  {f'P_p[q/p < {t:g}]':<20s} {e.value: .6f} ± {e.se:.6f}")
-        print(f"done in {seconds:.1f} s", flush=True)
+        _print_results(stats, hole, seconds)
     if args.out is not None:
-        result = {"command": "refvae stats", "model": os.fspath(args.model),
-                  "data": None if data is None else os.fspath(data),
-                  "components": None if components is None else os.fspath(components),
-                  "N": int(N), "latent_dim": int(model.latent_dim), "prior": model.prior.name,
-                  "samples": int(args.samples), "queries": args.queries, "seed": int(args.seed),
-                  "rng": f"numpy.random.default_rng({args.seed})",
-                  "path": "dask" if args.scheduler else "single-machine",
-                  "scheduler": args.scheduler, "chunk": int(chunk) if args.scheduler else None,
-                  "stats": {k: _est(e) for k, e in stats.items()},
-                  "holes": None if hole is None else {
-                      "rng": f"numpy.random.default_rng([{args.seed}, 1])",
-                      "reverse_kl": _est(hole["reverse_kl"]),
-                      "hole_mass": {f"{t:g}": _est(e) for t, e in hole["hole_mass"].items()}},
-                  "seconds": seconds, "provenance": provenance()}
+        result = _result_json(args, data, components, N, model, chunk, stats, hole, seconds)
         _write_json_atomic(args.out, result)
         if not quiet:
             print(f"wrote {args.out}")
     return 0
+
+
+def _check_options(args, dist):
+    """The numeric options, the scheduler address and the paths of ``refvae stats``; returns
+    ``(chunk, timeout)`` (``ValueError`` naming the flag otherwise)."""
+    _check_int(args.seed, "--seed", 0)
+    _check_int(args.samples, "--samples", 1)
+    _check_int(args.queries, "--queries", 1)
+    _check_int(args.holes, "--holes", 0)
+    if args.holes == 1:
+        raise ValueError("--holes must be 0 (off) or >= 2 prior draws, got 1")
+    _check_int(args.threads, "--threads", 1)
+    chunk = dist.DEFAULT_CHUNK if args.chunk is None else args.chunk
+    if chunk < 1:
+        raise ValueError(f"--chunk must be a positive integer (components per shard), got {chunk}")
+    timeout = getattr(args, "connect_timeout", 10.0)
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"--connect-timeout must be a finite number of seconds > 0, got {timeout}")
+    timeout = float(timeout)
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise ValueError("--scheduler: empty address; give one such as tcp://host:8786 (or omit "
+                         "--scheduler to compute on this machine)")
+    for flag, value in (("--model", args.model), ("--data", getattr(args, "data", None)),
+                        ("--components", getattr(args, "components", None)),
+                        ("--out", args.out), ("--write-components", getattr(args, "write_components", None))):
+        if value is not None and not str(value).strip():
+            raise ValueError(f"{flag}: empty path")
+    if not os.path.isdir(args.model):
+        raise ValueError(f"--model: {args.model!r} "
+                         + ("is not a directory" if os.path.exists(args.model) else "does not exist")
+                         + " (a directory written by VAE.save or refvae train)")
+    if getattr(args, "data", None) is not None and os.path.isdir(args.data):
+        raise ValueError(f"--data: {args.data!r} is a directory; expected a .npy or .npz file")
+    key = getattr(args, "key", None)
+    if key is not None and not str(getattr(args, "data", None) or "").endswith(".npz"):
+        raise ValueError(f"--key {key!r}: only an .npz --data file has named arrays"
+                         + (" (--components uses the arrays 'means' and 'log_vars')"
+                            if getattr(args, "components", None) is not None else ""))
+    if args.scheduler is None:
+        import numba
+        most = int(numba.config.NUMBA_NUM_THREADS)
+        if args.threads > most:
+            raise ValueError(f"--threads {args.threads}: this machine runs at most {most} threads "
+                             f"(NUMBA_NUM_THREADS)")
+    elif args.threads > MAX_TASK_THREADS:
+        raise ValueError(f"--threads {args.threads}: at most {MAX_TASK_THREADS} threads per shard task")
+    if args.out is not None:
+        if os.path.isdir(args.out):
+            raise ValueError(f"--out: {args.out!r} is a directory; expected the path of a JSON file")
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"--out: directory {out_dir!r} does not exist")
+    return chunk, timeout
+
+
+def _check_sources(args):
+    """Exactly one of ``--data`` and ``--components``; ``--write-components`` only with ``--data``
+    and none of the options it would ignore. Returns ``(data, components, write_to)``."""
+    data = getattr(args, "data", None)
+    components = getattr(args, "components", None)
+    write_to = getattr(args, "write_components", None)
+    if (data is None) == (components is None):
+        raise ValueError("give exactly one of --data FILE and --components DIR|FILE.npz"
+                         + (" (got both)" if data is not None else ""))
+    if write_to is not None:
+        if data is None:
+            raise ValueError("--write-components encodes --data; it cannot be used with --components")
+        given = [f for f, v in (("--scheduler", args.scheduler), ("--out", args.out),
+                                ("--queries", args.queries)) if v is not None]
+        given += ["--holes"] if args.holes else []
+        if given:
+            raise ValueError(f"--write-components only writes the components and exits; drop "
+                             f"{', '.join(given)} (then run refvae stats --components {write_to})")
+    return data, components, write_to
+
+
+def _print_results(stats, hole, seconds):
+    """The estimates (value, standard error, n) and the time, one line each."""
+    for k, e in stats.items():
+        print(f"  {LABELS[k]:<20s} {e.value: .6f} ± {e.se:.6f}   (n = {e.n})")
+    if hole is not None:
+        e = hole["reverse_kl"]
+        print(f"  {'KL[p||q(z)]':<20s} {e.value: .6f} ± {e.se:.6f}   (n = {e.n})")
+        for t, e in hole["hole_mass"].items():
+            print(f"  {f'P_p[q/p < {t:g}]':<20s} {e.value: .6f} ± {e.se:.6f}")
+    print(f"done in {seconds:.1f} s", flush=True)
+
+
+def _result_json(args, data, components, N, model, chunk, stats, hole, seconds):
+    """The JSON record of a ``refvae stats`` run (inputs, rng, path, estimates, provenance)."""
+    from .provenance import provenance
+    return {"command": "refvae stats", "model": os.fspath(args.model),
+            "data": None if data is None else os.fspath(data),
+            "components": None if components is None else os.fspath(components),
+            "N": int(N), "latent_dim": int(model.latent_dim), "prior": model.prior.name,
+            "samples": int(args.samples), "queries": args.queries, "seed": int(args.seed),
+            "rng": f"numpy.random.default_rng({args.seed})",
+            "path": "dask" if args.scheduler else "single-machine",
+            "scheduler": args.scheduler, "chunk": int(chunk) if args.scheduler else None,
+            "stats": {k: _est(e) for k, e in stats.items()},
+            "holes": None if hole is None else {
+                "rng": f"numpy.random.default_rng([{args.seed}, 1])",
+                "reverse_kl": _est(hole["reverse_kl"]),
+                "hole_mass": {f"{t:g}": _est(e) for t, e in hole["hole_mass"].items()}},
+            "seconds": seconds, "provenance": provenance()}
 
 
 def _check_components(path, dist):
