@@ -58,6 +58,7 @@ import math
 
 import numpy as np
 
+from .. import gaussian
 from .._validation import (as_float_array, check_parameter_memory, check_positive_int,
                           check_rng)
 
@@ -150,7 +151,6 @@ class Prior:
         ce = self.cross_entropy_closed_form(params, mu, log_var)
         if ce is None:
             return None
-        from .. import gaussian
         return ce - gaussian.entropy(log_var)
 
     def _check_noise(self, noise, n=None):
