@@ -217,7 +217,8 @@ def register_class(registry, cls, base, kind, example):
     subclasses ``base``; ``ValueError`` if ``cls.name`` is not an identifier of its own (``example``
     shows one) or is taken by another class (the same class twice is allowed)."""
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise TypeError(f"register_{kind} takes a subclass of refvae.{kind}s.{base.__name__}, got {cls!r}")
+        raise TypeError(f"register_{kind}: cls must be a subclass of refvae.{kind}s.{base.__name__}, "
+                        f"got {cls!r}")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name.isidentifier() or name == base.name:
         raise ValueError(f"a registered {kind} needs its own class attribute name (an identifier "

@@ -419,7 +419,12 @@ TABLE["likelihoods.make_likelihood"] = Entry(
     b(likelihoods.make_likelihood, name="categorical", x_dim=_D, num_vals=_C), options=("name",),
     ints={"x_dim": 1, "num_vals": 2}, label={"name": r"name|likelihood"},
     custom=[("bogus", "unknown keyword", lambda c: 1, "option", "error")])
-TABLE["likelihoods.register_likelihood"] = ex(RECORD + " (registers a class; tests/test_likelihoods.py)")
+# registering a built-in class again is allowed and changes nothing: the valid baseline call
+TABLE["likelihoods.register_likelihood"] = Entry(
+    b(likelihoods.register_likelihood, cls=likelihoods.Bernoulli), baseline=False,
+    custom=[("cls", "None", lambda c: None, "type", "error"),
+            ("cls", "str", lambda c: "bernoulli", "type", "error"),
+            ("cls", "instance", lambda c: likelihoods.Bernoulli(2), "type", "error")])
 
 # --- layers
 _LX, _LW, _Lb = _rows(3, 4, 5), _rows(4, 2, 6), np.zeros(2)
@@ -1208,7 +1213,12 @@ for _k in ("tools.cli.build_parser", "tools.cli.Subcommand", "tools.cli.subcomma
 
 # write_report: no valid report to start from at tiny cost (a report comes out of run_validation);
 # only the type of ``report`` is perturbed
-TABLE["priors.register_prior"] = ex(RECORD + " (registers a class; tests/test_plugin_prior.py)")
+TABLE["priors.register_prior"] = Entry(
+    b(priors.register_prior, cls=priors.StandardPrior), baseline=False,
+    custom=[("cls", "None", lambda c: None, "type", "error"),
+            ("cls", "str", lambda c: "standard", "type", "error"),
+            ("cls", "instance", lambda c: priors.StandardPrior(2), "type", "error"),
+            ("cls", "not a Prior", lambda c: dict, "type", "error")])
 TABLE["tools.report.writing.write_report"] = Entry(
     b(report.write_report, report=None, out=lazy(lambda c: c.fresh("rep"))), baseline=False,
     custom=[("report", "None", lambda c: None, "type", "error"),
