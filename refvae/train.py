@@ -17,8 +17,19 @@ order, so that a run can be replayed exactly in another framework:
    ``eps = rng.standard_normal((len(batch), latent_dim))``, and one optimiser step on
    ``model.neg_elbo_and_grad(x_train[batch], eps)``.
 
-The validation loss uses the same ``eps_val`` at every epoch, so it is a deterministic function of
-the parameters and the early-stopping criterion is not noisy from epoch to epoch.
+The validation loss uses the same ``eps_val`` at every epoch (``val_noise="fixed"``, the default),
+so it is a deterministic function of the parameters and the early-stopping criterion is not noisy
+from epoch to epoch. With ``val_noise="redraw"`` (the companion code's choice: its validation pass
+draws fresh noise every time) step 1 is skipped and a fresh
+``eps_val = rng.standard_normal((len(x_val), latent_dim))`` is drawn before the initial validation
+loss and after each epoch's last minibatch, before that epoch's validation loss.
+
+An optional ``callback(epoch, model, result)`` is called after each epoch's validation and
+bookkeeping (``result`` is the :class:`TrainResult` so far: ``epochs_run == epoch``, ``best_epoch``
+and ``stopped_early`` already updated; ``model.params`` hold the parameters *after* that epoch,
+not the best ones). It consumes nothing from ``rng`` and is given no reference that training
+reads back, so training is bit-identical with and without it (unless it modifies ``model.params``,
+which it must not do).
 """
 
 from __future__ import annotations
@@ -146,8 +157,12 @@ class _Reporter:
               f"in {result.seconds:.1f} s", file=sys.stdout, flush=True)
 
 
+VAL_NOISE = ("fixed", "redraw")
+
+
 def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=64,
-        max_epochs=1000, patience=20, quiet=False, progress=True, eps_val=None) -> TrainResult:
+        max_epochs=1000, patience=20, quiet=False, progress=True, eps_val=None, callback=None,
+        val_noise="fixed") -> TrainResult:
     """Train ``model`` by minibatch Adam/Adamax on the negative ELBO, with early stopping.
 
     Parameters
@@ -174,7 +189,15 @@ def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=6
         A tqdm progress bar when tqdm is installed (imported lazily; the ``progress`` extra);
         otherwise, or with ``progress=False``, one printed line per epoch.
     eps_val : array_like, shape (N_val, latent_dim), optional
-        Fixed noise for the validation loss; drawn once from ``rng`` when not given.
+        Fixed noise for the validation loss; drawn once from ``rng`` when not given (only with
+        ``val_noise="fixed"``).
+    callback : callable or None
+        ``callback(epoch, model, result)`` after each epoch (module docstring); its return value is
+        ignored. An exception it raises stops training like any other (best parameters restored).
+    val_noise : {"fixed", "redraw"}
+        ``"fixed"``: one ``eps_val`` for every validation loss; ``"redraw"``: fresh noise from
+        ``rng`` for every validation loss (the companion code's choice; the early-stopping
+        criterion is then noisy). ``eps_val`` must not be given with ``"redraw"``.
 
     Returns
     -------
@@ -188,8 +211,11 @@ def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=6
     Raises
     ------
     ValueError
-        An unknown optimizer, lr <= 0, batch_size < 1, max_epochs or patience < 0, empty or
-        mis-shaped data or eps_val (the message names the argument).
+        An unknown optimizer or val_noise, lr <= 0, batch_size < 1, max_epochs or patience < 0,
+        empty or mis-shaped data or eps_val, eps_val with val_noise="redraw" (the message names the
+        argument).
+    TypeError
+        A callback that is neither callable nor None (the message names ``callback``).
     FloatingPointError
         If a training or validation loss is NaN or infinite, or a gradient entry is (checked at
         every step before the optimiser uses it; the message names the parameter, the epoch, the
@@ -204,13 +230,23 @@ def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=6
     batch_size = check_positive_int(batch_size, "batch_size")
     max_epochs = check_positive_int(max_epochs, "max_epochs", minimum=0)
     patience = check_positive_int(patience, "patience", minimum=0)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable callback(epoch, model, result) or None, got "
+                        f"{type(callback).__name__}")
+    check_choice(val_noise, "val_noise", VAL_NOISE)
+    redraw = val_noise == "redraw"
+    if redraw and eps_val is not None:
+        raise ValueError("eps_val must not be given with val_noise='redraw' (the validation noise "
+                         "is then drawn afresh from rng for every validation loss)")
     x_train = as_float_array(x_train, "x_train", ndim=2)
     x_val = as_float_array(x_val, "x_val", ndim=2)
     if x_val.shape[1] != x_train.shape[1]:
         raise ValueError(f"x_val must have the same number of columns as x_train "
                          f"({x_train.shape[1]}), got shape {x_val.shape}")
     n_train, n_val = x_train.shape[0], x_val.shape[0]
-    if eps_val is None:
+    if redraw:
+        eps_val = None
+    elif eps_val is None:
         eps_val = rng.standard_normal((n_val, latent_dim))
     else:
         eps_val = as_float_array(eps_val, "eps_val", shape=(n_val, latent_dim))
@@ -221,6 +257,8 @@ def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=6
     best = {k: v.copy() for k, v in params.items()}
     reporter = _Reporter(max_epochs, quiet, progress)
     try:
+        if redraw:
+            eps_val = rng.standard_normal((n_val, latent_dim))
         result.initial_val_loss = result.best_val_loss = _finite_loss(
             model.loss(x_val, eps_val), "the validation loss before training")
         since_best = 0
@@ -239,6 +277,8 @@ def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=6
                 opt.step(grads)
                 weighted.append(value * len(batch))
             train = math.fsum(weighted) / n_train
+            if redraw:
+                eps_val = rng.standard_normal((n_val, latent_dim))
             val = _finite_loss(model.loss(x_val, eps_val), f"the validation loss at epoch {epoch}")
             result.train_loss.append(train)
             result.val_loss.append(val)
@@ -250,8 +290,11 @@ def fit(model, x_train, x_val, *, rng, optimizer="adamax", lr=1e-3, batch_size=6
             else:
                 since_best += 1
             reporter.epoch(epoch, train, val, result.best_epoch, result.best_val_loss)
-            if since_best > 0 and since_best >= patience and epoch < max_epochs:
-                result.stopped_early = True
+            stop = since_best > 0 and since_best >= patience and epoch < max_epochs
+            result.stopped_early = stop
+            if callback is not None:
+                callback(epoch, model, result)
+            if stop:
                 break
     except BaseException:
         reporter.close()

@@ -1050,12 +1050,14 @@ TABLE["train.TrainResult"] = ex(RECORD)
 TABLE["train.fit"] = Entry(
     b(train.fit, model=M, x_train=lazy(lambda c: c.x(6)), x_val=lazy(lambda c: c.x(3, seed=5)),
       rng=R, optimizer="adam", lr=1e-3, batch_size=3, max_epochs=1, patience=1, quiet=True,
-      progress=False, eps_val=None),
-    arrays={"x_train": 1, "x_val": 1, "eps_val": 0}, options=("optimizer",), reals=("lr",),
+      progress=False, eps_val=None, callback=None, val_noise="fixed"),
+    arrays={"x_train": 1, "x_val": 1, "eps_val": 0}, options=("optimizer", "val_noise"), reals=("lr",),
     ints={"batch_size": 1, "max_epochs": 0, "patience": 0}, objects=_EST_OBJ,
     legal=[("eps_val", "none")], bases={"eps_val": _rows(3, 2, 11)},
     custom=[("lr", "negative", lambda c: -1e-3, "option", "error"),
-            ("lr", "zero", lambda c: 0.0, "option", "error")])
+            ("lr", "zero", lambda c: 0.0, "option", "error"),
+            ("callback", "not callable", lambda c: "print", "type", "error"),
+            ("callback", "a number", lambda c: 1, "type", "error")])
 
 # --- io
 _PARAMS = {"w": np.zeros((2, 3))}

@@ -250,3 +250,110 @@ def test_model_protocol_is_checked(rng):
 
     with pytest.raises(TypeError, match="'loss'"):
         fit(NoLoss(), x_train, x_val, rng=rng, quiet=True)
+
+
+# =========================================================================== callback, val_noise
+
+def _vae_run(callback=None, seed=3):
+    """A tiny real VAE (mog prior, L = 2) trained for 4 epochs on synthetic digits-like data."""
+    from refvae.data import synthetic_split
+    from refvae.vae import VAE
+    d = synthetic_split(np.random.default_rng(0), 60, 20, 10)
+    model = VAE(64, 2, (8,), "leaky_relu", "categorical", 17, "mog",
+                rng=np.random.default_rng(1), prior_kwargs={"num_components": 3})
+    res = fit(model, d["train"], d["val"], rng=np.random.default_rng(seed), batch_size=16,
+              max_epochs=4, patience=10, quiet=True, callback=callback)
+    return model, res
+
+
+def test_callback_changes_no_bit_of_training():
+    """A callback that reads everything it is given (and the parameters) leaves training
+    bit-identical: same histories, same best epoch, same final parameters."""
+    seen = []
+
+    def reader(epoch, model, result):
+        seen.append((epoch, result.epochs_run, result.best_epoch, len(result.val_loss),
+                     float(sum(np.sum(v) for v in model.params.values()))))
+        model.loss(np.zeros((2, 64)), np.zeros((2, 2)))   # evaluating the model is allowed
+    m1, r1 = _vae_run()
+    m2, r2 = _vae_run(reader)
+    assert r1.train_loss == r2.train_loss and r1.val_loss == r2.val_loss
+    assert (r1.best_epoch, r1.best_val_loss) == (r2.best_epoch, r2.best_val_loss)
+    assert all(np.array_equal(m1.params[k], m2.params[k]) for k in m1.params)
+    assert [s[:4] for s in seen] == [(e, e, s[2], e) for e, s in zip(range(1, 5), seen)]
+
+
+def test_callback_sees_each_epoch_after_bookkeeping(rng):
+    """Called once per epoch, the last one included (also when stopping early), with the result
+    already updated for that epoch and the parameters of that epoch (not the best ones)."""
+    x_train, x_val = data(rng)
+    model = Scripted([5.0, 4.0, 3.0, 3.5, 3.6, 3.7])
+    calls = []
+
+    def cb(epoch, m, result):
+        calls.append((epoch, result.epochs_run, result.best_epoch, result.stopped_early,
+                      result.val_loss[-1], m.params["w"].copy()))
+    res = fit(model, x_train, x_val, rng=rng, max_epochs=10, patience=2, quiet=True, callback=cb)
+    assert res.epochs_run == 4 and res.stopped_early
+    assert [c[:5] for c in calls] == [(1, 1, 1, False, 4.0), (2, 2, 2, False, 3.0),
+                                      (3, 3, 2, False, 3.5), (4, 4, 2, True, 3.6)]
+    # the parameters passed are those after the epoch: the validation call of that epoch saw them
+    for c in calls:
+        np.testing.assert_array_equal(c[5], model.snapshots[c[0]]["w"])
+
+
+def test_callback_error_restores_best_parameters(rng):
+    x_train, x_val = data(rng)
+    model = Scripted([5.0, 4.0, 6.0, 7.0])
+
+    def cb(epoch, m, result):
+        if epoch == 2:
+            raise KeyError("stop")
+    with pytest.raises(KeyError):
+        fit(model, x_train, x_val, rng=rng, max_epochs=5, quiet=True, callback=cb)
+    np.testing.assert_array_equal(model.params["w"], model.snapshots[1]["w"])
+
+
+@pytest.mark.parametrize("bad", [1, "print", [print]])
+def test_callback_must_be_callable(bad, rng):
+    x_train, x_val = data(rng)
+    model = Quadratic()
+    with pytest.raises(TypeError, match="callback"):
+        fit(model, x_train, x_val, rng=rng, quiet=True, callback=bad)
+    assert model.calls == []
+
+
+def test_val_noise_redraw_consumes_fresh_noise_in_the_documented_order():
+    """val_noise="redraw": no eps_val before training; a fresh draw before the initial validation
+    loss and after each epoch's last batch; the validation losses use exactly those draws."""
+    seed = 5
+    x_train, x_val = data(np.random.default_rng(0), n_train=10, n_val=4)
+    model = Quadratic()
+    res = fit(model, x_train, x_val, rng=np.random.default_rng(seed), batch_size=4, max_epochs=2,
+              patience=10, quiet=True, val_noise="redraw")
+    replay = np.random.default_rng(seed)
+    val_eps = [replay.standard_normal((4, 2))]
+    expected = []
+    for _ in range(2):
+        perm = replay.permutation(10)
+        for start in range(0, 10, 4):
+            batch = perm[start:start + 4]
+            expected.append((x_train[batch], replay.standard_normal((len(batch), 2))))
+        val_eps.append(replay.standard_normal((4, 2)))
+    for (x, eps), (x_exp, eps_exp) in zip(model.calls, expected, strict=True):
+        np.testing.assert_array_equal(x, x_exp)
+        np.testing.assert_array_equal(eps, eps_exp)
+    vals = []
+    for snap, eps in zip(model.snapshots, val_eps, strict=True):
+        w, a = snap["w"], snap["a"]
+        vals.append(float(np.mean(0.5 * np.sum((w - x_val) ** 2, 1) + 0.5 * np.sum((a - eps) ** 2, 1))))
+    assert [res.initial_val_loss, *res.val_loss] == vals
+
+
+def test_val_noise_checks(rng):
+    x_train, x_val = data(rng)
+    with pytest.raises(ValueError, match="val_noise"):
+        fit(Quadratic(), x_train, x_val, rng=rng, quiet=True, val_noise="fresh")
+    with pytest.raises(ValueError, match="eps_val"):
+        fit(Quadratic(), x_train, x_val, rng=rng, quiet=True, val_noise="redraw",
+            eps_val=np.zeros((len(x_val), 2)))
