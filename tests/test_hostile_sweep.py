@@ -961,6 +961,17 @@ TABLE["tools.verify.checks.check_mixture"] = Entry(
     objects=("adapter", "case"), options=("profile",), ints={"n_points": 1, "seed": 0})
 TABLE["tools.verify.checks.check_nll"] = Entry(b(verify.check_nll, **_VADAPT, seed=0), objects=("adapter", "case"),
                                   options=("profile",), ints={"seed": 0})
+TABLE["tools.verify.adapters.RefvaePriorAdapter"] = ex(NOARGS)
+TABLE["tools.verify.adapters.is_prior_only"] = ex("a predicate over any object: every input is legal "
+                                                  "(it answers True or False)")
+TABLE["tools.verify.adapters.adapter_outputs"] = Entry(
+    b(verify.adapter_outputs, adapter=ADAPTER, case=CASE, errors=None), objects=("adapter", "case"),
+    legal=[("errors", "none")])
+TABLE["tools.verify.prior_only.prior_quantities"] = Entry(b(verify.prior_quantities, case=CASE),
+                                                          objects=("case",))
+TABLE["tools.verify.prior_only.check_prior_gradient"] = Entry(
+    b(verify.check_prior_gradient, **_VADAPT, seed=0), objects=("adapter", "case"),
+    options=("profile",), ints={"seed": 0})
 TABLE["tools.verify.runner.run"] = Entry(
     b(verify.run, adapter=ADAPTER, cases=lazy(lambda c: [os.path.join(c.cases_copy(),
                                                                       "standard-gaussian")]),

@@ -119,6 +119,33 @@ def run_golden(args) -> int:
 
 # =========================================================================== verify
 
+def _select_cases(spec, cases_dir):
+    """The case directories ``--case`` selects: comma-separated names or fnmatch patterns
+    (``'mog-*'``, ``'*-bernoulli'``), in the directory's order; a name or pattern that matches no
+    case is a ``ValueError`` listing the valid names."""
+    import fnmatch
+    from . import golden
+    wanted = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    if not wanted:
+        raise ValueError(f"--case {spec!r}: names no case; give comma-separated case names or "
+                         f"patterns (or omit --case for every case in {cases_dir})")
+    try:
+        available = [os.path.basename(p) for p in golden.list_cases(cases_dir)]
+    except ValueError:
+        available = []
+    chosen = []
+    for n in wanted:
+        if os.sep in n or "/" in n or n in (".", ".."):
+            raise ValueError(f"--case {n!r}: a case name or pattern, not a path (use --cases DIR)")
+        hits = [a for a in available if fnmatch.fnmatchcase(a, n)]
+        if not hits:
+            raise ValueError(f"--case {n!r}: no such case in {cases_dir}; the cases are: "
+                             f"{', '.join(available) or '(none)'}")
+        chosen += [h for h in hits if h not in chosen]
+    order = {a: i for i, a in enumerate(available)}
+    return [os.path.join(cases_dir, n) for n in sorted(chosen, key=order.get)]
+
+
 def verify_options(p):
     """Add the options of ``refvae verify`` to an argparse parser."""
     p.add_argument("--impl", required=True, metavar="MODULE:FACTORY",
@@ -128,15 +155,16 @@ def verify_options(p):
                    help="a directory of golden cases, or one case directory (default: the cases "
                         "shipped with refvae)")
     p.add_argument("--case", default=None, metavar="NAMES",
-                   help="comma-separated case names to run (default: every case in --cases)")
+                   help="comma-separated case names or fnmatch patterns ('mog-*', '*-bernoulli') to "
+                        "run (default: every case in --cases)")
     p.add_argument("--profile", default="float64", choices=("float64", "float32"),
                    help="tolerances for a float64 (default) or a float32 implementation")
     p.add_argument("--known-deviations", default=None, metavar="FILE",
                    help="JSON list of {case, quantity, reason}: listed failures are reported as known")
     p.add_argument("--json", default=None, metavar="OUT", help="write the JSON report to OUT")
     p.add_argument("--checks", default="all", metavar="NAMES",
-                   help="comma-separated subset of golden,gradient,normalisation,sampler,mixture,nll "
-                        "(default all)")
+                   help="comma-separated subset of golden,gradient,normalisation,sampler,mixture,nll,"
+                        "prior_gradient (default all)")
     p.add_argument("--prior-checks", default="once", choices=("once", "all"),
                    help="run the normalisation/sampler/mixture checks on the first case of each prior "
                         "(once, default) or on every case (all)")
@@ -164,16 +192,7 @@ def run_verify(args) -> int:
     if not os.path.isdir(cases_dir):
         raise ValueError(f"--cases {cases_dir}: not a directory")
     if getattr(args, "case", None) is not None:
-        wanted = list(dict.fromkeys(n.strip() for n in args.case.split(",") if n.strip()))
-        if not wanted:
-            raise ValueError(f"--case {args.case!r}: names no case; give comma-separated case "
-                             f"names (or omit --case for every case in {cases_dir})")
-        cases = []
-        for n in wanted:
-            path = os.path.join(cases_dir, n)
-            if os.sep in n or "/" in n or n in (".", "..") or not os.path.isdir(path):
-                raise ValueError(f"--case {n!r}: no such case in {cases_dir}")
-            cases.append(path)
+        cases = _select_cases(args.case, cases_dir)
     else:
         cases = cases_dir
     if args.json is not None:

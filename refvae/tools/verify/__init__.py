@@ -25,7 +25,15 @@ Optional methods enable the checks that need no golden value:
 - ``prior_sample_from(config, params, noise)`` -> (n, L): the sample made from given noise,
   ``noise["eps"]`` (n, L) and, for mixtures, ``noise["index"]`` (n,) (compared with the golden
   ``prior_sample.z``);
-- ``nll(config, params, x, seed)`` -> (B,): used when ``run`` does not report ``nll``.
+- ``nll(config, params, x, seed)`` -> (B,): used when ``run`` does not report ``nll``;
+- ``supports(config) -> bool`` or a ``cases`` attribute (case names or fnmatch patterns): the
+  cases it cannot run are reported as *not applicable* (neither passed nor failed).
+
+A **prior-only** adapter has no ``run``, only some of ``prior_log_prob``, ``prior_sample``,
+``prior_sample_from``, ``prior_trace(config, params, z) -> dict`` (``prior.*`` intermediates) and
+``prior_log_prob_grad(config, params, z) -> {"z": (n, L), "<param>": ...}`` (the gradient of
+``sum(log_prob)``): it is compared on ``log_pz``, ``prior.*`` and ``prior_sample.z`` at the case's
+golden z and draws and runs the prior checks (:mod:`~.prior_only`).
 
 What is checked
 ---------------
@@ -73,16 +81,19 @@ References: SPEC.md; STYLE.md (the array-api-tests model: adapters, reproduction
 
 from __future__ import annotations
 
-from .adapters import PROFILES, RefvaeAdapter, call_adapter, load_adapter
+from .adapters import (PRIOR_METHODS, PROFILES, RefvaeAdapter, RefvaePriorAdapter, adapter_outputs,
+                       call_adapter, is_prior_only, load_adapter)
 from .checks import check_gradient, check_mixture, check_nll
 from .comparison import compare_case
 from .density import MAX_SAMPLER_DRAWS, check_normalisation, check_sampler
 from .known import load_known_deviations, validate_known_deviations
+from .prior_only import check_prior_gradient, prior_quantities
 from .report import SCHEMA, VerifyReport
 from .results import FAILING, CaseResult, CheckResult, QuantityResult
 from .runner import CHECKS, run
 
-__all__ = ["PROFILES", "CHECKS", "load_adapter", "call_adapter", "load_known_deviations", "run",
-           "compare_case", "check_gradient", "check_normalisation", "check_sampler",
-           "check_mixture", "check_nll", "QuantityResult", "CheckResult", "CaseResult",
-           "VerifyReport", "RefvaeAdapter"]
+__all__ = ["PROFILES", "CHECKS", "PRIOR_METHODS", "load_adapter", "call_adapter", "adapter_outputs",
+           "is_prior_only", "load_known_deviations", "run", "compare_case", "check_gradient",
+           "check_normalisation", "check_sampler", "check_mixture", "check_nll",
+           "check_prior_gradient", "prior_quantities", "QuantityResult", "CheckResult",
+           "CaseResult", "VerifyReport", "RefvaeAdapter", "RefvaePriorAdapter"]

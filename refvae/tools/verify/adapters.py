@@ -14,9 +14,22 @@ import numpy as np
 from .. import golden as _golden
 from ..._validation import check_choice, check_positive_int
 
-__all__ = ["PROFILES", "load_adapter", "call_adapter", "RefvaeAdapter"]
+__all__ = ["PROFILES", "PRIOR_METHODS", "load_adapter", "call_adapter", "adapter_outputs",
+           "is_prior_only", "RefvaeAdapter", "RefvaePriorAdapter"]
 
 PROFILES = tuple(_golden.PROFILE_ROUNDOFF)
+
+#: the methods of a prior-only adapter (any one of them, and no ``run``, makes one)
+PRIOR_METHODS = ("prior_log_prob", "prior_sample", "prior_sample_from", "prior_log_prob_grad",
+                 "prior_trace")
+
+
+def is_prior_only(adapter):
+    """True for a *prior-only* adapter: no ``run`` (and not callable), and at least one of
+    :data:`PRIOR_METHODS`."""
+    if callable(getattr(adapter, "run", None)) or callable(adapter):
+        return False
+    return any(callable(getattr(adapter, m, None)) for m in PRIOR_METHODS)
 
 
 def load_adapter(spec):
@@ -39,11 +52,18 @@ def load_adapter(spec):
         loader_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
+        folder = os.path.dirname(path)
+        added = folder not in sys.path
+        if added:  # the adapter's own folder, so that it can import its sibling modules
+            sys.path.insert(0, folder)
         try:
             loader_spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - the adapter's own error, named in one line
             sys.modules.pop(name, None)
             raise ValueError(f"--impl {spec!r}: importing {path} raised {_where(exc)}") from exc
+        finally:
+            if added and folder in sys.path:
+                sys.path.remove(folder)
     else:
         try:
             module = importlib.import_module(mod_name)
@@ -58,9 +78,10 @@ def load_adapter(spec):
         adapter = factory()
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"--impl {spec!r}: {attr}() raised {_where(exc)}") from exc
-    if not (callable(getattr(adapter, "run", None)) or callable(adapter)):
+    if not (callable(getattr(adapter, "run", None)) or callable(adapter) or is_prior_only(adapter)):
         raise ValueError(f"--impl {spec!r}: {attr}() returned {type(adapter).__name__}, which has no "
-                         "run(config, params, x, eps) method and is not callable")
+                         "run(config, params, x, eps) method, is not callable and has none of the "
+                         f"prior-only methods ({', '.join(PRIOR_METHODS)})")
     return adapter
 
 
@@ -103,9 +124,19 @@ def _check_outputs(outputs):
     return outputs
 
 
+def _check_adapter(adapter):
+    """An adapter: ``run`` (or callable), or a prior-only adapter (``TypeError`` otherwise)."""
+    if not (callable(getattr(adapter, "run", None)) or callable(adapter) or is_prior_only(adapter)):
+        raise TypeError(f"adapter must have run(config, params, x, eps), be callable, or have one of "
+                        f"the prior-only methods {', '.join(PRIOR_METHODS)}; got "
+                        f"{type(adapter).__name__}")
+    return adapter
+
+
 def _check_args(adapter, case, profile, seed=0, outputs=None):
-    """The arguments every check shares: an adapter with run(), a GoldenCase, a profile, a seed."""
-    _runner(adapter)
+    """The arguments every check shares: an adapter (with run(), or prior-only), a GoldenCase, a
+    profile, a seed."""
+    _check_adapter(adapter)
     _check_case(case)
     check_choice(profile, "profile", PROFILES)
     _check_seed(seed)
@@ -129,6 +160,70 @@ def call_adapter(adapter, case, params=None):
     out = _runner(adapter)(config, p, x, eps)
     if not isinstance(out, dict):
         raise TypeError(f"the adapter returned {type(out).__name__}; expected a dict name -> array")
+    return out
+
+
+def _prior_inputs(case):
+    """Fresh ``(config, params, z)``: the case's configuration, parameters and golden z (B, L)."""
+    config, params = case.inputs()[:2]
+    return config, params, np.array(case.values["z"], dtype=np.float64)
+
+
+def adapter_outputs(adapter, case, errors=None):
+    """Everything of an adapter that the harness compares with a case's golden values, as a dict.
+
+    - a whole-model adapter: the dict its ``run(config, params, x, eps)`` returns;
+    - a prior-only adapter (:func:`is_prior_only`): the ``prior.*`` intermediates that
+      ``prior_trace(config, params, z)`` returns at the case's golden ``z`` (B, L), and ``log_pz``
+      from ``prior_log_prob(config, params, z)`` (also ``prior.log_p`` when the trace has none);
+    - either kind: ``prior_sample.z`` from ``prior_sample_from(config, params, noise)`` on the
+      case's draws (``noise["eps"]`` and, for mixtures, ``noise["index"]``).
+
+    ``errors``: None (an exception of the adapter propagates) or a dict that receives
+    ``name -> "raised ..."`` for the optional parts (``prior_sample.z``, ``prior_trace``,
+    ``log_pz``) that raised, so that the rest is still compared.
+    """
+    from ..golden.reference import _noise
+    _check_case(case)
+    _check_adapter(adapter)
+    if errors is not None and not isinstance(errors, dict):
+        raise TypeError(f"errors must be None or a dict, got {type(errors).__name__}")
+
+    def guarded(name, fn):
+        if errors is None:
+            return fn()
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - recorded, the rest is still compared
+            errors[name] = f"raised {type(exc).__name__}: {exc}"
+            return None
+
+    if not is_prior_only(adapter):
+        out = dict(call_adapter(adapter, case))
+    else:
+        out = {}
+        if callable(getattr(adapter, "prior_trace", None)):
+            config, params, z = _prior_inputs(case)
+            t = guarded("prior_trace", lambda: adapter.prior_trace(config, params, z))
+            if t is not None and not isinstance(t, dict):
+                msg = f"prior_trace returned {type(t).__name__}; expected a dict name -> array"
+                if errors is None:
+                    raise TypeError(msg)
+                errors["prior_trace"] = msg
+            elif t is not None:
+                out.update(t)
+        if callable(getattr(adapter, "prior_log_prob", None)):
+            config, params, z = _prior_inputs(case)
+            v = guarded("log_pz", lambda: adapter.prior_log_prob(config, params, z))
+            if v is not None:
+                out["log_pz"] = v
+                out.setdefault("prior.log_p", v)
+    if callable(getattr(adapter, "prior_sample_from", None)) and "prior_sample.z" in case.values:
+        config, params = case.inputs()[:2]
+        noise = {k: v.copy() for k, v in _noise(case.draws).items()}
+        v = guarded("prior_sample.z", lambda: adapter.prior_sample_from(config, params, noise))
+        if v is not None:
+            out["prior_sample.z"] = v
     return out
 
 
@@ -162,15 +257,55 @@ class RefvaeAdapter:
         model = self._model(config, params)
         return -log_likelihood(model, x, np.random.default_rng(seed), n_samples=_golden.NLL_SAMPLES)["log_px"]
 
+    def prior_trace(self, config, params, z):
+        model = self._model(config, params)
+        return {k: np.array(v, dtype=np.float64) for k, v in
+                model.prior.forward(model.params, np.asarray(z, np.float64))[1]["trace"]}
+
+    def prior_log_prob_grad(self, config, params, z):
+        model = self._model(config, params)
+        z = np.asarray(z, np.float64)
+        log_p, cache = model.prior.forward(model.params, z)
+        dz, grads = model.prior.backward(np.ones_like(log_p), cache)
+        return {"z": dz, **grads}
+
+
+class RefvaePriorAdapter:
+    """refvae's prior behind the *prior-only* protocol (no ``run``): ``prior_log_prob``,
+    ``prior_sample``, ``prior_sample_from``, ``prior_log_prob_grad`` and ``prior_trace``."""
+
+    name = "refvae prior (reference, prior-only)"
+
+    def __init__(self):
+        self._ref = RefvaeAdapter()
+
+    def prior_log_prob(self, config, params, z):
+        return self._ref.prior_log_prob(config, params, z)
+
+    def prior_sample(self, config, params, n, seed):
+        return self._ref.prior_sample(config, params, n, seed)
+
+    def prior_sample_from(self, config, params, noise):
+        return self._ref.prior_sample_from(config, params, noise)
+
+    def prior_log_prob_grad(self, config, params, z):
+        return self._ref.prior_log_prob_grad(config, params, z)
+
+    def prior_trace(self, config, params, z):
+        return self._ref.prior_trace(config, params, z)
+
 
 
 class _Sub:
-    """A view of a case restricted to one quantity (for :func:`compare_case`)."""
+    """A view of a case restricted to some quantities (for :func:`compare_case`): one name, or a
+    list of names (kept in the case's data-flow order)."""
 
-    def __init__(self, case, name):
-        self.values = {name: case.values[name]}
-        self.order = [name]
+    def __init__(self, case, names):
+        names = [names] if isinstance(names, str) else [n for n in case.order if n in set(names)]
+        self.values = {n: case.values[n] for n in names}
+        self.order = names
         self._case = case
+        self.name, self.path = case.name, case.path
 
     def allowed(self, name, profile):
         return self._case.allowed(name, profile)

@@ -71,7 +71,11 @@ def check_gradient(adapter, case, profile="float64", seed=0, outputs=None):
     """The adapter's ``grad.*`` against central differences of its own ``loss`` (or the mean of
     its ``neg_elbo``), one random direction per parameter."""
     from ...gradcheck import check_vjp
+    from .adapters import is_prior_only
     _check_args(adapter, case, profile, seed, outputs)
+    if is_prior_only(adapter):
+        return CheckResult("gradient", "skip", "a prior-only adapter has no run(): no loss to "
+                           "differentiate")
     out = call_adapter(adapter, case) if outputs is None else outputs
     names = [k for k in case.params if f"grad.{k}" in out]
     if not names or ("loss" not in out and "neg_elbo" not in out):

@@ -31,8 +31,15 @@ class VerifyReport:
     provenance: dict
 
     @property
+    def applicable(self):
+        """The results of the cases the adapter did not declare not applicable."""
+        return [r for r in self.results if r.not_applicable is None]
+
+    @property
     def passed(self):
-        return all(r.passed for r in self.results)
+        """True when at least one case ran and every case that ran passed (cases the adapter
+        declared not applicable are neither passes nor failures)."""
+        return bool(self.applicable) and all(r.passed for r in self.applicable)
 
     def case(self, name):
         for r in self.results:
@@ -54,9 +61,13 @@ class VerifyReport:
             "known_deviations": self.known_deviations, "seconds": self.seconds,
             "summary": {"cases": len(self.results),
                         "passed": sum(r.passed for r in self.results),
-                        "failed": [r.case for r in self.results if not r.passed]},
-            "cases": [{"case": r.case, "path": r.path, "passed": r.passed,
-                       "first_divergence": r.first_divergence, "error": r.error,
+                        "failed": [r.case for r in self.applicable if not r.passed],
+                        "not_applicable": [r.case for r in self.results
+                                           if r.not_applicable is not None]},
+            "cases": [{"case": r.case, "path": r.path, "passed": r.passed, "mode": r.mode,
+                       "not_applicable": r.not_applicable,
+                       "first_divergence": r.first_divergence,
+                       "divergences": r.divergences, "error": r.error,
                        "ignored_outputs": r.ignored, "seconds": r.seconds,
                        "quantities": [q(x) for x in r.quantities],
                        "checks": [q(x) for x in r.checks]} for r in self.results],
@@ -81,6 +92,8 @@ class VerifyReport:
         for r in self.results:
             lines += _format_case(r, verbose)
         n_pass = sum(r.passed for r in self.results)
+        applicable = self.applicable
+        n_na = len(self.results) - len(applicable)
         skipped = {}
         for r in self.results:
             for c in r.checks:
@@ -95,10 +108,17 @@ class VerifyReport:
             lines.append(f"known deviations ({len(known)}): " + "; ".join(
                 f"{c}/{n}: {why}" for c, n, why in known))
         verdict = "PASSED" if self.passed else "FAILED"
-        lines.append(f"{verdict}: {n_pass} of {len(self.results)} case(s) pass"
-                     + ("" if self.passed else "; failing: " + ", ".join(
-                         f"{r.case} ({_short(r)})" for r in self.results if not r.passed))
-                     + f" [{self.seconds:.1f} s]")
+        failing = [r for r in applicable if not r.passed]
+        line = f"{verdict}: {n_pass} of {len(applicable)} {'applicable ' if n_na else ''}case(s) pass"
+        if not applicable:
+            line += " (no case was applicable: nothing was verified)"
+        if n_na:
+            line += f"; {n_na} not applicable"
+        if known:
+            line += f"; {len(known)} known deviation(s)"
+        if failing:
+            line += "; failing: " + ", ".join(f"{r.case} ({_short(r)})" for r in failing)
+        lines.append(line + f" [{self.seconds:.1f} s]")
         return "\n".join(lines)
 
 
@@ -119,6 +139,8 @@ def _g(x, spec=".3e"):
 def _format_case(r, verbose):
     reported = [q for q in r.quantities if q.status != "missing"]
     lines = []
+    if r.not_applicable is not None:
+        return [f"N/A   {r.case}: not applicable ({r.not_applicable})"]
     if r.error:
         lines.append(f"FAIL  {r.case}: the adapter raised an error")
         lines += ["      " + s for s in r.error.rstrip().splitlines()[-6:]]
@@ -127,10 +149,21 @@ def _format_case(r, verbose):
     worst = max((q for q in reported if q.ratio is not None and q.status == "pass"),
                 key=lambda q: q.ratio, default=None)
     head = "PASS" if r.passed else "FAIL"
+    n_known = sum(q.status == "known" for q in r.quantities)
+    what = "prior quantities" if r.mode == "prior-only" else "quantities"
     if not bad:
-        msg = f"{len(reported)} of {len(r.quantities)} quantities reported, all within tolerance"
+        ran = [c for c in r.checks if c.status in ("pass", "fail", "known", "error")]
+        if not reported:
+            msg = f"0 of {len(r.quantities)} {what} reported (only the checks below ran)"
+        elif n_known:
+            msg = (f"{len(reported)} of {len(r.quantities)} {what} reported, {n_known} known "
+                   f"deviation(s), the others within tolerance")
+        else:
+            msg = f"{len(reported)} of {len(r.quantities)} {what} reported, all within tolerance"
         if worst is not None:
             msg += f" (closest: {worst.name} at {worst.ratio:.2g} of allowed)"
+        if r.mode == "prior-only":
+            msg = "prior-only adapter: " + msg
     else:
         first = r.quantity(r.first_divergence)
         msg = (f"first divergence at {first.name} (position {first.position + 1} of "
@@ -157,7 +190,7 @@ def _format_case(r, verbose):
     for c in r.checks:
         if c.status == "skip" and not verbose:
             continue
-        lines.append(f"      check {c.name:<13} {c.status.upper():<5} {c.summary}"
+        lines.append(f"      check {c.name:<14} {c.status.upper():<5} {c.summary}"
                      + (f" [known: {c.reason}]" if c.reason else ""))
     repros = ([(q.name, q.reproduction) for q in r.quantities if q.failed and q.name == r.first_divergence]
               + [("check " + c.name, c.reproduction) for c in r.checks if c.failed and c.reproduction])

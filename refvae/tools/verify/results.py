@@ -39,7 +39,7 @@ class QuantityResult:
 class CheckResult:
     """One check that needs no golden value (or ``golden`` summarised)."""
 
-    name: str                     #: gradient, normalisation, sampler, mixture, nll
+    name: str                     #: gradient, normalisation, sampler, mixture, nll, prior_gradient
     status: str                   #: pass, fail, skip, known, error
     summary: str
     value: float | None = None
@@ -63,10 +63,16 @@ class CaseResult:
     error: str | None = None
     ignored: list = field(default_factory=list)  #: reported names that the case does not have
     seconds: float = 0.0
+    mode: str = "model"           #: "model" (the adapter has run) or "prior-only"
+    not_applicable: str | None = None  #: why the adapter declared it cannot run the case
+    divergences: dict = field(default_factory=dict)  #: path -> its first failing quantity
 
     @property
     def passed(self):
-        return (self.error is None and not any(q.failed for q in self.quantities)
+        """True when nothing failed (a case the adapter declared not applicable is not a pass:
+        :attr:`VerifyReport.passed` leaves it out, and the report counts it separately)."""
+        return (self.not_applicable is None and self.error is None
+                and not any(q.failed for q in self.quantities)
                 and not any(c.failed for c in self.checks))
 
     def quantity(self, name):

@@ -7,20 +7,24 @@ import sys
 import time
 import traceback
 
+import numpy as np
+
 from .. import golden as _golden
 from ..._validation import check_choice
-from .adapters import PROFILES, _check_seed, _runner, call_adapter, load_adapter
-from .checks import _check_prior_sample_from, _is_mixture, check_gradient, check_mixture, check_nll
+from .adapters import (PROFILES, _check_adapter, _check_seed, _Sub, adapter_outputs, is_prior_only,
+                       load_adapter)
+from .checks import _is_mixture, check_gradient, check_mixture, check_nll
 from .comparison import _first_divergence, compare_case
 from .density import _density_grid, _needs_l2, check_normalisation, check_sampler
 from .known import _known, load_known_deviations, validate_known_deviations
+from .prior_only import check_prior_gradient, prior_quantities
 from .report import VerifyReport, _adapter_name
 from .results import CaseResult, CheckResult, QuantityResult
 from .snippets import _repro_check, _repro_quantity
 
 __all__ = ["CHECKS", "run"]
 
-CHECKS = ("golden", "gradient", "normalisation", "sampler", "mixture", "nll")
+CHECKS = ("golden", "gradient", "normalisation", "sampler", "mixture", "nll", "prior_gradient")
 
 
 def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CHECKS,
@@ -57,7 +61,7 @@ def run(adapter, cases=None, profile="float64", known_deviations=None, checks=CH
     for case in case_list:
         do_prior = prior_checks == "all" or case.prior not in seen_priors
         results.append(_verify_case(adapter, case, profile, checks, known, do_prior, seed, impl))
-        if results[-1].error is None:  # the prior checks ran (or were not due) for this prior
+        if results[-1].error is None and results[-1].not_applicable is None:  # prior checks ran
             seen_priors.add(case.prior)
         if say is not None:
             say(f"{'PASS' if results[-1].passed else 'FAIL'}  {case.name} ({results[-1].seconds:.1f} s)")
@@ -94,7 +98,7 @@ def _run_args(adapter, impl, profile, prior_checks, checks, seed, known_deviatio
             adapter = load_adapter(adapter)
         except ValueError as exc:
             raise ValueError(f"adapter {adapter!r}: {exc}") from None
-    _runner(adapter)
+    _check_adapter(adapter)
     if known_deviations is None:
         known = []
     elif isinstance(known_deviations, (str, os.PathLike)):
@@ -111,16 +115,26 @@ def _verify_case(adapter, case, profile, checks, known, do_prior, seed, impl):
     case's draws), the checks, the known deviations and the reproductions of the failures."""
     t1 = time.perf_counter()
     res = CaseResult(case.name, case.path or "")
+    res.mode = "prior-only" if is_prior_only(adapter) else "model"
     try:
-        out = call_adapter(adapter, case)
+        res.not_applicable = _not_applicable(adapter, case)
+    except Exception:  # noqa: BLE001 - supports() raising is the adapter's error
+        res.error = traceback.format_exc(limit=4)
+    if res.not_applicable is not None or res.error is not None:
+        res.seconds = time.perf_counter() - t1
+        return res
+    errors = {}
+    try:
+        out = adapter_outputs(adapter, case, errors)
     except Exception:  # noqa: BLE001 - the adapter's own error is part of the report
         res.error = traceback.format_exc(limit=4)
         res.seconds = time.perf_counter() - t1
         return res
     res.ignored = sorted(k for k in out if k not in case.values and k != "nll")
     if "golden" in checks:
-        res.quantities = _golden_quantities(adapter, case, profile, out)
-    res.checks = _run_checks(adapter, case, profile, checks, out, do_prior, seed)
+        res.quantities = _golden_quantities(case, profile, out, errors, res.mode)
+    res.checks = _run_checks(adapter, case, profile, checks, out, do_prior, seed, res.mode)
+    _nothing_verified(res, out)
     _apply_known(res, known)
     res.first_divergence = _first_divergence(res.quantities)
     for q in res.quantities:
@@ -134,23 +148,57 @@ def _verify_case(adapter, case, profile, checks, known, do_prior, seed, impl):
     return res
 
 
-def _golden_quantities(adapter, case, profile, out):
-    """:func:`compare_case` of the outputs, ``prior_sample.z`` from the adapter's
-    ``prior_sample_from`` when it has one, and a failure when it reported none of the quantities."""
-    quantities = compare_case(out, case, profile)
-    if callable(getattr(adapter, "prior_sample_from", None)) and "prior_sample.z" in case.values:
-        pos = case.order.index("prior_sample.z")
-        try:
-            quantities[pos] = _check_prior_sample_from(adapter, case, profile, pos)
-        except Exception as exc:  # noqa: BLE001
-            quantities[pos] = QuantityResult("prior_sample.z", pos, "fail",
-                                             message=f"prior_sample_from raised {exc!r}")
-    if all(q.status == "missing" for q in quantities):
-        quantities.append(QuantityResult(
-            "(any)", len(quantities), "fail",
-            message="the adapter reported none of the case's quantities "
-                    f"(it returned {sorted(out)[:8]})"))
+def _not_applicable(adapter, case):
+    """Why the adapter declares it cannot run ``case`` (None when it can): its
+    ``supports(config)`` returned False, or its ``cases`` attribute (fnmatch patterns of case
+    names) matches none of the case's name."""
+    import fnmatch
+    supports = getattr(adapter, "supports", None)
+    if callable(supports):
+        ok = supports(case.inputs()[0])
+        if not isinstance(ok, (bool, np.bool_)):
+            raise TypeError(f"the adapter's supports(config) returned {type(ok).__name__}; "
+                            "expected True or False")
+        if not ok:
+            return "the adapter's supports(config) returned False"
+    patterns = getattr(adapter, "cases", None)
+    if patterns is not None:
+        if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+            raise TypeError("the adapter's cases attribute must be a list of case names or fnmatch "
+                            f"patterns, got {patterns!r:.80}")
+        if not any(fnmatch.fnmatchcase(case.name, p) for p in patterns):
+            return f"not in the adapter's cases ({', '.join(patterns)})"
+    return None
+
+
+def _golden_quantities(case, profile, out, errors, mode):
+    """:func:`compare_case` of the outputs (for a prior-only adapter: on the prior's quantities
+    only, :func:`prior_quantities`); a part of the adapter that raised (``errors``) is a failure of
+    the quantities it makes, and reporting none of the case's quantities is a failure."""
+    view = case if mode == "model" else _Sub(case, prior_quantities(case))
+    quantities = compare_case(out, view, profile)
+    made_by = {"prior_sample.z": ("prior_sample.z",), "log_pz": ("log_pz", "prior.log_p"),
+               "prior_trace": tuple(n for n in view.order if n.startswith("prior."))}
+    for part, msg in errors.items():
+        for q in quantities:
+            if q.name in made_by.get(part, ()) and q.status == "missing":
+                q.status, q.message = "fail", f"{part if part != 'log_pz' else 'prior_log_prob'} {msg}"
     return quantities
+
+
+def _nothing_verified(res, out):
+    """A failure ``(any)`` when the adapter reported none of the quantities and no check ran: a
+    run that verified nothing never passes."""
+    if any(q.status != "missing" for q in res.quantities):
+        return
+    if any(c.status in ("pass", "fail", "known", "error") for c in res.checks):
+        return
+    what = ("of the case's quantities" if res.mode == "model"
+            else "of the prior's quantities (log_pz, prior.*, prior_sample.z)")
+    res.quantities.append(QuantityResult(
+        "(any)", len(res.quantities), "fail",
+        message=f"the adapter reported none {what} (it returned {sorted(out)[:8]}) and no check "
+                "ran: nothing was verified"))
 
 
 def _checked(path, checksums):
@@ -190,7 +238,7 @@ def _resolve_cases(cases, checksums=True):
     return (dirs.pop() if len(dirs) == 1 else "(several)"), out
 
 
-def _run_checks(adapter, case, profile, checks, out, do_prior, seed):
+def _run_checks(adapter, case, profile, checks, out, do_prior, seed, mode="model"):
     results = []
 
     def guarded(name, fn):
@@ -200,7 +248,10 @@ def _run_checks(adapter, case, profile, checks, out, do_prior, seed):
             results.append(CheckResult(name, "error", f"raised {type(exc).__name__}: {exc}",
                                        details={"traceback": traceback.format_exc(limit=4)}))
 
-    if "gradient" in checks:
+    if "gradient" in checks and mode == "prior-only":
+        results.append(CheckResult("gradient", "skip", "a prior-only adapter has no run(): no loss "
+                                   "to differentiate"))
+    elif "gradient" in checks:
         guarded("gradient", lambda: check_gradient(adapter, case, profile, seed, outputs=out))
     grid = {}
 
@@ -222,6 +273,8 @@ def _run_checks(adapter, case, profile, checks, out, do_prior, seed):
         guarded("mixture", lambda: check_mixture(adapter, case, profile, outputs=out, seed=seed))
     if "nll" in checks:
         guarded("nll", lambda: check_nll(adapter, case, profile, outputs=out, seed=seed))
+    if "prior_gradient" in checks:
+        guarded("prior_gradient", lambda: check_prior_gradient(adapter, case, profile, seed))
     return results
 
 

@@ -26,7 +26,7 @@ def _snippet_head(impl, case):
         where = case.name  # a case shipped with refvae: the name is portable
     return ("import numpy as np\n"
             "from refvae.tools.golden import load_case\n"
-            "from refvae.tools.verify import call_adapter, load_adapter\n"
+            "from refvae.tools.verify import adapter_outputs, load_adapter\n"
             f"case = load_case({where!r})\n"
             f"{impl_line}\n")
 
@@ -34,10 +34,10 @@ def _snippet_head(impl, case):
 def _repro_quantity(impl, case, name, profile, status="fail"):
     if status == "shape":
         return (_snippet_head(impl, case)
-                + "out = call_adapter(adapter, case)\n"
+                + "out = adapter_outputs(adapter, case)\n"
                 + f"print('got shape', np.shape(out[{name!r}]), 'expected', case.values[{name!r}].shape)\n")
     return (_snippet_head(impl, case)
-            + "out = call_adapter(adapter, case)\n"
+            + "out = adapter_outputs(adapter, case)\n"
             + f"got = np.asarray(out[{name!r}], dtype=np.float64).reshape(case.values[{name!r}].shape)\n"
             + f"want, allowed = case.values[{name!r}], case.allowed({name!r}, {profile!r})\n"
             + "bad = np.abs(got - want) > allowed\n"
@@ -48,7 +48,7 @@ def _repro_quantity(impl, case, name, profile, status="fail"):
 def _repro_check(impl, case, check, profile, **kw):
     fn = f"check_{check}"
     extra = "".join(f", {k}={v!r}" for k, v in kw.items())
-    return (_snippet_head(impl, case).replace("call_adapter, load_adapter",
+    return (_snippet_head(impl, case).replace("adapter_outputs, load_adapter",
                                               f"{fn}, load_adapter")
             + f"result = {fn}(adapter, case, {profile!r}{extra})\n"
             + "print(result.status, result.summary)\n")
