@@ -221,18 +221,18 @@ def test_bit_identical_across_workers_threads_and_runs(cluster1, cluster2, cases
 
 
 def test_component_sources_give_the_same_bits(cluster2, cases, tmp_path):
-    """NumPy arrays, Dask arrays (other chunks, rechunked), .npy files, an .npz file (plain and
-    compressed) and a directory: the same bits for the same chunking."""
+    """NumPy arrays, Dask arrays (other chunks, rechunked), .npy files, an .npz file (uncompressed;
+    a compressed one is refused on the cluster path: tests/test_distributed_storage.py) and a
+    directory: the same bits for the same chunking."""
     z, m, v, _, _ = cases[16]
     client = cluster2[1]
     want = dist.log_qz(z, m, v, client=client, chunk=3001)
     np.save(tmp_path / "means.npy", m)
     np.save(tmp_path / "log_vars.npy", v)
     np.savez(tmp_path / "c.npz", means=m, log_vars=v)
-    np.savez_compressed(tmp_path / "cc.npz", means=m, log_vars=v)
     sources = {"dask": (da.from_array(m, chunks=(5000, 16)), da.from_array(v, chunks=(1234, 16))),
                ".npy": (str(tmp_path / "means.npy"), str(tmp_path / "log_vars.npy")),
-               ".npz": (tmp_path / "c.npz", None), "compressed .npz": (tmp_path / "cc.npz", None),
+               ".npz": (tmp_path / "c.npz", None),
                "directory": (tmp_path, None)}
     for what, (a, b) in sources.items():
         assert np.array_equal(dist.log_qz(z, a, b, client=client, chunk=3001), want), what

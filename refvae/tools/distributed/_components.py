@@ -11,7 +11,12 @@ import numpy as np
 from ..._validation import as_float_array
 from ._base import (COMPONENT_FILES, DEFAULT_CHUNK, _check_chunk, _is_dask_array, _is_path,
                     _require_dask, shard_bounds)
-from ._files import _check_components_manifest, _FileArray, _read_rows
+from ._files import _check_components_manifest, _FileArray, _read_pair
+
+
+def _is_zarr(p):
+    """A zarr store: a path ending in .zarr, or a directory holding zarr.json (zarr v3)."""
+    return p.lower().rstrip("/" + os.sep).endswith(".zarr") or os.path.isfile(os.path.join(p, "zarr.json"))
 
 
 class _Components:
@@ -24,17 +29,18 @@ class _Components:
                                  ".npz file or a directory holding means.npy and log_vars.npy)")
             p = os.fspath(means)
             if log_vars is None:
-                if os.path.isdir(p):
+                if os.path.isdir(p) and not _is_zarr(p):
                     self.means = _FileArray(os.path.join(p, COMPONENT_FILES[0]), None, "means")
                     self.log_vars = _FileArray(os.path.join(p, COMPONENT_FILES[1]), None, "log_vars")
                     _check_components_manifest(p, self.means, self.log_vars)
-                elif p.endswith(".npz"):
+                elif p.lower().endswith((".npz", ".h5", ".hdf5")) or _is_zarr(p):
                     self.means = _FileArray(p, "means", "means")
                     self.log_vars = _FileArray(p, "log_vars", "log_vars")
                 else:
                     raise ValueError(f"means: {p!r} is neither an .npz file with keys 'means' and "
-                                     f"'log_vars' nor a directory with means.npy and log_vars.npy; "
-                                     f"for a .npy file pass log_vars as well")
+                                     f"'log_vars', a zarr group (.zarr) or HDF5 file (.h5) with "
+                                     f"those arrays, nor a directory with means.npy and "
+                                     f"log_vars.npy; for a .npy file pass log_vars as well")
             else:
                 self.means = _FileArray(p, None, "means")
                 self.log_vars = _FileArray(log_vars, None, "log_vars")
@@ -87,11 +93,17 @@ class _Components:
                 out.append(da.from_array(a, chunks=(chunk, self.L), name=False))
             elif self.kind == "dask":
                 out.append(a.astype(np.float64).rechunk((chunk, self.L)))
-            else:
-                blocks = [da.from_delayed(dask.delayed(_read_rows, pure=True)(a.path, a.key, lo, hi, a.shape,
-                                                                              a.name, a.dtype.str, a.size),
-                                          shape=(hi - lo, self.L), dtype=np.float64)
-                          for lo, hi in bounds]
+        if self.kind == "file":
+            # one task reads a shard's means AND log-variances (the same worker holds both: they
+            # never move between workers to meet); each read checks the client's fingerprint
+            for fa in (self.means, self.log_vars):
+                fa.check_shardable()
+            read = dask.delayed(_read_pair, pure=True)
+            mspec, lspec = self.means.spec(), self.log_vars.spec()
+            pairs = [read(mspec, lspec, lo, hi) for lo, hi in bounds]
+            for j in (0, 1):
+                blocks = [da.from_delayed(pr[j], shape=(hi - lo, self.L), dtype=np.float64)
+                          for pr, (lo, hi) in zip(pairs, bounds)]
                 out.append(da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0])
         return out[0], out[1]
 
