@@ -442,6 +442,74 @@ def test_standalone_gradients_default_gtm_leaky_relu():
     assert report.passed, str(report)
 
 
+@pytest.mark.parametrize("name", ["vamp_learned", "mog", "gtm", "gtm_vamp"])
+def test_learned_weights_gradient_by_the_complex_step(name):
+    """d log p(z) / d prior.logits by the prior's hand VJP (responsibilities through log_softmax)
+    against the complex-step derivative of the definition logsumexp_k [log_softmax(logits)_k +
+    log N(z | mu_k, v_k)] (the kernel's NumPy twin and log_softmax evaluated on complex logits: no
+    subtraction, agreement to rounding; tolerance ``complex_step``). The components are held fixed:
+    only the weights' path is checked here (the other paths: the finite-difference tests above)."""
+    from refvae.gradcheck import check_vjp_complex
+    from refvae.primitives import log_softmax
+    prior, params = build(name)
+    z = np.random.default_rng(3).normal(scale=2.0, size=(5, L))
+    means, log_vars, _ = prior.mixture_components(params)
+
+    def f(a):
+        return mixture_log_prob_numpy(z, means, log_vars, log_softmax(a["logits"]))
+
+    def vjp(g, a):
+        _, cache = prior.forward({**params, "prior.logits": a["logits"]}, z)
+        return {"logits": prior.backward(g, cache)[1]["prior.logits"]}
+
+    report = check_vjp_complex(f, vjp, {"logits": params["prior.logits"]}, rng=np.random.default_rng(4))
+    assert report.passed, str(report)
+    assert report.entries and report.entries[0].name == "logits"
+
+
+def test_vamp_learned_weights_default_off_and_trained_through_the_vae(monkeypatch):
+    """learn_weights=False (the default) has no prior.logits and samples with rng.integers (the
+    golden cases' bits); learn_weights=True adds prior.logits (K,), zeros at init, and one Adamax
+    step on a VAE moves them (their gradient reaches the optimiser)."""
+    from refvae.optim import make_optimizer
+    prior, _ = build("vamp")
+    assert "prior.logits" not in prior.param_shapes and prior.config()["kwargs"]["learn_weights"] is False
+    model = tiny_vae("vamp_learned", monkeypatch)
+    model.params["prior.logits"][...] = 0.0
+    assert model.prior.param_shapes["prior.logits"] == (3,)
+    rng = np.random.default_rng(9)
+    x, eps = rng.normal(size=(4, D)), rng.standard_normal((4, L))
+    _, grads = model.neg_elbo_and_grad(x, eps)
+    assert np.any(grads["prior.logits"] != 0) and abs(float(np.sum(grads["prior.logits"]))) < 1e-12
+    make_optimizer("adamax", model.params, 1e-2).step(grads)
+    assert np.any(model.params["prior.logits"] != 0)
+
+
+def test_settings_read_the_companion_fields_of_a_profile():
+    """The priors' settings(profile): defaults unchanged for a profile without the companion fields
+    (no learn_weights key, the encoder's activation, data_range (0, num_vals - 1)); with them,
+    learned VampPrior weights, the pseudo-input range and a separate GTM activation."""
+    import dataclasses
+    import types
+    from refvae.priors.flow import FlowPrior
+    from refvae.tools.profiles import PROFILES
+    base = PROFILES["quick"]
+    assert VampPrior.settings(base) == {"num_components": 16}
+    assert GTMPrior.settings(base)["activation"] == base.activation == "leaky_relu"
+    assert GTMVampPrior.settings(base)["data_range"] == (0.0, 16.0)
+    assert "init" not in FlowPrior.settings(base)
+    comp = types.SimpleNamespace(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
+                                 vamp_learn_weights=True, pseudo_input_range=(0.0, 17.0),
+                                 gtm_activation="tanh", flow_init="random")
+    assert VampPrior.settings(comp) == {"num_components": 16, "learn_weights": True,
+                                        "data_range": (0.0, 17.0)}
+    assert GTMPrior.settings(comp)["activation"] == "tanh"
+    assert GTMVampPrior.settings(comp)["activation"] == "tanh"
+    assert GTMVampPrior.settings(comp)["data_range"] == (0.0, 17.0)
+    assert FlowPrior.settings(comp)["init"] == "random"
+    assert FlowPrior.settings(comp)["activation"] == "leaky_relu"   # the companion's s/t nets
+
+
 def _registered(monkeypatch):
     for cls in CLASSES.values():
         monkeypatch.setitem(refvae.priors.PRIORS, cls.name, cls)

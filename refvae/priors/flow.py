@@ -114,8 +114,11 @@ class FlowPrior(Prior):
 
     @classmethod
     def settings(cls, profile):
-        return {"num_couplings": profile.flow_couplings, "hidden": profile.prior_hidden,
-                "activation": profile.activation}
+        out = {"num_couplings": profile.flow_couplings, "hidden": profile.prior_hidden,
+               "activation": profile.activation}
+        if getattr(profile, "flow_init", "identity") != "identity":  # the companion's: "random"
+            out["init"] = profile.flow_init
+        return out
 
     @classmethod
     def tiny_settings(cls, activation, data_range):

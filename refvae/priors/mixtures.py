@@ -473,6 +473,15 @@ class VampPrior(_MixturePrior):
       This is the encoder's *prior path*; the VAE adds it to the path through q(z|x).
     - ``d prior.logits = dlogpi - softmax(logits) * sum_k dlogpi_k`` (``learn_weights=True`` only).
 
+    The learned weights' VJP, derived: with ``l_b = log p(z_b) = logsumexp_k [log pi_k + log N_bk]``,
+    ``d l_b / d log pi_k = exp(log pi_k + log N_bk - l_b) = r_bk`` (the responsibility), so
+    ``dlogpi_k = sum_b g_b r_bk``; and ``log pi = log_softmax(a)`` has Jacobian
+    ``d log pi_k / d a_j = delta_kj - pi_j``, so
+    ``d a_j = sum_k dlogpi_k (delta_kj - pi_j) = dlogpi_j - pi_j sum_k dlogpi_k`` (the kernel gives
+    ``dlogpi``, :func:`refvae.primitives.log_softmax_vjp` the rest). Since ``sum_k r_bk = 1``,
+    ``sum_j d a_j = 0``: adding a constant to every logit changes nothing. Checked by central
+    differences, Richardson and the complex step (tests/test_prior_mixtures.py).
+
     Shapes
     ------
     z (B, L) -> (B,); ``prior.pseudo_inputs`` (K, D); ``prior.logits`` (K,) if learnable. ``grads``
@@ -504,7 +513,15 @@ class VampPrior(_MixturePrior):
 
     @classmethod
     def settings(cls, profile):
-        return {"num_components": profile.num_components}
+        """K from the profile; learned weights (``vamp_learn_weights``) and the pseudo-inputs'
+        range (``pseudo_input_range``) only when the profile sets them (defaults otherwise)."""
+        out = {"num_components": profile.num_components}
+        if getattr(profile, "vamp_learn_weights", False):
+            out["learn_weights"] = True
+        rng_ = getattr(profile, "pseudo_input_range", None)
+        if rng_ is not None:
+            out["data_range"] = tuple(rng_)
+        return out
 
     @classmethod
     def tiny_settings(cls, activation, data_range):
@@ -588,6 +605,12 @@ class VampPrior(_MixturePrior):
 
 
 # =========================================================================== GTM
+
+def _gtm_activation(profile):
+    """The activation of the GTM family's grid MLP under a profile: ``profile.gtm_activation`` when
+    set (the companion code uses tanh there), else the encoder's ``profile.activation``."""
+    return getattr(profile, "gtm_activation", None) or profile.activation
+
 
 class _GridMixin:
     """The fixed GTM grid and the MLP ``prior.gtm.*`` that maps it (shared by GTM and GTM-Vamp)."""
@@ -691,7 +714,7 @@ class GTMPrior(_GridMixin, _MixturePrior):
     def settings(cls, profile):
         return {"grid_size": profile.gtm_grid, "u_min": profile.gtm_range[0],
                 "u_max": profile.gtm_range[1], "hidden": profile.prior_hidden,
-                "activation": profile.activation}
+                "activation": _gtm_activation(profile)}
 
     @classmethod
     def tiny_settings(cls, activation, data_range):
@@ -781,9 +804,11 @@ class GTMVampPrior(_GridMixin, _MixturePrior):
 
     @classmethod
     def settings(cls, profile):
+        rng_ = getattr(profile, "pseudo_input_range", None)
         return {"grid_size": profile.gtm_grid, "u_min": profile.gtm_range[0],
                 "u_max": profile.gtm_range[1], "hidden": profile.prior_hidden,
-                "activation": profile.activation, "data_range": (0.0, float(profile.num_vals - 1))}
+                "activation": _gtm_activation(profile),
+                "data_range": (0.0, float(profile.num_vals - 1)) if rng_ is None else tuple(rng_)}
 
     @classmethod
     def tiny_settings(cls, activation, data_range):
