@@ -1037,6 +1037,12 @@ TABLE["tools.report.identity_checks.identities"] = Entry(b(report.identities, ru
                                      n_train=10),
                                    objects=("run",), ints={"n_train": 1},
                                    custom=[("run", "list", lambda c: [1, 2], "type", "error")])
+TABLE["tools.report.identity_checks.extra_inputs"] = Entry(
+    b(report.identity_checks.extra_inputs, model=_GM,
+      data=lazy(lambda c: {"train": c.x(6), "test": c.x(4)}),
+      aggregated=lazy(lambda c: prior_mixtures.AggregatedPosterior.from_model(c.model(D=4), c.x(6))),
+      profile=_TINY, rng=R),
+    objects=("model", "data", "aggregated", "profile", "rng"))
 _VAL_GUARDS = (("refvae.tools.report.runner", "load_data"),)
 TABLE["tools.report.runner.run_validation"] = Entry(
     b(report.run_validation, profile=_TINY, seed=0, out=lazy(lambda c: c.fresh("val")),
