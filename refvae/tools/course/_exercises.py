@@ -19,9 +19,13 @@ LN_2PI = math.log(2 * math.pi)
 
 
 def _named(name):
+    """Wrap an oracle so that the grader's verdict names it (refvae's functions are not modified)."""
     def deco(fn):
-        fn.oracle_name = name
-        return fn
+        def reference(*args):
+            return fn(*args)
+        reference.oracle_name = name
+        reference.__name__ = getattr(fn, "__name__", "reference")
+        return reference
     return deco
 
 
@@ -40,7 +44,7 @@ def two_layer_forward(x, W1, b1, W2, b2):
     return y
 
 
-@_named("layers.mlp_backward (tanh)")
+@_named("refvae.layers.mlp_backward (tanh)")
 def _two_layer_ref(g, x, W1, b1, W2, b2):
     _, cache = layers.mlp_forward(_two_layer_params(W1, b1, W2, b2), "net", x, "tanh")
     dx, gr = layers.mlp_backward(g, cache)
@@ -78,7 +82,7 @@ EX_1_1 = Exercise(
 
 # =========================================================================== chapter 2
 
-@_named("layers.linear_backward")
+@_named("refvae.layers.linear_backward")
 def _linear_ref(g, x, W, b):
     return layers.linear_backward(g, (x, W))
 
@@ -102,7 +106,7 @@ EX_2_1 = Exercise(
     ))
 
 
-@_named("layers.leaky_relu_backward")
+@_named("refvae.layers.leaky_relu_backward")
 def _leaky_ref(g, x):
     return (layers.leaky_relu_backward(g, x),)
 
@@ -137,7 +141,7 @@ def _gauss_points(rng):
                                           log_var=_std(rng, 4, 3, scale=0.7)), _std(rng, 4))]
 
 
-@_named("gaussian.log_prob")
+@_named("refvae.gaussian.log_prob")
 def _log_prob_ref(z, mu, log_var):
     return gaussian.log_prob(z, mu, log_var)
 
@@ -158,7 +162,7 @@ EX_3_1 = Exercise(
     ))
 
 
-@_named("gaussian.log_prob_vjp")
+@_named("refvae.gaussian.log_prob_vjp")
 def _log_prob_vjp_ref(g, z, mu, log_var):
     return gaussian.log_prob_vjp(g, z, mu, log_var)
 
@@ -188,7 +192,7 @@ EX_3_2 = Exercise(
     ))
 
 
-@_named("gaussian.reparameterize")
+@_named("refvae.gaussian.reparameterize")
 def _reparam_ref(mu, log_var, eps):
     return gaussian.reparameterize(mu, log_var, eps)
 
@@ -227,7 +231,7 @@ def _cat_points(rng):
                   _std(rng, B))]
 
 
-@_named("likelihoods.categorical_log_prob_vjp")
+@_named("refvae.likelihoods.categorical_log_prob_vjp")
 def _cat_ref(g, x, logits, num_vals):
     return (categorical_log_prob_vjp(g, x, logits, num_vals),)
 
@@ -292,7 +296,7 @@ def _sig(a):
 EX_4_2 = Exercise(
     "4.2", "bernoulli_vjp", "backward pass of the Bernoulli log-likelihood", "vjp",
     ("x", "logits"), ("dlogits",), _bern_points,
-    _named("likelihoods.bernoulli_log_prob_vjp")(lambda g, x, logits: (bernoulli_log_prob_vjp(g, x, logits),)),
+    _named("refvae.likelihoods.bernoulli_log_prob_vjp")(lambda g, x, logits: (bernoulli_log_prob_vjp(g, x, logits),)),
     forward=lambda x, logits: bernoulli_log_prob(x, logits), diff=("logits",),
     variants=(
         Variant("x - sigma(a) formed as a difference (cancels when the model is confident)",
@@ -323,7 +327,7 @@ def _latent_parts(g, mu, log_var, eps):
     return z, dz_q, dmu_q, dlv_q, dz_p
 
 
-@_named("gaussian.log_prob_vjp + gaussian.reparameterize_vjp")
+@_named("refvae.gaussian.log_prob_vjp and refvae.gaussian.reparameterize_vjp")
 def _latent_ref(g, mu, log_var, eps):
     z, dz_q, dmu_q, dlv_q, dz_p = _latent_parts(g, mu, log_var, eps)
     dmu_r, dlv_r, _ = gaussian.reparameterize_vjp(dz_q + dz_p, mu, log_var, eps)
@@ -412,12 +416,12 @@ MIX_VARIANTS = (
 EX_6_1 = Exercise(
     "6.1", "mixture_log_prob", "ln of a mixture of K diagonal Gaussians, one value per row", "forward",
     ("z", "means", "log_vars", "log_weights"), ("value",), _mix_points,
-    _named("kernels.mixture.mixture_log_prob_numpy")(mixture_log_prob_numpy), variants=MIX_VARIANTS)
+    _named("refvae.kernels.mixture.mixture_log_prob_numpy")(mixture_log_prob_numpy), variants=MIX_VARIANTS)
 
 EX_6_3 = Exercise(
     "6.3", "mixture_log_prob_buggy", "find the bug: a mixture log-density that integrates to one",
     "forward", ("z", "means", "log_vars", "log_weights"), ("value",), _mix_points,
-    _named("kernels.mixture.mixture_log_prob_numpy")(mixture_log_prob_numpy), variants=MIX_VARIANTS,
+    _named("refvae.kernels.mixture.mixture_log_prob_numpy")(mixture_log_prob_numpy), variants=MIX_VARIANTS,
     find_bug=True)
 
 
@@ -456,7 +460,7 @@ def _mix_vjp_points(rng):
 EX_6_2 = Exercise(
     "6.2", "mixture_vjp", "backward pass of the mixture log-density: responsibilities", "vjp",
     ("z", "means", "log_vars", "log_weights"), ("dz", "dmeans", "dlog_vars", "dlog_weights"),
-    _mix_vjp_points, _named("kernels.mixture.mixture_log_prob_vjp_numpy")(mixture_log_prob_vjp_numpy),
+    _mix_vjp_points, _named("refvae.kernels.mixture.mixture_log_prob_vjp_numpy")(mixture_log_prob_vjp_numpy),
     forward=mixture_log_prob_numpy, diff=("z", "means", "log_vars", "log_weights"),
     variants=(
         Variant("responsibilities not normalised: exp(t_bk) instead of exp(t_bk - log p(z_b))",
@@ -495,7 +499,7 @@ def _vamp_paths(g, W, U, x, z):
     return dW_prior, dW_q, dU
 
 
-@_named("mixture VJP + gaussian.log_prob_vjp + layers.linear_backward")
+@_named("refvae's mixture VJP, gaussian.log_prob_vjp and layers.linear_backward")
 def _vamp_ref(g, W, U, x, z):
     dW_prior, dW_q, dU = _vamp_paths(g, W, U, x, z)
     return dW_q + dW_prior, dU
@@ -569,15 +573,15 @@ FLOW_VARIANTS = (
 EX_8_1 = Exercise(
     "8.1", "coupling_log_prob", "ln p(z) under one RealNVP coupling onto N(0, I)", "forward",
     ("z", "Ws", "bs", "Wt", "bt"), ("value",), _flow_points,
-    _named("priors.FlowPrior.forward")(coupling_forward), variants=FLOW_VARIANTS)
+    _named("refvae.priors.FlowPrior.forward")(coupling_forward), variants=FLOW_VARIANTS)
 
 EX_8_3 = Exercise(
     "8.3", "coupling_log_prob_buggy", "find the bug: a flow density that no longer integrates to one",
     "forward", ("z", "Ws", "bs", "Wt", "bt"), ("value",), _flow_points,
-    _named("priors.FlowPrior.forward")(coupling_forward), variants=FLOW_VARIANTS, find_bug=True)
+    _named("refvae.priors.FlowPrior.forward")(coupling_forward), variants=FLOW_VARIANTS, find_bug=True)
 
 
-@_named("priors.FlowPrior.backward")
+@_named("refvae.priors.FlowPrior.backward")
 def _coupling_vjp_ref(g, z, Ws, bs, Wt, bt):
     lp, cache = FLOW.forward(_flow_params(Ws, bs, Wt, bt), z)
     dz, gr = FLOW.backward(g, cache)
@@ -632,7 +636,7 @@ def _xsinx_points(rng):
 
 EX_9_1 = Exercise(
     "9.1", "x_sin_x_vjp", "VJP of the elementwise f(x) = x sin x", "vjp", ("x",), ("dx",),
-    _xsinx_points, _named("the product rule")(lambda g, x: (g * (np.sin(x) + x * np.cos(x)),)),
+    _xsinx_points, _named("g (sin x + x cos x), the product rule")(lambda g, x: (g * (np.sin(x) + x * np.cos(x)),)),
     forward=lambda x: x * np.sin(x), diff=("x",),
     variants=(
         Variant("the cotangent g is ignored (returns the derivative, not g times it)",
@@ -654,14 +658,14 @@ def _lse_points(rng):
 EX_9_2 = Exercise(
     "9.2", "logsumexp_vjp", "find the bug: a logsumexp VJP that passes a check at one point", "vjp",
     ("x",), ("dx",), _lse_points,
-    _named("primitives.logsumexp_vjp")(lambda g, x: logsumexp_vjp(g, x, axis=-1)),
+    _named("refvae.primitives.logsumexp_vjp")(lambda g, x: logsumexp_vjp(g, x, axis=-1)),
     forward=lambda x: logsumexp(x, axis=-1), diff=("x",),
     variants=(
         Variant("unnormalised weights exp(x) instead of exp(x - logsumexp(x))",
                 "d/dx_k log sum_j e^{x_j} = e^{x_k} / sum_j e^{x_j} = exp(x_k - ans): equal to "
                 "exp(x_k) only where logsumexp(x) = 0, the point where a single check was made",
                 lambda g, x: (g[:, None] * np.exp(x),)),
-    ))
+    ), find_bug=True)
 
 
 EXERCISES = {e.id: e for e in (EX_1_1, EX_2_1, EX_2_2, EX_3_1, EX_3_2, EX_3_3, EX_4_1, EX_4_2, EX_5_1,

@@ -188,7 +188,7 @@ def grade_function(ex, fn, *, hint=None):
     if not wrong and ex.kind == "vjp":
         report = _gradcheck(ex, fn, points[0])
         if report.passed:
-            lines += [f"RIGHT: every entry agrees with refvae's {_oracle_name(ex)} at {_n_points(points)} "
+            lines += [f"RIGHT: every entry agrees with {_oracle_name(ex)} at {_n_points(points)} "
                       f"(rtol {ex.rtol:g})",
                       f"gradient check (refvae.gradcheck.check_vjp, central differences of refvae's "
                       f"forward, no oracle): PASSED, worst relative error {report.max_rel_err:.1e}"]
@@ -197,12 +197,13 @@ def grade_function(ex, fn, *, hint=None):
                   "the oracle is wrong)", str(report)]
         return GradeResult(ex, False, "wrong", lines, gradcheck=report, diagnosis="oracle disagrees")
     if not wrong:
-        lines.append(f"RIGHT: every entry agrees with refvae's {_oracle_name(ex)} at {_n_points(points)} "
+        lines.append(f"RIGHT: every entry agrees with {_oracle_name(ex)} at {_n_points(points)} "
                      f"(rtol {ex.rtol:g})")
         return GradeResult(ex, True, "right", lines)
     names = [n for n in ex.outputs if n in wrong]
     okn = [n for n in ex.outputs if n not in wrong]
-    lines.append(f"WRONG: {', '.join(names)} disagree with refvae's {_oracle_name(ex)}"
+    lines.append(f"WRONG: {', '.join(names)} {'disagrees' if len(names) == 1 else 'disagree'} with "
+                 f"{_oracle_name(ex)}"
                  + (f" ({', '.join(okn)} right)" if okn else ""))
     for n in names:
         for pi, idx, a, b in wrong[n][:3]:
@@ -229,7 +230,7 @@ def _n_points(points):
 
 def _oracle_name(ex):
     ref = ex.reference
-    return getattr(ref, "oracle_name", getattr(ref, "__name__", "reference"))
+    return getattr(ref, "oracle_name", getattr(ref, "__name__", "the reference"))
 
 
 def _gradcheck(ex, fn, point):
