@@ -308,6 +308,7 @@ def log_prob(z, mu, log_var):
 
     References
         SPEC.md section 2 (``log N`` with all constants); SPEC.md section 5 (``ln q(z|x)``).
+        See also: docs/course/03-gaussian.md (the derivation with numbers, and an exercise).
     """
     r = _diff(z, mu, -0.5 * log_var)                 # (z - mu) e^{-v/2}
     return _sum_last(-0.5 * (LOG_2PI + log_var) - _half_square(r))
@@ -466,6 +467,7 @@ def kl(mu_q, log_var_q, mu_p, log_var_p):
 
     References
         SPEC.md section 2 (``KL = CE - H``); SPEC.md section 5 (analytic KL for the standard prior).
+        See also: docs/course/03-gaussian.md.
     """
     r = _diff(mu_q, mu_p, -0.5 * log_var_p)
     return _sum_last(_half_expm1mx(log_var_q, log_var_p) + _half_square(r))
@@ -517,6 +519,7 @@ def reparameterize(mu, log_var, eps):
 
     References
         SPEC.md section 3 (reparameterisation) and section 1 (``eps`` is passed in).
+        See also: docs/course/03-gaussian.md.
     """
     with np.errstate(over="ignore"):
         return mu + _mul_exp(eps, 0.5 * log_var)

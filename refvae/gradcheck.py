@@ -45,6 +45,9 @@ Calling conventions
 (a parameter dict), with ``f(args)`` and ``vjp(g, args)`` returning a dict with the same keys.
 ``f`` may return an array of any shape, including a scalar.
 
+See also: docs/course/09-checking-gradients.md (random directions, the step size, the complex step,
+rounding floors, kinks, and how a check can lie, with numbers).
+
 Example
 -------
 >>> import numpy as np

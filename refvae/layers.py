@@ -182,7 +182,8 @@ def linear_backward(dy, cache):
 
     References
     ----------
-    SPEC.md section 3.
+    SPEC.md section 3. See also: docs/course/01-chain-rule.md (the chain rule with every number of a
+    two-layer network) and docs/course/02-linear-and-activations.md (batches, activations, kinks).
     """
     x, W = cache
     return dy @ W.T, x.T @ dy, dy.sum(axis=0)
@@ -338,7 +339,8 @@ def leaky_relu_backward(dy, cache):
 
     References
     ----------
-    SPEC.md section 3.
+    SPEC.md section 3. See also: docs/course/02-linear-and-activations.md (why a kink matters to a
+    gradient check).
     """
     return _kinked_backward(dy, cache, LEAKY_SLOPE)
 
@@ -392,7 +394,7 @@ def tanh_backward(dy, cache):
 
     References
     ----------
-    SPEC.md section 3.
+    SPEC.md section 3. See also: docs/course/01-chain-rule.md (tanh in a worked example).
     """
     # sech(x) = 2 e^{-|x|} / (1 + e^{-2|x|}): no overflow, full relative accuracy for large |x|
     x = np.real(cache)
@@ -737,7 +739,8 @@ def mlp_backward(dy, cache):
 
     References
     ----------
-    SPEC.md section 3 (gradient dicts have the keys and shapes of the parameter dict).
+    SPEC.md section 3 (gradient dicts have the keys and shapes of the parameter dict). See also:
+    docs/course/02-linear-and-activations.md.
     """
     d = dy
     prefix = cache["prefix"]

@@ -190,7 +190,8 @@ def categorical_log_prob_vjp(g, x, logits, num_vals):
 
     References
     ----------
-    SPEC.md section 2.
+    SPEC.md section 2. See also: docs/course/04-likelihoods.md (why the sum and not
+    1 - p_k, with numbers).
     """
     xi, a, C = _check_categorical(x, logits, num_vals, allow_complex=False)
     B, D, _ = a.shape
@@ -272,7 +273,7 @@ def bernoulli_log_prob_vjp(g, x, logits):
 
     References
     ----------
-    SPEC.md section 2.
+    SPEC.md section 2. See also: docs/course/04-likelihoods.md (Bernoulli without forming sigma).
     """
     x, a = _check_bernoulli(x, logits, allow_complex=False)
     g = _check_g(g, x.shape[0])

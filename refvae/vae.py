@@ -115,7 +115,11 @@ class Encoder:
         return h[:, :L], h[:, L:], cache
 
     def backward(self, dmu, dlog_var, cache):
-        """``(dx, grads)``, checked (``VAE.backward`` runs the MLP's backward on its own cache)."""
+        """``(dx, grads)``, checked (``VAE.backward`` runs the MLP's backward on its own cache).
+
+        See also: docs/course/07-vampprior.md (the VampPrior calls it at the pseudo-inputs: the
+        encoder's second path).
+        """
         return mlp_backward(np.concatenate([dmu, dlog_var], axis=1), cache)
 
 
@@ -553,6 +557,9 @@ class VAE:
         A gradient entry that overflows (finite forward pass, non-finite gradient) is a
         :class:`~refvae._validation.NonFiniteIntermediateError` naming the parameter: never a
         silent NaN or inf gradient.
+
+        See also: docs/course/05-elbo-three-paths.md (this walk with numbers: the three paths into
+        z, down to ``encoder.0.W``) and docs/course/07-vampprior.md (the encoder on two paths).
         """
         check_choice(reduction, "reduction", ("mean", "sum"))
         x, eps, mu, log_var, z = cache.x, cache.eps, cache.mu, cache.log_var, cache.z

@@ -713,7 +713,8 @@ def mixture_log_prob_numpy(z, means, log_vars, log_weights=None, *, _checked=Fal
     Same definition and conventions, written as directly as possible:
     ``t = w - 1/2 sum(ln 2 pi + v) - 1/2 sum((z - mu)^2 e^{-v})``, then
     ``f = max_k t + log sum_k exp(t - max_k t)``. Accepts complex input (for complex-step
-    derivative checks): the shift is the maximum of the real part.
+    derivative checks): the shift is the maximum of the real part. See also:
+    docs/course/06-mixtures.md (log-sum-exp, responsibilities, streaming, with numbers).
     """
     if not _checked:
         z, means, log_vars, log_weights = _twin_args(z, means, log_vars, log_weights)
@@ -735,7 +736,8 @@ def mixture_log_prob_numpy(z, means, log_vars, log_weights=None, *, _checked=Fal
 def mixture_log_prob_vjp_numpy(g, z, means, log_vars, log_weights=None):
     """Plain NumPy twin of :func:`mixture_log_prob_vjp` (forms the (b, K, L) chunk explicitly).
 
-    Real input only (checked as by :func:`check_mixture_args`); ``g`` finite, shape (B,).
+    Real input only (checked as by :func:`check_mixture_args`); ``g`` finite, shape (B,). See also:
+    docs/course/06-mixtures.md (the responsibilities derived, and an exercise).
     """
     z, means, log_vars, log_weights = check_mixture_args(z, means, log_vars, log_weights)
     B, L = z.shape

@@ -383,6 +383,9 @@ class FlowPrior(Prior):
         Numerics
         --------
         Reuses the forward's s, e^{-s} and y_b; nothing is recomputed and no exp is re-evaluated.
+
+        See also: docs/course/08-flow.md (the coupling's log-determinant, once per coupling, and
+        this backward with numbers).
         """
         u = cache["u"]
         g = as_float_array(g, "g", shape=(u.shape[0],))
