@@ -57,6 +57,8 @@ OLD = {
     "flow_normalisation": (0.0, 1e-06),
     "report_elbo_split": (1e-12, 0.0),
     "report_jensen": (1.4210854715202004e-14, 0.0),
+    "report_closed_form_rounding": (64.0, 0.0),
+    "gradcheck_rounding": (64.0, 0.0),
     "gradcheck_kink_margin": (0.0, 0.001),
     "verify_golden": (64.0, 0.0),
     "blas_thread_count": (7.105427357601002e-15, 0.0),
@@ -73,6 +75,8 @@ TYPED = {
     "mixture_vjp_vs_mpmath": (Rounding, {"c": 8.0}),
     "verify_golden": (Rounding, {"c": 64.0}),
     "golden_regeneration": (Rounding, {"c": 32.0}),
+    "report_closed_form_rounding": (Rounding, {"c": 64.0}),
+    "gradcheck_rounding": (Rounding, {"c": 64.0}),
     "monte_carlo_k_sigma": (Sigma, {"k": 5.0, "slack": 0.0}),
     "verify_nll": (Sigma, {"k": 5.0, "slack": 0.02}),
     "mixture_prior_chi_square": (PValue, {"alpha": 1e-6}),
@@ -107,7 +111,7 @@ def test_same_entries_and_numbers_as_before():
 
 def test_entries_per_kind():
     counts = {kind: sum(v.kind == kind for v in TOLERANCES.values()) for kind in KINDS}
-    assert counts == {"relabs": 31, "rounding": 4, "sigma": 2, "pvalue": 2, "distance": 1, "estimate": 1}
+    assert counts == {"relabs": 31, "rounding": 6, "sigma": 2, "pvalue": 2, "distance": 1, "estimate": 1}
 
 
 @pytest.mark.parametrize("name", list(OLD))
