@@ -1210,6 +1210,15 @@ TABLE["tools.provenance.package_version"] = Entry(b(provenance.package_version, 
                                             custom=[("name", "None", lambda c: None, "type", "error"),
                                                     ("name", "int", lambda c: 3, "type", "error")])
 
+# --- the course (docs/course): its grader and chapter runner
+from refvae.tools import course as _course  # noqa: E402
+
+TABLE["tools.course.grade"] = Entry(
+    lambda ctx: (_course.grade, {"exercise": "9.1", "fn": lambda g, x: (g * (np.sin(x) + x * np.cos(x)),),
+                                 "verbose": False}),   # (b() takes fn itself: a dict builder here)
+    options=("exercise",), objects=("fn",))
+TABLE["tools.course.run_chapter"] = Entry(b(_course.run_chapter, chapter=2, echo=False), ints={"chapter": 1})
+
 # --- tolerances
 TABLE["tolerances.Tolerance"] = ex(RECORD + " (the table of constants in refvae.tolerances)")
 for _kind in ("RelAbs", "Rounding", "Sigma", "PValue", "Distance", "EstimateMultiple"):
