@@ -82,11 +82,28 @@ def _arrow(ax, a, b, color="black", rad=0.0, style="-|>"):
                                  connectionstyle=f"arc3,rad={rad}", shrinkA=2, shrinkB=2))
 
 
-def draw_graph(path):
-    """Figure 1: the two-layer network of chapter 1, values forward and gradients backward."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, ax, xlim, ylim, path, labels):
+    """Frame, save with the labels in the PNG's Description chunk (see :func:`png_labels`), close."""
+    import matplotlib.pyplot as plt
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Description": json.dumps(labels)})
+    plt.close(fig)
+    return path
+
+
+def draw_graph(path):
+    """Figure 1: the two-layer network of chapter 1, values forward and gradients backward."""
+    plt = _pyplot()
     ns, _ = run_page(chapter_path(1))
     labels = graph_labels(ns)
     pos = {"x": (0, 0), "W1": (2.3, 2.2), "b1": (4.9, 2.2), "h": (3.6, 0), "a": (6.6, 0),
@@ -110,20 +127,12 @@ def draw_graph(path):
         ax.text((pos[u][0] + pos[v][0]) / 2, -0.85, text, ha="center", fontsize=8, style="italic")
     ax.text(12.35, 2.2, "black: value (forward)\nred: d = dL/d(array)\n(backward)\ntarget t = 1.0",
             fontsize=8, va="center")
-    ax.set_xlim(-1.3, 14.2)
-    ax.set_ylim(-1.2, 3.0)
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Description": json.dumps(labels)})
-    plt.close(fig)
-    return path
+    return _save(fig, ax, (-1.3, 14.2), (-1.2, 3.0), path, labels)
 
 
 def draw_paths(path):
     """Figure 5: the three paths into z (chapter 5), with example 0's gradients on them."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     ns, _ = run_page(chapter_path(5))
     labels = paths_labels(ns)
     fig, ax = plt.subplots(figsize=(12, 4.6))
@@ -155,13 +164,7 @@ def draw_paths(path):
             ha="center", fontsize=8, color="#7f8c8d")
     ax.text(10.4, 3.6, "red: each term's gradient reaching z (example 0); they add up to dz",
             ha="center", fontsize=8, color="#c0392b")
-    ax.set_xlim(-1, 14.3)
-    ax.set_ylim(-2.2, 3.9)
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Description": json.dumps(labels)})
-    plt.close(fig)
-    return path
+    return _save(fig, ax, (-1, 14.3), (-2.2, 3.9), path, labels)
 
 
 FIGURES = {"01-graph.png": (1, draw_graph, graph_labels), "05-three-paths.png": (5, draw_paths, paths_labels)}
