@@ -4,6 +4,7 @@ files -- and as Dask arrays chunked over components (:mod:`refvae.tools.distribu
 from __future__ import annotations
 
 import math
+import operator
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from ..._validation import as_float_array
 from ._base import (COMPONENT_FILES, DEFAULT_CHUNK, _check_chunk, _is_dask_array, _is_path,
                     _require_dask, shard_bounds)
-from ._files import _check_components_manifest, _FileArray, _read_pair
+from ._files import _check_components_manifest, _FileArray, _read_pair, _read_rows
 
 
 def _is_zarr(p):
@@ -71,6 +72,7 @@ class _Components:
             raise ValueError(f"log_vars must have the shape of means {shape}, "
                              f"got {tuple(self.log_vars.shape)}")
         self.N, self.L = shape
+        self._client, self._kept = None, {}
 
     def to_numpy(self):
         """(means, log_vars) as checked float64 arrays on this machine (memory O(N L))."""
@@ -87,25 +89,62 @@ class _Components:
         _, da, _ = _require_dask()
         import dask
         bounds = shard_bounds(self.N, chunk)
+        if self.kind == "file":
+            for fa in (self.means, self.log_vars):
+                fa.check_shardable()
         out = []
         for a in (self.means, self.log_vars):
             if self.kind == "numpy":
                 out.append(da.from_array(a, chunks=(chunk, self.L), name=False))
             elif self.kind == "dask":
                 out.append(a.astype(np.float64).rechunk((chunk, self.L)))
-        if self.kind == "file":
-            # one task reads a shard's means AND log-variances (the same worker holds both: they
-            # never move between workers to meet); each read checks the client's fingerprint
-            for fa in (self.means, self.log_vars):
-                fa.check_shardable()
+            else:
+                blocks = [da.from_delayed(dask.delayed(_read_rows, pure=True)(*_spec_args(a, lo, hi)),
+                                          shape=(hi - lo, self.L), dtype=np.float64)
+                          for lo, hi in bounds]
+                out.append(da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0])
+        return out[0], out[1]
+
+    def keep_on(self, client):
+        """Keep the shards read from files on the workers of ``client`` for as long as this object
+        lives (the passes of one run read each shard once, not once per pass). Other kinds: no-op."""
+        self._client = client if self.kind == "file" else None
+        self._kept = {}
+
+    def shard_blocks(self, chunk):
+        """``(bounds, mblocks, lblocks)``: the shards' row ranges [a, b) and one delayed block of
+        the means and one of the log-variances per shard.
+
+        For files, ONE task reads both blocks of a shard (:func:`_read_pair`; so the two never move
+        between workers to meet) and checks the client's fingerprints; after :meth:`keep_on`, these
+        tasks are computed once and their results kept on the workers (recomputed from the files
+        if a worker is lost), so the next pass of the run reads nothing. Other kinds: the blocks of
+        :meth:`to_dask`."""
+        bounds = shard_bounds(self.N, chunk)
+        if self.kind != "file":
+            means_da, log_vars_da = self.to_dask(chunk)
+            mblocks, lblocks = means_da.to_delayed().ravel(), log_vars_da.to_delayed().ravel()
+            assert len(mblocks) == len(lblocks) == len(bounds)
+            return bounds, list(mblocks), list(lblocks)
+        import dask
+        for fa in (self.means, self.log_vars):
+            fa.check_shardable()
+        client = getattr(self, "_client", None)
+        pairs = self._kept.get(chunk) if client is not None else None
+        if pairs is None:
             read = dask.delayed(_read_pair, pure=True)
             mspec, lspec = self.means.spec(), self.log_vars.spec()
             pairs = [read(mspec, lspec, lo, hi) for lo, hi in bounds]
-            for j in (0, 1):
-                blocks = [da.from_delayed(pr[j], shape=(hi - lo, self.L), dtype=np.float64)
-                          for pr, (lo, hi) in zip(pairs, bounds)]
-                out.append(da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0])
-        return out[0], out[1]
+            if client is not None:
+                pairs = self._kept[chunk] = client.compute(pairs)
+        pick = dask.delayed(operator.getitem, pure=True)
+        return bounds, [pick(pr, 0) for pr in pairs], [pick(pr, 1) for pr in pairs]
+
+
+def _spec_args(fa, lo, hi):
+    """The arguments of :func:`_read_rows` for rows lo..hi-1 of the _FileArray ``fa``."""
+    path, key, shape, name, dtype, size, fingerprint = fa.spec()
+    return path, key, lo, hi, shape, name, dtype, size, fingerprint
 
 
 def components_to_dask(means, log_vars=None, chunk=DEFAULT_CHUNK):

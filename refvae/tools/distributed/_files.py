@@ -38,6 +38,7 @@ _SAMPLE_BLOCKS = 16         #: blocks of rows hashed into a file's fingerprint (
 _SAMPLE_BYTES = 1 << 16     #: bytes per sampled block (at least one row)
 _VERIFIED = {}              #: per process: (path, key, state on disk) -> fingerprint found there
 _VERIFIED_MAX = 256
+_READS = {"calls": 0, "bytes": 0}  #: reads of rows in this process (benchmarks count them)
 _COMPRESSED_HINT = ("every shard would decompress the archive from its start (cost growing as "
                     "N^2); write it uncompressed (np.savez, not np.savez_compressed), as .npy files "
                     "or a directory (refvae stats --write-components DIR), or as zarr")
@@ -342,6 +343,8 @@ def _read_rows(path, key, a, b, shape, name, dtype=None, size=None, fingerprint=
             raise ValueError(f"{where} changed: it cannot be read any more ({exc}; on {me})") from None
     finally:
         opened.close()
+    _READS["calls"] += 1
+    _READS["bytes"] += out.shape[0] * out.shape[1] * np.dtype(dtype or out.dtype).itemsize
     if out.shape[0] != b - a:
         raise ValueError(f"{where} changed: expected rows {a}..{b - 1}, found {out.shape[0]} rows "
                          f"(on {me})")
