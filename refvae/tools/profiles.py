@@ -61,9 +61,15 @@ class Profile:
     gradcheck_candidates: int      #: batches tried to stay away from activation kinks
     kernel_points: int             #: random points of the mpmath kernel check
     max_rows: int                  #: decoder rows per chunk in the estimators (memory and speed)
+    seeds: int = 1                 #: training seeds seed, seed + 1, ... (paired comparisons: >= 2)
+    n_importance_ref: int = 0      #: S on the first seed (bias of the S estimate); 0: n_importance
+    workers: int = 1               #: processes for the runs (the numbers do not depend on it)
 
 
-_TEXT = dict(data="digits", n_train=None, n_val=None, n_test=None, hidden=(256, 256),
+#: the settings shared by the profiles: the model and training of the companion code of the text
+#: (jmtomczak/intro_dgm) where the report's settings table says so, refvae's own choices where it
+#: says they differ (the text itself, section 4.4.1, gives no training settings)
+_SHARED = dict(data="digits", n_train=None, n_val=None, n_test=None, hidden=(256, 256),
              activation="leaky_relu", likelihood="categorical", num_vals=17, num_components=16,
              gtm_grid=4, gtm_range=(-10.0, 10.0), prior_hidden=(256, 256), flow_couplings=3,
              optimizer="adamax", lr=1e-3, batch_size=64, patience=20, taus=(0.1, 0.01),
@@ -72,26 +78,31 @@ _TEXT = dict(data="digits", n_train=None, n_val=None, n_test=None, hidden=(256, 
 PROFILES = {
     "tiny": Profile(
         name="tiny", description="seconds: smoke test (synthetic digits-like data, small networks)",
-        **{**_TEXT, "data": "synthetic", "n_train": 120, "n_val": 40, "n_test": 40,
+        **{**_SHARED, "data": "synthetic", "n_train": 120, "n_val": 40, "n_test": 40,
            "hidden": (16, 16), "prior_hidden": (8,), "num_components": 4, "gtm_grid": 2,
            "flow_couplings": 2, "n_gradcheck": 3, "gradcheck_candidates": 10},
         latent_dims=(2,), max_epochs=2, n_elbo=2, n_agg=2, n_holes=400, n_importance=8,
-        grid_n=25, kernel_points=24),
+        grid_n=25, kernel_points=24, seeds=2, n_importance_ref=16, workers=1),
     "quick": Profile(
-        name="quick", description="<= 5 minutes on a quiet 2-core machine: L = 2, at most 100 epochs, "
-                                  "S = 200",
-        **_TEXT, latent_dims=(2,), max_epochs=100, n_elbo=10, n_agg=10, n_holes=20000,
-        n_importance=200, grid_n=121, kernel_points=300),
+        name="quick", description="<= 5 minutes on a quiet 2-core machine: L = 2, 3 seeds, at most "
+                                  "100 epochs (under-trained: too few seeds and epochs to rank the "
+                                  "priors), S = 200 (1000 on the first seed)",
+        **_SHARED, latent_dims=(2,), max_epochs=100, n_elbo=10, n_agg=10, n_holes=20000,
+        n_importance=200, grid_n=121, kernel_points=300, seeds=3, n_importance_ref=1000,
+        workers=2),
     "full": Profile(
-        name="full", description="<= 60 minutes on a quiet 2-core machine: L = 2 and 16, S = 5000",
-        **_TEXT, latent_dims=(2, 16), max_epochs=500, n_elbo=100, n_agg=100, n_holes=100000,
-        n_importance=5000, grid_n=201, kernel_points=600),
+        name="full", description="<= 60 minutes on a quiet 2-core machine: L = 2 and 16, 5 seeds, "
+                                 "S = 1000 (5000 on the first seed)",
+        **_SHARED, latent_dims=(2, 16), max_epochs=500, n_elbo=100, n_agg=100, n_holes=100000,
+        n_importance=1000, grid_n=201, kernel_points=600, seeds=5, n_importance_ref=5000,
+        workers=2),
 }
 
 
 _PROFILE_INTS = ("num_vals", "num_components", "gtm_grid", "flow_couplings", "batch_size", "patience",
                  "max_epochs", "n_elbo", "n_agg", "n_holes", "n_importance", "grid_n",
-                 "n_gradcheck", "gradcheck_candidates", "kernel_points", "max_rows")
+                 "n_gradcheck", "gradcheck_candidates", "kernel_points", "max_rows", "seeds",
+                 "workers")
 
 
 def _check_profile(profile, name="profile"):
@@ -102,6 +113,7 @@ def _check_profile(profile, name="profile"):
     for field in _PROFILE_INTS:
         check_positive_int(getattr(profile, field), f"{name}.{field}")
     check_real(profile.lr, f"{name}.lr", lo=0.0, lo_open=True)
+    _check_importance(profile, name)
     from ..layers import ACTIVATIONS
     from ..likelihoods import LIKELIHOODS
     from ..optim import OPTIMIZERS
@@ -114,6 +126,20 @@ def _check_profile(profile, name="profile"):
     for L in profile.latent_dims:
         check_positive_int(L, f"{name}.latent_dims")
     return profile
+
+
+def _check_importance(profile, name):
+    """ln p(x) is estimated in blocks of ``n_importance // 2`` draws (two on every seed, so the S
+    and S/2 estimates share draws; more on the first seed up to ``n_importance_ref``): S must be
+    even and >= 4, the reference 0 or a multiple of the block >= S."""
+    S = profile.n_importance
+    if S < 4 or S % 2:
+        raise ValueError(f"{name}.n_importance must be an even integer >= 4 (two blocks of S/2 "
+                         f"draws), got {S!r}")
+    ref = check_positive_int(profile.n_importance_ref, f"{name}.n_importance_ref", minimum=0)
+    if ref and (ref < S or ref % (S // 2)):
+        raise ValueError(f"{name}.n_importance_ref must be 0 or a multiple of n_importance/2 = "
+                         f"{S // 2} that is >= n_importance = {S}, got {ref!r}")
 
 
 def _check_seed(seed, name="seed"):

@@ -22,12 +22,14 @@ from ..provenance import (REPRODUCIBILITY, DirectoryLock, InterruptGuard, Interr
                           interrupt_exit_code, interrupt_signal, run_identity)
 from .figures import have_matplotlib
 from .kernel_check import kernel_accuracy
-from .single_run import _evaluate, _rng, _train
+from .single_run import _evaluate, _snapshot_recorder, _train
 from .writing import write_report
 
 __all__ = ["run_validation"]
 
-SCHEMA = "refvae-validation-report/1"
+#: version 2: several training seeds per (prior, L) (``seeds``, each run's ``seed``), per-image
+#: ln p(x) / -ELBO, the paired comparisons and hole verdicts (``analysis``), CPU seconds per part
+SCHEMA = "refvae-validation-report/2"
 
 
 def figure_re():
@@ -73,7 +75,7 @@ def _previous_report(out):
 
 
 def run_validation(profile, *, seed=0, out="validation/report", priors=None, plots=True,
-                   quiet=False, command=None, threads=None):
+                   quiet=False, command=None, threads=None, workers=None):
     """Run the validation (module docstring) and write the report. Returns the exit code:
     0 (every run done, every check passed), 1 (a check failed or a run failed), 130 (interrupted
     by Ctrl-C/SIGINT) or 143 (SIGTERM): then a partial report is written, status "partial", the
@@ -92,7 +94,13 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=None, plo
     with positive sizes, known options and a finite lr > 0; ``seed`` an integer >= 0; ``priors`` a
     non-empty sequence of registered prior names (default None: every prior of
     :data:`refvae.priors.PRIORS`, in its order); ``threads`` None (the current settings)
-    or an integer >= 1 (:func:`refvae.tools.provenance.limit_threads` for the run).
+    or an integer >= 1 (:func:`refvae.tools.provenance.limit_threads` for the run; in each
+    worker process when there are workers); ``workers`` None (the profile's) or an integer >= 1:
+    the runs (prior, L, seed) are shared among that many processes (1: in this process). Each
+    run's numbers are the same bits whichever process computes it (its generators are its own).
+
+    The runs are seeds ``seed, seed + 1, ..., seed + profile.seeds - 1`` of every prior and L;
+    the data (and so the test images of the paired comparisons) are those of ``seed``.
     """
     _check_profile(profile)
     seed = _check_seed(seed)
@@ -102,17 +110,20 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=None, plo
             raise TypeError(f"{flag} must be True or False, got {type(value).__name__} {value!r}")
     if threads is not None:
         threads = check_positive_int(threads, "threads")
+    workers = profile.workers if workers is None else check_positive_int(workers, "workers")
     out = prepare_out_dir(out)
     from contextlib import nullcontext
 
     from ..provenance import limit_threads
     with DirectoryLock(out, command or "refvae validate"), InterruptGuard() as guard, \
             (limit_threads(threads) if threads is not None else nullcontext()):
-        return _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard)
+        return _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard,
+                                      workers, threads)
 
 
-def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard):
-    t_start = time.perf_counter()
+def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard, workers=1,
+                           threads=None):
+    t_start, c_start = time.perf_counter(), time.process_time()
 
     def say(msg):
         guard.check()
@@ -123,34 +134,48 @@ def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, gu
     data, data_desc = load_data(profile, seed)
     plots, plot_note = _plots_and_note(plots)
     report = _new_report(profile, seed, priors, data_desc, command, plot_note)
+    report["workers"] = workers
     if not quiet:
-        _print_settings(profile, seed, priors, data_desc, out, plot_note)
-    current = None
+        _print_settings(profile, seed, priors, data_desc, out, plot_note, workers)
+    current = []
+    pool = None
     try:
         write_report(report, out, t_start)  # "running", with this process's pid and host
         removed = remove_stale_figures(out)
         if removed:
             say(f"removed {len(removed)} figure(s) of an earlier run from "
                 f"{os.path.join(out, 'figures')}")
+        if workers > 1:  # before this process runs a parallel Numba kernel (fork safety)
+            t0, c0 = time.perf_counter(), time.process_time()
+            pool = _start_pool(workers, threads, data, data_desc, profile, out, plots)
+            report["timing"]["start_workers"] = time.perf_counter() - t0
+            report["cpu_seconds"]["start_workers"] = time.process_time() - c0
         say("mixture kernel vs mpmath ...")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         report["kernel_accuracy"] = kernel_accuracy(np.random.default_rng([seed, 7777]),
                                                     profile.kernel_points)
         report["timing"]["kernel_accuracy"] = time.perf_counter() - t0
+        report["cpu_seconds"]["kernel_accuracy"] = time.process_time() - c0
         write_report(report, out, t_start)
-        n = len(report["runs"])
-        for i, run in enumerate(report["runs"], 1):
-            current = run
-            say(f"[{i}/{n}] prior {run['prior']}, L = {run['latent_dim']}")
-            _run_one(run, data, data_desc, profile, seed, out, plots, quiet, say, guard)
-            guard.check()
-            write_report(report, out, t_start)
-        current = None
+        if pool is None:
+            _run_serial(report, data, data_desc, profile, out, plots, quiet, say, guard, current,
+                        t_start)
+        else:
+            _run_parallel(report, pool, say, guard, current, out, t_start)
+            pool.close()
+            pool.join()
+            pool = None
+        current.clear()
         guard.check()
         guard.cleaning = True  # the work is done: a signal from here on does not undo it
         report["status"] = "complete"
+        report["cpu_seconds"]["main_process"] = time.process_time() - c_start
         summary = write_report(report, out, t_start)
     except BaseException as exc:
+        if pool is not None:  # our own worker processes: stop them before writing the report
+            pool.terminate()
+            pool.join()
+        report["cpu_seconds"]["main_process"] = time.process_time() - c_start
         return _stopped(exc, report, current, out, t_start, guard)
     say(f"report: {os.path.join(out, 'report.md')} and report.json "
         f"({summary['checks_failed']} failed check(s), {summary['runs_failed']} failed run(s), "
@@ -177,6 +202,93 @@ def _plots_and_note(plots):
     return True, None
 
 
+def _run_serial(report, data, data_desc, profile, out, plots, quiet, say, guard, current, t_start):
+    """The runs one after the other in this process, the report written after each."""
+    n = len(report["runs"])
+    first = report["seeds"][0]
+    for i, run in enumerate(report["runs"], 1):
+        current[:] = [run]
+        say(f"[{i}/{n}] prior {run['prior']}, L = {run['latent_dim']}, seed {run['seed']}")
+        _run_one(run, data, data_desc, profile, out, plots, quiet, say, guard,
+                 first_seed=run["seed"] == first)
+        guard.check()
+        write_report(report, out, t_start)
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_WORKER = {}  # in a worker process: the data, profile, output directory and figure switch
+
+
+def _start_pool(workers, threads, data, data_desc, profile, out, plots):
+    """``workers`` processes (multiprocessing): forked when this process has not started Numba's
+    threading layer (nothing to copy into the children then; the data are inherited), spawned
+    otherwise (a forked OpenMP runtime is not safe). They ignore SIGINT: Ctrl-C reaches the whole
+    process group, and this process stops them (``terminate``) and writes the partial report."""
+    import multiprocessing as mp
+    method = "fork" if _fork_is_safe() else "spawn"
+    ctx = mp.get_context(method)
+    return ctx.Pool(workers, initializer=_worker_init,
+                    initargs=(threads, data, data_desc, profile, out, plots))
+
+
+def _fork_is_safe():
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        return False
+    try:
+        from numba.np.ufunc import parallel
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return True
+    return not getattr(parallel, "_is_initialized", True)
+
+
+def _worker_init(threads, data, data_desc, profile, out, plots):
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threads is not None:
+        from ..provenance import limit_threads
+        ctx = limit_threads(threads)
+        ctx.__enter__()  # for the life of the worker
+        _WORKER["threads"] = ctx
+    _WORKER.update(data=data, data_desc=data_desc, profile=profile, out=out, plots=plots)
+
+
+def _worker_run(run, first_seed):
+    """One run in a worker process: the run's dict, done or failed (never raises)."""
+    w = _WORKER
+    _run_one(run, w["data"], w["data_desc"], w["profile"], w["out"], w["plots"], True,
+             lambda msg: None, None, first_seed=first_seed)
+    return run
+
+
+def _run_parallel(report, pool, say, guard, current, out, t_start):
+    """The runs in the worker processes (submitted in the report's order, seed by seed); each
+    result replaces its run in the report, which is written after each. While waiting, the
+    earliest runs not yet back are the ones the workers hold ("running"; "interrupted" if the
+    run stops)."""
+    runs = report["runs"]
+    first = report["seeds"][0]
+    pending = {i: pool.apply_async(_worker_run, (run, run["seed"] == first))
+               for i, run in enumerate(runs)}
+    n, done = len(runs), 0
+    while pending:
+        for i in [i for i, res in pending.items() if res.ready()]:
+            result = pending.pop(i).get()
+            runs[i].clear()
+            runs[i].update(result)
+            done += 1
+            say(f"[{done}/{n}] {runs[i]['status']}: prior {runs[i]['prior']}, L = "
+                f"{runs[i]['latent_dim']}, seed {runs[i]['seed']}")
+            write_report(report, out, t_start)
+        busy = sorted(pending)[:report["workers"]]
+        current[:] = [runs[i] for i in busy]
+        for run in current:
+            run["status"] = "running"
+        guard.check()
+        time.sleep(0.1)
+
+
 def _new_report(profile, seed, priors, data_desc, command, plot_note):
     """The report dict at the start of a run: status "running", every run "pending"."""
     from ..provenance import provenance
@@ -187,23 +299,27 @@ def _new_report(profile, seed, priors, data_desc, command, plot_note):
         "provenance": {**provenance(), "seed": seed, "profile": profile.name,
                        "reproducibility": REPRODUCIBILITY},
         "tolerances": {k: v.record() for k, v in TOLERANCES.items()},
-        "kernel_accuracy": None, "runs": [], "timing": {}, "figures_note": plot_note,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "kernel_accuracy": None, "runs": [], "timing": {}, "cpu_seconds": {},
+        "figures_note": plot_note, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "seeds": [seed + i for i in range(profile.seeds)],
     }
-    for L in profile.latent_dims:
-        for p in priors:
-            report["runs"].append({"prior": p, "latent_dim": L, "status": "pending", "timing": {},
-                                   "seeds": {"generator": f"default_rng([{seed}, {L}, "
-                                                          f"{prior_index(p)}, part])"}})
+    for s in report["seeds"]:
+        for L in profile.latent_dims:
+            for p in priors:
+                report["runs"].append({"prior": p, "latent_dim": L, "seed": s, "status": "pending",
+                                       "timing": {}, "cpu_seconds": {},
+                                       "seeds": {"generator": f"default_rng([{s}, {L}, "
+                                                              f"{prior_index(p)}, part])"}})
     return report
 
 
-def _print_settings(profile, seed, priors, data_desc, out, plot_note):
+def _print_settings(profile, seed, priors, data_desc, out, plot_note, workers=1):
     print(f"refvae validate: profile {profile.name!r} ({profile.description})")
     for k, v in asdict(profile).items():
         if k not in ("name", "description"):
             print(f"  {k:<22} {v}")
-    print(f"  {'seed':<22} {seed}")
+    print(f"  {'seed':<22} {seed} (training seeds {seed}..{seed + profile.seeds - 1})")
+    print(f"  {'worker processes':<22} {workers}")
     print(f"  {'priors':<22} {', '.join(priors)}")
     print(f"  {'data':<22} {data_desc['name']}: {data_desc['n_train']}/{data_desc['n_val']}/"
           f"{data_desc['n_test']} (train/val/test)")
@@ -212,18 +328,22 @@ def _print_settings(profile, seed, priors, data_desc, out, plot_note):
         print(f"  note: {plot_note}")
 
 
-def _run_one(run, data, data_desc, profile, seed, out, plots, quiet, say, guard):
+def _run_one(run, data, data_desc, profile, out, plots, quiet, say, guard, first_seed=True):
     """Build, train and evaluate the model of one run. An error marks the run "failed" (with the
     error and traceback) and returns, so the next prior runs; an interrupt, also one disguised as
     another error (a SystemError from a Ctrl-C inside a Numba call), is raised."""
+    from .single_run import _rng
     try:
         model = build_model(run["prior"], run["latent_dim"], data_desc["D"], profile,
-                            _rng(seed, run["latent_dim"], run["prior"], "train"))
+                            _rng(run["seed"], run["latent_dim"], run["prior"], "train"))
         run["model"] = model.config()
+        run["prior_learnable"] = any(k.startswith("prior.") for k in model.params)
         run["status"] = "training"
-        _train(run, model, data, profile, seed, quiet)
+        snaps = _snapshot_recorder(model, data, profile, first_seed) if plots else None
+        _train(run, model, data, profile, quiet, callback=snaps)
         run["status"] = "evaluating"
-        _evaluate(run, model, data, profile, seed, out, plots, say)
+        _evaluate(run, model, data, profile, out, plots, say, first_seed=first_seed,
+                  snapshots=snaps)
         run["status"] = "done"
     except KeyboardInterrupt:
         raise
@@ -240,7 +360,8 @@ def _run_one(run, data, data_desc, profile, seed, out, plots, quiet, say, guard)
 
 def _stopped(exc, report, current, out, t_start, guard):
     """The run stopped with ``exc``: an interrupt writes the partial report and returns 130/143;
-    any other error writes the report "failed" (never left "running") and is re-raised."""
+    any other error writes the report "failed" (never left "running") and is re-raised.
+    ``current``: the runs in progress."""
     if guard.received:
         guard.cleaning = True  # first: no repeated/second Ctrl-C while writing the partial report
     sig = interrupt_signal(exc, guard)
@@ -253,8 +374,9 @@ def _stopped(exc, report, current, out, t_start, guard):
             pass
         raise  # the exception being handled by the caller's except clause
     guard.cleaning = True
-    if current is not None and current["status"] not in ("done", "failed"):
-        current["status"] = "interrupted"
+    for run in current:
+        if run["status"] not in ("done", "failed"):
+            run["status"] = "interrupted"
     report["status"] = "partial"
     report["interrupted_by"] = sig
     write_report(report, out, t_start)

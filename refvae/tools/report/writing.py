@@ -12,6 +12,7 @@ import numpy as np
 
 from ...io import _atomic_write_bytes
 from ..profiles import _check_path
+from .comparisons import analyse
 from .identity_checks import identities
 from .markdown import _run_label, render_markdown
 
@@ -19,6 +20,8 @@ __all__ = ["write_report"]
 
 #: the parts of a run, each stored under its name in the run's dict (``null`` if not computed)
 PARTS = ("training", "test", "train_set", "holes", "log_likelihood", "gradcheck", "figure")
+#: parts computed for the first seed's runs only (correctness checks and figures)
+FIRST_SEED_ONLY = ("gradcheck", "figure")
 
 def _clean(obj, path, missing):
     """JSON-able copy with only finite numbers: NaN/inf become null with a note in ``missing``."""
@@ -52,6 +55,8 @@ def _missing_parts(report):
         for part in PARTS:
             if run.get(part) is not None:
                 continue
+            if part in FIRST_SEED_ONLY and run.get("seed", report.get("seed")) != report.get("seed"):
+                continue  # the first seed's models only
             if part == "figure" and status == "done":
                 reason = report.get("figures_note") or "figure not written"
             elif status == "failed":
@@ -86,6 +91,7 @@ def write_report(report, out, t_start=None):
         run["identities"] = identities(run, n_train) if run["status"] != "pending" else []
     missing = _missing_parts(report)
     doc = dict(report)
+    doc["analysis"] = analyse(report)
     doc["missing"] = missing
     doc["files"] = ["report.json", "report.md"] + [r["figure"] for r in report["runs"]
                                                    if r.get("figure")]
