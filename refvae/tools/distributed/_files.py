@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import struct
+import sys
 import zipfile
 
 import numpy as np
@@ -206,7 +207,10 @@ def _disk_state(path):
 
 
 def _where_am_i():
-    """'worker tcp://...' on a Dask worker, else 'this machine (the client)'."""
+    """'worker tcp://...' on a Dask worker, else 'this machine (the client)' (Dask is not
+    imported for this: a worker has it imported already)."""
+    if "distributed" not in sys.modules:
+        return "this machine (the client)"
     try:
         from distributed import get_worker
         return f"worker {get_worker().address}"
