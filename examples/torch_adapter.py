@@ -166,6 +166,10 @@ class TorchVAE:
         trace["prior.pseudo_inputs"] = u
         return self.encode(P, cfg, u, trace, name="prior.encoder")
 
+    def uniform_log_weights(self, K):
+        """log(1/K) for each of K equally weighted components (computed in float64)."""
+        return torch.full((K,), -math.log(K), dtype=self.dtype)
+
     def mixture_components(self, P, cfg, trace):
         """(means, log_vars, log_weights) of a mixture prior, recording the prior's trace."""
         if self.family(cfg) != "mixture":
@@ -176,7 +180,7 @@ class TorchVAE:
         if logits is not None:
             log_w = self.log_weights(logits)
         else:
-            log_w = torch.full((K,), -math.log(K), dtype=self.dtype)
+            log_w = self.uniform_log_weights(K)
         trace["prior.means"], trace["prior.log_vars"] = means, log_vars
         if logits is not None:
             trace["prior.logits"] = logits
@@ -232,6 +236,12 @@ class TorchVAE:
         return log_p
 
     @staticmethod
+    def analytic_kl(mu, log_var):
+        """KL[N(mu, diag exp(log_var)) || N(0, I)] per row, the closed form of ``kl="analytic"``
+        (standard prior only; SPEC 2)."""
+        return 0.5 * (torch.expm1(log_var) - log_var + mu * mu).sum(-1)
+
+    @staticmethod
     def reduce(per_example):
         """The training loss: the batch mean of neg_elbo (SPEC 5)."""
         return per_example.mean()
@@ -249,7 +259,7 @@ class TorchVAE:
         log_px_z = self.log_px_z(P, cfg, x, out)
         log_pz = self.prior_log_p(P, cfg, z, trace)
         log_qz_x = self.log_normal(z, mu, log_var)
-        kl = log_qz_x - log_pz
+        kl = self.analytic_kl(mu, log_var) if cfg.get("kl", "mc") == "analytic" else log_qz_x - log_pz
         neg_elbo = -(log_px_z - kl)
         trace.update({"log_px_z": log_px_z, "log_pz": log_pz, "log_qz_x": log_qz_x, "kl": kl,
                       "neg_elbo": neg_elbo})

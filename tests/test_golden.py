@@ -33,6 +33,10 @@ from refvae.tools.golden import (CASE_LIKELIHOODS, CASE_PRIORS, CONVENTIONS, KIN
                            compare_cases, load_case, reference_outputs)
 
 ALL = [(p, li) for p in CASE_PRIORS for li in CASE_LIKELIHOODS]
+#: every committed case as (prior, likelihood, kl, confident): ALL, then the variants
+SPECS = golden.committed_cases()
+NAMES = [golden.case_name(*s) for s in SPECS]
+VARIANTS = [s for s in SPECS if s[2] != "mc" or s[3]]
 #: regenerated in the default run: every prior once, every likelihood twice
 DEFAULT = [("standard", "categorical"), ("mog", "bernoulli"), ("vamp", "gaussian"),
            ("gtm", "categorical"), ("gtm_vamp", "bernoulli"), ("flow", "gaussian")]
@@ -46,14 +50,74 @@ def _parse(argv):
 
 @pytest.fixture(scope="module")
 def committed():
-    return {golden.case_name(p, li): load_case(golden.case_name(p, li)) for p, li in ALL}
+    return {n: load_case(n) for n in NAMES}
 
 
 # =========================================================================== the committed set
 
 def test_committed_set_is_complete():
     names = [os.path.basename(p) for p in golden.list_cases()]
-    assert names == [golden.case_name(p, li) for p, li in ALL]
+    assert sorted(names) == sorted(NAMES) and len(names) == 23
+    assert [(p, li, "mc", False) for p, li in ALL] == SPECS[:18]
+    # each variant listed right after its base case; the built-in order of the base cases kept
+    assert [n for n in names if n.count("-") == 1] == [golden.case_name(p, li) for p, li in ALL]
+    for i, n in enumerate(names):
+        if n.count("-") > 1:
+            assert names[i - 1].startswith(n.rsplit("-", 1)[0].split("-analytic_kl")[0]), n
+    assert names[-1] == "flow-gaussian"
+
+
+@pytest.mark.parametrize("spec", [VARIANTS[0], VARIANTS[-1]], ids=lambda s: golden.case_name(*s))
+def test_regenerated_variant_matches_committed(spec, committed):
+    new = build_case(spec[0], spec[1], kl=spec[2], confident=spec[3])
+    assert compare_cases(new, committed[golden.case_name(*spec)]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", VARIANTS[1:-1], ids=lambda s: golden.case_name(*s))
+def test_regenerated_variant_matches_committed_all(spec, committed):
+    new = build_case(spec[0], spec[1], kl=spec[2], confident=spec[3])
+    assert compare_cases(new, committed[golden.case_name(*spec)]) == []
+
+
+@pytest.mark.parametrize("likelihood", CASE_LIKELIHOODS)
+def test_analytic_kl_cases(likelihood, committed):
+    """The analytic-KL case is its Monte Carlo twin with the closed-form KL: same parameters, data
+    and draws; kl = KL[N(mu, e^log_var) || N(0, I)]; neg_elbo = -(log_px_z - kl); log_pz and
+    log_qz_x still in the trace."""
+    from refvae import gaussian
+    a = committed[f"standard-{likelihood}-analytic_kl"]
+    m = committed[f"standard-{likelihood}"]
+    assert a.config["kl"] == "analytic" and m.config["kl"] == "mc"
+    for k in m.params:
+        assert np.array_equal(a.params[k], m.params[k]), k
+    assert np.array_equal(a.x, m.x) and np.array_equal(a.eps, m.eps)
+    mu, lv = a.values["mu"], a.values["log_var"]
+    assert np.allclose(a.values["kl"], gaussian.kl(mu, lv, np.zeros(2), np.zeros(2)), rtol=1e-14)
+    assert np.allclose(a.values["neg_elbo"], -(a.values["log_px_z"] - a.values["kl"]), rtol=1e-14)
+    assert np.all(np.abs(a.values["kl"] - m.values["kl"]) > 1e-3)   # the conventions differ
+    assert {"log_pz", "log_qz_x"} <= set(a.order)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "categorical"])
+def test_confident_cases_reach_confident_pixels(likelihood, committed):
+    """Every decoder probability of a confident case is within 1e-6 of 0 or 1, and the data
+    disagree with some (a clamp at 1e-6 would change log_px_z by more than 10 nats)."""
+    case = committed[f"standard-{likelihood}-confident"]
+    out = case.values["decoder.1.pre"]
+    B, D = case.x.shape
+    if likelihood == "bernoulli":
+        p = 1 / (1 + np.exp(-out))
+        assert np.all(np.minimum(p, 1 - p) < 1e-6)
+        agree = (p > 0.5) == (case.x > 0.5)
+    else:
+        logits = out.reshape(B, D, 5)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        assert np.all(1 - p.max(-1) < 1e-6)
+        agree = p.argmax(-1) == case.x
+    assert agree.any() and (~agree).any()
+    assert np.all(case.values["log_px_z"] < -15)
 
 
 def test_checksums_match_committed_files():
@@ -98,7 +162,7 @@ def test_compare_cases_finds_a_moved_value(committed):
     assert compare_cases(moved, case) == ["param prior.logits differs"]
 
 
-@pytest.mark.parametrize("name", [golden.case_name(p, li) for p, li in ALL])
+@pytest.mark.parametrize("name", NAMES)
 def test_values_are_refvae_outputs(name, committed):
     """The stored values are what refvae computes from the stored inputs (cheap: no probes)."""
     case = committed[name]
@@ -112,7 +176,7 @@ def test_values_are_refvae_outputs(name, committed):
 
 # =========================================================================== the format
 
-@pytest.mark.parametrize("name", [golden.case_name(p, li) for p, li in ALL])
+@pytest.mark.parametrize("name", NAMES)
 def test_format_and_manifest(name, committed):
     case = committed[name]
     path = os.path.join(golden.golden_dir(), name)
@@ -150,7 +214,7 @@ def test_format_and_manifest(name, committed):
     assert case.x.shape == (3, 6) and case.eps.shape == (3, 2)
 
 
-@pytest.mark.parametrize("name", [golden.case_name(p, li) for p, li in ALL])
+@pytest.mark.parametrize("name", NAMES)
 def test_kink_margin_and_visible_conventions(name, committed):
     """No leaky-ReLU pre-activation within KINK_MARGIN of 0; the conventions are visible in the
     numbers (posterior log-variances far from 0, nonzero mixture logits, flow scales)."""
@@ -233,6 +297,27 @@ def test_cli_compare(tmp_path, capsys):
     args = _parse(["--prior", "standard", "--likelihood", "gaussian", "--compare", str(tmp_path)])
     assert run_golden(args) == 1
     assert "MOVED standard-gaussian" in capsys.readouterr().err
+
+
+def test_cli_kl_and_confident_selection(tmp_path, capsys):
+    """--kl analytic writes the analytic-KL variant; --kl all with every prior leaves the analytic
+    variant out where the prior has none; named explicitly it is an error."""
+    assert run_golden(_parse(["--prior", "standard", "--likelihood", "gaussian", "--kl", "analytic",
+                              "--compare", golden.golden_dir()])) == 0
+    assert "same  standard-gaussian-analytic_kl" in capsys.readouterr().out
+    from refvae.tools.cli_verify import _golden_specs
+    specs = _golden_specs(_parse(["--kl", "all", "--out", "x"]), golden)
+    assert len(specs) == 21 and sum(s[2] == "analytic" for s in specs) == 3
+    specs = _golden_specs(_parse(["--confident", "--out", "x"]), golden)
+    assert [golden.case_name(*s) for s in specs[:2]] == ["standard-categorical-confident",
+                                                         "standard-bernoulli-confident"]
+    assert len(specs) == 12       # 6 priors x (categorical, bernoulli)
+    assert _golden_specs(_parse(["--committed", "--out", "x"]), golden) == SPECS
+    with pytest.raises(ValueError, match="standard prior only"):
+        run_golden(_parse(["--prior", "mog", "--kl", "analytic", "--out", str(tmp_path)]))
+    with pytest.raises(ValueError, match="likelihoods with probabilities"):
+        run_golden(_parse(["--prior", "mog", "--likelihood", "gaussian", "--confident", "--out",
+                           str(tmp_path)]))
 
 
 @pytest.mark.parametrize("argv,match", [

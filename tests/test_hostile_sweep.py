@@ -813,14 +813,17 @@ TABLE["tools.distributed.load_array"] = Entry(
     paths={"path": "file"}, legal=[("key", "none")],
     custom=[("key", "with a .npy", lambda c: "x", "option", "ok")],
     label={"path": r"path|data|does not exist|not a file"})
+TABLE["tools.distributed.ClusterError"] = ex(RECORD)
 
 # --- golden
 TABLE["tools.golden.case.GoldenCase"] = ex(RECORD)
 TABLE["tools.golden.case.golden_dir"] = ex(NOARGS)
-TABLE["tools.golden.case.case_name"] = Entry(b(golden.case_name, prior="mog", likelihood="gaussian"),
-                                  options=("prior", "likelihood"))
+TABLE["tools.golden.case.case_name"] = Entry(b(golden.case_name, prior="standard", likelihood="gaussian",
+                                               kl="analytic"),
+                                  options=("prior", "likelihood", "kl"))
 TABLE["tools.golden.generation.build_case"] = Entry(b(golden.build_case, prior="standard", likelihood="bernoulli",
                                      seed=1), options=("prior", "likelihood"), ints={"seed": 0})
+TABLE["tools.golden.case.committed_cases"] = ex(NOARGS)
 TABLE["tools.golden.writing.write_case"] = Entry(
     b(golden.write_case, out_dir=lazy(lambda c: c.fresh("golden")), prior="standard",
       likelihood="bernoulli", seed=1, checksums=True),

@@ -1,9 +1,11 @@
 """The ``refvae golden`` and ``refvae verify`` subcommands.
 
-``refvae golden --prior NAME --likelihood NAME --out DIR``
-    Writes the golden case ``DIR/<prior>-<likelihood>/`` (``case.npz`` + ``manifest.json``) and
-    rewrites ``DIR/SHA256SUMS``. ``all`` (the default) for either option writes every combination;
-    ``refvae golden --out refvae/tools/golden_cases`` regenerates the committed set. With
+``refvae golden --prior NAME --likelihood NAME [--kl mc|analytic|all] [--confident] --out DIR``
+    Writes the golden case ``DIR/<name>/`` (``case.npz`` + ``manifest.json``; the name is
+    ``<prior>-<likelihood>`` with ``-analytic_kl``/``-confident`` for the variants) and rewrites
+    ``DIR/SHA256SUMS`` (every case in DIR). ``all`` (the default) for --prior or --likelihood
+    writes every combination; ``refvae golden --committed --out refvae/tools/golden_cases``
+    regenerates the committed set. With
     ``--compare DIR`` nothing is written: the cases are rebuilt in memory and compared with those
     in DIR (exit 1 if a value moved beyond rounding).
 
@@ -63,16 +65,56 @@ def golden_options(p):
     p.add_argument("--compare", default=None, metavar="DIR",
                    help="rebuild the cases in memory and compare them with those in DIR instead of "
                         "writing (exit 1 if a value moved beyond rounding)")
+    p.add_argument("--kl", default="mc", choices=("mc", "analytic", "all"),
+                   help="the ELBO's KL term: mc (single-sample Monte Carlo, default), analytic (the "
+                        "closed form, standard prior only: <prior>-<likelihood>-analytic_kl), or all "
+                        "(both, analytic where the prior has it)")
+    p.add_argument("--confident", action="store_true",
+                   help="the confident variants (<prior>-<likelihood>-confident: decoder "
+                        "probabilities within 1e-7 of 0 and 1; categorical and bernoulli only)")
+    p.add_argument("--committed", action="store_true",
+                   help="every committed case (refvae.tools.golden.committed_cases(): the 18 Monte "
+                        "Carlo cases, the analytic-KL and the confident ones); ignores --prior, "
+                        "--likelihood, --kl and --confident")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"base seed of every generator (default {DEFAULT_SEED}, the committed cases)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
+def _golden_specs(args, golden):
+    """``(prior, likelihood, kl, confident)`` of the cases the options select. With ``--prior`` or
+    ``--likelihood`` 'all', combinations without the variant (analytic KL for a prior other than
+    the standard one; a confident Gaussian case) are left out; named explicitly they are an error."""
+    if getattr(args, "committed", False):
+        return golden.committed_cases()
+    priors = _names(args.prior, golden.CASE_PRIORS, "--prior")
+    likelihoods = _names(args.likelihood, golden.CASE_LIKELIHOODS, "--likelihood")
+    kl = getattr(args, "kl", "mc")
+    kls = ("mc", "analytic") if kl == "all" else (kl,)
+    confident = bool(getattr(args, "confident", False))
+    specs = []
+    for prior in priors:
+        for lik in likelihoods:
+            for k in kls:
+                try:
+                    golden.case_name(prior, lik, k, confident)
+                except ValueError as exc:
+                    if (args.prior in (None, "all") and k == "analytic") or \
+                            (confident and args.likelihood in (None, "all")) or kl == "all":
+                        continue
+                    raise ValueError(f"--prior {prior} --likelihood {lik} --kl {k}"
+                                     f"{' --confident' if confident else ''}: {exc}") from None
+                specs.append((prior, lik, k, confident))
+    if not specs:
+        raise ValueError("the options select no golden case (analytic KL: --prior standard; "
+                         "--confident: --likelihood categorical or bernoulli)")
+    return specs
+
+
 def run_golden(args) -> int:
     """Write (or, with ``--compare``, check) golden cases; returns the exit code."""
     from . import golden
-    priors = _names(args.prior, golden.CASE_PRIORS, "--prior")
-    likelihoods = _names(args.likelihood, golden.CASE_LIKELIHOODS, "--likelihood")
+    specs = _golden_specs(args, golden)
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     quiet = getattr(args, "quiet", False)
@@ -85,32 +127,32 @@ def run_golden(args) -> int:
         if not os.path.isdir(args.compare):
             raise ValueError(f"--compare {args.compare}: no such directory of golden cases")
         failed = []
-        for prior in priors:
-            for lik in likelihoods:
-                name = golden.case_name(prior, lik)
-                if not os.path.isdir(os.path.join(args.compare, name)):
-                    raise ValueError(f"--compare {args.compare}: holds no case {name!r} (choose the "
-                                     f"cases with --prior/--likelihood)")
-                old = golden.load_case(os.path.join(args.compare, name))
-                problems = golden.compare_cases(golden.build_case(prior, lik, args.seed), old)
-                if problems:
-                    failed.append(name)
-                    print(f"MOVED {name}:", file=sys.stderr)
-                    for line in problems:
-                        print(f"  {line}", file=sys.stderr)
-                elif not quiet:
-                    print(f"same  {name} (every value within rounding of {args.compare})")
+        for prior, lik, kl, confident in specs:
+            name = golden.case_name(prior, lik, kl, confident)
+            if not os.path.isdir(os.path.join(args.compare, name)):
+                raise ValueError(f"--compare {args.compare}: holds no case {name!r} (choose the "
+                                 f"cases with --prior/--likelihood/--kl/--confident)")
+            old = golden.load_case(os.path.join(args.compare, name))
+            problems = golden.compare_cases(golden.build_case(prior, lik, args.seed, kl=kl,
+                                                              confident=confident), old)
+            if problems:
+                failed.append(name)
+                print(f"MOVED {name}:", file=sys.stderr)
+                for line in problems:
+                    print(f"  {line}", file=sys.stderr)
+            elif not quiet:
+                print(f"same  {name} (every value within rounding of {args.compare})")
         return 1 if failed else 0
     if args.out is None:
         raise ValueError("--out DIR is required (or --compare DIR)")
     os.makedirs(args.out, exist_ok=True)
     if not os.access(args.out, os.W_OK):
         raise ValueError(f"--out {args.out}: the directory is not writable")
-    for prior in priors:
-        for lik in likelihoods:
-            path = golden.write_case(args.out, prior, lik, args.seed, checksums=False)
-            if not quiet:
-                print(f"wrote {path}")
+    for prior, lik, kl, confident in specs:
+        path = golden.write_case(args.out, prior, lik, args.seed, checksums=False, kl=kl,
+                                 confident=confident)
+        if not quiet:
+            print(f"wrote {path}")
     sums = golden.write_checksums(args.out)
     if not quiet:
         print(f"wrote {sums}")

@@ -32,6 +32,13 @@ A golden case is a directory with two files:
 
 What a case holds, and why it is built as it is
 -----------------------------------------------
+Besides the 18 cases (6 priors x 3 likelihoods, Monte Carlo KL) the committed set holds the
+standard prior with the closed-form KL (``kl="analytic"``, names ``standard-<likelihood>-analytic_kl``:
+the most common VAE; same model, data and draws as the Monte Carlo case) and two *confident*
+cases (``standard-bernoulli-confident``, ``standard-categorical-confident``: decoder output biases
++-20, so every decoder probability is within ~1e-7 of 0 or 1 and a probability clamp shows);
+:func:`committed_cases` lists them.
+
 Tiny models (D = 6, L = 2, encoder hidden (5,), decoder (5,), B = 3, C = 5 categories, K = 3
 mixture components, a 2 x 2 GTM grid, 2 flow couplings with hidden (4,)), all with leaky-ReLU
 hidden layers, so a reader can print every array (a case is 15-30 KB, mostly the per-array
@@ -123,10 +130,11 @@ References: SPEC.md sections 1-5; STYLE.md ("Reports and golden files carry prov
 
 from __future__ import annotations
 
-from .case import (ACTIVATION, ARRAYS_FILE, CASE_LIKELIHOODS, CHECKSUM_FILE, DATA_RANGE,
-                   DEFAULT_SEED, FORMAT, FORMAT_VERSION, KINK_MARGIN, MANIFEST_FILE, N_PROBES,
-                   NLL_SAMPLES, PROBE_STEP, PROFILE_ROUNDOFF, SIZES, GoldenCase, _case_priors,
-                   allowed_error, case_name, golden_dir)
+from .case import (ACTIVATION, ARRAYS_FILE, CASE_LIKELIHOODS, CHECKSUM_FILE, CONFIDENT_LIKELIHOODS,
+                   CONFIDENT_LOGIT, DATA_RANGE, DEFAULT_SEED, FORMAT, FORMAT_VERSION, KINK_MARGIN,
+                   MANIFEST_FILE, N_PROBES, NLL_SAMPLES, PROBE_STEP, PROFILE_ROUNDOFF, SIZES,
+                   GoldenCase, _case_priors, _has_analytic_kl, allowed_error, case_name,
+                   committed_cases, golden_dir)
 from .checksums import require_checksums, verify_checksums, write_checksums
 from .comparison import compare_cases
 from .conventions import CONVENTIONS
@@ -138,7 +146,7 @@ from .reference import prior_box, reference_model, reference_outputs
 from .writing import write_case, write_cases
 
 __all__ = ["CASE_PRIORS", "CASE_LIKELIHOODS", "DEFAULT_SEED", "CONVENTIONS", "KINK_MARGIN",
-           "PROFILE_ROUNDOFF", "GoldenCase", "case_name", "build_case", "write_case", "write_cases",
+           "PROFILE_ROUNDOFF", "CONFIDENT_LOGIT", "GoldenCase", "case_name", "committed_cases", "build_case", "write_case", "write_cases",
            "load_case", "list_cases", "golden_dir", "write_checksums", "verify_checksums",
            "require_checksums", "compare_cases", "reference_model", "reference_outputs",
            "allowed_error", "prior_box"]

@@ -13,8 +13,8 @@ from ..._validation import as_float_array, check_choice, check_real
 from ...priors import PRIORS
 from ...tolerances import tolerance
 
-__all__ = ["CASE_LIKELIHOODS", "DEFAULT_SEED", "KINK_MARGIN", "PROFILE_ROUNDOFF", "GoldenCase",
-           "case_name", "golden_dir", "allowed_error"]
+__all__ = ["CASE_LIKELIHOODS", "DEFAULT_SEED", "KINK_MARGIN", "PROFILE_ROUNDOFF", "CONFIDENT_LOGIT",
+           "GoldenCase", "case_name", "golden_dir", "allowed_error", "committed_cases"]
 
 FORMAT = "refvae-golden-case"
 FORMAT_VERSION = 1
@@ -37,6 +37,13 @@ NLL_SAMPLES = 20000         #: importance samples per example of the reference N
 
 #: data range of the pseudo-inputs (VampPrior init, GTM-VampPrior sigmoid scaling) per likelihood
 DATA_RANGE = {"categorical": (0.0, 4.0), "bernoulli": (0.0, 1.0), "gaussian": (-2.0, 2.0)}
+
+#: the decoder's output bias of a *confident* case: probabilities within ~1e-7 of 0 and 1
+#: (sigmoid(17) = 1 - 4.1e-8 for the least confident pixel of the committed cases)
+CONFIDENT_LOGIT = 20.0
+
+#: the likelihoods with probabilities, where a confident case exists (a clamp shows there)
+CONFIDENT_LIKELIHOODS = ("categorical", "bernoulli")
 
 #: unit roundoff of each verification profile
 PROFILE_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24}
@@ -65,12 +72,42 @@ def golden_dir() -> str:
     return os.path.join(tools, "golden_cases")
 
 
-def case_name(prior, likelihood) -> str:
-    """``"<prior>-<likelihood>"``, e.g. ``"mog-categorical"``; prior a name in
-    :data:`refvae.priors.PRIORS`, likelihood in :data:`CASE_LIKELIHOODS` (else ``ValueError``)."""
+def case_name(prior, likelihood, kl="mc", confident=False) -> str:
+    """``"<prior>-<likelihood>"``, e.g. ``"mog-categorical"``, with the suffix ``-analytic_kl`` for
+    ``kl="analytic"`` and ``-confident`` for a confident case; prior a name in
+    :data:`refvae.priors.PRIORS`, likelihood in :data:`CASE_LIKELIHOODS`, kl ``"mc"`` or
+    ``"analytic"``, confident a bool (else ``ValueError``/``TypeError``)."""
     check_choice(prior, "prior", _case_priors())
     check_choice(likelihood, "likelihood", CASE_LIKELIHOODS)
-    return f"{prior}-{likelihood}"
+    check_choice(kl, "kl", ("mc", "analytic"))
+    if not isinstance(confident, (bool, np.bool_)):
+        raise TypeError(f"confident must be True or False, got {type(confident).__name__}")
+    if kl == "analytic" and not _has_analytic_kl(prior):
+        raise ValueError(f"kl='analytic' exists for the standard prior only (refvae.vae.VAE), not "
+                         f"{prior!r}")
+    if confident and likelihood not in CONFIDENT_LIKELIHOODS:
+        raise ValueError(f"confident cases exist for the likelihoods with probabilities "
+                         f"{CONFIDENT_LIKELIHOODS}, not {likelihood!r}")
+    return (f"{prior}-{likelihood}" + ("-analytic_kl" if kl == "analytic" else "")
+            + ("-confident" if confident else ""))
+
+
+def _has_analytic_kl(prior):
+    """True when :class:`refvae.vae.VAE` offers ``kl="analytic"`` for the prior (the standard
+    prior only: the closed form KL[q || N(0, I)])."""
+    return prior == "standard"
+
+
+def committed_cases() -> list:
+    """``(prior, likelihood, kl, confident)`` of every committed case, in the committed order: every
+    built-in prior x every likelihood with the Monte Carlo KL (18), then the standard prior with
+    the analytic KL for every likelihood (3), then the confident standard-prior cases of the
+    likelihoods with probabilities (2)."""
+    builtin = ("standard", "mog", "vamp", "gtm", "gtm_vamp", "flow")
+    specs = [(p, li, "mc", False) for p in builtin for li in CASE_LIKELIHOODS]
+    specs += [("standard", li, "analytic", False) for li in CASE_LIKELIHOODS]
+    specs += [("standard", li, "mc", True) for li in CONFIDENT_LIKELIHOODS]
+    return specs
 
 
 def allowed_error(values, scales, profile="float64", c=None):

@@ -7,9 +7,9 @@ import numpy as np
 from ..._validation import check_positive_int
 from ...priors import PRIORS
 from ...tolerances import tolerance
-from .case import (ACTIVATION, ARRAYS_FILE, CASE_LIKELIHOODS, DATA_RANGE, DEFAULT_SEED, FORMAT,
-                   FORMAT_VERSION, KINK_MARGIN, N_PROBES, NLL_SAMPLES, PROBE_STEP, PROFILE_ROUNDOFF,
-                   SIZES, GoldenCase, _case_priors, case_name)
+from .case import (ACTIVATION, ARRAYS_FILE, CASE_LIKELIHOODS, CONFIDENT_LOGIT, DATA_RANGE,
+                   DEFAULT_SEED, FORMAT, FORMAT_VERSION, KINK_MARGIN, N_PROBES, NLL_SAMPLES,
+                   PROBE_STEP, PROFILE_ROUNDOFF, SIZES, GoldenCase, _case_priors, case_name)
 from .conventions import _case_conventions
 from .kinks import _clear_kinks, _min_kink_distance
 from .quadrature import _quadrature_nll
@@ -19,7 +19,7 @@ from .scales import _cancellation_terms, _condition_scales
 __all__ = ["build_case"]
 
 
-def build_case(prior, likelihood, seed=DEFAULT_SEED) -> GoldenCase:
+def build_case(prior, likelihood, seed=DEFAULT_SEED, kl="mc", confident=False) -> GoldenCase:
     """Build one golden case in memory (deterministic given ``seed``).
 
     ``prior`` is a name in :data:`refvae.priors.PRIORS` (a prior registered from outside refvae
@@ -27,14 +27,25 @@ def build_case(prior, likelihood, seed=DEFAULT_SEED) -> GoldenCase:
     for the model, data and draws (i, j the positions of ``prior`` in the registry and of
     ``likelihood`` in :data:`CASE_LIKELIHOODS`), ``default_rng([seed, i, j, 1])`` for the condition
     probes and ``[seed, i, j, 2]`` for the reference NLL.
+
+    ``kl="analytic"`` (standard prior only) builds the same model, data and draws with the VAE's
+    closed-form KL (``VAE(kl="analytic")``: ``kl = KL[q(z|x) || N(0, I)]``, ``neg_elbo =
+    -(log_px_z - kl)``; ``log_pz`` and ``log_qz_x`` stay in the trace). ``confident=True``
+    (categorical and Bernoulli) adds :data:`CONFIDENT_LOGIT` to the decoder's output bias (Bernoulli:
+    +20 on even pixels, -20 on odd ones; categorical: +20 on category d mod C of pixel d), so that
+    every decoder probability is within ~1e-7 of 0 or 1, and the data disagree with some of them
+    (log-probabilities near -20): a probability clamp (which SPEC forbids) changes ``log_px_z``.
+    The name carries the variant (:func:`case_name`).
     """
     from ...estimators import log_likelihood
     from ..provenance import provenance
-    name = case_name(prior, likelihood)
+    name = case_name(prior, likelihood, kl, confident)
     seed = check_positive_int(seed, "seed", minimum=0)
     ip, il = _case_priors().index(prior), CASE_LIKELIHOODS.index(likelihood)
     rng = np.random.default_rng([seed, ip, il])
-    model, x, eps, draws = _model_and_draws(prior, likelihood, rng)
+    model, x, eps, draws = _model_and_draws(prior, likelihood, rng, kl)
+    if confident:
+        _make_confident(model, likelihood)
     shifts = _clear_kinks(model, x, eps)
     values, scales = _condition_scales(model, x, eps, draws, np.random.default_rng([seed, ip, il, 1]),
                                        perturb_x=likelihood == "gaussian")
@@ -47,11 +58,28 @@ def build_case(prior, likelihood, seed=DEFAULT_SEED) -> GoldenCase:
     config["batch_size"] = SIZES["batch_size"]
     manifest = _manifest(name, config, model, x, eps, draws, values, seed, (ip, il), shifts,
                          provenance())
+    if confident:
+        manifest["description"] += (f"; confident: decoder output bias +-{CONFIDENT_LOGIT:g}, every "
+                                    "decoder probability within 1e-7 of 0 or 1")
     return GoldenCase(name, config, {k: v.copy() for k, v in model.params.items()}, x, eps, draws,
                       values, scales, references, manifest)
 
 
-def _model_and_draws(prior, likelihood, rng):
+def _make_confident(model, likelihood):
+    """Add :data:`CONFIDENT_LOGIT` to the decoder's output bias (docstring of :func:`build_case`)."""
+    from ...vae import VAE  # noqa: F401 - the model's layout: decoder.<last>.b
+    n = sum(1 for k in model.params if k.startswith("decoder.") and k.endswith(".W"))
+    b = model.params[f"decoder.{n - 1}.b"]
+    D = SIZES["x_dim"]
+    if likelihood == "bernoulli":
+        b += CONFIDENT_LOGIT * np.where(np.arange(D) % 2 == 0, 1.0, -1.0)
+    else:
+        C = SIZES["num_vals"]
+        for d in range(D):
+            b[d * C + d % C] += CONFIDENT_LOGIT
+
+
+def _model_and_draws(prior, likelihood, rng, kl="mc"):
     """The case's model (refvae's initialisers, then the changes that make every convention
     visible: module docstring of :mod:`refvae.tools.golden`), data batch, eps and prior-sample
     draws, all from ``rng`` in this order."""
@@ -59,7 +87,7 @@ def _model_and_draws(prior, likelihood, rng):
     S = SIZES
     D, L, B, C = S["x_dim"], S["latent_dim"], S["batch_size"], S["num_vals"]
     model = VAE(D, L, S["hidden"], ACTIVATION, likelihood, C, prior, rng=rng,
-                prior_kwargs=_case_config(prior, likelihood), decoder_log_var="learned")
+                prior_kwargs=_case_config(prior, likelihood), decoder_log_var="learned", kl=kl)
     p = model.params
     p[f"encoder.{len(S['hidden'])}.b"][L:] += 1.0
     if likelihood == "gaussian":

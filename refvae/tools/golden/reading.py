@@ -18,15 +18,22 @@ __all__ = ["list_cases", "load_case"]
 
 def list_cases(directory=None) -> list:
     """The case directories in ``directory`` (default: the committed cases), sorted by name in
-    the order of :data:`refvae.priors.PRIORS` x :data:`CASE_LIKELIHOODS` (others after,
-    alphabetically)."""
+    the order of :data:`refvae.priors.PRIORS` x :data:`CASE_LIKELIHOODS`, each base case followed
+    by its variants (``-analytic_kl``, ``-confident``), others after, alphabetically."""
     directory = golden_dir() if directory is None else os.fspath(directory)
     if not os.path.isdir(directory):
         raise ValueError(f"{directory}: not a directory of golden cases")
     names = [n for n in os.listdir(directory)
              if os.path.isfile(os.path.join(directory, n, MANIFEST_FILE))]
     known = [case_name(p, li) for p in _case_priors() for li in CASE_LIKELIHOODS]
-    names.sort(key=lambda n: (known.index(n) if n in known else len(known), n))
+
+    def key(n):  # a variant (-analytic_kl, -confident) right after its base case
+        for i, base in enumerate(known):
+            if n == base or n.startswith(base + "-"):
+                return (i, n != base, n)
+        return (len(known), True, n)
+
+    names.sort(key=key)
     if not names:
         raise ValueError(f"{directory}: holds no golden cases (subdirectories with {MANIFEST_FILE})")
     return [os.path.join(directory, n) for n in names]

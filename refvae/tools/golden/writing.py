@@ -79,14 +79,16 @@ def _write_case_files(case, directory):
     return directory
 
 
-def write_case(out_dir, prior, likelihood, seed=DEFAULT_SEED, checksums=True) -> str:
-    """Build the case (prior, likelihood) and write it to ``out_dir/<prior>-<likelihood>/``.
+def write_case(out_dir, prior, likelihood, seed=DEFAULT_SEED, checksums=True, kl="mc",
+               confident=False) -> str:
+    """Build the case (prior, likelihood, kl, confident: :func:`build_case`) and write it to
+    ``out_dir/<name>/`` (:func:`case_name`).
 
     With ``checksums``, ``out_dir/SHA256SUMS`` is rewritten for every case in ``out_dir``.
     Returns the case directory.
     """
     out_dir = _check_dir_arg(out_dir, "out_dir")
-    case = build_case(prior, likelihood, seed)
+    case = build_case(prior, likelihood, seed, kl=kl, confident=confident)
     path = _write_case_files(case, os.path.join(os.fspath(out_dir), case.name))
     if checksums:
         write_checksums(out_dir)

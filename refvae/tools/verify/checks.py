@@ -90,13 +90,26 @@ def check_gradient(adapter, case, profile="float64", seed=0, outputs=None):
     def f(p):
         return _loss_of(call_adapter(adapter, case, params=p))
 
-    rng = np.random.default_rng(seed)
-    base = {k: np.array(v) for k, v in case.params.items()}
-    if profile == "float64":
-        rep = check_vjp(f, lambda g, p: {k: g * grads[k] for k in names}, base, rng=rng, wrt=names)
-    else:
+    def f_mean(p):
+        return float(np.mean(_as_array(call_adapter(adapter, case, params=p)["neg_elbo"])))
+
+    def check(fn):
+        rng = np.random.default_rng(seed)
+        base = {k: np.array(v) for k, v in case.params.items()}
+        if profile == "float64":
+            return check_vjp(fn, lambda g, p: {k: g * grads[k] for k in names}, base, rng=rng,
+                             wrt=names)
         tol = tolerance("verify_gradient_float32")
-        rep = _directional_check(f, grads, base, rng, 2.0 * _u(profile), tol.rtol)
+        return _directional_check(fn, grads, base, rng, 2.0 * _u(profile), tol.rtol)
+
+    rep, note = check(f), ""
+    if rep.entries and not all(e.passed for e in rep.entries) and _loss_is_batch_sum(out, profile):
+        rep_mean = check(f_mean)     # are they the gradients of SPEC's loss, the batch mean?
+        if rep_mean.entries and all(e.passed for e in rep_mean.entries):
+            rep = rep_mean
+            note = ("your reported loss is the batch sum of your neg_elbo, while your gradients are "
+                    "those of the batch mean (SPEC's loss): checked against the mean; the gradients "
+                    "are right, the reported loss is not")
     if not rep.entries:     # a check that checked nothing never passes
         return CheckResult("gradient", "fail",
                            f"nothing was checked ({getattr(rep, 'reason', None) or 'no entries'})")
@@ -115,7 +128,20 @@ def check_gradient(adapter, case, profile="float64", seed=0, outputs=None):
         return CheckResult("gradient", "fail", summary, worst.abs_err, worst.allowed, details)
     return CheckResult("gradient", "pass",
                        f"{len(rep.entries)} parameters agree with finite differences (worst rel err "
-                       f"{rep.max_rel_err:.1e}, {rep.method})", rep.max_rel_err, rep.rtol, details)
+                       f"{rep.max_rel_err:.1e}, {rep.method})" + (f"; {note}" if note else ""),
+                       rep.max_rel_err, rep.rtol, details, diagnosis=note or None)
+
+
+def _loss_is_batch_sum(out, profile):
+    """True when the reported ``loss`` is the sum (not the mean) of a batch of > 1 ``neg_elbo``."""
+    if "loss" not in out or "neg_elbo" not in out:
+        return False
+    neg = np.ravel(_as_array(out["neg_elbo"]))
+    loss = float(np.ravel(_as_array(out["loss"]))[0])
+    if neg.size < 2 or not np.all(np.isfinite(neg)):
+        return False
+    tol = _c() * _u(profile) * float(np.sum(np.abs(neg)))
+    return abs(loss - float(np.sum(neg))) <= tol and abs(loss - float(np.mean(neg))) > tol
 
 
 
@@ -177,7 +203,10 @@ def check_mixture(adapter, case, profile="float64", outputs=None, n_points=256, 
                    f"{source}")
         problems.insert(0, summary + _mixture_diagnosis(got, log_w, logits, lv, parts))
     if problems:
-        return CheckResult("mixture", "fail", "; ".join(problems), float(err[i]), float(allowed[i]), details)
+        diag = [t.split("; ")[-1].strip() for t in problems if "it equals" in t or "float32" in t]
+        diag = [d[d.index("it equals"):] if "it equals" in d else d for d in diag]
+        return CheckResult("mixture", "fail", "; ".join(problems), float(err[i]), float(allowed[i]),
+                           details, diagnosis="; ".join(diag) or None)
     return CheckResult("mixture", "pass", f"prior_log_prob equals the definition at {z.shape[0]} points "
                        f"(worst |diff| / allowed = {float(np.max(err / allowed)):.2g}; components: {source})",
                        float(err[i]), float(allowed[i]), details)
@@ -206,6 +235,13 @@ def _log_weight_problems(out, K, cu):
         return []
     total = float(logsumexp(lw_user)) if np.all(np.isfinite(lw_user)) else float("nan")
     if not abs(total) <= cu * (1 + float(np.max(np.abs(lw_user)))):
+        if abs(total) <= 1e-6:   # normalised to float32's rounding (2^-24 ~ 6e-8 per term), not to 1e-16
+            k32 = float(np.float32(np.log(np.float32(K))))
+            hint = (f" (log 1/K computed in float32: -ln {K} = {-math.log(K):.17g}, in float32 "
+                    f"{-k32:.17g})" if np.allclose(lw_user, -k32, rtol=0, atol=cu * 4)
+                    else " (a log computed in float32?)")
+            return [f"prior.log_weights are normalised only to float32 rounding: logsumexp = "
+                    f"{total:.3g}{hint}"]
         return [f"prior.log_weights are not normalised: logsumexp = {total:.6g} "
                 f"(mixture logits used without log_softmax?)"]
     return []
@@ -327,6 +363,10 @@ def check_nll(adapter, case, profile="float64", outputs=None, seed=0):
                                f"neg_elbo: a negative ELBO reported as an NLL ({refs})",
                                abs(m_user - m_ref), allowed, details)
     d_nll, d_elbo = abs(m_user - m_ref), abs(m_user - m_elbo)
+    if d_nll > allowed and abs(m_user + m_ref) <= allowed:
+        text = "the NLL has the wrong sign: it is ln p(x), not -ln p(x)"
+        return CheckResult("nll", "fail", f"'nll' (mean {m_user:.4f}) is minus the exact NLL: {text} "
+                           f"({refs})", d_nll, allowed, details, diagnosis=text)
     if d_nll <= allowed:
         summary = f"mean nll {m_user:.4f}, |diff| {d_nll:.3f} <= {allowed:.3f} ({refs})"
         if m_elbo - m_ref < 2 * allowed:

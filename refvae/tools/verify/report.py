@@ -128,6 +128,7 @@ def _short(r):
     parts = []
     if r.first_divergence:
         parts.append(f"first divergence {r.first_divergence}")
+    parts += [f"{p} {n}" for p, n in _independent(r).items() if n != r.first_divergence]
     parts += [f"check {c}" for c in r.failed_checks]
     return ", ".join(parts)
 
@@ -169,19 +170,27 @@ def _format_case(r, verbose):
         msg = (f"first divergence at {first.name} (position {first.position + 1} of "
                f"{len(r.quantities)} in data-flow order; every reported quantity before it agrees)")
     lines.append(f"{head}  {r.case}: {msg}")
+    if bad:
+        lines += _path_lines(r)
     if bad or verbose:
         lines.append(f"      {'quantity':<28} {'status':<9} {'max|diff|':>10} {'max rel':>9} "
                      f"{'/allowed':>9}  {'worst at':<9} {'expected':>14} {'got':>14}")
-        show = reported if verbose else bad[:6]
+        firsts = set(r.divergences.values())
+        show = reported if verbose else [q for i, q in enumerate(bad) if i < 6 or q.name in firsts]
         for q in show:
+            note = "; ".join(t for t in (q.message, q.diagnosis and "<- " + q.diagnosis) if t)
             lines.append(f"      {q.name:<28} {q.status:<9} {_g(q.max_abs, '.2e'):>10} "
                          f"{_g(q.max_rel, '.1e'):>9} {_g(q.ratio, '.1e'):>9}  "
                          f"{(_fmt_index(q.index) if q.index is not None else '-'):<9} "
                          f"{_g(q.expected, '.7g'):>14} {_g(q.actual, '.7g'):>14}"
-                         + (f"  {q.message}" if q.message else ""))
-        if not verbose and len(bad) > 6:
-            lines.append(f"      ... and {len(bad) - 6} more later in data-flow order: "
-                         + ", ".join(q.name for q in bad[6:14]) + (", ..." if len(bad) > 14 else ""))
+                         + (f"  {note}" if note else ""))
+        rest = [q.name for q in bad if q not in show]
+        if not verbose and rest:
+            lines.append(f"      ... and {len(rest)} more later in data-flow order: " + ", ".join(rest))
+    consistent = [q.name for q in r.quantities if q.status == "consistent"]
+    if consistent:
+        lines.append(f"      consistent with the other KL convention ({len(consistent)}): "
+                     + ", ".join(consistent))
     for q in r.quantities:
         if q.status == "known":
             lines.append(f"      known deviation {q.name}: {q.reason}")
@@ -192,11 +201,35 @@ def _format_case(r, verbose):
             continue
         lines.append(f"      check {c.name:<14} {c.status.upper():<5} {c.summary}"
                      + (f" [known: {c.reason}]" if c.reason else ""))
-    repros = ([(q.name, q.reproduction) for q in r.quantities if q.failed and q.name == r.first_divergence]
+    firsts = set(_independent(r).values()) | {r.first_divergence}
+    repros = ([(q.name, q.reproduction) for q in r.quantities if q.failed and q.name in firsts]
               + [("check " + c.name, c.reproduction) for c in r.checks if c.failed and c.reproduction])
     for what, code in repros:
         lines.append(f"      reproduce ({what}):")
         lines += ["        " + s for s in code.rstrip().splitlines()]
+    return lines
+
+
+def _independent(r):
+    """``{path: first divergence}`` of the paths whose inputs agree (their own bug, not a
+    consequence of another path's)."""
+    from .results import PATH_INPUTS
+    return {p: n for p, n in r.divergences.items()
+            if not any(u in r.divergences for u in PATH_INPUTS[p])}
+
+
+def _path_lines(r):
+    """One line per independent path with a divergence (:data:`~.results.PATHS`): its first
+    failing quantity, whether the quantities it reads agree, and the diagnosis."""
+    from .results import PATH_INPUTS
+    lines = []
+    for path, name in r.divergences.items():
+        q = r.quantity(name)
+        ups = [p for p in PATH_INPUTS[path] if p in r.divergences]
+        rel = ("independent: every quantity it reads agrees" if not ups else
+               f"after {r.divergences[ups[0]]} ({ups[0]}): may follow from it")
+        lines.append(f"      path {path:<15} first divergence {name} ({rel})"
+                     + (f": {q.diagnosis}" if q.diagnosis else ""))
     return lines
 
 

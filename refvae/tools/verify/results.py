@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["QuantityResult", "CheckResult", "CaseResult"]
+__all__ = ["QuantityResult", "CheckResult", "CaseResult", "PATHS", "path_of"]
 
 FAILING = ("fail", "shape", "nonfinite", "error")
 
@@ -29,10 +29,35 @@ class QuantityResult:
     message: str = ""
     reason: str | None = None     #: a known deviation's reason
     reproduction: str | None = None
+    diagnosis: str | None = None  #: the slip the value equals (refvae.tools.verify.diagnoses)
 
     @property
     def failed(self):
         return self.status in FAILING
+
+
+#: the independent paths of a case's quantities (a bug on one path shows first on it): name -> path
+PATHS = ("encoder/decoder", "prior density", "ELBO", "gradients", "prior sampler")
+
+#: the paths whose quantities each path reads (a divergence there may explain one here)
+PATH_INPUTS = {"encoder/decoder": (), "prior density": ("encoder/decoder",),
+               "ELBO": ("encoder/decoder", "prior density"),
+               "gradients": ("encoder/decoder", "prior density", "ELBO"), "prior sampler": ()}
+
+
+def path_of(name):
+    """The path of a quantity (:data:`PATHS`): the prior's density (``prior.*``, ``log_pz``), its
+    sampler (``prior_sample.*``), the ELBO's terms (``kl``, ``neg_elbo``, ``loss``), the gradients
+    (``grad.*``), else the encoder/decoder trace."""
+    if name.startswith("prior_sample."):
+        return "prior sampler"
+    if name.startswith("prior.") or name == "log_pz":
+        return "prior density"
+    if name in ("kl", "neg_elbo", "loss"):
+        return "ELBO"
+    if name.startswith("grad."):
+        return "gradients"
+    return "encoder/decoder"
 
 
 @dataclass
@@ -47,6 +72,7 @@ class CheckResult:
     details: dict = field(default_factory=dict)
     reason: str | None = None
     reproduction: str | None = None
+    diagnosis: str | None = None  #: the slip the check recognised (also in the summary)
 
     @property
     def failed(self):

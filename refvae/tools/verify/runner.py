@@ -19,7 +19,8 @@ from .density import _density_grid, _needs_l2, check_normalisation, check_sample
 from .known import _known, load_known_deviations, validate_known_deviations
 from .prior_only import check_prior_gradient, prior_quantities
 from .report import VerifyReport, _adapter_name
-from .results import CaseResult, CheckResult, QuantityResult
+from .comparison import _as_array, _conform
+from .results import CaseResult, CheckResult, QuantityResult, path_of
 from .snippets import _repro_check, _repro_quantity
 
 __all__ = ["CHECKS", "run"]
@@ -135,8 +136,10 @@ def _verify_case(adapter, case, profile, checks, known, do_prior, seed, impl):
         res.quantities = _golden_quantities(case, profile, out, errors, res.mode)
     res.checks = _run_checks(adapter, case, profile, checks, out, do_prior, seed, res.mode)
     _nothing_verified(res, out)
+    _diagnose(case, out, res.quantities, profile)
     _apply_known(res, known)
     res.first_divergence = _first_divergence(res.quantities)
+    res.divergences = _divergences(res.quantities)
     for q in res.quantities:
         if q.failed:
             q.reproduction = _repro_quantity(impl, case, q.name, profile, q.status)
@@ -184,6 +187,59 @@ def _golden_quantities(case, profile, out, errors, mode):
             if q.name in made_by.get(part, ()) and q.status == "missing":
                 q.status, q.message = "fail", f"{part if part != 'log_pz' else 'prior_log_prob'} {msg}"
     return quantities
+
+
+def _diagnose(case, out, quantities, profile):
+    """The cheap diagnoses (:mod:`~.diagnoses`) of every failing quantity, and the KL convention:
+    when ``kl`` follows the other convention, the ELBO terms and gradients that agree with refvae's
+    model of that convention become ``consistent`` (not failures; ``kl`` carries the hint)."""
+    from .comparison import _c, _u
+    from .diagnoses import kl_convention, other_convention_values, quantity_diagnosis
+    by_name = {q.name: q for q in quantities}
+    conv = None
+    if "kl" in by_name and by_name["kl"].status == "fail":
+        try:
+            conv = kl_convention(case, out, profile)
+        except Exception:  # noqa: BLE001 - a diagnosis never breaks a report
+            conv = None
+    if conv is not None:
+        text, other = conv
+        by_name["kl"].diagnosis = text
+        try:
+            ref = other_convention_values(case, other)
+        except Exception:  # noqa: BLE001
+            ref = {}
+        for q in quantities:
+            if q.status != "fail" or q.name not in ref or not (
+                    q.name in ("neg_elbo", "loss") or q.name.startswith("grad.")):
+                continue
+            want = np.asarray(ref[q.name], np.float64)
+            got = _conform(q.name, _as_array(out[q.name]), want.shape)[0]
+            allowed = case.allowed(q.name, profile) + _c() * _u(profile) * np.abs(want)
+            if got is not None and np.all(np.abs(got - want) <= allowed):
+                q.status = "consistent"
+                q.message = f"agrees with refvae's {other}-KL model (follows from kl)"
+    for q in quantities:
+        if q.status != "fail" or q.diagnosis or q.name not in case.values or q.name not in out:
+            continue
+        want = case.values[q.name]
+        try:
+            got = _conform(q.name, _as_array(out[q.name]), want.shape)[0]
+            if got is None or not np.all(np.isfinite(got)):
+                continue
+            q.diagnosis = quantity_diagnosis(case, q.name, got, want,
+                                             case.allowed(q.name, profile), out)
+        except Exception:  # noqa: BLE001 - a diagnosis never breaks a report
+            q.diagnosis = None
+
+
+def _divergences(quantities):
+    """``{path: first failing quantity on it}`` (:func:`~.results.path_of`), in data-flow order."""
+    out = {}
+    for q in quantities:
+        if q.failed and q.name != "(any)":
+            out.setdefault(path_of(q.name), q.name)
+    return out
 
 
 def _nothing_verified(res, out):
