@@ -43,6 +43,7 @@ adds it with ``STATS.add_to(subparsers)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -54,6 +55,15 @@ from .cli import Subcommand
 __all__ = ["HELP", "STATS", "COMMANDS", "options", "run"]
 
 MAX_TASK_THREADS = 4096  #: the largest --threads with --scheduler (the workers' cores are not known here)
+#: (query, component) pairs per core-second of the mixture kernel (refvae.kernels.mixture), measured
+#: with time.process_time at L = 16, 1 Numba thread, 10^8 and 10^9 pairs per call: 1.94-1.97e8
+#: (AMD EPYC, 2026-12-02; validation/SCALING.md). Used only for the core-hours printed before a run.
+PAIR_RATE = 1.9e8
+#: above this many pairs (about 9 core-minutes at PAIR_RATE) ``refvae stats`` needs --allow-large
+LARGE_PAIRS = 10**11
+#: with --data and --scheduler, the data x (N D 8 bytes) and the components (16 N L bytes) are held
+#: here and the components travel in the scheduler's task graph: above this many bytes, --allow-large
+DATA_ON_CLIENT_BYTES = 10**9
 
 HELP = "aggregated-posterior statistics (H[q(z)], KL[q(z)||p], I(x;z), holes) of a saved model"
 
@@ -93,6 +103,13 @@ def options(p):
                         "threads too")
     p.add_argument("--connect-timeout", type=float, default=10.0,
                    help="seconds to wait for the scheduler (default 10)")
+    p.add_argument("--worker-timeout", type=float, default=60.0,
+                   help="seconds to wait for a running Dask worker, at the start and whenever none "
+                        "is left (all lost, or all paused for memory) mid-run (default 60)")
+    p.add_argument("--allow-large", action="store_true",
+                   help=f"run even above {LARGE_PAIRS:.0e} (query, component) pairs, or with --data "
+                        f"and --scheduler above {DATA_ON_CLIENT_BYTES / 1e9:g} GB of data and "
+                        f"components on this machine (the count and core-hours are printed first)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -232,6 +249,12 @@ def run(args) -> int:
             x = os.fspath(components)  # read by aggregated_stats / holes (on the workers)
             N = comps.N
             source = f"components {x}"
+        pairs, what = _pair_count(args, N)
+        _check_work(args, pairs, what, None if comps is not None else x.shape[1], N, model.latent_dim)
+        if not quiet:
+            print(f"refvae stats: {pairs:.2e} (query, component) pairs ({what}), about "
+                  f"{_core_hours(pairs):.2g} core-hours at {PAIR_RATE:.2g} pairs per core-second "
+                  f"(measured at L = 16)", flush=True)
         _check_memory(args, N, model.latent_dim, _prior_bytes_per_point(model),
                       components_here=not (comps is not None and args.scheduler is not None
                                            and args.queries is not None))
@@ -244,9 +267,11 @@ def run(args) -> int:
                   + f", seed {args.seed}, on {where}" + (f", chunk {chunk}" if args.scheduler else ""),
                   flush=True)
         # one connection (closed at the end) for both computations when a scheduler is given
-        with dist._cluster(None, args.scheduler, timeout) as client:
+        worker_timeout = getattr(args, "worker_timeout", dist.DEFAULT_WORKER_TIMEOUT)
+        with _quiet_dask_logs(args.scheduler is not None), \
+                dist._cluster(None, args.scheduler, timeout, worker_timeout) as client:
             kw = dict(client=client, chunk=chunk, threads_per_task=args.threads,
-                      progress=client is not None and not quiet)
+                      progress=client is not None and not quiet, worker_timeout=worker_timeout)
             rng = np.random.default_rng(args.seed)
             stats = dist.aggregated_stats(model, x, rng, args.samples, n_queries=args.queries,
                                           **kw)
@@ -263,6 +288,68 @@ def run(args) -> int:
         if not quiet:
             print(f"wrote {args.out}")
     return 0
+
+
+def _pair_count(args, N):
+    """``(pairs, formula)``: the (query, component) pairs of the run -- each evaluation of ln q(z)
+    at a point costs N of them: S N^2 without ``--queries`` (every draw z_ns), M N with it, plus
+    M_holes N for ``--holes``."""
+    if args.queries is None:
+        pairs, what = args.samples * N * N, f"S N^2 = {args.samples} x {N}^2, all N S draws; --queries M costs M N"
+    else:
+        pairs, what = args.queries * N, f"M N = {args.queries} x {N}"
+    if args.holes:
+        pairs += args.holes * N
+        what += f", plus {args.holes} x {N} for --holes"
+    return pairs, what
+
+
+def _core_hours(pairs):
+    return pairs / PAIR_RATE / 3600.0
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs(on):
+    """Dask's own log records (a lost scheduler is logged with tracebacks by the client) are
+    silenced while ``refvae stats`` runs on a cluster: refvae reports what went wrong in one line.
+    ``REFVAE_TRACEBACK=1`` keeps them."""
+    import logging
+    if not on or os.environ.get("REFVAE_TRACEBACK"):
+        yield
+        return
+    # every "distributed..." logger: some have their own level, which a parent's would not override
+    names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    saved = [(log, log.level) for log in map(logging.getLogger, names)]
+    for log, _ in saved:
+        log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for log, level in saved:
+            log.setLevel(level)
+
+
+def _check_work(args, pairs, what, D, N, L):
+    """Refuse (``ValueError``, one line with the way out) a run above :data:`LARGE_PAIRS` pairs, or
+    one with ``--data`` and ``--scheduler`` holding more than :data:`DATA_ON_CLIENT_BYTES` here,
+    unless ``--allow-large``. ``D``: the data's columns (None with ``--components``)."""
+    if getattr(args, "allow_large", False):
+        return
+    if pairs > LARGE_PAIRS:
+        way = ("use --queries M (M N pairs: --queries 100000 gives "
+               f"{100000 * N:.1e}) or " if args.queries is None else "")
+        raise ValueError(f"this run needs {pairs:.2e} (query, component) pairs ({what}), about "
+                         f"{_core_hours(pairs):.2g} core-hours at {PAIR_RATE:.2g} pairs per "
+                         f"core-second, above {LARGE_PAIRS:.0e}: {way}pass --allow-large to run it")
+    if D is not None and args.scheduler is not None:
+        held = 8 * N * D + 16 * N * L
+        if held > DATA_ON_CLIENT_BYTES:
+            raise ValueError(
+                f"--data with --scheduler holds the data and its components on this machine "
+                f"({held / 1e9:.1f} GB for N = {N}, D = {D}, L = {L}) and sends the components in "
+                f"the task graph: write them once (refvae stats --model DIR --data FILE "
+                f"--write-components COMPS) and run with --components COMPS --queries M --scheduler "
+                f"ADDRESS (nothing of size N here), or pass --allow-large")
 
 
 def _check_options(args, dist):
@@ -282,6 +369,10 @@ def _check_options(args, dist):
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"--connect-timeout must be a finite number of seconds > 0, got {timeout}")
     timeout = float(timeout)
+    worker_timeout = getattr(args, "worker_timeout", 60.0)
+    if not (isinstance(worker_timeout, (int, float)) and math.isfinite(worker_timeout)
+            and worker_timeout > 0):
+        raise ValueError(f"--worker-timeout must be a finite number of seconds > 0, got {worker_timeout}")
     if args.scheduler is not None and not args.scheduler.strip():
         raise ValueError("--scheduler: empty address; give one such as tcp://host:8786 (or omit "
                          "--scheduler to compute on this machine)")

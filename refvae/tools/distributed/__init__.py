@@ -166,8 +166,8 @@ from __future__ import annotations
 
 from ...estimators import Estimate
 from ._base import (COMPONENT_FILES, COMPONENTS_FORMAT, COMPONENTS_MANIFEST, DEFAULT_CHUNK,
-                    DEFAULT_CONNECT_TIMEOUT, DEFAULT_SPLIT_EVERY, ENCODE_CHUNK, _require_dask,
-                    shard_bounds)
+                    DEFAULT_CONNECT_TIMEOUT, DEFAULT_SPLIT_EVERY, DEFAULT_WORKER_TIMEOUT, ENCODE_CHUNK,
+                    ClusterError, _require_dask, shard_bounds)
 from ._cluster import _cluster, log_mixture, log_qz
 from ._components import _Components, components_to_dask
 from ._encode import encode_to_shards
@@ -178,7 +178,8 @@ from ._shards import _shard_partial, combine_tree
 
 __all__ = ["log_qz", "log_mixture", "aggregated_stats", "holes", "encode_to_shards",
            "components_to_dask", "shard_bounds", "combine_tree", "load_array",
-           "DEFAULT_CHUNK", "DEFAULT_SPLIT_EVERY", "DEFAULT_CONNECT_TIMEOUT", "Estimate"]
+           "DEFAULT_CHUNK", "DEFAULT_SPLIT_EVERY", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_WORKER_TIMEOUT",
+           "ClusterError", "Estimate"]
 
 _PRIVATE_REEXPORTS = (COMPONENT_FILES, COMPONENTS_FORMAT, COMPONENTS_MANIFEST, ENCODE_CHUNK,
                       _require_dask, _cluster, _Components, _combine_exact_sums, _exact_sum,

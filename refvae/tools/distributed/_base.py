@@ -12,12 +12,21 @@ from ..._validation import check_positive_int
 DEFAULT_CHUNK = 65536          #: components per shard (16 MiB of components at L = 16)
 DEFAULT_SPLIT_EVERY = 8        #: fan-in of the combination tree
 DEFAULT_CONNECT_TIMEOUT = 10.0  #: seconds to wait for a scheduler given by address
+DEFAULT_WORKER_TIMEOUT = 60.0   #: seconds without a usable worker (none, or all paused) before giving up
 ENCODE_CHUNK = 1024            #: rows encoded at a time (= estimators.encode_all's batch_size)
 COMPONENT_FILES = ("means.npy", "log_vars.npy")  #: the files of a directory of components
 COMPONENTS_MANIFEST = "components.json"          #: written last by encode_to_shards
 COMPONENTS_FORMAT = "refvae-components"
 
 _SCALE_HINT = "install the 'scale' extra: pip install refvae[scale]"
+
+
+class ClusterError(ConnectionError):
+    """The Dask cluster cannot run the computation: no workers (at the start, or all lost
+    mid-run), every worker paused for memory, a worker whose refvae, NumPy, Numba or Python differs
+    from this machine's (or that cannot import refvae), the scheduler lost mid-run, or a task that
+    kept killing its workers. The message names the workers concerned and what to do. A
+    ``ConnectionError`` (hence an ``OSError``), so that ``refvae stats`` reports it in one line."""
 
 
 # =========================================================================== optional dependency
@@ -75,6 +84,13 @@ def _check_cluster_args(client, scheduler, connect_timeout):
         from distributed import Client
         if not isinstance(client, Client):
             raise ValueError(f"client must be a distributed.Client, got {type(client).__name__}")
+
+
+def _check_worker_timeout(worker_timeout):
+    if not (isinstance(worker_timeout, numbers.Real) and not isinstance(worker_timeout, bool)
+            and math.isfinite(worker_timeout) and worker_timeout > 0):
+        raise ValueError(f"worker_timeout must be a positive number of seconds, got {worker_timeout!r}")
+    return float(worker_timeout)
 
 
 def _check_threads(threads_per_task):

@@ -11,7 +11,8 @@ import numpy as np
 from ... import gaussian
 from ..._validation import as_float_array
 from ._base import _require_dask
-from ._cluster import _compute_on, _shard_blocks
+from ._base import DEFAULT_WORKER_TIMEOUT
+from ._cluster import _compute_on, _in_graph, _shard_blocks
 
 
 _EXACT_SUM_MAX_TERMS = 48  # > 2098 / 53: the binary range of float64 in 53-bit steps
@@ -77,7 +78,8 @@ def _shard_drawn_rows_and_sums(means, log_vars, rows, kl_rows, index, a, b):
         raise ValueError(f"shard {index} (components {a}..{b - 1}): {exc}") from None
 
 
-def _drawn_rows_and_sums_on(client, comps, idx, kl_rows, chunk, progress):
+def _drawn_rows_and_sums_on(client, comps, idx, kl_rows, chunk, progress,
+                            worker_timeout=DEFAULT_WORKER_TIMEOUT):
     """Rows ``idx`` of the components and their exact sums, with one task per shard on the cluster.
 
     ``comps``: a _Components (files or Dask arrays, read on the workers); ``idx``: (M,) integers in
@@ -94,16 +96,15 @@ def _drawn_rows_and_sums_on(client, comps, idx, kl_rows, chunk, progress):
     uniq, inverse = np.unique(np.asarray(idx, dtype=np.int64), return_inverse=True)
     cuts = np.searchsorted(uniq, [a for a, _ in bounds] + [comps.N])
     task = dask.delayed(_shard_drawn_rows_and_sums, pure=True)
-    # the closed form (it holds the prior and its parameters) is sent once to every worker
-    kf = None if kl_rows is None else client.scatter(kl_rows, broadcast=True, hash=False)
+    # the closed form (it holds the prior and its parameters): one key of the graph, kept by the
+    # scheduler (recoverable if every worker holding it is lost, unlike a scattered future)
+    kf = None if kl_rows is None else _in_graph(kl_rows, "kl-rows")
     parts = [task(mb, lb, uniq[cuts[i]:cuts[i + 1]] - a, kf, i, a, b)
              for i, ((a, b), mb, lb) in enumerate(zip(bounds, mblocks, lblocks))]
-    try:
-        results = _compute_on(client, parts, progress,
-                              f"q(z|x): {len(uniq)} drawn components and the exact sums over "
-                              f"{comps.N} components in {len(bounds)} shards of <= {chunk}")
-    finally:
-        del kf
+    del kf
+    results = _compute_on(client, parts, progress,
+                          f"q(z|x): {len(uniq)} drawn components and the exact sums over "
+                          f"{comps.N} components in {len(bounds)} shards of <= {chunk}", worker_timeout)
     mu_u = np.concatenate([r[0] for r in results])
     lv_u = np.concatenate([r[1] for r in results])
     if mu_u.shape[0] != len(uniq):  # pragma: no cover - a shard returned the wrong rows
