@@ -14,8 +14,9 @@ from ... import gaussian
 from ..._validation import as_float_array, check_positive_int, check_rng
 from ...estimators import (Estimate, _aggregated_estimates, _closed_form_kl, _draw_posterior, _exact,
                            _params, _prior_hole_estimates, encode_all)
-from ._base import (DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SPLIT_EVERY, _check_chunk,
-                    _check_cluster_args, _check_split_every, _check_threads, _is_path)
+from ._base import (DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SPLIT_EVERY,
+                    DEFAULT_WORKER_TIMEOUT, _check_chunk, _check_cluster_args, _check_split_every,
+                    _check_threads, _check_worker_timeout, _is_path)
 from ._cluster import _cluster, _LogQz
 from ._components import _Components
 from ._exact import _drawn_rows_and_sums_on
@@ -47,29 +48,34 @@ def _data_or_components(model, x_or_components):
     return "components", comps
 
 
-def _common_checks(chunk, split_every, threads_per_task, client, scheduler, connect_timeout):
+def _common_checks(chunk, split_every, threads_per_task, client, scheduler, connect_timeout,
+                   worker_timeout):
     chunk = _check_chunk(chunk)
     split_every = _check_split_every(split_every)
     threads_per_task = _check_threads(threads_per_task)
     _check_cluster_args(client, scheduler, connect_timeout)
-    return chunk, split_every, threads_per_task
+    return chunk, split_every, threads_per_task, _check_worker_timeout(worker_timeout)
 
 
 @contextlib.contextmanager
-def _components_on_cluster(model, x_or_components, params, client, scheduler, connect_timeout):
+def _components_on_cluster(model, x_or_components, params, client, scheduler, connect_timeout,
+                           worker_timeout):
     """``(p, comps, c)``: the parameters, the components (a _Components; data x is encoded with
     ``encode_all``, as the single-machine estimators do) and the client (None: this machine,
     else closed at the end if made here from ``scheduler``)."""
     p = _params(model, params)
     kind, obj = _data_or_components(model, x_or_components)
-    with _cluster(client, scheduler, connect_timeout) as c:
-        yield p, (_Components(*encode_all(model, obj, p)) if kind == "x" else obj), c
+    with _cluster(client, scheduler, connect_timeout, worker_timeout) as c:
+        comps = _Components(*encode_all(model, obj, p)) if kind == "x" else obj
+        if c is not None:
+            comps.keep_on(c)  # files: each shard read once per run, kept on the workers (H17b)
+        yield p, comps, c
 
 
 def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n_queries=None,
                      client=None, scheduler=None, chunk=DEFAULT_CHUNK,
                      split_every=DEFAULT_SPLIT_EVERY, threads_per_task=1, progress=False,
-                     connect_timeout=DEFAULT_CONNECT_TIMEOUT):
+                     connect_timeout=DEFAULT_CONNECT_TIMEOUT, worker_timeout=DEFAULT_WORKER_TIMEOUT):
     r"""H[q(z)], CE[q(z)||p], KL[q(z)||p], I_q(x; z), E_x KL[q(z|x)||p] and its split, with ln q(z)
     evaluated by :func:`log_mixture` (on a cluster or on this machine).
 
@@ -104,17 +110,17 @@ def aggregated_stats(model, x_or_components, rng, n_samples=1, *, params=None, n
     _check_model(model)
     S = check_positive_int(n_samples, "n_samples")
     M = None if n_queries is None else check_positive_int(n_queries, "n_queries")
-    chunk, split_every, threads_per_task = _common_checks(chunk, split_every, threads_per_task, client,
-                                                          scheduler, connect_timeout)
+    chunk, split_every, threads_per_task, worker_timeout = _common_checks(
+        chunk, split_every, threads_per_task, client, scheduler, connect_timeout, worker_timeout)
     with _components_on_cluster(model, x_or_components, params, client, scheduler,
-                                connect_timeout) as (p, comps, c):
+                                connect_timeout, worker_timeout) as (p, comps, c):
         if M is not None and c is not None and comps.kind != "numpy":
             # components in files or Dask arrays: the same draws, but only the M drawn rows and
             # per-shard exact sums come to this machine (module docstring, "Drawn rows and exact sums")
-            draws = _queries_on_cluster(c, model, p, comps, rng, M, chunk, progress)
+            draws = _queries_on_cluster(c, model, p, comps, rng, M, chunk, progress, worker_timeout)
         else:
             draws, comps = _draws_here(model, p, comps, rng, S, M, here=c is None)
-        log_qz = _LogQz(comps, c, chunk, split_every, threads_per_task, progress)
+        log_qz = _LogQz(comps, c, chunk, split_every, threads_per_task, progress, worker_timeout)
         return _aggregated_estimates(model, p, *draws[:4], log_qz, *draws[4:])
 
 
@@ -127,7 +133,7 @@ def _closed_form_kl_rows(model, p, L):
     return functools.partial(_closed_form_kl, model.prior, p)
 
 
-def _queries_on_cluster(client, model, p, comps, rng, M, chunk, progress):
+def _queries_on_cluster(client, model, p, comps, rng, M, chunk, progress, worker_timeout):
     """M draws from q(z) (``idx = rng.integers(0, N, M)``, then ``eps``) with the drawn rows and the
     exact sums of H[q(z|x_n)] (and of the closed-form KL) computed by the shards:
     ``(z, mu_q, lv_q, ent_q, h_cond, avg_kl)`` for :func:`refvae.estimators._aggregated_estimates`."""
@@ -135,7 +141,8 @@ def _queries_on_cluster(client, model, p, comps, rng, M, chunk, progress):
     idx = rng.integers(0, N, size=M)
     eps = rng.standard_normal((M, L))
     kl_rows = _closed_form_kl_rows(model, p, L)
-    mu_q, lv_q, ent_sum, kl_sum = _drawn_rows_and_sums_on(client, comps, idx, kl_rows, chunk, progress)
+    mu_q, lv_q, ent_sum, kl_sum = _drawn_rows_and_sums_on(client, comps, idx, kl_rows, chunk, progress,
+                                                                worker_timeout)
     z = mu_q + np.exp(0.5 * lv_q) * eps
     avg_kl = None if kl_rows is None else Estimate(kl_sum / N, 0.0, N)
     return z, mu_q, lv_q, gaussian.entropy(lv_q), Estimate(ent_sum / N, 0.0, N), avg_kl
@@ -164,7 +171,8 @@ def _draws_here(model, p, comps, rng, S, M, here):
 
 def holes(model, x_or_components, rng, n_samples=10000, taus=(0.1, 0.01), *, params=None,
           client=None, scheduler=None, chunk=DEFAULT_CHUNK, split_every=DEFAULT_SPLIT_EVERY,
-          threads_per_task=1, progress=False, connect_timeout=DEFAULT_CONNECT_TIMEOUT):
+          threads_per_task=1, progress=False, connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+          worker_timeout=DEFAULT_WORKER_TIMEOUT):
     """Holes (SPEC section 5) by the code of :func:`refvae.estimators.hole_metrics`
     (``estimators._prior_hole_estimates``): z_1..z_M ~ p(z) from ``rng`` (the same draws), ``reverse_kl = KL[p||q(z)]`` and ``hole_mass[tau] = P_p[q(z)/p(z) < tau]``,
     with ln q(z) by :func:`log_mixture`. ``x_or_components`` as in :func:`aggregated_stats`;
@@ -183,9 +191,9 @@ def holes(model, x_or_components, rng, n_samples=10000, taus=(0.1, 0.01), *, par
         raise TypeError(f"taus must be a number or a sequence of numbers, got {taus!r:.60}") from None
     if not all(t > 0 and math.isfinite(t) for t in taus):
         raise ValueError(f"taus must be positive finite thresholds, got {taus}")
-    chunk, split_every, threads_per_task = _common_checks(chunk, split_every, threads_per_task, client,
-                                                          scheduler, connect_timeout)
+    chunk, split_every, threads_per_task, worker_timeout = _common_checks(
+        chunk, split_every, threads_per_task, client, scheduler, connect_timeout, worker_timeout)
     with _components_on_cluster(model, x_or_components, params, client, scheduler,
-                                connect_timeout) as (p, comps, c):
-        log_qz = _LogQz(comps, c, chunk, split_every, threads_per_task, progress)
+                                connect_timeout, worker_timeout) as (p, comps, c):
+        log_qz = _LogQz(comps, c, chunk, split_every, threads_per_task, progress, worker_timeout)
         return _prior_hole_estimates(model, p, rng, M, taus, log_qz)
