@@ -92,6 +92,24 @@ def choose_gradcheck_batch(model, x_pool, rng, batch_size, candidates):
     return x_pool[idx], eps, info
 
 
+#: the report's paragraph above the gradient-check table (rendered by :mod:`.markdown`)
+PROSE = (
+    "For every parameter array W (random direction u ~ N(0, I)), the analytic ⟨g, u⟩ against the "
+    "Richardson-extrapolated central difference D_R = (4 D(h/2) − D(h)) / 3 of φ(t) = loss(W + t u), "
+    "h = ε^(1/3) max(1, rms W), on a small training batch. **Kinks**: at each of the four points ±h, "
+    "±h/2 the sign of every relu/leaky_relu pre-activation (encoder, decoder, the prior's networks) "
+    "is compared with t = 0; if one changes, h is halved (column *halved*: arrays that needed it), "
+    "so every quotient is taken inside one linear piece, where φ is analytic; a pre-activation "
+    "exactly on a kink fails. **Allowance** = rounding floor + truncation bound, nothing else (no "
+    "relative tolerance, no 2|D(h) − D(h/2)| estimate, which grows near a kink and once let a 5% "
+    "error pass): rounding 3 δ / h with δ = 64 u mean(|ln p(x|z)| + |ln p(z)| + |ln q(z|x)|) the "
+    "rounding of one loss evaluation (`gradcheck_rounding`), plus 64 u Σ|g u| for ⟨g, u⟩; "
+    "truncation |D_R| (2Δ/π)⁴ / 4, Δ the largest measured move of any intermediate over the step "
+    "(φ is analytic within (π/2) h / Δ; Cauchy's estimate of φ⁽⁵⁾), ~1e-15 relative here. "
+    "Columns: worst relative error / largest error ÷ allowed (< 1 passes) per group, and *detects*: "
+    "the smallest relative error of the group's gradient that fails the check (min over its arrays "
+    "of allowed / |⟨g, u⟩|); a 1% error in any group fails.")
+
 #: halvings of the step allowed when an evaluation point crosses a kink (h down to 2^-24 of the start)
 MAX_HALVINGS = 24
 
@@ -157,7 +175,8 @@ def _check_array(model, x, eps, params, name, g, u, base, kinked, c_round):
         if not crossed:
             break
     if crossed:
-        reason = "a pre-activation is exactly 0" if on_kink else f"a kink is crossed at every step down to {h:.1e}"
+        reason = ("a pre-activation is exactly 0" if on_kink
+                  else f"a kink is crossed at every step down to {h:.1e}")
         return ReportGradEntry(name, ana, math.nan, math.inf, math.inf, 0.0, h, False, halvings=halvings,
                                floor=math.nan, truncation=math.nan, max_move=math.nan), reason
     d1 = (pts[h].f - pts[-h].f) / (2 * h)

@@ -72,6 +72,22 @@ IS2_WIDTH = 2.0
 _LN_2PI_E = math.log(2 * math.pi) + 1.0
 
 
+#: the report's paragraph above the identity table (rendered by :mod:`.markdown`)
+PROSE = (
+    "Each row compares a reported number with a second computation of it. **independent**: the two "
+    "share no code on the quantity's path (other draws, another evaluator of the density, mpmath, a "
+    "closed form in extended precision, a second importance sampler); only these rows are evidence "
+    "that a number is right, and a planted error larger than the row's *allowed* fails it. "
+    "**arithmetic**: the same numbers combined two ways (ELBO = RE + Ω from the same draws; Jensen "
+    "per test point): they check the combination, not the terms. **bound**: an inequality that holds "
+    "with margins of nats (0 ≤ I ≤ ln N, Gibbs); it cannot see a +1 nat error and is not a check of "
+    "the value. Monte Carlo rows allow k √(se₁² + se₂²) with k = 5 (false-failure probability 5.7e-7 "
+    "per row, CLT; the ln p(x) row adds the two samplers' downward bias, se²/2 per point); exact rows "
+    "a rounding bound (ln q(z) against mpmath: c ≤ c_kernel + 1 in units of u (|f| + S); H[q(z|x)]: "
+    "64 u Σ|terms|). The ln q(z) row catches any error in the report's evaluator above ~1e-14 nats; "
+    "the Monte Carlo rows catch errors above their *allowed* (a few hundredths to tenths of a nat).")
+
+
 # =========================================================================== extra inputs
 
 def _estimate(v):

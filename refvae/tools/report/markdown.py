@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ...tolerances import TOLERANCES
 from ..provenance import REPRODUCIBILITY
+from .gradient_check import PROSE as GRADCHECK_PROSE
+from .identity_checks import PROSE as IDENTITY_PROSE
 
 __all__ = []  # render_markdown is called by writing.write_report
 
@@ -390,39 +392,38 @@ def _identities(runs, first=None):
     failed_other = [(run, i) for run in others for i in run.get("identities", [])
                     if i.get("passed") is False]
     out = ["## Correctness", "", "### Identities of SPEC §5", "",
-           "Tolerances from `refvae.tolerances` (reasons in report.json); Monte Carlo checks use "
-           f"k = {TOLERANCES['monte_carlo_k_sigma'].k:g} standard errors (false-failure "
-           "probability ≤ 1e-6 per check)."
+           IDENTITY_PROSE + " Tolerances from `refvae.tolerances` (reasons in report.json)."
            + (f" Rows of the first seed's runs; the other seeds' {n_other} rows: "
               f"{len(failed_other)} failed" + (" (listed below)." if failed_other else ".")
               if others else ""), ""]
     rows = []
     for run, i in [(run, i) for run in first for i in run.get("identities", [])] + failed_other:
-        rows.append([_run_label(run), i["identity"], i["data"], _fmt(i["lhs"], 4), _fmt(i["rhs"], 4),
-                     _sci(i["diff"]), _sci(i["allowed"]), f"`{i['tolerance']}`", _ok(i["passed"])])
-    return out + [_table(["run", "identity", "data", "lhs", "rhs", "diff", "allowed", "tolerance",
-                          "result"], rows) if rows else "No run reached the identities.", ""]
+        rows.append([_run_label(run), i["identity"], i.get("kind", "—"), i["data"],
+                     _value_se(i["lhs"], i.get("lhs_se")), _value_se(i["rhs"], i.get("rhs_se")), _sci(i["diff"]), _sci(i["allowed"]),
+                     f"`{i['tolerance']}`", _ok(i["passed"])])
+    return out + [_table(["run", "identity", "kind", "data", "lhs ± se", "rhs ± se", "diff", "allowed",
+                          "tolerance", "result"], rows) if rows else "No run reached the identities.", ""]
+
+
+def _value_se(value, se):
+    """``value ± se`` (the se only when it is a positive number)."""
+    return _fmt(value, 4) + (f" ± {_sci(se)}" if value is not None and se else "")
 
 
 def _gradcheck_cell(groups, name):
     x = groups.get(name)
     if x is None:
         return "— (no parameters)"
-    return f"{_sci(x['max_rel_err'])} / {_sci(x['max_err_ratio'])} ({x['n']} arrays)"
+    return (f"{_sci(x['max_rel_err'])} / {_sci(x['max_err_ratio'])} ({x['n']} arrays"
+            + (f", {x['halved']} halved" if x.get("halved") else "") + ")"
+            + (f"; detects {_sci(x['detects'])}" if x.get("detects") is not None else ""))
 
 
 def _gradcheck(runs):
     """The gradient check of the trained models."""
     out = ["### Gradient check (trained models)", "",
-           f"`check_vjp` (random direction, central differences, rtol "
-           f"{TOLERANCES['vjp_central_difference'].rtol:g}, `vjp_central_difference`) of the batch-mean "
-           "negative ELBO w.r.t. every parameter, on a small training batch; worst relative error "
-           "per parameter group, then the largest abs err / allowed (< 1 passes; allowed = rtol "
-           "max(|analytic|, |numeric|) plus the rounding floor 10 eps (|φ(h)| + |φ(−h)|) / h of the "
-           "difference quotient, which dominates for arrays whose directional derivative is tiny "
-           "compared with the loss, so their relative error is mostly rounding noise). "
-           "The batch is chosen so that no relu/leaky_relu pre-activation lies "
-           f"within {TOLERANCES['gradcheck_kink_margin'].d:g} of its kink "
+           GRADCHECK_PROSE + " The batch is chosen so that few relu/leaky_relu pre-activations lie "
+           f"within {TOLERANCES['gradcheck_kink_margin'].d:g} of a kink "
            "(`gradcheck_kink_margin`); pre-activations of a prior's component network at fixed "
            "inputs do not depend on the batch and are counted separately.", ""]
     rows = []
