@@ -91,17 +91,17 @@ PROSE = (
 # =========================================================================== extra inputs
 
 def _estimate(v):
-    """{"value", "se", "n"} of the mean of v (N, S): stratified se for S >= 2 (within-row
-    variances), else std / sqrt(N)."""
+    """{"value", "se", "n"} of the mean of v (N, S) (this module's own averaging, so that the rows
+    do not share it with the estimators they check): se^2 = sum_n var_s(v_n.) / S / N^2 for
+    S >= 2 (within-row variances), var(v) / N for S = 1 (conservative)."""
     v = np.asarray(v, dtype=np.float64)
-    if v.ndim == 1:
-        v = v[:, None]
-    N, S = v.shape
-    if S >= 2:
-        se = math.sqrt(float(np.sum(np.var(v, axis=1, ddof=1))) / S) / N
-    else:
-        se = float(np.std(v[:, 0], ddof=1)) / math.sqrt(N) if N >= 2 else math.inf
-    return {"value": float(np.mean(v)), "se": se, "n": int(v.size)}
+    v = v.reshape(v.shape[0], -1)
+    rows, per_row = v.shape
+    if v.size < 2:
+        return {"value": float(np.mean(v)), "se": math.inf, "n": int(v.size)}
+    spread = (np.var(v, axis=1, ddof=1).sum() / per_row if per_row > 1
+              else np.var(v[:, 0], ddof=1) * rows)
+    return {"value": float(np.mean(v)), "se": math.sqrt(float(spread)) / rows, "n": int(v.size)}
 
 
 def _encode(model, x, chunk=1024):
