@@ -994,6 +994,38 @@ TABLE["tools.verify.runner.run"] = Entry(
            "json_out": r"json_out|a-regular-file|a-directory",
            "known_deviations": r"known_deviations|does-not-exist"})
 
+# --- verify: adversarial mixture inputs and the conformance report (issue 16, part 2)
+from refvae.tools.verify import adversarial as _adv, conformance as _conf  # noqa: E402
+
+
+def _kernel_log_prob(z, means, log_vars, log_weights):
+    from refvae.kernels.mixture import mixture_log_prob
+    return mixture_log_prob(z, means, log_vars, log_weights)
+
+
+TABLE["tools.verify.adversarial.adversarial_input"] = Entry(b(_adv.adversarial_input, name="K=1"),
+                                                           options=("name",))
+TABLE["tools.verify.adversarial.check_adversarial"] = Entry(
+    b(_adv.check_adversarial, log_prob=_kernel_log_prob, log_prob_grad=None, inputs=["K=1"], source=None),
+    objects=("log_prob", "log_prob_grad", "source"), legal=[("log_prob_grad", "none"), ("source", "none"),
+                                                            ("source", "str")],
+    custom=[("inputs", "unknown", lambda c: ["bogus"], "option", "error"),
+            ("inputs", "str", lambda c: "K=1", "type", "error"),
+            ("inputs", "empty", lambda c: [], "shape", "error")])
+TABLE["tools.verify.conformance.run_conformance"] = Entry(
+    b(_conf.run_conformance, libraries=["torch"], say=None), baseline=False,
+    guards=(("refvae.tools.verify.conformance", "_case_rows"),),
+    custom=[("libraries", "unknown", lambda c: ["bogus"], "option", "error"),
+            ("libraries", "str", lambda c: "torch", "type", "error"),
+            ("libraries", "empty", lambda c: [], "shape", "error"),
+            ("say", "not callable", lambda c: 5, "type", "error")])
+TABLE["tools.verify.conformance.format_markdown"] = Entry(
+    b(_conf.format_markdown, report={"schema": _conf.SCHEMA, "versions": {}, "unavailable": {}, "rows": []}),
+    objects=("report",))
+TABLE["tools.verify.conformance.main"] = ex("the command-line entry point (python -m "
+                                            "refvae.tools.verify.conformance): argparse turns bad flags into "
+                                            "exit 2 naming the flag; tests/test_conformance.py runs it")
+
 # --- report
 _TINY = profiles.PROFILES["tiny"]
 TABLE["tools.profiles.Profile"] = ex(RECORD + " (the profiles are constants in refvae.tools.profiles.PROFILES; "
