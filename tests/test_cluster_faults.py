@@ -121,9 +121,8 @@ def test_every_worker_lost_then_a_fresh_one_gives_the_same_bits(tmp_path):
             got["value"] = dist.log_qz(z, m, v, client=client, chunk=chunk, worker_timeout=60)
         th = threading.Thread(target=run, daemon=True)
         th.start()
-        wait_until(lambda: "memory" in _scheduler_tasks(client).get("queries", [])
-                   and _scheduler_tasks(client).get("_shard_partial", []).count("memory") >= 1,
-                   what="queries on the workers and a shard done")
+        wait_until(lambda: _scheduler_tasks(client).get("_shard_partial", []).count("memory") >= 1,
+                   what="a shard done (so the queries are on the workers)")
         for w in workers:
             pc.kill(w)
         wait_until(lambda: not client.scheduler_info()["workers"], 30, "the scheduler seeing no worker")

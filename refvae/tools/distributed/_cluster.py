@@ -258,6 +258,7 @@ class _Watch:
         self.done = 0
         self.last_change = self.started
         self.idle_since = None        # no running worker since
+        self.nothing_running_since = None  # running workers but no task processing since
         self.had_workers = False
         self.last_line = None
         self.last_stall_note = self.started
@@ -308,6 +309,19 @@ class _Watch:
             self.idle_since = now
         elif now - self.idle_since > self.timeout and now - self.last_change > self.timeout:
             raise self.no_workers(workers)
+        # running workers, tasks pending, none running anywhere: the scheduler cannot run them
+        if running and st["pending"] and not any(w[5] for w in workers):
+            if self.nothing_running_since is None:
+                self.nothing_running_since = now
+            elif (now - self.nothing_running_since > self.timeout
+                  and now - self.last_change > self.timeout):
+                raise ClusterError(
+                    f"nothing has run for {self.timeout:g} s although {len(running)} worker(s) are "
+                    f"running and {st['pending']} tasks are pending ({self.done} of {self.total} "
+                    f"done; scheduler {self.address}): the scheduler cannot run them (lost "
+                    f"dependencies? see its log); workers: " + self.describe(workers))
+        else:
+            self.nothing_running_since = None
         if self.progress:
             self.show()
             if now - self.last_change > self.timeout and now - self.last_stall_note > self.timeout:
