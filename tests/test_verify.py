@@ -284,7 +284,10 @@ def test_torch_adapter_passes_float64(ta):
 
 @pytest.mark.torch
 def test_torch_adapter_float32_passes_float32_profile_only(ta):
-    rep = run(f"{EXAMPLE}:factory32", profile="float32")
+    # the float32 gradient check (least-squares slopes, ~40 loss evaluations per parameter) runs on
+    # the three cases with the coarsest resolution in tests/test_verify_diagnoses.py
+    rep = run(f"{EXAMPLE}:factory32", profile="float32",
+              checks=[c for c in verify.CHECKS if c != "gradient"])
     assert rep.passed, rep.format()
     assert all(q.status == "pass" for r in rep.results for q in r.quantities)
     # a float32 implementation does not meet float64 tolerances: the profiles are distinct

@@ -78,7 +78,7 @@ def _float32_log_count(offset, allowed):
     return None
 
 
-def quantity_diagnosis(case, name, got, want, allowed, out):
+def _quantity_diagnosis(case, name, got, want, allowed, out):
     """A one-line diagnosis of a failing quantity (``got`` of the golden shape, finite), or None."""
     tiny = float(np.max(allowed))
     if np.any(np.abs(want) > np.asarray(allowed)) and _equal(got, -want, allowed):
@@ -149,7 +149,7 @@ def _sampler_diagnosis(case, name, got, allowed, out):
     return None
 
 
-def kl_convention(case, out, profile):
+def _kl_convention(case, out, profile):
     """``(text, other)`` when the reported ``kl`` follows the other KL convention than the case
     (``other`` is ``"analytic"`` or ``"mc"``), else None."""
     from .comparison import _c, _u
@@ -186,7 +186,7 @@ def kl_convention(case, out, profile):
     return None
 
 
-def other_convention_values(case, convention):
+def _other_convention_values(case, convention):
     """refvae's values of the case with the other KL convention (the same parameters, data and
     draws): the trace, ``loss`` and ``grad.*``."""
     from ..golden.reference import reference_model, reference_outputs

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import golden as _golden
-from .adapters import _check_args, _prior_inputs, is_prior_only
+from .adapters import _check_args, _prior_inputs
 from .comparison import _as_array, _c, _conform, _u
 from .results import CheckResult
 
@@ -133,7 +133,7 @@ def check_prior_gradient(adapter, case, profile="float64", seed=0):
             own = check_vjp(f, lambda g, p: {k: g * grads[k] for k in keys}, base, rng=rng, wrt=keys)
         else:
             own = _directional_check(f, grads, {k: base[k] for k in keys}, rng, 2.0 * u,
-                                     tolerance("verify_gradient_float32").rtol)
+                                     tolerance("verify_gradient_float32").k)
     own_bad = [e.name for e in own.entries if not e.passed] if own is not None else []
     details = {"reported": keys, "ignored": unknown, "against_refvae_failed": bad,
                "against_own_density_failed": own_bad, "worst": list(worst)}
@@ -154,11 +154,3 @@ def check_prior_gradient(adapter, case, profile="float64", seed=0):
         parts.append("but agrees with finite differences of your own prior_log_prob: the gradient "
                      "is right for your density, so the density itself departs (see log_pz)")
     return CheckResult("prior_gradient", "fail", "; ".join(parts) + tail, worst[1], 1.0, details)
-
-
-def _prior_only_note(adapter):
-    """A short description of what a prior-only adapter provides (for the report)."""
-    from .adapters import PRIOR_METHODS
-    if not is_prior_only(adapter):
-        return ""
-    return ", ".join(m for m in PRIOR_METHODS if callable(getattr(adapter, m, None)))

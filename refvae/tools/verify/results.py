@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["QuantityResult", "CheckResult", "CaseResult", "PATHS", "path_of"]
+__all__ = ["QuantityResult", "CheckResult", "CaseResult", "PATHS"]
 
 FAILING = ("fail", "shape", "nonfinite", "error")
 
@@ -45,7 +45,7 @@ PATH_INPUTS = {"encoder/decoder": (), "prior density": ("encoder/decoder",),
                "gradients": ("encoder/decoder", "prior density", "ELBO"), "prior sampler": ()}
 
 
-def path_of(name):
+def _path_of(name):
     """The path of a quantity (:data:`PATHS`): the prior's density (``prior.*``, ``log_pz``), its
     sampler (``prior_sample.*``), the ELBO's terms (``kl``, ``neg_elbo``, ``loss``), the gradients
     (``grad.*``), else the encoder/decoder trace."""

@@ -20,7 +20,7 @@ from .known import _known, load_known_deviations, validate_known_deviations
 from .prior_only import check_prior_gradient, prior_quantities
 from .report import VerifyReport, _adapter_name
 from .comparison import _as_array, _conform
-from .results import CaseResult, CheckResult, QuantityResult, path_of
+from .results import CaseResult, CheckResult, QuantityResult, _path_of
 from .snippets import _repro_check, _repro_quantity
 
 __all__ = ["CHECKS", "run"]
@@ -194,19 +194,19 @@ def _diagnose(case, out, quantities, profile):
     when ``kl`` follows the other convention, the ELBO terms and gradients that agree with refvae's
     model of that convention become ``consistent`` (not failures; ``kl`` carries the hint)."""
     from .comparison import _c, _u
-    from .diagnoses import kl_convention, other_convention_values, quantity_diagnosis
+    from .diagnoses import _kl_convention, _other_convention_values, _quantity_diagnosis
     by_name = {q.name: q for q in quantities}
     conv = None
     if "kl" in by_name and by_name["kl"].status == "fail":
         try:
-            conv = kl_convention(case, out, profile)
+            conv = _kl_convention(case, out, profile)
         except Exception:  # noqa: BLE001 - a diagnosis never breaks a report
             conv = None
     if conv is not None:
         text, other = conv
         by_name["kl"].diagnosis = text
         try:
-            ref = other_convention_values(case, other)
+            ref = _other_convention_values(case, other)
         except Exception:  # noqa: BLE001
             ref = {}
         for q in quantities:
@@ -227,18 +227,18 @@ def _diagnose(case, out, quantities, profile):
             got = _conform(q.name, _as_array(out[q.name]), want.shape)[0]
             if got is None or not np.all(np.isfinite(got)):
                 continue
-            q.diagnosis = quantity_diagnosis(case, q.name, got, want,
+            q.diagnosis = _quantity_diagnosis(case, q.name, got, want,
                                              case.allowed(q.name, profile), out)
         except Exception:  # noqa: BLE001 - a diagnosis never breaks a report
             q.diagnosis = None
 
 
 def _divergences(quantities):
-    """``{path: first failing quantity on it}`` (:func:`~.results.path_of`), in data-flow order."""
+    """``{path: first failing quantity on it}`` (:func:`~.results._path_of`), in data-flow order."""
     out = {}
     for q in quantities:
         if q.failed and q.name != "(any)":
-            out.setdefault(path_of(q.name), q.name)
+            out.setdefault(_path_of(q.name), q.name)
     return out
 
 
