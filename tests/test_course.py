@@ -193,6 +193,9 @@ def test_cli_grades_solutions_and_stubs(capsys):
     assert "NOT WRITTEN YET" in out and "RIGHT" in out
     with pytest.raises(SystemExit):
         course_cli.main(["grade", "12"])
+    with pytest.raises(SystemExit):
+        course_cli.main(["grade", "3", "--file", "/nonexistent/answers.py"])
+    assert "--file: no such file" in capsys.readouterr().err
 
 
 def test_every_exercise_is_announced_in_its_chapter():

@@ -45,7 +45,10 @@ def main(argv=None):
         if a.file and a.solutions:
             ap.error("--file and --solutions exclude each other")
         path = a.file or answers_path(a.chapter, "solutions" if a.solutions else "exercises")
-        mod = load_module(path)
+        try:
+            mod = load_module(path)
+        except FileNotFoundError:
+            ap.error(f"--file: no such file: {path}")
         ok = True
         for e in (e for e in EXERCISES.values() if e.chapter == a.chapter):
             fn = getattr(mod, e.name, None)
