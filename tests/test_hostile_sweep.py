@@ -1111,6 +1111,42 @@ TABLE["train.fit"] = Entry(
             ("callback", "not callable", lambda c: "print", "type", "error"),
             ("callback", "a number", lambda c: 1, "type", "error")])
 
+# --- report figures and snapshots, companion settings
+from refvae.tools import companion as _companion  # noqa: E402
+from refvae.tools.report import figures as _figures, snapshots as _snapshots  # noqa: E402
+_HD_AGG = lazy(lambda c: prior_mixtures.AggregatedPosterior.from_model(c.model(D=4), c.x(6)))
+TABLE["tools.report.figures.hole_decodes"] = Entry(
+    b(_figures.hole_decodes, model=lazy(lambda c: c.model(D=4)), aggregated=_HD_AGG, rng=R, n=2,
+      tau=0.5, x_ref=None, n_importance=2, n_draws=40),
+    objects=("model", "aggregated", "rng"), ints={"n": 2, "n_importance": 2, "n_draws": 2},
+    reals=("tau",), arrays={"x_ref": 1}, legal=[("x_ref", "none")],
+    bases={"x_ref": _rows(6, 4)},
+    custom=[("tau", "one", lambda c: 1.0, "option", "error"),
+            ("tau", "zero", lambda c: 0.0, "option", "error")])
+TABLE["tools.report.figures.hole_regions"] = Entry(
+    b(_figures.hole_regions, log_p=np.zeros((3, 3)), log_ratio=np.zeros((3, 3)), cell=0.1,
+      taus=(0.1,), hpd=-1.0),
+    arrays={"log_p": 1, "log_ratio": 1}, reals=("cell", "hpd"),
+    shape_kinds=("extra", "missing", "mismatch"),
+    legal=[("log_p", "neginf"), ("log_ratio", "neginf"), ("log_ratio", "posinf"),
+           ("hpd", "neginf")],
+    custom=[("cell", "zero", lambda c: 0.0, "option", "error"),
+            ("taus", "negative", lambda c: (-0.1,), "option", "error"),
+            ("taus", "empty", lambda c: (), "shape", "error")])
+TABLE["tools.report.snapshots.Snapshots"] = Entry(
+    b(_snapshots.Snapshots, x=lazy(lambda c: c.x(6)), epochs=(1, 2), grid_n=5, box=None, seed=0),
+    arrays={"x": None}, ints={"grid_n": 2, "seed": 0}, legal=[("box", "none")],
+    custom=[("epochs", "zero", lambda c: (0,), "option", "error"),
+            ("epochs", "str", lambda c: "1", "type", "error"),
+            ("box", "reversed", lambda c: ((1.0, 0.0), (0.0, 1.0)), "option", "error"),
+            ("box", "NaN", lambda c: ((math.nan, 1.0), (0.0, 1.0)), "non-finite", "error")])
+TABLE["tools.companion.Setting"] = ex(RECORD)
+TABLE["tools.companion.apply"] = Entry(
+    b(_companion.apply, profile=_TINY), objects=("profile",), baseline=False,
+    custom=[("profile", "lr NaN", lambda c: dataclasses.replace(_TINY, lr=math.nan), "non-finite",
+             "error")],
+    label={"profile": r"profile|lr|no field"})
+
 # --- io
 _PARAMS = {"w": np.zeros((2, 3))}
 TABLE["io.save_params"] = Entry(
