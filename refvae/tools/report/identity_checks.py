@@ -34,9 +34,9 @@ the run as ``identity_inputs``) and :func:`identities` compares them with the ru
 3. ELBO surgery with ``ln q(z)`` on both sides, not cancelling: ``E_x KL[q(z|x)||p] -
    KL[q(z)||p]`` (report, kernel) vs ``I_2 = H_2[q(z)] - H[q(z|x)]`` (independent, twin).
 4. ``CE[q(z)||p]`` (test set): the report's estimator (closed form for N(0, I), else Monte Carlo)
-   vs Monte Carlo with other draws (min(n_elbo, 25) per test point, as for rows 6 and 7) and, for a Gaussian-mixture prior, ln p(z) by the NumPy twin
-   over the prior's components (else the prior's own ``forward``: then the row checks the
-   estimator, not the prior's density).
+   vs Monte Carlo with other draws (min(n_elbo, 25) per test point, as for rows 6 and 7) and,
+   for a Gaussian-mixture prior, ln p(z) by the NumPy twin over the prior's components (else the
+   prior's own ``forward``: then the row checks the estimator, not the prior's density).
 5. ``H[q(z|x)]`` (test set): the report's closed form vs the closed form evaluated again from the
    encoder's outputs in extended precision (``numpy.longdouble``); exact, allowed 64 u scale.
 6. ``Omega`` (test set, eq. 4.43): the report's Monte Carlo ``E[ln p(z) - ln q(z|x)]`` vs
@@ -46,6 +46,12 @@ the run as ``identity_inputs``) and :func:`identities` compares them with the ru
    S = max(S of the profile, 2000)) vs an importance sampler of this module with a proposal twice
    as wide (other draws, proposal density and log-sum-exp; S = 2000). Allowed: k se plus the
    two estimators' downward bias, ``se_n^2 / 2`` per point (delta method).
+
+What they detect: a row fails once a planted error exceeds its ``allowed`` (by ``|diff|`` at
+most). Measured on trained standard, mog and flow models (quick profile, L = 2): ln q(z) ~5e-15
+nats (c <= 5 in units of u (|f| + S)); H[q(z|x)] 4e-14; CE 0.04-0.07; H[q(z)] 0.06-0.08; ELBO
+surgery 0.06-0.10; Omega 0.09; RE 0.13-0.18; ln p(x) 0.11-0.29 nats (tests/test_report_mutations.py
+plants each).
 """
 
 from __future__ import annotations
