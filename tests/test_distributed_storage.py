@@ -311,3 +311,84 @@ def test_components_are_read_once_per_run(pcluster, stats_model, tmp_path):
     # nothing kept after the calls
     assert not any(client.run(lambda dask_worker: [k for k in dask_worker.data.keys()
                                                    if "read_pair" in str(k)]).values())
+
+
+# =========================================================================== resume
+
+def test_resumed_run_gives_the_same_bits(pcluster, data, tmp_path):
+    """Inside ``_resume_from(DIR)`` every shard's partial is saved; a run that finds some of them
+    (a client that died after those shards) loads them and computes the rest: the same bits as a
+    run without resuming. The saved partials are really used (a planted different one changes the
+    result) and a malformed one is a ValueError naming it."""
+    from refvae.tools.distributed._shards import RESUME_PREFIX, _resume_from
+    _, client = pcluster
+    z, m, v = data
+    _write_dir(tmp_path / "c", m, v)
+    want = dist.log_qz(z, tmp_path / "c", client=client, chunk=CHUNK)
+    d = tmp_path / "resume"
+    with _resume_from(d):
+        first = dist.log_qz(z, tmp_path / "c", client=client, chunk=CHUNK)
+    files = sorted(p for p in os.listdir(d) if p.startswith(RESUME_PREFIX))
+    n = len(dist.shard_bounds(N, CHUNK))
+    assert np.array_equal(first, want) and len(files) == n
+    for f in files[::2]:  # the client "died" before these shards finished
+        os.unlink(d / f)
+    with _resume_from(d):
+        again = dist.log_qz(z, tmp_path / "c", client=client, chunk=CHUNK)
+    assert np.array_equal(again, want)
+    assert sorted(p for p in os.listdir(d) if p.startswith(RESUME_PREFIX)) == files
+    # other queries: other files (no stale partial is ever used for them)
+    with _resume_from(d):
+        other = dist.log_qz(z[:7], tmp_path / "c", client=client, chunk=CHUNK)
+    assert other.shape == (7,)
+    assert len([p for p in os.listdir(d) if p.startswith(RESUME_PREFIX)]) == 2 * n
+    # the saved partials are what a resumed run uses
+    arr = np.load(d / files[1])
+    np.save(d / files[1], np.stack([arr[0] + 1.0, arr[1]]))
+    with _resume_from(d):
+        planted = dist.log_qz(z, tmp_path / "c", client=client, chunk=CHUNK)
+    assert not np.array_equal(planted, want)
+    np.save(d / files[1], arr[:, :5])
+    with pytest.raises(ValueError, match="resume file .* holds an array of shape"):
+        with _resume_from(d):
+            dist.log_qz(z, tmp_path / "c", client=client, chunk=CHUNK)
+
+
+def test_cli_resume_after_the_client_died(pcluster, stats_model, tmp_path):
+    """``refvae stats --resume DIR``: the client is killed (SIGKILL) once some shards' partials
+    are saved; the same command run again finishes, and its statistics are the same bits as a run
+    that was never interrupted. ``--resume`` without ``--scheduler``: exit 2."""
+    import signal
+    import sys
+    import time
+    from refvae.tools.distributed._shards import RESUME_PREFIX
+    pc, _ = pcluster
+    d, model, x = stats_model
+    base = ["stats", "--model", str(d / "model"), "--quiet"]
+    assert main(base + ["--data", str(d / "x.npy"), "--write-components", str(tmp_path / "c")]) == 0
+    run = base + ["--components", str(tmp_path / "c"), "--queries", "100000", "--holes", "100000",
+                  "--scheduler", pc.address, "--chunk", "50"]
+    assert main(run + ["--out", str(tmp_path / "plain.json")]) == 0
+    rdir = tmp_path / "resume"
+    cmd = [sys.executable, "-m", "refvae.tools.cli"] + run + ["--resume", str(rdir), "--out",
+                                                              str(tmp_path / "r.json")]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            if rdir.exists() and len([f for f in os.listdir(rdir) if f.startswith(RESUME_PREFIX)]) >= 5:
+                break
+            time.sleep(0.02)
+        killed = p.poll() is None
+        if killed:
+            p.send_signal(signal.SIGKILL)
+    finally:
+        p.wait(timeout=60)
+    saved = len([f for f in os.listdir(rdir) if f.startswith(RESUME_PREFIX)])
+    n = len(dist.shard_bounds(N, 50))
+    assert killed and 5 <= saved < 2 * n and not (tmp_path / "r.json").exists(), (killed, saved)
+    assert main(run + ["--resume", str(rdir), "--out", str(tmp_path / "r.json")]) == 0
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    resumed = json.loads((tmp_path / "r.json").read_text())
+    assert resumed["stats"] == plain["stats"] and resumed["holes"] == plain["holes"]
+    assert main(base + ["--components", str(tmp_path / "c"), "--resume", str(rdir)]) == 2

@@ -110,6 +110,11 @@ def options(p):
                    help=f"run even above {LARGE_PAIRS:.0e} (query, component) pairs, or with --data "
                         f"and --scheduler above {DATA_ON_CLIENT_BYTES / 1e9:g} GB of data and "
                         f"components on this machine (the count and core-hours are printed first)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="with --scheduler: save each shard's partial ln q(z) in DIR (shared "
+                        "storage, writable by the workers) and reuse those already there: a run "
+                        "whose client died, started again with the same arguments, gives the same "
+                        "bits without redoing the finished shards")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -219,11 +224,15 @@ def run(args) -> int:
     import numpy as np
 
     from . import distributed as dist
+    from .distributed._shards import _resume_from
     from .provenance import limit_threads
     from ..vae import VAE
 
     chunk, timeout = _check_options(args, dist)
     data, components, write_to = _check_sources(args)
+    if getattr(args, "resume", None) is not None and (args.scheduler is None or write_to is not None):
+        raise ValueError("--resume DIR keeps the partials of the shards of a run on a cluster: it "
+                         "needs --scheduler (and no --write-components)")
     if write_to is not None:
         return _write_components(args, write_to)
     comps = None
@@ -269,7 +278,8 @@ def run(args) -> int:
         # one connection (closed at the end) for both computations when a scheduler is given
         worker_timeout = getattr(args, "worker_timeout", dist.DEFAULT_WORKER_TIMEOUT)
         with _quiet_dask_logs(args.scheduler is not None), \
-                dist._cluster(None, args.scheduler, timeout, worker_timeout) as client:
+                dist._cluster(None, args.scheduler, timeout, worker_timeout) as client, \
+                _resume_from(getattr(args, "resume", None) if args.scheduler else None):
             kw = dict(client=client, chunk=chunk, threads_per_task=args.threads,
                       progress=client is not None and not quiet, worker_timeout=worker_timeout)
             rng = np.random.default_rng(args.seed)

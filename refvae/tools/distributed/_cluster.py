@@ -22,7 +22,7 @@ from ._base import (DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SPLIT_EVERY,
                     _check_split_every, _check_threads, _check_worker_timeout, _is_dask_array,
                     _is_path, _require_dask, shard_bounds)
 from ._components import _Components
-from ._shards import _combine_group, _shard_partial, combine_tree
+from ._shards import _combine_group, _shard_tasks, combine_tree
 
 
 # =========================================================================== connecting
@@ -467,9 +467,8 @@ def _log_mixture_on(client, z, comps, log_weights, chunk, split_every, threads_p
     bounds, mblocks, lblocks = _shard_blocks(comps, chunk)
     w0 = -math.log(comps.N)  # the kernel's uniform weight, computed once here
     zd = _in_graph(z, "queries")  # recoverable: not client.scatter (lost with its workers)
-    task = dask.delayed(_shard_partial, pure=True)
-    parts = [task(zd, mb, lb, w0 if log_weights is None else log_weights[a:b], i, a, b, threads_per_task)
-             for i, ((a, b), mb, lb) in enumerate(zip(bounds, mblocks, lblocks))]
+    # _shard_partial tasks (H17b: inside _shards._resume_from, saved and reloaded partials)
+    parts = _shard_tasks(zd, z, comps, bounds, mblocks, lblocks, w0, log_weights, threads_per_task, chunk)
     root, _ = combine_tree(parts, split_every, dask.delayed(_combine_group, pure=True))
     del parts, zd
     m, s = _compute_on(client, root, progress,

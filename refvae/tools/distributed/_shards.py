@@ -4,6 +4,9 @@ and the fixed combination tree over them (:mod:`refvae.tools.distributed`)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import hashlib
+import os
 import threading
 
 import numpy as np
@@ -55,6 +58,97 @@ def _shard_partial(z, means, log_vars, log_weights, index, a, b, threads):
             return mixture_partial(z, means, log_vars, log_weights)
     except ValueError as exc:
         raise ValueError(f"shard {index} (components {a}..{b - 1}): {exc}") from None
+
+
+# =========================================================================== resuming a run
+
+_RESUME_DIR = contextvars.ContextVar("refvae_resume_dir", default=None)
+RESUME_PREFIX = "lnq-partial-"
+
+
+@contextlib.contextmanager
+def _resume_from(directory):
+    """Within this block, every ln q(z) shard task on a cluster saves its partial ``(m, s)`` in
+    ``directory`` (a ``.npy`` file of shape (2, M), written atomically by the worker), and a shard
+    whose partial is already there is loaded instead of computed. The file's name is a SHA-256 of
+    everything the partial depends on (the queries' bytes, the components' identity, the
+    log-weights, the chunk and the shard's range), so a run whose client died, started again with
+    the same arguments and seed, finds the partials of the shards that had finished, and gives the
+    same bits as a run that was never interrupted (the partials are stored exactly; the
+    combination tree is fixed). ``directory`` must be on storage the workers can write and the
+    client can read, at the same absolute path. ``None``: no-op."""
+    if directory is None:
+        yield None
+        return
+    d = os.path.abspath(os.fspath(directory))
+    os.makedirs(d, exist_ok=True)
+    token = _RESUME_DIR.set(d)
+    try:
+        yield d
+    finally:
+        _RESUME_DIR.reset(token)
+
+
+def _components_identity(comps):
+    """A string that changes when the components do: the files' fingerprints, a SHA-256 of NumPy
+    arrays, Dask's token of Dask arrays."""
+    if comps.kind == "file":
+        return repr([(fa.path, fa.key, fa.shape, fa.fingerprint) for fa in (comps.means, comps.log_vars)])
+    if comps.kind == "numpy":
+        h = hashlib.sha256()
+        for a in (comps.means, comps.log_vars):
+            h.update(repr(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+    import dask.base
+    return dask.base.tokenize(comps.means, comps.log_vars)
+
+
+def _partial_path(directory, z_sha, comps_id, w, chunk, index, a, b):
+    h = hashlib.sha256()
+    lw = ("uniform", w) if isinstance(w, float) else ("weights", hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest())
+    h.update(repr((z_sha, comps_id, lw, chunk, index, a, b)).encode())
+    return os.path.join(directory, f"{RESUME_PREFIX}{index:06d}-{h.hexdigest()[:40]}.npy")
+
+
+def _load_partial(path, M):
+    """The saved partial of one shard: ``(m, s)``, (M,) float64 each."""
+    arr = np.load(path, allow_pickle=False)
+    if arr.shape != (2, M) or arr.dtype != np.float64:
+        raise ValueError(f"resume file {path!r} holds an array of shape {arr.shape} ({arr.dtype}); "
+                         f"expected (2, {M}) float64: remove it to recompute the shard")
+    return arr[0].copy(), arr[1].copy()
+
+
+def _shard_partial_saved(path, *args):
+    """:func:`_shard_partial`, then its partial saved atomically at ``path`` (a resume file)."""
+    m, s = _shard_partial(*args)
+    from ...io import _atomic_write
+    _atomic_write(path, lambda fh: np.save(fh, np.stack([m, s]), allow_pickle=False))
+    return m, s
+
+
+def _shard_tasks(zd, z, comps, bounds, mblocks, lblocks, w0, log_weights, threads, chunk):
+    """The delayed shard partials of one ln q(z) evaluation, in shard order: ``_shard_partial``
+    tasks, or inside :func:`_resume_from`, tasks that save their partial, and loads of the
+    partials already saved (their shard's components are then not read)."""
+    import dask
+    directory = _RESUME_DIR.get()
+    task = dask.delayed(_shard_partial, pure=True)
+    if directory is None:
+        return [task(zd, mb, lb, w0 if log_weights is None else log_weights[a:b], i, a, b, threads)
+                for i, ((a, b), mb, lb) in enumerate(zip(bounds, mblocks, lblocks))]
+    z_sha = hashlib.sha256(np.ascontiguousarray(z).tobytes() + repr(z.shape).encode()).hexdigest()
+    cid = _components_identity(comps)
+    save = dask.delayed(_shard_partial_saved, pure=True)
+    load = dask.delayed(_load_partial, pure=True)
+    parts = []
+    for i, ((a, b), mb, lb) in enumerate(zip(bounds, mblocks, lblocks)):
+        w = w0 if log_weights is None else log_weights[a:b]
+        path = _partial_path(directory, z_sha, cid, w, chunk, i, a, b)
+        parts.append(load(path, len(z)) if os.path.isfile(path)
+                     else save(path, zd, mb, lb, w, i, a, b, threads))
+    return parts
 
 
 def _combine_group(*partials):
