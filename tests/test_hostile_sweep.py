@@ -1142,7 +1142,7 @@ TABLE["tools.report.snapshots.Snapshots"] = Entry(
             ("box", "NaN", lambda c: ((math.nan, 1.0), (0.0, 1.0)), "non-finite", "error")])
 TABLE["tools.companion.Setting"] = ex(RECORD)
 TABLE["tools.companion.apply"] = Entry(
-    b(_companion.apply, profile=_TINY), objects=("profile",), baseline=False,
+    b(_companion.apply, profile=_TINY), objects=("profile",),
     custom=[("profile", "lr NaN", lambda c: dataclasses.replace(_TINY, lr=math.nan), "non-finite",
              "error")],
     label={"profile": r"profile|lr|no field"})

@@ -498,9 +498,9 @@ def test_settings_read_the_companion_fields_of_a_profile():
     assert GTMPrior.settings(base)["activation"] == base.activation == "leaky_relu"
     assert GTMVampPrior.settings(base)["data_range"] == (0.0, 16.0)
     assert "init" not in FlowPrior.settings(base)
-    comp = types.SimpleNamespace(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
-                                 vamp_learn_weights=True, pseudo_input_range=(0.0, 17.0),
-                                 gtm_activation="tanh", flow_init="random")
+    comp = types.SimpleNamespace(**{**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
+                                    "vamp_learn_weights": True, "pseudo_input_range": (0.0, 17.0),
+                                    "gtm_activation": "tanh", "flow_init": "random"})
     assert VampPrior.settings(comp) == {"num_components": 16, "learn_weights": True,
                                         "data_range": (0.0, 17.0)}
     assert GTMPrior.settings(comp)["activation"] == "tanh"

@@ -64,6 +64,13 @@ class Profile:
     seeds: int = 1                 #: training seeds seed, seed + 1, ... (paired comparisons: >= 2)
     n_importance_ref: int = 0      #: S on the first seed (bias of the S estimate); 0: n_importance
     workers: int = 1               #: processes for the runs (the numbers do not depend on it)
+    # the companion code's options (refvae.tools.companion.apply sets them; defaults: refvae's)
+    gtm_activation: str | None = None   #: GTM / GTM-VampPrior MLPs (None: ``activation``)
+    vamp_learn_weights: bool = False    #: VampPrior weights softmax(prior.logits) learned
+    pseudo_input_range: tuple | None = None  #: VampPrior init U(lo, hi), GTM-Vamp sigmoid scale;
+    #                                          None: (0, num_vals - 1)
+    flow_init: str = "identity"         #: FlowPrior init ("identity" or "random")
+    val_noise: str = "fixed"            #: train.fit's val_noise ("fixed" or "redraw")
 
 
 #: the settings shared by the profiles: the model and training of the companion code of the text

@@ -241,7 +241,7 @@ def _train(run, model, data, profile, quiet, callback=None):
                                                            "train"),
               optimizer=profile.optimizer, lr=profile.lr, batch_size=profile.batch_size,
               max_epochs=profile.max_epochs, patience=profile.patience, quiet=quiet, progress=True,
-              **kwargs)
+              val_noise=profile.val_noise, **kwargs)
     run["training"] = {"train_loss": list(res.train_loss), "val_loss": list(res.val_loss),
                        "initial_val_loss": res.initial_val_loss, "best_epoch": res.best_epoch,
                        "best_val_loss": res.best_val_loss, "epochs_run": res.epochs_run,
