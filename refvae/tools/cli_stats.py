@@ -2,7 +2,7 @@
 
     refvae stats --model DIR (--data FILE.npy|npz | --components DIR|FILE.npz) [--scheduler ADDRESS]
                  [--chunk N] [--samples S] [--queries M] [--holes M] [--seed N] [--out FILE.json]
-                 [--threads N] [--quiet]
+                 [--threads N] [--connect-timeout T] [--worker-timeout T] [--allow-large] [--quiet]
     refvae stats --model DIR --data FILE.npy|npz --write-components OUTDIR
 
 Loads the model (``VAE.load(DIR)``) and either the data x (N, D) (``.npy``, or ``.npz`` with
@@ -27,6 +27,24 @@ the files are fsynced and readable by other users (umask permissions), and
 ``OUTDIR/components.json`` (N, L, dtype, sizes and SHA-256 of both files) is written last, so
 ``--components OUTDIR`` can tell a complete set from a partial or mixed one (it checks the
 manifest when present).
+
+The work is printed before it starts: the number of (query, component) pairs -- S N^2 without
+``--queries`` (every one of the N S draws needs ln q(z) over all N components), M N with
+``--queries M``, plus M_holes N for ``--holes`` -- and the core-hours at :data:`PAIR_RATE` pairs per
+core-second (measured: the kernel at L = 16 on one core). Above :data:`LARGE_PAIRS` pairs (about 9
+core-minutes) the run is refused in one line that names the way out (``--queries M``) unless
+``--allow-large`` is given; so is ``--data`` with ``--scheduler`` when the data and its components
+held here (8 N D + 16 N L bytes, the components then also travel in the scheduler's task graph)
+exceed :data:`DATA_ON_CLIENT_BYTES` (the way out: ``--write-components`` once, then
+``--components --queries --scheduler``, which holds nothing of size N here).
+
+On a cluster, every failure of the cluster is one line on stderr and exit code 2, no traceback
+(Dask's own log records are silenced during the run; ``REFVAE_TRACEBACK=1`` keeps them): no worker
+within ``--worker-timeout`` seconds (default 60) or none left mid-run (all lost, or all paused for
+memory), a worker with another refvae/NumPy/Numba/Python or without refvae, the scheduler lost, an
+address that is not a Dask scheduler (the dashboard's port) -- see "Failure modes" in
+:mod:`refvae.tools.distributed`. The progress goes to stderr: redrawn on a terminal, at most one
+line per 10 s in a log file.
 
 Sizes are checked before anything is allocated: a ``--samples``, ``--queries`` or ``--holes``
 whose arrays on this machine would exceed the available memory (``MemAvailable``) is refused in
