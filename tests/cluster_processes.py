@@ -40,6 +40,8 @@ class ProcessCluster:
         self.workdir = os.fspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.scheduler_file = os.path.join(self.workdir, "scheduler.json")
+        if os.path.exists(self.scheduler_file):  # a previous scheduler's address: not ours
+            os.unlink(self.scheduler_file)
         self.timeout = startup_timeout
         self.procs = []
         self._clients = []
