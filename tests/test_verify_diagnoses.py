@@ -18,8 +18,6 @@ the correct adapter gets none on the same cases. Further:
 from __future__ import annotations
 
 import importlib.util
-import math
-import os
 
 import numpy as np
 import pytest
@@ -27,12 +25,7 @@ import pytest
 from refvae.tools import golden, verify
 from refvae.tools.verify import RefvaeAdapter, run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE = os.path.join(ROOT, "examples", "torch_adapter.py")
-
-
-def cases(*names):
-    return [os.path.join(golden.golden_dir(), n) for n in names]
+from test_verify import EXAMPLE, cases
 
 
 def diagnoses(rep):
@@ -62,8 +55,13 @@ def ta():
 
 
 def _bugs(ta):
+    """The planted bugs of tests/test_verify.py (sign-flipped gradient, batch sum, dropped ln 2 pi,
+    flow log-determinant per dimension and with the wrong sign, the sampler's variance used as the
+    standard deviation, a per-dimension mixture) and these."""
     import torch
+    from test_verify import _planted
     T = ta.TorchVAE
+    known = _planted(ta)
 
     class AnalyticKLAlways(T):          # pythae's VAE, most tutorials: the closed-form KL
         def forward(self, P, cfg, x, eps):
@@ -73,50 +71,20 @@ def _bugs(ta):
         def forward(self, P, cfg, x, eps):
             return super().forward(P, dict(cfg, kl="mc"), x, eps)
 
-    class WrongSignGradient(T):
-        def run(self, config, params, x, eps):
-            out = super().run(config, params, x, eps)
-            out["grad.decoder.0.b"] = -out["grad.decoder.0.b"]
-            return out
-
-    class BatchSum(T):
-        @staticmethod
-        def reduce(per_example):
-            return per_example.sum()
-
     class LossSumGradientsMean(T):      # the printed loss summed, the gradients of the mean
         def run(self, config, params, x, eps):
             out = super().run(config, params, x, eps)
             out["loss"] = np.sum(out["neg_elbo"])
             return out
 
-    class DroppedLn2Pi(T):
-        @staticmethod
-        def log_normal(z, mu, log_var):
-            return -0.5 * (log_var + (z - mu) ** 2 * torch.exp(-log_var)).sum(-1)
-
     class NllWrongSign(T):
         def nll(self, config, params, x, seed, n_samples=20000):
             return -super().nll(config, params, x, seed, n_samples)
-
-    class LogDetPerDimension(T):
-        @staticmethod
-        def coupling_log_det(s, latent_dim):
-            return -latent_dim * s.sum(-1)
-
-    class LogDetWrongSign(T):
-        @staticmethod
-        def coupling_log_det(s, latent_dim):
-            return s.sum(-1)
 
     class ZVarianceAsStd(T):
         @staticmethod
         def reparameterize(mu, log_var, eps):
             return mu + torch.exp(log_var) * eps
-
-    class SamplerExpLogVar(T):
-        def sample_mixture(self, means, log_vars, log_w, index, eps):
-            return means[index] + torch.exp(log_vars[index]) * eps
 
     class SamplerTanh(T):
         def sample_mixture(self, means, log_vars, log_w, index, eps):
@@ -133,18 +101,11 @@ def _bugs(ta):
             p = torch.sigmoid(out).clamp(1e-6, 1 - 1e-6)
             return (x * torch.log(p) + (1 - x) * torch.log1p(-p)).sum(-1)
 
-    class MixturePerDimension(T):
-        def mixture_log_prob(self, z, means, log_vars, log_w, trace=None):
-            q = (z[:, None] - means[None]) ** 2 * torch.exp(-log_vars[None])
-            per = -0.5 * (ta.LN_2PI + log_vars[None] + q)
-            if trace is not None:
-                trace["prior.component_log_prob"] = per.sum(-1)
-            return torch.logsumexp(log_w[None, :, None] + per, dim=1).sum(-1)
-
-    class DensityAndSamplerBugs(MixturePerDimension, SamplerExpLogVar):
+    class DensityAndSamplerBugs(known["MixturePerDimension"], known["SamplerExpLogVar"]):
         pass
 
-    return {k: v for k, v in locals().items() if isinstance(v, type) and issubclass(v, T) and v is not T}
+    mine = {k: v for k, v in locals().items() if isinstance(v, type) and issubclass(v, T) and v is not T}
+    return {**known, **mine}
 
 
 #: bug -> (cases, checks, {quantity or check.<name>: a phrase of its diagnosis}); no other

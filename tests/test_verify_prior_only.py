@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import textwrap
@@ -22,22 +21,13 @@ import numpy as np
 import pytest
 
 from refvae.tools import golden, verify
-from refvae.tools.cli_verify import VERIFY, run_verify
+from refvae.tools.cli_verify import run_verify
 from refvae.tools.verify import RefvaePriorAdapter, run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_verify import ROOT, _parse, cases
+
 EXAMPLE = os.path.join(ROOT, "examples", "prior_adapter.py")
 LN_2PI = np.log(2 * np.pi)
-
-
-def cases(*names):
-    return [os.path.join(golden.golden_dir(), n) for n in names]
-
-
-def _parse(argv):
-    parser = argparse.ArgumentParser()
-    VERIFY.add_to(parser.add_subparsers())
-    return parser.parse_args(["verify", *argv])
 
 
 def test_reference_prior_adapter_passes_in_prior_only_mode():
