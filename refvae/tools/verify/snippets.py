@@ -32,6 +32,10 @@ def _snippet_head(impl, case):
 
 
 def _repro_quantity(impl, case, name, profile, status="fail"):
+    if name not in case.values:   # "(any)": nothing of the case was reported
+        return (_snippet_head(impl, case)
+                + "out = adapter_outputs(adapter, case)\n"
+                + "print('reported', sorted(out), '\\nthe case has', list(case.values))\n")
     if status == "shape":
         return (_snippet_head(impl, case)
                 + "out = adapter_outputs(adapter, case)\n"
