@@ -164,6 +164,8 @@ def _check_environments(client, addresses=None):
         done = _CHECKED.setdefault(client, set())
     except TypeError:  # pragma: no cover - a client that cannot be weakly referenced
         done = set()
+    if addresses is not None and all(a in done for a in addresses):
+        return  # the watch asks every second: nothing to do unless a worker joined
     info = client.scheduler_info(n_workers=-1)["workers"]
     todo = [a for a in (info if addresses is None else addresses) if a not in done and a in info]
     if not todo:
@@ -219,6 +221,7 @@ def _scheduler_probe():
     ``(address, name, status, process memory, memory limit, tasks processing)``."""
     def state(keys, dask_scheduler=None):
         tasks = dask_scheduler.tasks
+        known = all(k in tasks for k in keys)  # the graph may not have reached the scheduler yet
         seen, stack, pending, erred = set(), list(keys), 0, 0
         while stack:
             k = stack.pop()
@@ -234,7 +237,7 @@ def _scheduler_probe():
         workers = [(ws.address, str(ws.name), getattr(ws.status, "name", str(ws.status)),
                     int(ws.memory.process), int(ws.memory_limit or 0), len(ws.processing))
                    for ws in dask_scheduler.workers.values()]
-        return {"pending": pending, "erred": erred, "workers": workers}
+        return {"known": known, "pending": pending, "erred": erred, "workers": workers}
     return state
 
 
@@ -276,8 +279,6 @@ class _Watch:
                 self.poll()
                 next_poll = now + self.POLL
             time.sleep(0.05)
-        if self.progress:
-            self.show(final=True)
 
     def lost_scheduler(self):
         return ClusterError(
@@ -294,10 +295,11 @@ class _Watch:
                 raise self.lost_scheduler() from None
             return
         now = self.clock()
-        self.total = max(self.total, st["pending"])
-        done = self.total - st["pending"]
-        if done != self.done:
-            self.done, self.last_change = done, now
+        if st["known"]:
+            self.total = max(self.total, st["pending"])
+            done = self.total - st["pending"]
+            if done != self.done:
+                self.done, self.last_change = done, now
         workers = st["workers"]
         running = [w for w in workers if w[2] == "running"]
         if workers:
@@ -440,7 +442,10 @@ def _compute_on(client, graph, progress, message, worker_timeout=DEFAULT_WORKER_
             raise ClusterError(f"the computation was cancelled on the Dask scheduler at "
                                f"{watch.address} after {watch.elapsed():.0f} s")
         try:
-            return client.gather(futs)
+            result = client.gather(futs)
+            if progress:
+                watch.show(final=True)
+            return result
         except distributed.KilledWorker as exc:
             raise ClusterError(
                 f"a task killed every worker that ran it ({exc}): the worker processes died while "
