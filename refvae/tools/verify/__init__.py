@@ -51,15 +51,21 @@ What is checked
      check with float32's epsilon for the float32 profile);
    - ``normalisation`` (L = 2): the prior density integrates to one (trapezoid rule on a grid
      over a box that holds all but < 1e-11 of the mass of the reference prior);
-   - ``sampler`` (L = 2): Pearson chi-square of ``prior_sample`` draws against the adapter's own
-     density over 2-D cells (false-failure probability 1e-6 per check);
+   - ``sampler`` (L = 2): Pearson chi-square of ``prior_sample`` draws against refvae's density of
+     the case's parameters over 2-D cells (false-failure probability 1e-6 per check), with the
+     adapter's own density compared too, so the report says whether the sampler or the density
+     departs;
    - ``mixture`` (mixture priors): ``prior_log_prob`` equals the definition
      logsumexp_k [log pi_k + log N(z | mu_k, log_var_k)] with the adapter's own components;
    - ``nll``: a reported NLL against the exact -ln p(x) (2-D quadrature, stored with the case),
      refvae's importance-sampled estimate and the expected negative ELBO; a negative ELBO
      reported as an NLL is named as such.
 
-Every failure comes with a Python snippet that reproduces it; :meth:`VerifyReport.to_dict`
+The report names the first divergence per independent path (encoder/decoder, prior density,
+ELBO, gradients, prior sampler: :data:`~.results.PATHS`) and the slip a failing value equals, when
+it equals one (:mod:`~.diagnoses`: sign flip, batch sum, ln 2 pi offset, float32 log of a count,
+flow log-determinant per dimension, variance as standard deviation, tanh(log_var), the other KL
+convention). Every failure comes with a Python snippet that reproduces it; :meth:`VerifyReport.to_dict`
 is the JSON report (with provenance); a known-deviations file (a JSON list of
 ``{"case", "quantity", "reason"}``, fnmatch patterns allowed) turns listed failures into
 "known" with the reason shown.
