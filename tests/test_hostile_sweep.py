@@ -764,6 +764,8 @@ TABLE["estimators.density_grid"] = Entry(
 _DIST_INTS = {"chunk": 1, "split_every": 2, "threads_per_task": 1}
 _DIST_CUSTOM = [("scheduler", "int", lambda c: 8786, "type", "error"),
                 ("connect_timeout", "negative", lambda c: -1.0, "option", "error"),
+                ("worker_timeout", "negative", lambda c: -1.0, "option", "error"),
+                ("worker_timeout", "nan", lambda c: float("nan"), "option", "error"),
                 ("client", "str", lambda c: "tcp://nowhere:1", "type", "error")]
 TABLE["tools.distributed.log_qz"] = Entry(
     b(distributed.log_qz, z=_rows(3), means=_rows(5, seed=1), log_vars=_rows(5, seed=2) * 0.3,
