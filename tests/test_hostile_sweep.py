@@ -1119,10 +1119,10 @@ from refvae.tools.report import figures as _figures, snapshots as _snapshots  # 
 _HD_AGG = lazy(lambda c: prior_mixtures.AggregatedPosterior.from_model(c.model(D=4), c.x(6)))
 TABLE["tools.report.figures.hole_decodes"] = Entry(
     b(_figures.hole_decodes, model=lazy(lambda c: c.model(D=4)), aggregated=_HD_AGG, rng=R, n=2,
-      tau=0.5, x_ref=None, n_importance=2, n_draws=40),
+      tau=0.5, x_ref=None, x_data=None, n_importance=2, n_draws=40),
     objects=("model", "aggregated", "rng"), ints={"n": 2, "n_importance": 2, "n_draws": 2},
-    reals=("tau",), arrays={"x_ref": 1}, legal=[("x_ref", "none")],
-    bases={"x_ref": _rows(6, 4)},
+    reals=("tau",), arrays={"x_ref": 1, "x_data": 1}, legal=[("x_ref", "none"), ("x_data", "none")],
+    bases={"x_ref": _rows(6, 4), "x_data": _rows(3, 4, 1)},
     custom=[("tau", "one", lambda c: 1.0, "option", "error"),
             ("tau", "zero", lambda c: 0.0, "option", "error")])
 TABLE["tools.report.figures.hole_regions"] = Entry(

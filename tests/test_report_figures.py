@@ -142,8 +142,11 @@ def test_hole_decodes_numbers(trained):
     data, model, _, _, _, _ = trained
     agg = AggregatedPosterior.from_model(model, data["train"])
     hd = figures.hole_decodes(model, agg, np.random.default_rng(5), n=8, tau=0.5, x_ref=data["train"],
-                              n_importance=4, n_draws=3000)
+                              x_data=data["train"][:5], n_importance=4, n_draws=3000)
     json.dumps(hd)
+    # the yardstick: real images; training images are their own nearest neighbours (distance 0)
+    assert hd["data"]["n"] == 5 and hd["data"]["nn_rms"]["value"] == 0.0
+    assert np.isfinite(hd["data"]["log_px"]["value"])
     h = est.hole_metrics(model, data["train"], np.random.default_rng(5), n_samples=3000, taus=(0.5,),
                          aggregated=agg)
     assert hd["groups"]["hole"]["fraction"]["value"] == h["hole_mass"][0.5].value
@@ -190,7 +193,7 @@ def test_plot_run_writes_the_figure_and_its_numbers(trained, tmp_path):
     name = figures.plot_run(str(tmp_path / "mog_L2.png"), run, model, data, agg, TINY,
                             np.random.default_rng(3), snapshots=snaps)
     assert name == "mog_L2.png" and (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(run["hole_decodes"]["groups"]) == {"hole", "covered"}
+    assert set(run["hole_decodes"]["groups"]) == {"hole", "covered"} and "data" in run["hole_decodes"]
     assert [s["epoch"] for s in run["snapshots"]["states"]] == [r["epoch"] for r in snaps.records]
     json.dumps(run)
 
@@ -235,3 +238,22 @@ def test_holes_legend_prints_the_mass_of_the_shaded_mask(monkeypatch):
         label = [t for t in texts if t.startswith(f"q(z)/p(z) < {tau:g}:")]
         assert label and f"shaded region {mass:.4f}" in label[0], (texts, mass)
     assert any("Monte Carlo, whole plane: 0.5000" in t for t in texts)
+
+
+def test_plot_run_for_other_latent_dims_draws_the_hole_decodes(tmp_path):
+    """L = 3: no density panels, but the decodes from holes and covered regions (and their
+    numbers in the run), the curves and the samples; snapshots are ignored."""
+    pytest.importorskip("matplotlib", reason="figures need the optional 'plot' extra")
+    data, _ = load_data(TINY, 0)
+    model = build_model("standard", 3, data["train"].shape[1], TINY, np.random.default_rng(0))
+    snaps = Snapshots(data["train"], epochs=(1,))
+    res = fit(model, data["train"], data["val"], rng=np.random.default_rng(1), max_epochs=2,
+              quiet=True, callback=snaps)
+    agg = AggregatedPosterior.from_model(model, data["train"])
+    run = {"prior": "standard", "training": {"train_loss": res.train_loss, "val_loss": res.val_loss,
+                                             "best_epoch": res.best_epoch}}
+    name = figures.plot_run(str(tmp_path / "standard_L3.png"), run, model, data, agg, TINY,
+                            np.random.default_rng(3), snapshots=snaps)
+    assert (tmp_path / name).stat().st_size > 1000
+    assert run["hole_decodes"]["tau"] == max(TINY.taus) and "snapshots" not in run
+    assert snaps.records == []

@@ -128,19 +128,29 @@ def test_randomness_is_consumed_in_the_documented_order(rng):
     model = Quadratic()
     res = fit(model, x_train, x_val, rng=np.random.default_rng(seed), batch_size=4, max_epochs=2,
               patience=10, quiet=True)
-    replay = np.random.default_rng(seed)
-    replay.standard_normal((4, 2))  # eps_val
-    expected = []
-    for _ in range(2):
-        perm = replay.permutation(10)
-        for start in range(0, 10, 4):
-            batch = perm[start:start + 4]
-            expected.append((x_train[batch], replay.standard_normal((len(batch), 2))))
+    replay_draws(model, seed, x_train, n_val=4, redraw=False)
     assert [len(x) for x, _ in model.calls] == [4, 4, 2, 4, 4, 2]
+    assert res.epochs_run == 2
+
+
+def replay_draws(model, seed, x_train, n_val, redraw, epochs=2, batch_size=4, L=2):
+    """Replay fit's documented use of ``default_rng(seed)`` and assert that every training call
+    of ``model`` got the replayed batch and noise; returns the replayed validation noises (one
+    fixed draw, or with ``redraw`` one before training and one after each epoch)."""
+    replay = np.random.default_rng(seed)
+    val_eps = [replay.standard_normal((n_val, L))]
+    expected = []
+    for _ in range(epochs):
+        perm = replay.permutation(len(x_train))
+        for start in range(0, len(x_train), batch_size):
+            batch = perm[start:start + batch_size]
+            expected.append((x_train[batch], replay.standard_normal((len(batch), L))))
+        if redraw:
+            val_eps.append(replay.standard_normal((n_val, L)))
     for (x, eps), (x_exp, eps_exp) in zip(model.calls, expected, strict=True):
         np.testing.assert_array_equal(x, x_exp)
         np.testing.assert_array_equal(eps, eps_exp)
-    assert res.epochs_run == 2
+    return val_eps
 
 
 def test_train_loss_is_batch_size_weighted_and_val_noise_fixed(rng):
@@ -331,18 +341,7 @@ def test_val_noise_redraw_consumes_fresh_noise_in_the_documented_order():
     model = Quadratic()
     res = fit(model, x_train, x_val, rng=np.random.default_rng(seed), batch_size=4, max_epochs=2,
               patience=10, quiet=True, val_noise="redraw")
-    replay = np.random.default_rng(seed)
-    val_eps = [replay.standard_normal((4, 2))]
-    expected = []
-    for _ in range(2):
-        perm = replay.permutation(10)
-        for start in range(0, 10, 4):
-            batch = perm[start:start + 4]
-            expected.append((x_train[batch], replay.standard_normal((len(batch), 2))))
-        val_eps.append(replay.standard_normal((4, 2)))
-    for (x, eps), (x_exp, eps_exp) in zip(model.calls, expected, strict=True):
-        np.testing.assert_array_equal(x, x_exp)
-        np.testing.assert_array_equal(eps, eps_exp)
+    val_eps = replay_draws(model, seed, x_train, n_val=4, redraw=True)
     vals = []
     for snap, eps in zip(model.snapshots, val_eps, strict=True):
         w, a = snap["w"], snap["a"]

@@ -15,7 +15,7 @@ For L = 2 one PNG shows the text's figures of section 4.4.1 for this prior:
   side, with the numbers of :func:`hole_decodes`;
 - the training curves and 64 decoded prior samples.
 
-For L > 2: the curves and the samples. Every 2-D panel has an equal aspect ratio (N(0, I) contours
+For L != 2: the decodes from holes and covered regions, the curves and the samples. Every 2-D panel has an equal aspect ratio (N(0, I) contours
 are circles) and the legends sit outside the axes. matplotlib (Agg) is imported only when a figure
 is drawn; :func:`hole_decodes` and :func:`hole_regions` need only NumPy.
 """
@@ -91,11 +91,15 @@ def _group_numbers(model, z, x_ref, rng, n_importance, log_ratio):
            "log_px_mc_se_max": float(np.max(ll["se"])),
            "log_ratio": _mean_se(log_ratio)}
     if x_ref is not None:
-        d2 = (np.sum(x_mean ** 2, 1)[:, None] - 2 * x_mean @ x_ref.T
-              + np.sum(x_ref ** 2, 1)[None, :])
-        nn = np.sqrt(np.maximum(d2.min(axis=1), 0.0) / x_ref.shape[1])
-        res["nn_rms"] = _mean_se(nn)
+        res["nn_rms"] = _mean_se(_nn_rms(x_mean, x_ref))
     return res, x_mean
+
+
+def _nn_rms(x, x_ref):
+    """Per row of x: the RMS per-pixel distance to the nearest row of x_ref (an exact image of
+    x_ref gives 0: the rows of x_ref are not excluded)."""
+    d2 = np.sum(x ** 2, 1)[:, None] - 2 * x @ x_ref.T + np.sum(x_ref ** 2, 1)[None, :]
+    return np.sqrt(np.maximum(d2.min(axis=1), 0.0) / x_ref.shape[1])
 
 
 def _mean_se(v):
@@ -111,8 +115,8 @@ def _diff(a, b):
     return {"value": a["value"] - b["value"], "se": math.hypot(a["se"], b["se"])}
 
 
-def hole_decodes(model, aggregated, rng, n=64, tau=0.1, *, x_ref=None, n_importance=100,
-                 n_draws=HOLE_DRAWS):
+def hole_decodes(model, aggregated, rng, n=64, tau=0.1, *, x_ref=None, x_data=None,
+                 n_importance=100, n_draws=HOLE_DRAWS):
     r"""Decode prior draws from the holes and from the well-covered region, with numbers.
 
     ``n_draws`` draws ``z ~ p(z)`` (``model.prior.sample``), ``r = ln q(z) - ln p(z)`` with q the
@@ -127,6 +131,11 @@ def hole_decodes(model, aggregated, rng, n=64, tau=0.1, *, x_ref=None, n_importa
       ``x_mean`` to its nearest image of ``x_ref`` -- a model-free measure of "looks like data";
     - ``log_ratio``: the mean ln q/p of the group's latents (how deep in the hole).
 
+    With ``x_data`` (e.g. the test set) a third entry ``"data"`` gives the same numbers for its
+    first ``n`` real images (``x_draw = x_mean = x``) as a yardstick: what an image of the data
+    scores. Both numbers favour confident, sharp images (ln p of a low-entropy image is high; a
+    blurry mean image is far from every training image), so read them against the yardstick.
+
     Plus ``fraction``: the share of the ``n_draws`` prior draws in each group (the hole group's
     is a Monte Carlo hole mass at tau), ``difference`` (hole minus covered, SEs combined as
     independent), and ``z_shown``: the first :data:`SHOWN` latents of each group (the figure decodes
@@ -136,11 +145,11 @@ def hole_decodes(model, aggregated, rng, n=64, tau=0.1, *, x_ref=None, n_importa
     dimension; ``rng`` a Generator; ``n >= 2``, ``tau`` in (0, 1), ``n_importance >= 2``,
     ``n_draws >= n`` (``ValueError``/``TypeError`` naming the argument otherwise).
     """
-    res, _ = _hole_decodes(model, aggregated, rng, n, tau, x_ref, n_importance, n_draws)
+    res, _ = _hole_decodes(model, aggregated, rng, n, tau, x_ref, x_data, n_importance, n_draws)
     return res
 
 
-def _hole_decodes(model, aggregated, rng, n, tau, x_ref, n_importance, n_draws):
+def _hole_decodes(model, aggregated, rng, n, tau, x_ref, x_data, n_importance, n_draws):
     """:func:`hole_decodes` and the decoded mean images of the shown latents per group."""
     check_rng(rng)
     n = check_positive_int(n, "n", minimum=2)
@@ -155,6 +164,8 @@ def _hole_decodes(model, aggregated, rng, n, tau, x_ref, n_importance, n_draws):
                         f"{model.latent_dim}, got {type(aggregated).__name__}")
     if x_ref is not None:
         x_ref = as_float_array(x_ref, "x_ref", shape=(None, model.x_dim), ndim=2)
+    if x_data is not None:
+        x_data = as_float_array(x_data, "x_data", shape=(None, model.x_dim), ndim=2)
     z = model.prior.sample(model.params, n_draws, rng)
     log_ratio = aggregated.log_prob(z) - model.prior.forward(model.params, z)[0]
     groups = {"hole": log_ratio < math.log(tau), "covered": log_ratio >= 0.0}
@@ -177,6 +188,14 @@ def _hole_decodes(model, aggregated, rng, n, tau, x_ref, n_importance, n_draws):
             images[g] = None
         entry["z_shown"] = z[idx[:SHOWN]].tolist()
         res["groups"][g] = entry
+    if x_data is not None and len(x_data) >= 2:
+        xd = x_data[:n]
+        ll = est.log_likelihood(model, xd, rng, n_samples=n_importance)
+        entry = {"n": int(len(xd)), "log_px": _mean_se(ll["log_px"]),
+                 "log_px_mc_se_max": float(np.max(ll["se"]))}
+        if x_ref is not None:
+            entry["nn_rms"] = _mean_se(_nn_rms(xd, x_ref))
+        res["data"] = entry
     h, c = res["groups"]["hole"], res["groups"]["covered"]
     res["difference"] = {k: _diff(h.get(k), c.get(k)) for k in ("log_px", "nn_rms")
                          if k in h}
@@ -199,9 +218,9 @@ def _mosaic(images, side=8, rows=8):
 def plot_run(path, run, model, data, aggregated, profile, rng, snapshots=None):
     """Write the run's figure (PNG) and return its file name; matplotlib (Agg) imported here.
 
-    For L = 2 also stores ``run["hole_decodes"]`` (:func:`hole_decodes` with ``rng``, tau the
-    largest of ``profile.taus``) when the run has none, and decodes the latents of
-    ``run["hole_decodes"]`` for the figure; ``snapshots`` (a :class:`Snapshots` that was passed to
+    Stores ``run["hole_decodes"]`` (:func:`hole_decodes` with ``rng``, tau the largest of
+    ``profile.taus``, the training set as reference) when the run has none, and decodes the
+    latents of ``run["hole_decodes"]`` for the figure (any L); for L = 2 ``snapshots`` (a :class:`Snapshots` that was passed to
     ``fit``) is finalised with ``model`` and drawn, and its summary stored as
     ``run["snapshots"]``.
     """
@@ -210,20 +229,20 @@ def plot_run(path, run, model, data, aggregated, profile, rng, snapshots=None):
 
     L = model.latent_dim
     title = f"{run['prior']} prior, L = {L} ({profile.name} profile)"
+    if not run.get("hole_decodes"):
+        run["hole_decodes"] = hole_decodes(model, aggregated, rng, tau=max(profile.taus),
+                                           x_ref=data["train"], x_data=data["test"])
     if L != 2:
-        fig = Figure(figsize=(13, 5), dpi=100)
+        fig = Figure(figsize=(22, 6.5), dpi=90, layout="constrained")
         FigureCanvasAgg(fig)
-        ax_curve, ax_samp = fig.subplots(1, 2)
-        fig.suptitle(title, fontsize=13)
-        _curves_panel(ax_curve, run["training"])
-        _samples_panel(ax_samp, model, profile, rng)
-        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        axes = fig.subplots(1, 4)
+        fig.suptitle(title, fontsize=14)
+        _decodes_panels(axes[0], axes[1], model, run["hole_decodes"], profile)
+        _curves_panel(axes[2], run["training"])
+        _samples_panel(axes[3], model, profile, rng)
         _atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
         return os.path.basename(path)
 
-    if not run.get("hole_decodes"):
-        run["hole_decodes"] = hole_decodes(model, aggregated, rng, tau=max(profile.taus),
-                                           x_ref=data["train"])
     snaps = None
     if snapshots is not None:
         snaps = snapshots.finalize(model, _Best(run["training"]["best_epoch"]))
@@ -405,6 +424,12 @@ def _decodes_panels(ax_h, ax_c, model, hd, profile):
         if e.get("nn_rms"):
             lines.append(f"RMS distance to nearest training image {e['nn_rms']['value']:.2f} "
                          f"± {e['nn_rms']['se']:.2f}")
+        if g == "hole" and hd.get("data"):
+            d = hd["data"]
+            ref = f"yardstick, {d['n']} test images: ln p(x) = {d['log_px']['value']:.1f}"
+            if d.get("nn_rms"):
+                ref += f", RMS to nearest training image {d['nn_rms']['value']:.2f}"
+            lines.append(ref)
         ax.set_title("\n".join(lines), fontsize=9)
 
 
