@@ -85,13 +85,9 @@ def factory():
     return Prior()
 '''
 
-TORCH_MIXTURE = _TORCH_COMMON + '''
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
-
-def mixture(means, log_vars, logits):
-    """refvae's mixture: weights softmax(logits), component k = N(means[k], diag exp(log_vars[k]))."""
-    return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(means, torch.exp(0.5 * log_vars)), 1))
-
+# the prior-only adapter and the adversarial functions of a torch-based mixture, given the library's
+# mixture(means, log_vars, logits) and set_seed(seed) (torch.distributions and pyro share it)
+_TORCH_MIXTURE_ADAPTER = '''
 class Prior:
     def dist(self, params):
         K = params["prior.means"].shape[0]
@@ -100,7 +96,7 @@ class Prior:
     def prior_log_prob(self, config, params, z):
         return N(self.dist(params).log_prob(T(z)))
     def prior_sample(self, config, params, n, seed):
-        torch.manual_seed(seed)
+        set_seed(seed)
         return N(self.dist(params).sample((n,)))
     def prior_log_prob_grad(self, config, params, z):
         K = params["prior.means"].shape[0]
@@ -125,6 +121,17 @@ def log_prob_grad(z, means, log_vars, log_weights):
     g = torch.autograd.grad(f.sum(), t)
     return dict(zip(("z", "means", "log_vars", "logits"), (N(v) for v in g)))
 '''
+
+TORCH_MIXTURE = _TORCH_COMMON + '''
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+def mixture(means, log_vars, logits):
+    """refvae's mixture: weights softmax(logits), component k = N(means[k], diag exp(log_vars[k]))."""
+    return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(means, torch.exp(0.5 * log_vars)), 1))
+
+def set_seed(seed):
+    torch.manual_seed(seed)
+''' + _TORCH_MIXTURE_ADAPTER
 
 TORCH_FLOW = _TORCH_COMMON + '''
 from torch.distributions import Independent, Normal, TransformedDistribution, constraints
@@ -209,6 +216,10 @@ class Prior:
         pyro.set_rng_seed(seed)
         L = config["latent_dim"]
         return N(dist.Normal(torch.zeros(L, dtype=torch.float64), 1.0).to_event(1).sample((n,)))
+    def prior_log_prob_grad(self, config, params, z):
+        Z = T(z).requires_grad_(True)
+        f = dist.Normal(torch.zeros(config["latent_dim"], dtype=torch.float64), 1.0).to_event(1).log_prob(Z)
+        return {"z": N(torch.autograd.grad(f.sum(), Z)[0])}
 
 def factory():
     return Prior()
@@ -221,39 +232,9 @@ import pyro.distributions as dist
 def mixture(means, log_vars, logits):
     return dist.MixtureOfDiagNormals(locs=means, coord_scale=torch.exp(0.5 * log_vars), component_logits=logits)
 
-class Prior:
-    def dist(self, params):
-        K = params["prior.means"].shape[0]
-        return mixture(T(params["prior.means"]), T(params["prior.log_vars"]),
-                       T(params.get("prior.logits", np.zeros(K))))
-    def prior_log_prob(self, config, params, z):
-        return N(self.dist(params).log_prob(T(z)))
-    def prior_sample(self, config, params, n, seed):
-        pyro.set_rng_seed(seed)
-        return N(self.dist(params).sample((n,)))
-    def prior_log_prob_grad(self, config, params, z):
-        K = params["prior.means"].shape[0]
-        t = [T(a).requires_grad_(True) for a in (z, params["prior.means"], params["prior.log_vars"],
-                                                   params.get("prior.logits", np.zeros(K)))]
-        g = torch.autograd.grad(mixture(t[1], t[2], t[3]).log_prob(t[0]).sum(), t)
-        return {"z": N(g[0]), **{k: N(v) for k, v in zip(("prior.means", "prior.log_vars", "prior.logits"), g[1:])
-                                 if k in params}}
-
-def factory():
-    return Prior()
-
-def _graph(z, means, log_vars, log_weights):
-    t = [T(a).requires_grad_(True) for a in (z, means, log_vars, log_weights)]
-    return t, mixture(t[1], t[2], t[3]).log_prob(t[0])
-
-def log_prob(z, means, log_vars, log_weights):
-    return N(_graph(z, means, log_vars, log_weights)[1])
-
-def log_prob_grad(z, means, log_vars, log_weights):
-    t, f = _graph(z, means, log_vars, log_weights)
-    g = torch.autograd.grad(f.sum(), t)
-    return dict(zip(("z", "means", "log_vars", "logits"), (N(v) for v in g)))
-'''
+def set_seed(seed):
+    pyro.set_rng_seed(seed)
+''' + _TORCH_MIXTURE_ADAPTER
 
 _NUMPYRO_COMMON = '''
 import jax
@@ -274,6 +255,10 @@ class Prior:
     def prior_sample(self, config, params, n, seed):
         L = config["latent_dim"]
         return N(dist.Normal(jnp.zeros(L), 1.0).to_event(1).sample(jax.random.PRNGKey(seed), (n,)))
+    def prior_log_prob_grad(self, config, params, z):
+        L = config["latent_dim"]
+        f = lambda z: dist.Normal(jnp.zeros(L), 1.0).to_event(1).log_prob(z).sum()
+        return {"z": N(jax.grad(f)(jnp.asarray(z)))}
 
 def factory():
     return Prior()
