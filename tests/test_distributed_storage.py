@@ -392,3 +392,19 @@ def test_cli_resume_after_the_client_died(pcluster, stats_model, tmp_path):
     resumed = json.loads((tmp_path / "r.json").read_text())
     assert resumed["stats"] == plain["stats"] and resumed["holes"] == plain["holes"]
     assert main(base + ["--components", str(tmp_path / "c"), "--resume", str(rdir)]) == 2
+
+
+def test_cli_hdf5_components(stats_model, tmp_path):
+    """``--write-components x.h5`` (twice: the second replaces the first) and ``--components x.h5``
+    on this machine: the same JSON statistics as from the directory of .npy files."""
+    pytest.importorskip("h5py", reason="HDF5 components need the 'scale' extra")
+    d, _, _ = stats_model
+    base = ["stats", "--model", str(d / "model"), "--quiet"]
+    for out in ("c.h5", "c.h5", "cdir"):
+        assert main(base + ["--data", str(d / "x.npy"), "--write-components", str(tmp_path / out)]) == 0
+    res = {}
+    for src in ("c.h5", "cdir"):
+        assert main(base + ["--components", str(tmp_path / src), "--queries", "300",
+                            "--out", str(tmp_path / f"{src}.json")]) == 0
+        res[src] = json.loads((tmp_path / f"{src}.json").read_text())
+    assert res["c.h5"]["stats"] == res["cdir"]["stats"]

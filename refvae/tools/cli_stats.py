@@ -495,10 +495,10 @@ def _check_components(path, dist):
     if not os.path.exists(p):
         raise ValueError(f"--components: {p!r} does not exist (a directory with means.npy and "
                          f"log_vars.npy, or an .npz file with arrays 'means' and 'log_vars')")
-    if not os.path.isdir(p) and not p.endswith(".npz"):
+    if not os.path.isdir(p) and not p.lower().endswith((".npz", ".h5", ".hdf5")):
         raise ValueError(f"--components: {p!r} is neither a directory with means.npy and "
-                         f"log_vars.npy (written by --write-components) nor an .npz file with "
-                         f"arrays 'means' and 'log_vars'")
+                         f"log_vars.npy (written by --write-components), a zarr group (.zarr), nor "
+                         f"an .npz or HDF5 (.h5) file with arrays 'means' and 'log_vars'")
     try:
         return dist._Components(p, None)
     except ValueError as exc:
@@ -514,7 +514,7 @@ def _write_components(args, out_dir):
     data = os.fspath(args.data)
     key = getattr(args, "key", None)
     quiet = bool(getattr(args, "quiet", False))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir) and not out_dir.lower().endswith((".h5", ".hdf5")):
         raise ValueError(f"--write-components: {out_dir!r} exists and is not a directory")
     started = time.perf_counter()
     with limit_threads(args.threads):
