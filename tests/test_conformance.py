@@ -196,3 +196,13 @@ def test_page_commands_name_real_things():
     for lib, pin in conf.PINS.items():
         if lib in ("torch", "pyro-ppl", "numpyro", "pythae"):
             assert f"{lib}=={pin}" in text, lib
+
+
+def test_a_library_that_cannot_be_imported_is_listed_with_the_reason(monkeypatch):
+    subject = conf._subject("nosuchlib", "refvae_no_such_module_h16b", "Nothing", "def factory():\n    return None\n",
+                            "prior", ["standard-bernoulli"])
+    monkeypatch.setattr(conf, "SUBJECTS", conf.SUBJECTS + [subject])
+    report = conf.run_conformance(["nosuchlib"])
+    assert report["rows"] == []
+    assert "ModuleNotFoundError" in report["unavailable"]["nosuchlib"]
+    assert "Not installed / not importable:" in conf.format_markdown(report)
