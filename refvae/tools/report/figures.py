@@ -251,10 +251,11 @@ def plot_run(path, run, model, data, aggregated, profile, rng, snapshots=None):
             snaps = None
     n_snap = 0 if snaps is None else len(snaps.records)
     rows = 3 if n_snap else 2
-    fig = Figure(figsize=(22, 6.2 * rows), dpi=90, layout="constrained")
+    fig = Figure(figsize=(22, 6.2 * rows + 0.5), dpi=90, layout="constrained")
     FigureCanvasAgg(fig)
-    fig.suptitle(title, fontsize=15)
-    sub = fig.subfigures(rows, 1)
+    # a thin first row holds the title (a suptitle over equal-aspect panels overlaps their titles)
+    head, *sub = fig.subfigures(rows + 1, 1, height_ratios=[0.5] + [6.2] * rows)
+    head.text(0.5, 0.5, title, ha="center", va="center", fontsize=15)
     top = sub[0].subplots(1, 3)
     g, lims = _grid(model, data, aggregated, profile, rng)
     _prior_panel(sub[0], top[0], g, model, data)
