@@ -135,8 +135,10 @@ SETTINGS = (
             "fresh noise is implemented (fit val_noise='redraw')", applied=True),
     # cells 32 and 49 (test loss = the one-sample negative ELBO, printed as "nll")
     Setting("test metric", "ln p(x) by importance sampling (S draws) and the ELBO, each with its "
-            "uncertainty", "one-sample negative ELBO averaged over the test set, printed as 'nll'",
-            "a negative ELBO is a bound, not the NLL; compare refvae's ELBO column with it"),
+            "uncertainty", "one-sample negative ELBO averaged over the test set (printed under "
+            "the name of the negative log-likelihood)",
+            "a negative ELBO is an upper bound on -ln p(x), not -ln p(x) itself; compare refvae's "
+            "ELBO column with it"),
     # no seed is set anywhere in the notebook
     Setting("randomness", "explicit generators, seeds in the report", "global, unseeded",
             "replayable runs"),
