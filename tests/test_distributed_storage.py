@@ -408,3 +408,15 @@ def test_cli_hdf5_components(stats_model, tmp_path):
                             "--out", str(tmp_path / f"{src}.json")]) == 0
         res[src] = json.loads((tmp_path / f"{src}.json").read_text())
     assert res["c.h5"]["stats"] == res["cdir"]["stats"]
+
+
+def test_cli_write_components_on_the_workers(pcluster, stats_model, tmp_path):
+    """``--write-components DIR --scheduler ADDRESS`` encodes on the workers: the same files, byte
+    for byte (manifest included), as without ``--scheduler``."""
+    pc, _ = pcluster
+    d, _, _ = stats_model
+    base = ["stats", "--model", str(d / "model"), "--data", str(d / "x.npy"), "--quiet"]
+    assert main(base + ["--write-components", str(tmp_path / "here")]) == 0
+    assert main(base + ["--write-components", str(tmp_path / "there"), "--scheduler", pc.address]) == 0
+    for f in ("means.npy", "log_vars.npy", "components.json"):
+        assert (tmp_path / "here" / f).read_bytes() == (tmp_path / "there" / f).read_bytes(), f

@@ -3,7 +3,7 @@
     refvae stats --model DIR (--data FILE.npy|npz | --components DIR|FILE.npz) [--scheduler ADDRESS]
                  [--chunk N] [--samples S] [--queries M] [--holes M] [--seed N] [--out FILE.json]
                  [--threads N] [--connect-timeout T] [--worker-timeout T] [--allow-large] [--quiet]
-    refvae stats --model DIR --data FILE.npy|npz --write-components OUTDIR
+    refvae stats --model DIR --data FILE.npy|npz --write-components OUTDIR|X.zarr|X.h5 [--scheduler ADDRESS]
 
 Loads the model (``VAE.load(DIR)``) and either the data x (N, D) (``.npy``, or ``.npz`` with
 ``--key``, an array named ``x``, or a single array), which this machine then encodes, or the
@@ -449,8 +449,7 @@ def _check_sources(args):
     if write_to is not None:
         if data is None:
             raise ValueError("--write-components encodes --data; it cannot be used with --components")
-        given = [f for f, v in (("--scheduler", args.scheduler), ("--out", args.out),
-                                ("--queries", args.queries)) if v is not None]
+        given = [f for f, v in (("--out", args.out), ("--queries", args.queries)) if v is not None]
         given += ["--holes"] if args.holes else []
         if given:
             raise ValueError(f"--write-components only writes the components and exits; drop "
@@ -522,15 +521,20 @@ def _write_components(args, out_dir):
         if data.endswith(".npz") or not os.path.isfile(data):
             x = dist.load_array(data, key, name="--data")  # also: "--data: file ... does not exist"
         else:
-            x = data  # a .npy file: memory-mapped, read a batch at a time
-        try:
-            means, log_vars = dist.encode_to_shards(model, x, out_dir=out_dir)
-        except ValueError as exc:
-            raise ValueError(f"--data: {exc}") from None
+            x = data  # a .npy file: memory-mapped (with --scheduler: read by the workers)
+        # with --scheduler the rows are encoded on the workers (the same batches: the same bits)
+        timeout = getattr(args, "connect_timeout", dist.DEFAULT_CONNECT_TIMEOUT)
+        worker_timeout = getattr(args, "worker_timeout", dist.DEFAULT_WORKER_TIMEOUT)
+        with dist._cluster(None, args.scheduler, timeout, worker_timeout) as client:
+            try:
+                means, log_vars = dist.encode_to_shards(model, x, out_dir=out_dir, client=client)
+            except ValueError as exc:
+                raise ValueError(f"--data: {exc}") from None
     if not quiet:
-        print(f"refvae stats: wrote {means}, {log_vars} and (last) "
-              f"{os.path.join(out_dir, dist.COMPONENTS_MANIFEST)} in "
-              f"{time.perf_counter() - started:.1f} s; use --components {out_dir}", flush=True)
+        what = (out_dir if means == log_vars else  # a zarr group or HDF5 file
+                f"{means}, {log_vars} and (last) {os.path.join(out_dir, dist.COMPONENTS_MANIFEST)}")
+        print(f"refvae stats: wrote {what} in {time.perf_counter() - started:.1f} s; use "
+              f"--components {out_dir}", flush=True)
     return 0
 
 
