@@ -114,7 +114,8 @@ def test_toy_case_verifies_with_the_reference_adapter(toy_case):
     r = report.results[0]
     assert report.passed, report.format()
     assert {c.name: c.status for c in r.checks} == {"gradient": "pass", "normalisation": "pass",
-                                                    "sampler": "pass", "nll": "pass"}
+                                                    "sampler": "pass", "nll": "pass",
+                                                    "prior_gradient": "pass"}
     assert r.quantity("prior_sample.z").status == "pass"
 
 

@@ -178,7 +178,8 @@ def _select_cases(spec, cases_dir):
     chosen = []
     for n in wanted:
         if os.sep in n or "/" in n or n in (".", ".."):
-            raise ValueError(f"--case {n!r}: a case name or pattern, not a path (use --cases DIR)")
+            raise ValueError(f"--case {n!r}: no such case (a case name or pattern, not a path; use "
+                             f"--cases DIR)")
         hits = [a for a in available if fnmatch.fnmatchcase(a, n)]
         if not hits:
             raise ValueError(f"--case {n!r}: no such case in {cases_dir}; the cases are: "

@@ -125,9 +125,10 @@ def _check_outputs(outputs):
 
 
 def _check_adapter(adapter):
-    """An adapter: ``run`` (or callable), or a prior-only adapter (``TypeError`` otherwise)."""
+    """An adapter: ``run`` (or callable), or a prior-only adapter (``ValueError`` otherwise, as
+    for a factory that returns neither)."""
     if not (callable(getattr(adapter, "run", None)) or callable(adapter) or is_prior_only(adapter)):
-        raise TypeError(f"adapter must have run(config, params, x, eps), be callable, or have one of "
+        raise ValueError(f"adapter must have run(config, params, x, eps), be callable, or have one of "
                         f"the prior-only methods {', '.join(PRIOR_METHODS)}; got "
                         f"{type(adapter).__name__}")
     return adapter
