@@ -54,7 +54,8 @@ encoder or MLP that made the components.
 
 References: SPEC.md sections 2-4; Tomczak, *Deep Generative Modeling*, section 4.4.1 (4.4.1.2
 mixture of Gaussians, 4.4.1.3 VampPrior, 4.4.1.4 GTM and GTM-VampPrior; eq. (4.44) the aggregated
-posterior).
+posterior). See also: docs/course/06-mixtures.md (the log-sum-exp VJP and the responsibilities,
+with numbers) and docs/course/07-vampprior.md (the encoder on two paths).
 """
 
 from __future__ import annotations
