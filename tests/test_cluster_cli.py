@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import types
 
 import numpy as np
@@ -122,3 +123,66 @@ def test_progress_on_a_terminal_is_redrawn_in_place(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith("\n") and err.count("\r") == 51
     assert "100% | 1000/1000 tasks | 49 s" in err
+
+
+class _FakeClient:
+    """What _Watch.poll asks of a client: its status and the scheduler's state (fixed here)."""
+
+    def __init__(self, state):
+        self.status, self.state = "running", state
+        self.scheduler = types.SimpleNamespace(address="tcp://127.0.0.1:9")
+
+    def run_on_scheduler(self, fn, keys):
+        return self.state
+
+
+W = ("tcp://127.0.0.1:5", "w1")
+
+
+def _poll_for(state, seconds, capsys=None):
+    """Poll a _Watch (worker_timeout 5 s, progress on) once a second for ``seconds`` s of a
+    fake clock; returns the ClusterError raised (or None) and the time it was raised."""
+    pytest.importorskip("distributed", reason="the cluster path needs dask[distributed]")
+    import refvae.tools.distributed  # noqa: F401 - loads the module below
+    cl = sys.modules["refvae.tools.distributed._cluster"]  # (its name is shadowed by a function)
+    client = _FakeClient(state)
+    cl._CHECKED[client] = {w[0] for w in state["workers"]}  # environments already checked
+    now = [0.0]
+    w = cl._Watch(client, [types.SimpleNamespace(key="root")], 10, True, "", 5.0)
+    w.clock = lambda: now[0]
+    w.started = w.last_change = w.last_stall_note = 0.0
+    for t in range(1, seconds + 1):
+        now[0] = float(t)
+        try:
+            w.poll()
+        except cl.ClusterError as exc:
+            return exc, t
+    return None, None
+
+
+def test_watch_says_what_the_workers_do_when_nothing_finishes(capsys):
+    """Tasks running but none finishing for worker_timeout: a line naming each worker, its state,
+    memory and running tasks (no error: long tasks are legitimate)."""
+    err, _ = _poll_for({"known": True, "pending": 5, "erred": 0,
+                        "workers": [(*W, "running", 100 * 2**20, 1000 * 2**20, 1)]}, 20)
+    assert err is None
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "no task finished" in ln]
+    assert len(notes) == 3, notes  # at 6, 12, 18 s
+    assert notes[0] == ("refvae: no task finished in the last 6 s; workers: tcp://127.0.0.1:5 (name w1) "
+                        "running, memory 100 MiB of 1,000 MiB, 1 task(s) running")
+
+
+@pytest.mark.parametrize("workers,message", [
+    ([], r"the cluster has no workers and none joined for 5 s \(0 of 10 tasks done"),
+    ([(*W, "paused", 900 * 2**20, 1000 * 2**20, 1)],
+     r"every worker has been paused for 5 s .*\(name w1\) paused, memory 900 MiB of 1,000 MiB"),
+    ([(*W, "running", 100 * 2**20, 0, 0)],
+     r"nothing has run for 5 s although 1 worker\(s\) are running and 10 tasks are pending"),
+], ids=["no worker", "all paused", "nothing running"])
+def test_watch_gives_up_after_worker_timeout(workers, message):
+    """No worker, every worker paused, or workers idle while tasks wait: a ClusterError once
+    worker_timeout (5 s) has passed without progress -- not before (the first poll past 5 s
+    after the condition began, at 1 s)."""
+    err, t = _poll_for({"known": True, "pending": 10, "erred": 0, "workers": workers}, 30)
+    assert err is not None and re.search(message, str(err)), err
+    assert t == 7, t
