@@ -276,15 +276,16 @@ def run(args) -> int:
             x = os.fspath(components)  # read by aggregated_stats / holes (on the workers)
             N = comps.N
             source = f"components {x}"
+        # what does not fit in memory is refused first (it could never run), then what is large
+        _check_memory(args, N, model.latent_dim, _prior_bytes_per_point(model),
+                      components_here=not (comps is not None and args.scheduler is not None
+                                           and args.queries is not None))
         pairs, what = _pair_count(args, N)
         _check_work(args, pairs, what, None if comps is not None else x.shape[1], N, model.latent_dim)
         if not quiet:
             print(f"refvae stats: {pairs:.2e} (query, component) pairs ({what}), about "
                   f"{_core_hours(pairs):.2g} core-hours at {PAIR_RATE:.2g} pairs per core-second "
                   f"(measured at L = 16)", flush=True)
-        _check_memory(args, N, model.latent_dim, _prior_bytes_per_point(model),
-                      components_here=not (comps is not None and args.scheduler is not None
-                                           and args.queries is not None))
         chunk = min(chunk, N)  # a chunk >= N is one shard (the same result); keeps Dask's sizes small
         where = f"Dask scheduler {args.scheduler}" if args.scheduler else "this machine"
         if not quiet:
