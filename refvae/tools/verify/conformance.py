@@ -64,6 +64,17 @@ def N(t):
     return t.detach().numpy().copy()
 '''
 
+#: refvae's MLP (W is (in, out), leaky ReLU 0.01 between layers) for the flow subjects
+_TORCH_MLP = '''
+def mlp(P, prefix, h):
+    n = sum(1 for k in P if k.startswith(prefix + ".") and k.endswith(".W"))
+    for i in range(n):
+        h = h @ P[f"{prefix}.{i}.W"] + P[f"{prefix}.{i}.b"]
+        if i < n - 1:
+            h = torch.nn.functional.leaky_relu(h, 0.01)
+    return h
+'''
+
 TORCH_STANDARD = _TORCH_COMMON + '''
 from torch.distributions import Independent, Normal
 
@@ -133,17 +144,9 @@ def set_seed(seed):
     torch.manual_seed(seed)
 ''' + _TORCH_MIXTURE_ADAPTER
 
-TORCH_FLOW = _TORCH_COMMON + '''
+TORCH_FLOW = _TORCH_COMMON + _TORCH_MLP + '''
 from torch.distributions import Independent, Normal, TransformedDistribution, constraints
 from torch.distributions.transforms import Transform
-
-def mlp(P, prefix, h):
-    n = sum(1 for k in P if k.startswith(prefix + ".") and k.endswith(".W"))
-    for i in range(n):
-        h = h @ P[f"{prefix}.{i}.W"] + P[f"{prefix}.{i}.b"]
-        if i < n - 1:
-            h = torch.nn.functional.leaky_relu(h, 0.01)
-    return h
 
 class InverseCoupling(Transform):
     """refvae's coupling k (z -> out: y_b = (z_b - t) exp(-s), s = tanh(MLP_s(z_a)), then the halves
@@ -235,6 +238,55 @@ def mixture(means, log_vars, logits):
 def set_seed(seed):
     pyro.set_rng_seed(seed)
 ''' + _TORCH_MIXTURE_ADAPTER
+
+PYRO_FLOW = _TORCH_COMMON + _TORCH_MLP + '''
+import pyro
+import pyro.distributions as dist
+from pyro.distributions.transforms import AffineCoupling, Permute
+
+class HyperNet(torch.nn.Module):
+    """refvae's coupling k as pyro's AffineCoupling hypernet: (mean, log_scale) = (MLP_t, tanh(MLP_s))."""
+    def __init__(self, P, k):
+        super().__init__()
+        self.P, self.k = P, k
+    def forward(self, z_a):
+        return mlp(self.P, f"prior.flow.{self.k}.t", z_a), torch.tanh(mlp(self.P, f"prior.flow.{self.k}.s", z_a))
+
+class Prior:
+    """Sampling direction: per coupling, from the last to the first, reverse the halves (Permute), then
+    z_b = y_b exp(s(y_a)) + t(y_a) (AffineCoupling; tanh keeps s inside pyro's clip [-5, 3])."""
+    def dist(self, config, params):
+        P = {k: T(v) for k, v in params.items() if k.startswith("prior.flow.")}
+        L, K = config["latent_dim"], config["prior_kwargs"]["num_couplings"]
+        transforms = []
+        for k in reversed(range(K)):
+            transforms += [Permute(torch.arange(L - 1, -1, -1)), AffineCoupling(L // 2, HyperNet(P, k))]
+        base = dist.Normal(torch.zeros(L, dtype=torch.float64), 1.0).to_event(1)
+        return dist.TransformedDistribution(base, transforms), P
+    def prior_log_prob(self, config, params, z):
+        with torch.no_grad():
+            return N(self.dist(config, params)[0].log_prob(T(z)))
+    def prior_sample(self, config, params, n, seed):
+        pyro.set_rng_seed(seed)
+        with torch.no_grad():
+            return N(self.dist(config, params)[0].sample((n,)))
+    def prior_sample_from(self, config, params, noise):
+        x = T(noise["eps"])
+        with torch.no_grad():
+            for t in self.dist(config, params)[0].transforms:
+                x = t(x)
+        return N(x)
+    def prior_log_prob_grad(self, config, params, z):
+        d, P = self.dist(config, params)
+        for v in P.values():
+            v.requires_grad_(True)
+        Z = T(z).requires_grad_(True)
+        g = torch.autograd.grad(d.log_prob(Z).sum(), [Z, *P.values()])
+        return {"z": N(g[0]), **{k: N(v) for k, v in zip(P, g[1:])}}
+
+def factory():
+    return Prior()
+'''
 
 _NUMPYRO_COMMON = '''
 import jax
@@ -473,6 +525,8 @@ SUBJECTS = [
              "prior", ["flow-bernoulli"]),
     _subject("pyro", "pyro", "Normal(0, 1).to_event(1)", PYRO_STANDARD, "prior", ["standard-bernoulli"]),
     _subject("pyro", "pyro", "MixtureOfDiagNormals", PYRO_MIXTURE, "prior", ["mog-categorical"], adversarial=True),
+    _subject("pyro", "pyro", "TransformedDistribution(Normal, [Permute, AffineCoupling] with refvae's nets)", PYRO_FLOW,
+             "prior", ["flow-bernoulli"]),
     _subject("numpyro", "numpyro", "Normal(0, 1).to_event(1)", NUMPYRO_STANDARD, "prior", ["standard-bernoulli"]),
     _subject("numpyro", "numpyro", "MixtureSameFamily(Categorical, Normal.to_event(1))", NUMPYRO_MIXTURE, "prior",
              ["mog-categorical"], adversarial=True),
