@@ -163,14 +163,15 @@ def test_a_prior_with_only_the_base_defaults_runs_every_report_path(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads((out / "report.json").read_text())
     assert doc["status"] == "complete" and doc["summary"]["checks_failed"] == 0
-    (run,) = doc["runs"]
-    assert run["prior"] == "bare_shift" and run["status"] == "done"
+    run, run1 = doc["runs"]  # the tiny profile's two seeds
+    assert run["prior"] == "bare_shift" and run["status"] == "done" and run1["status"] == "done"
+    assert (run["seed"], run1["seed"]) == (0, 1)
     assert run["figure"] == "figures/bare_shift_L2.png" and (out / run["figure"]).is_file()
     assert run["seeds"]["generator"].endswith(", 6, part])")  # index 6: after the six built-ins
     assert doc["missing"] == []
 
 
-def test_profiles_are_data_with_the_texts_settings():
+def test_profiles_are_data_with_the_shared_settings():
     for name in ("tiny", "quick", "full"):
         assert rep.PROFILES[name].name == name
     quick, full = rep.PROFILES["quick"], rep.PROFILES["full"]
@@ -179,7 +180,24 @@ def test_profiles_are_data_with_the_texts_settings():
         assert p.gtm_range == (-10.0, 10.0) and p.flow_couplings == 3 and p.prior_hidden == (256, 256)
         assert (p.optimizer, p.lr, p.batch_size, p.patience) == ("adamax", 1e-3, 64, 20)
         assert (p.likelihood, p.num_vals, p.activation) == ("categorical", 17, "leaky_relu")
-    assert quick.latent_dims == (2,) and full.latent_dims == (2, 16) and full.n_importance == 5000
+    assert quick.latent_dims == (2,) and full.latent_dims == (2, 16)
+    # seeds: a verdict needs 5 (full); quick trains 3 and says it cannot rank
+    assert (quick.seeds, full.seeds) == (3, 5)
+    # S on every seed, a larger S on the first for the estimator's bias (blocks of S / 2)
+    assert (full.n_importance, full.n_importance_ref) == (1000, 5000)
+    assert (quick.n_importance, quick.n_importance_ref) == (200, 1000)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("n_importance", 7, "even"), ("n_importance", 2, "even"),
+    ("n_importance_ref", 150, "multiple"), ("n_importance_ref", 100, "multiple"),
+    ("seeds", 0, "seeds"), ("workers", 0, "workers")])
+def test_profile_sample_sizes_are_checked(field, value, words):
+    """S must split into two blocks of S/2; the reference S a multiple of the block >= S."""
+    import dataclasses
+    bad = dataclasses.replace(profiles.PROFILES["quick"], **{field: value})
+    with pytest.raises(ValueError, match=words):
+        profiles._check_profile(bad)
 
 
 # =========================================================================== smoke tests
@@ -204,7 +222,9 @@ def test_validate_tiny_writes_a_complete_finite_report(tmp_path, capsys, plots):
     bad = [(p, v) for p, v in numbers if not math.isfinite(v)]
     assert not bad, bad[:5]
     assert doc["status"] == "complete"
-    assert doc["summary"]["checks_failed"] == 0 and doc["summary"]["runs_done"] == len(PRIORS)
+    seeds = rep.PROFILES["tiny"].seeds
+    assert doc["summary"]["checks_failed"] == 0 and doc["summary"]["runs_done"] == seeds * len(PRIORS)
+    assert doc["schema"] == "refvae-validation-report/2" and doc["seeds"] == [3, 4]
     prov = doc["provenance"]
     for key in ("refvae", "git_revision", "numpy", "numba", "scipy", "python", "platform",
                 "cpu_model", "seed", "profile"):
@@ -217,11 +237,18 @@ def test_validate_tiny_writes_a_complete_finite_report(tmp_path, capsys, plots):
         assert f"`{prior}`" in md
     assert "NLL" not in md and "−ELBO" in md
     run = doc["runs"][0]
-    assert len(run["identities"]) == 6 and all(i["passed"] for i in run["identities"])
+    assert run["identities"] and all(i["passed"] is not False for i in run["identities"])
     assert set(run["gradcheck"]["groups"]) == {"encoder", "decoder"}
-    for run in doc["runs"]:
+    for i, run in enumerate(doc["runs"]):
         assert run["status"] == "done" and run["timing"]["train"] >= 0
+        assert run["cpu_seconds"]["train"] >= 0 and run["cpu_seconds"]["loglik"] >= 0
         assert {"re", "omega", "neg_elbo"} <= set(run["test"])
+        assert run["seed"] == 3 + i // len(PRIORS)
+        assert len(run["log_likelihood"]["per_image"]["log_px"]) == doc["data"]["n_test"]
+        assert ("gradcheck" in run) == (run["seed"] == 3)  # the first seed's models only
+    assert "## What this report can conclude" in md and "cannot rank the priors" in md
+    assert "## Time spent" in md and "CPU" in md
+    assert len(doc["analysis"]["per_L"]["2"]["pairs"]) == len(PRIORS) * (len(PRIORS) - 1) // 2
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     if plots:
         assert figures == sorted(f"{p}_L2.png" for p in PRIORS)
@@ -231,6 +258,7 @@ def test_validate_tiny_writes_a_complete_finite_report(tmp_path, capsys, plots):
     else:
         assert figures == []
         assert "figures skipped" in md
+        # figures are drawn for the first seed only: only those are missing
         assert {m["path"] for m in doc["missing"]} == {f"runs[{i}].figure" for i in range(len(PRIORS))}
 
 
@@ -252,7 +280,7 @@ def test_interrupt_keeps_finished_priors_and_exits_130(tmp_path, monkeypatch, ca
     assert "partial report" in capsys.readouterr().err
     doc = load_strict_json(out / "report.json")
     assert doc["status"] == "partial"
-    assert [r["status"] for r in doc["runs"]] == ["done", "interrupted", "pending"]
+    assert [r["status"] for r in doc["runs"]] == ["done", "interrupted"] + ["pending"] * 4
     assert doc["runs"][0]["log_likelihood"]["mean"]["value"] is not None
     missing = {m["path"] for m in doc["missing"]}
     assert {"runs[1].training", "runs[2].training", "runs[2].log_likelihood"} <= missing

@@ -118,16 +118,36 @@ def _digits():
 def _validate_options(p):
     from .profiles import PROFILES, prior_names
     p.add_argument("--profile", choices=list(PROFILES), default="quick",
-                   help="quick (<= 5 min, L = 2), full (<= 60 min, L = 2 and 16, S = 5000) or tiny "
-                        "(seconds; smoke test on synthetic data). Default: quick")
+                   help="quick (<= 5 min, L = 2, 3 seeds, under-trained), full (<= 60 min, L = 2 "
+                        "and 16, 5 seeds) or tiny (seconds; smoke test on synthetic data). "
+                        "Default: quick")
     p.add_argument("--out", default=os.path.join("validation", "report"),
                    help="output directory (default validation/report)")
     p.add_argument("--priors", default=None,
                    help=f"comma-separated subset of {','.join(prior_names())} (default all)")
     p.add_argument("--max-epochs", type=int, default=None, help="override the profile's maximum epochs")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="training seeds per prior and L (default: the profile's; quick 3, full 5; "
+                        "a verdict between priors needs 5)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes sharing the runs (default: the profile's; the numbers do not "
+                        "depend on it)")
+    if _companion() is not None:
+        p.add_argument("--settings", choices=["refvae", "companion"], default="refvae",
+                       help="refvae's settings (default) or the companion code's choices where "
+                            "refvae differs (the report's settings table)")
     p.add_argument("--no-plots", action="store_true", help="do not write figures")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     _common(p)
+
+
+def _companion():
+    """refvae.tools.companion when it offers ``apply(profile) -> Profile``, else None."""
+    try:
+        from . import companion
+    except ImportError:
+        return None
+    return companion if callable(getattr(companion, "apply", None)) else None
 
 
 def cmd_validate(args):
@@ -140,13 +160,19 @@ def cmd_validate(args):
     priors = parse_priors(args.priors) if args.priors is not None else None  # None: every prior
     if args.max_epochs is not None:
         profile = replace(profile, max_epochs=_positive_int(args.max_epochs, "--max-epochs"))
+    if args.seeds is not None:
+        profile = replace(profile, seeds=_positive_int(args.seeds, "--seeds"))
+    workers = None if args.workers is None else _positive_int(args.workers, "--workers")
+    if getattr(args, "settings", "refvae") == "companion":
+        profile = _companion().apply(profile)
     _positive_int(args.seed, "--seed", minimum=0)
     _threads(args.threads)
     _out_dir(args.out)
-    with limit_threads(args.threads):
-        return run_validation(profile, seed=args.seed, out=args.out, priors=priors,
-                              plots=not args.no_plots, quiet=args.quiet,
-                              command="refvae " + " ".join(args.argv))
+    # the threads are set by run_validation, after it has started its worker processes (forked
+    # before this process starts Numba's threading layer)
+    return run_validation(profile, seed=args.seed, out=args.out, priors=priors,
+                          plots=not args.no_plots, quiet=args.quiet, workers=workers,
+                          threads=args.threads, command="refvae " + " ".join(args.argv))
 
 
 # =========================================================================== train

@@ -115,15 +115,25 @@ def run_validation(profile, *, seed=0, out="validation/report", priors=None, plo
     from contextlib import nullcontext
 
     from ..provenance import limit_threads
-    with DirectoryLock(out, command or "refvae validate"), InterruptGuard() as guard, \
-            (limit_threads(threads) if threads is not None else nullcontext()):
-        return _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard,
-                                      workers, threads)
+    with DirectoryLock(out, command or "refvae validate"), InterruptGuard() as guard:
+        t_start, c_start = time.perf_counter(), time.process_time()
+        pool = None
+        try:  # the workers first: before this process sets its threads (Numba's threading layer)
+            if workers > 1:
+                pool = _start_pool(workers, threads, profile, seed, out, plots)
+            started = (time.perf_counter() - t_start, time.process_time() - c_start)
+            with limit_threads(threads) if threads is not None else nullcontext():
+                return _run_validation_locked(profile, seed, out, priors, plots, quiet, command,
+                                              guard, workers, pool, (t_start, c_start), started)
+        finally:
+            if pool is not None:  # our own worker processes (already closed after a whole run)
+                pool.terminate()
+                pool.join()
 
 
 def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, guard, workers=1,
-                           threads=None):
-    t_start, c_start = time.perf_counter(), time.process_time()
+                           pool=None, t0c0=None, started=None):
+    t_start, c_start = t0c0 or (time.perf_counter(), time.process_time())
 
     def say(msg):
         guard.check()
@@ -134,22 +144,22 @@ def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, gu
     data, data_desc = load_data(profile, seed)
     plots, plot_note = _plots_and_note(plots)
     report = _new_report(profile, seed, priors, data_desc, command, plot_note)
-    report["workers"] = workers
+    report["workers"] = workers if pool is not None else 1
+    if workers > 1 and pool is None:
+        report["workers_note"] = (f"{workers} worker processes were asked for; the runs went one "
+                                  "after the other in the main process (Numba's threading layer "
+                                  "was already running there, so forking was not safe)")
     if not quiet:
         _print_settings(profile, seed, priors, data_desc, out, plot_note, workers)
     current = []
-    pool = None
+    if started is not None and pool is not None:
+        report["timing"]["start_workers"], report["cpu_seconds"]["start_workers"] = started
     try:
         write_report(report, out, t_start)  # "running", with this process's pid and host
         removed = remove_stale_figures(out)
         if removed:
             say(f"removed {len(removed)} figure(s) of an earlier run from "
                 f"{os.path.join(out, 'figures')}")
-        if workers > 1:  # before this process runs a parallel Numba kernel (fork safety)
-            t0, c0 = time.perf_counter(), time.process_time()
-            pool = _start_pool(workers, threads, data, data_desc, profile, out, plots)
-            report["timing"]["start_workers"] = time.perf_counter() - t0
-            report["cpu_seconds"]["start_workers"] = time.process_time() - c0
         say("mixture kernel vs mpmath ...")
         t0, c0 = time.perf_counter(), time.process_time()
         report["kernel_accuracy"] = kernel_accuracy(np.random.default_rng([seed, 7777]),
@@ -164,7 +174,6 @@ def _run_validation_locked(profile, seed, out, priors, plots, quiet, command, gu
             _run_parallel(report, pool, say, guard, current, out, t_start)
             pool.close()
             pool.join()
-            pool = None
         current.clear()
         guard.check()
         guard.cleaning = True  # the work is done: a signal from here on does not undo it
@@ -220,16 +229,19 @@ def _run_serial(report, data, data_desc, profile, out, plots, quiet, say, guard,
 _WORKER = {}  # in a worker process: the data, profile, output directory and figure switch
 
 
-def _start_pool(workers, threads, data, data_desc, profile, out, plots):
-    """``workers`` processes (multiprocessing): forked when this process has not started Numba's
-    threading layer (nothing to copy into the children then; the data are inherited), spawned
-    otherwise (a forked OpenMP runtime is not safe). They ignore SIGINT: Ctrl-C reaches the whole
-    process group, and this process stops them (``terminate``) and writes the partial report."""
+def _start_pool(workers, threads, profile, seed, out, plots):
+    """``workers`` forked processes (multiprocessing), each loading the data of ``seed`` itself,
+    or None when forking is not safe here: this process has already started Numba's threading
+    layer (a forked OpenMP runtime hangs or aborts; run_validation starts the workers before it
+    sets its threads, so this happens only when the caller ran a parallel kernel or set Numba's
+    threads before), or the platform has no fork. None: the runs go one after the other in this
+    process (the same numbers). The workers ignore SIGINT: Ctrl-C reaches the whole process
+    group, and this process stops them (``terminate``) and writes the partial report."""
     import multiprocessing as mp
-    method = "fork" if _fork_is_safe() else "spawn"
-    ctx = mp.get_context(method)
-    return ctx.Pool(workers, initializer=_worker_init,
-                    initargs=(threads, data, data_desc, profile, out, plots))
+    if not _fork_is_safe():
+        return None
+    return mp.get_context("fork").Pool(workers, initializer=_worker_init,
+                                       initargs=(threads, profile, seed, out, plots))
 
 
 def _fork_is_safe():
@@ -243,9 +255,10 @@ def _fork_is_safe():
     return not getattr(parallel, "_is_initialized", True)
 
 
-def _worker_init(threads, data, data_desc, profile, out, plots):
+def _worker_init(threads, profile, seed, out, plots):
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    data, data_desc = load_data(profile, seed)
     if threads is not None:
         from ..provenance import limit_threads
         ctx = limit_threads(threads)
