@@ -501,8 +501,10 @@ def _time_spent(r):
     rows = []
     tot_cpu = 0.0
     for key, label in _PARTS:
-        w = [run["timing"].get(key) for run in r["runs"] if (run.get("timing") or {}).get(key) is not None]
-        c = [(run.get("cpu_seconds") or {}).get(key) for run in r["runs"]]
+        has = [run for run in r["runs"] if (run.get("timing") or {}).get(key) is not None
+               and (key != "loglik_reference" or run.get("seed", r["seed"]) == r["seed"])]
+        w = [run["timing"][key] for run in has]
+        c = [(run.get("cpu_seconds") or {}).get(key) for run in has]
         c = [x for x in c if x is not None]
         if w:
             tot_cpu += sum(c)
