@@ -113,7 +113,7 @@ def test_signal_to_validate_subprocess_gives_a_partial_report(tmp_path, moment, 
     "interrupted", the rest "pending", none "failed"; exit 130/143 and one line, no traceback."""
     out = tmp_path / "r"
     epochs = {"kernel-check": "300", "first-prior": "300", "next-prior": "10"}[moment]
-    proc = spawn("validate", "--profile", "tiny", "--out", str(out), "--no-plots", "--quiet",
+    proc = spawn("validate", "--profile", "tiny", "--seeds", "1", "--out", str(out), "--no-plots", "--quiet",
                  "--max-epochs", epochs, "--priors", "standard,mog,vamp,flow")
     report = out / "report.json"
     wait_for(lambda: (read_json(report) or {}).get("status") == "running", proc, what="report.json")
@@ -272,7 +272,7 @@ def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, cap
         monkeypatch.setattr(runner, "kernel_accuracy", interrupt_error)
     out = tmp_path / "r"
     t0 = time.monotonic()
-    rc = main(["validate", "--profile", "tiny", "--out", str(out), "--priors", "standard,mog,vamp",
+    rc = main(["validate", "--profile", "tiny", "--seeds", "1", "--out", str(out), "--priors", "standard,mog,vamp",
                "--no-plots", "--quiet"])
     seconds = time.monotonic() - t0
     err = capsys.readouterr().err
@@ -288,6 +288,32 @@ def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, cap
         signal.ITIMER_REAL) == (0.0, 0.0)
     if where == "swallowed-then-busy":
         assert seconds < 8.0, seconds  # stopped by the repeated interrupt, not after the 10 s
+
+
+@pytest.mark.hostile("interruption", "clean stop")
+def test_interrupt_in_the_second_seed_keeps_the_first_seeds_runs(tmp_path, monkeypatch, capsys):
+    """Two seeds per prior: a Ctrl-C (disguised by Numba) while mog trains on seed 1 leaves every
+    run of seed 0 "done", mog of seed 1 "interrupted", the rest "pending", exit 130, no verdicts
+    computed from the half-finished set of seeds."""
+    real_train = runner._train
+
+    def train(run, *a, **k):
+        if run["prior"] == "mog" and run["seed"] == 1:
+            interrupt_error()
+        return real_train(run, *a, **k)
+
+    monkeypatch.setattr(runner, "_train", train)
+    out = tmp_path / "r"
+    rc = main(["validate", "--profile", "tiny", "--seeds", "2", "--out", str(out),
+               "--priors", "standard,mog", "--no-plots", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 130, err
+    doc = read_json(out / "report.json")
+    assert_consistent_partial(doc, "SIGINT")
+    status = {(r["prior"], r["seed"]): r["status"] for r in doc["runs"]}
+    assert status[("standard", 0)] == status[("mog", 0)] == "done", status
+    assert status[("mog", 1)] == "interrupted", status
+    assert set(status.values()) <= {"done", "interrupted", "pending"}, status
 
 
 @pytest.mark.hostile("interruption", "clean stop")
@@ -366,7 +392,7 @@ def test_out_of_memory_outside_a_prior_leaves_a_failed_report_not_a_running_one(
 
     monkeypatch.setattr(runner, "kernel_accuracy", oom)
     out = tmp_path / "r"
-    rc = main(["validate", "--profile", "tiny", "--out", str(out), "--priors", "standard",
+    rc = main(["validate", "--profile", "tiny", "--seeds", "1", "--out", str(out), "--priors", "standard",
                "--no-plots", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and err_lines(err) == [err.strip()] and "Traceback" not in err
@@ -408,11 +434,11 @@ def test_second_validate_against_a_running_subprocess_is_refused(tmp_path, capsy
     pid and leaves the first's report alone; after a SIGKILL of the first, its "running" report
     names the dead pid (which the next run recognises as stale)."""
     out = tmp_path / "r"
-    proc = spawn("validate", "--profile", "tiny", "--out", str(out), "--no-plots", "--quiet",
+    proc = spawn("validate", "--profile", "tiny", "--seeds", "1", "--out", str(out), "--no-plots", "--quiet",
                  "--max-epochs", "300", "--priors", "vamp")
     wait_for(lambda: (read_json(out / "report.json") or {}).get("status") == "running", proc,
              what="report.json")
-    rc = main(["validate", "--profile", "tiny", "--out", str(out), "--no-plots", "--quiet",
+    rc = main(["validate", "--profile", "tiny", "--seeds", "1", "--out", str(out), "--no-plots", "--quiet",
                "--priors", "standard,mog"])
     err = capsys.readouterr().err
     assert rc == 2 and f"pid {proc.pid} on" in err and str(out) in err

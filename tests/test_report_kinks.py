@@ -130,3 +130,32 @@ def test_a_one_percent_error_in_any_group_fails(prior, report_size_models):
     assert groups >= {"encoder", "decoder"}
     for grp in groups:
         assert any(not e.passed for e in bad.entries if group_of(e.name) == grp), (prior, grp, str(bad))
+
+
+def test_a_one_percent_error_in_one_array_with_a_small_gradient_fails():
+    """A flow prior whose couplings' last layers are 1e-4 N(0, 1) (trained flows look like this: the
+    couplings' first layers then get gradients ~1e-4 of the loss's scale, and a random direction
+    alone saw only a 5% error in one of them in the committed quick report). Each array is also
+    checked along its own gradient, so every array's ``detects`` (the group's worst is reported)
+    is below 1%, and a 1% error planted in that worst array alone fails the check."""
+    rng = np.random.default_rng([15, 5])
+    model = build_model("flow", 2, 64, PROFILES["quick"], rng)
+    for name, p in model.params.items():
+        if name.startswith("prior.flow.") and (".s.2." in name or ".t.2." in name):
+            p[...] = 1e-4 * rng.standard_normal(p.shape)
+    x = rng.integers(0, 17, size=(4, 64)).astype(float)
+    eps = rng.standard_normal((4, 2))
+    clean = gradcheck_summary(gradcheck_model(model, x, eps, np.random.default_rng(7)))
+    assert clean["passed"], clean["groups"]
+    worst = clean["groups"]["prior"]["detects_worst"]
+    assert clean["groups"]["prior"]["detects"] < 1e-2, clean["groups"]["prior"]
+    assert any(e["direction"] == "gradient" for e in clean["entries"])
+    orig = model.neg_elbo_and_grad
+
+    def wrong(*a, **k):
+        value, grads = orig(*a, **k)
+        return value, {n: g * 1.01 if n == worst else g for n, g in grads.items()}
+
+    model.neg_elbo_and_grad = wrong
+    bad = gradcheck_model(model, x, eps, np.random.default_rng(7))
+    assert [e.name for e in bad.entries if not e.passed] == [worst], str(bad)

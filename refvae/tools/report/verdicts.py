@@ -72,6 +72,18 @@ def _check_level(level):
     return check_real(level, "level", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
 
 
+def _check_mc_se(mc_se, shape):
+    """None, or standard errors >= 0 of the values' shape."""
+    if mc_se is None:
+        return None
+    mc_se = as_float_array(mc_se, "mc_se", ndim=len(shape))
+    if mc_se.shape != shape:
+        raise ValueError(f"mc_se must have the shape of the values {shape}, got {mc_se.shape}")
+    if (mc_se < 0).any():
+        raise ValueError("mc_se must be >= 0 (standard errors)")
+    return mc_se
+
+
 def paired_interval(d, mc_se=None, level=0.95):
     """The two-level interval (module docstring) of the mean of ``d`` (m seeds x N images, m >= 2,
     N >= 2, finite). ``mc_se`` (optional, shape (m, N), >= 0): the Monte Carlo standard error of
@@ -88,12 +100,7 @@ def paired_interval(d, mc_se=None, level=0.95):
     if m < 2 or n < 2:
         raise ValueError(f"d must have at least 2 seeds (rows) and 2 images (columns), got shape {d.shape}")
     level = _check_level(level)
-    if mc_se is not None:
-        mc_se = as_float_array(mc_se, "mc_se", ndim=2)
-        if mc_se.shape != d.shape:
-            raise ValueError(f"mc_se must have the shape of d {d.shape}, got {mc_se.shape}")
-        if (mc_se < 0).any():
-            raise ValueError("mc_se must be >= 0 (standard errors)")
+    mc_se = _check_mc_se(mc_se, d.shape)
     grand = float(d.mean())
     by_seed = d.mean(axis=1)
     by_image = d.mean(axis=0)
@@ -138,12 +145,7 @@ def seed_interval(v, mc_se=None, level=0.95):
     if m < 2:
         raise ValueError(f"v must have at least 2 values (one per seed), got {m}")
     level = _check_level(level)
-    if mc_se is not None:
-        mc_se = as_float_array(mc_se, "mc_se", ndim=1)
-        if mc_se.shape != v.shape:
-            raise ValueError(f"mc_se must have one value per seed ({m}), got {mc_se.shape}")
-        if (mc_se < 0).any():
-            raise ValueError("mc_se must be >= 0 (standard errors)")
+    mc_se = _check_mc_se(mc_se, v.shape)
     mean = float(np.mean(v))
     sd = float(np.std(v, ddof=1))
     se = sd / math.sqrt(m)
