@@ -39,11 +39,14 @@ The cluster path
   against several query batches, pass files or a Dask array persisted on the workers;
 - Dask arrays (with known shape): rechunked to ``(chunk, L)``;
 - paths: a ``.npy`` file for each (``np.load(..., allow_pickle=False, mmap_mode="r")``), an
-  ``.npz`` file with keys ``means`` and ``log_vars`` (``log_vars=None``), or a directory holding
-  ``means.npy`` and ``log_vars.npy`` (as written by :func:`encode_to_shards`; ``log_vars=None``).
-  Each shard task reads only its own rows on its worker (a memory map of the ``.npy`` file; for an
-  ``.npz`` member a forward read of the ZIP stream, O(shard) memory), so the files must be visible
-  to the workers at the same path (a shared file system). The client reads only the headers
+  uncompressed ``.npz`` file with keys ``means`` and ``log_vars`` (``log_vars=None``; a compressed
+  one is refused with the reason: every shard would decompress it from its start), a zarr group or
+  an HDF5 file with arrays ``means`` and ``log_vars``, or a directory holding ``means.npy`` and
+  ``log_vars.npy`` (as written by :func:`encode_to_shards`; ``log_vars=None``). Each shard task
+  reads only its own rows on its worker (a memory map of the ``.npy`` file or of the stored
+  ``.npz`` member; a chunk-aligned slice of zarr/HDF5), so the files must be visible to the
+  workers (a shared file system); paths are made absolute on the client and each worker checks
+  the content fingerprint before reading. The client reads only the headers
   (and, for a directory with the ``components.json`` manifest that :func:`encode_to_shards`
   writes last, checks N, L, dtype, sizes and the files' SHA-256 against it: a partial or mixed
   set is a ``ValueError``). Every read of rows re-checks the file's shape, dtype and size on
