@@ -18,6 +18,7 @@ does not depend on the machine's speed. No tolerance is involved: results are co
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -272,3 +273,45 @@ def test_stats_losing_the_worker_or_the_scheduler_mid_run(stats_inputs, tmp_path
             else "lost the connection to the Dask scheduler at tcp://127.0.0.1:")
     assert lines[0].startswith("refvae stats: error: ") and want in lines[0], lines[0]
     assert seconds < HUNG
+
+
+def test_stats_with_a_scheduler_file_gives_the_bits_of_the_address(stats_inputs, tmp_path):
+    """``refvae stats --scheduler-file F`` (F written by ``dask scheduler --scheduler-file F``, as on
+    Slurm) connects to the address in F: the same JSON results as ``--scheduler ADDRESS``."""
+    exe = os.path.join(os.path.dirname(sys.executable), "refvae")
+    base = [exe, "stats", "--model", str(stats_inputs / "model"), "--components",
+            str(stats_inputs / "comps"), "--queries", "50", "--chunk", "200", "--quiet"]
+    with ProcessCluster(tmp_path / "c") as pc:
+        pc.add_worker()
+        pc.client()
+        by_address = subprocess.run(base + ["--scheduler", pc.address, "--out", str(tmp_path / "a.json")],
+                                    capture_output=True, text=True, timeout=HUNG)
+        by_file = subprocess.run(base + ["--scheduler-file", pc.scheduler_file,
+                                         "--out", str(tmp_path / "f.json")],
+                                 capture_output=True, text=True, timeout=HUNG)
+    assert by_address.returncode == 0 and by_file.returncode == 0, (by_address.stderr, by_file.stderr)
+    a = json.loads((tmp_path / "a.json").read_text())
+    f = json.loads((tmp_path / "f.json").read_text())
+    assert a["stats"] == f["stats"] and f["stats"], (a, f)
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "does not exist"),
+    ("not json", "is not a scheduler file"),
+    ('{"id": "Scheduler-1"}', "has no 'address' string"),
+    ('["tcp://127.0.0.1:1"]', "has no 'address' string"),
+])
+def test_stats_scheduler_file_errors_are_one_line(stats_inputs, tmp_path, capsys, content, words):
+    """A missing, unreadable or address-less --scheduler-file, or both flags: one named line, exit 2."""
+    from refvae.tools.cli import main
+    path = tmp_path / "scheduler.json"
+    if content is not None:
+        path.write_text(content)
+    rc = main(["stats", "--model", str(stats_inputs / "model"), "--components", str(stats_inputs / "comps"),
+               "--queries", "5", "--scheduler-file", str(path), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--scheduler-file" in err and words in err and "Traceback" not in err, err
+    rc = main(["stats", "--model", str(stats_inputs / "model"), "--components", str(stats_inputs / "comps"),
+               "--scheduler", "tcp://127.0.0.1:1", "--scheduler-file", str(path), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not both" in err, err

@@ -1,6 +1,6 @@
 """``refvae stats``: aggregated-posterior statistics of a saved model on a data file.
 
-    refvae stats --model DIR (--data FILE.npy|npz | --components DIR|FILE.npz) [--scheduler ADDRESS]
+    refvae stats --model DIR (--data FILE.npy|npz | --components DIR|FILE.npz) [--scheduler ADDRESS | --scheduler-file FILE]
                  [--chunk N] [--samples S] [--queries M] [--holes M] [--seed N] [--out FILE.json]
                  [--threads N] [--connect-timeout T] [--worker-timeout T] [--allow-large] [--quiet]
     refvae stats --model DIR --data FILE.npy|npz --write-components OUTDIR|X.zarr|X.h5 [--scheduler ADDRESS]
@@ -105,6 +105,9 @@ def options(p):
                    help="array of an .npz --data file to use (default: 'x', or its only array)")
     p.add_argument("--scheduler", default=None,
                    help="address of a Dask scheduler (e.g. tcp://host:8786); default: this machine")
+    p.add_argument("--scheduler-file", default=None, metavar="FILE",
+                   help="the JSON file a scheduler started with `dask scheduler --scheduler-file "
+                        "FILE` wrote (its key 'address' is used as --scheduler)")
     p.add_argument("--chunk", type=int, default=None,
                    help="components per shard on the cluster (default 65536); fixes the rounding: "
                         "the result is bit-identical for any number of workers")
@@ -235,6 +238,34 @@ LABELS = {"entropy_qz": "H[q(z)]", "cross_entropy": "CE[q(z)||p]",
           "avg_kl_split": "I + KL[q(z)||p]"}
 
 
+def _scheduler_from_file(args):
+    """``--scheduler-file FILE``: set ``args.scheduler`` to the ``address`` that ``dask scheduler
+    --scheduler-file FILE`` wrote there (JSON, read without pickle); a named ``ValueError`` for both
+    flags at once, a missing or unreadable file, or a file without a string ``address``."""
+    import json
+    path = getattr(args, "scheduler_file", None)
+    if path is None:
+        return
+    if args.scheduler is not None:
+        raise ValueError("give --scheduler ADDRESS or --scheduler-file FILE, not both")
+    if not str(path).strip():
+        raise ValueError("--scheduler-file: empty path")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"--scheduler-file: {path!r} does not exist (start the scheduler with "
+                         f"`dask scheduler --scheduler-file {path}` first, on shared storage)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--scheduler-file: {path!r} is not a scheduler file written by dask "
+                         f"scheduler ({type(e).__name__}: {e})") from None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"--scheduler-file: {path!r} has no 'address' string (a JSON object "
+                         f"written by `dask scheduler --scheduler-file`)")
+    args.scheduler = address
+
+
 def run(args) -> int:
     """Run ``refvae stats`` on parsed arguments; returns the exit code (0). Errors raise
     ``ValueError``/``TypeError``/``OSError`` (``ConnectionError`` for an unreachable scheduler) or
@@ -246,6 +277,7 @@ def run(args) -> int:
     from .provenance import limit_threads
     from ..vae import VAE
 
+    _scheduler_from_file(args)
     chunk, timeout = _check_options(args, dist)
     data, components, write_to = _check_sources(args)
     if getattr(args, "resume", None) is not None and (args.scheduler is None or write_to is not None):
