@@ -269,3 +269,43 @@ def test_runs_in_two_worker_processes_are_bit_identical_to_a_serial_run(tmp_path
     assert len(one[0]) == 6 and one == two
     doc = json.loads((tmp_path / "w2" / "report.json").read_text())
     assert doc["workers"] == 2 and doc["cpu_seconds"]["start_workers"] >= 0 and "workers_note" not in doc
+
+
+def test_findings_name_the_separated_pairs_and_the_holes_claim():
+    """With 5 seeds the scope section ends with one findings bullet per L: the pairs Holm's rule
+    separates (a is planted 1 nat better than standard and b) and the priors with fewer holes (a,
+    planted); b, equal to standard up to noise, is in neither list."""
+    rep = _report(5, shift=1.0, hole_shift=-0.2)
+    text = "\n".join(markdown._scope(rep, comparisons.analyse(rep)))
+    line = next(ln for ln in text.splitlines() if ln.startswith("- **Findings, L = 2:**"))
+    assert "separates 2 of 3 pairs" in line and "standard − a" in line and "a − b" in line, line
+    assert "standard − b" not in line
+    holes = text.splitlines()[text.splitlines().index(line) + 1]
+    assert "Fewer holes than the standard prior (some hole metric, Holm): a;" in holes, holes
+    assert "more: none" in holes
+    nothing = _report(5, shift=0.0, hole_shift=0.0)
+    text = "\n".join(markdown._scope(nothing, comparisons.analyse(nothing)))
+    assert "no prior can be ranked above another" in text and "Holm): none;" in text
+
+
+def _decodes(hole_lp, covered_lp, se):
+    grp = lambda v: {"fraction": {"value": 0.01, "se": 0.001, "n": 20000}, "n": 64,  # noqa: E731
+                     "log_px": {"value": v, "se": se, "n": 64}, "nn_rms": {"value": 2.0, "se": 0.05, "n": 64}}
+    return {"tau": 0.1, "groups": {"hole": grp(hole_lp), "covered": grp(covered_lp)},
+            "data": {"n": 64, "log_px": {"value": -100.0, "se": 1.5, "n": 64}},
+            "difference": {"log_px": {"value": hole_lp - covered_lp, "se": se * math.sqrt(2)},
+                           "nn_rms": {"value": 0.0, "se": 0.07}}}
+
+
+def test_hole_decode_verdicts_follow_the_difference_and_its_se():
+    """Holes 10 nats worse than covered (se 1.4): 'worse'; 10 better: 'better (against the text)';
+    1 nat apart: not distinguishable; only the first seed's runs are used; the count line agrees."""
+    runs = [{"prior": p, "latent_dim": 2, "seed": 0, "hole_decodes": _decodes(-100 + d, -100, 1.0)}
+            for p, d in (("w", -10.0), ("b", 10.0), ("n", 1.0))]
+    runs.append({"prior": "w", "latent_dim": 2, "seed": 1, "hole_decodes": _decodes(-50, -100, 1.0)})
+    text = "\n".join(markdown._hole_decodes(2, runs, 0))
+    rows = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| `")}
+    assert set(rows) == {"`w`", "`b`", "`n`"}
+    assert "holes decode **worse**" in rows["`w`"] and "against the text" in rows["`b`"]
+    assert "not distinguishable" in rows["`n`"]
+    assert "says *worse* for 1 of 3 priors and *better* for 1" in text
