@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import sys
 import warnings
@@ -571,7 +572,8 @@ def test_adversarial_error_bound(name):
 
 def test_record_kernel_accuracy():
     """THE accuracy record: the largest observed c over a fixed seeded batch of random and adversarial
-    cases, asserted <= c (= 4) and written to ``validation/kernel_accuracy.json`` for the report.
+    cases, asserted <= c (= 4); with ``REFVAE_RECORD_ACCURACY=1`` in the environment it is also
+    written to ``validation/kernel_accuracy.json`` (otherwise a test run leaves the checkout alone).
 
     Cases: 40 random (seed SEED; B <= 8, K <= 40, L <= 16; coordinates of scale 0.3..10;
     log-variances in [-8, 8] or [-2, 2]; some -inf and some None log-weights) and every case of
@@ -609,8 +611,9 @@ def test_record_kernel_accuracy():
         "known_violations": known,
         "provenance": _provenance(),
     }
-    ACCURACY_JSON.parent.mkdir(parents=True, exist_ok=True)
-    ACCURACY_JSON.write_text(json.dumps(record, indent=2) + "\n")
+    if os.environ.get("REFVAE_RECORD_ACCURACY") == "1":   # a test run never edits the checkout
+        ACCURACY_JSON.parent.mkdir(parents=True, exist_ok=True)
+        ACCURACY_JSON.write_text(json.dumps(record, indent=2) + "\n")
     assert worst["max_c"] <= C_BOUND, f"observed c = {worst['max_c']:.3g} in {worst['name']} > {C_BOUND}"
 
 
