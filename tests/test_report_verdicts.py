@@ -281,11 +281,12 @@ def test_findings_name_the_separated_pairs_and_the_holes_claim():
     assert "separates 2 of 3 pairs" in line and "standard − a" in line and "a − b" in line, line
     assert "standard − b" not in line
     holes = text.splitlines()[text.splitlines().index(line) + 1]
-    assert "Fewer holes than the standard prior (some hole metric, Holm): a;" in holes, holes
+    assert "Fewer holes than the standard prior (Holm over the 4 tests): a (reverse_kl), a (hole_mass_0.1);" \
+        in holes, holes
     assert "more: none" in holes
     nothing = _report(5, shift=0.0, hole_shift=0.0)
     text = "\n".join(markdown._scope(nothing, comparisons.analyse(nothing)))
-    assert "no prior can be ranked above another" in text and "Holm): none;" in text
+    assert "no prior can be ranked above another" in text and "tests): none;" in text
 
 
 def _decodes(hole_lp, covered_lp, se):
@@ -309,3 +310,12 @@ def test_hole_decode_verdicts_follow_the_difference_and_its_se():
     assert "holes decode **worse**" in rows["`w`"] and "against the text" in rows["`b`"]
     assert "not distinguishable" in rows["`n`"]
     assert "says *worse* for 1 of 3 priors and *better* for 1" in text
+
+
+def test_a_kept_pair_whose_unadjusted_interval_excludes_zero_says_so():
+    """Holm keeps p = 0.004 among 15 pairs although its unadjusted CI excludes 0: the cell says
+    both, so the table does not look self-contradictory; a CI across 0 or a rejected pair: as is."""
+    kept = {"verdict": "not distinguishable at this size", "holm_reject": False, "lo": 0.26, "hi": 0.98}
+    assert "unadjusted 95 % CI excludes 0" in markdown._verdict_cell(kept)
+    assert "unadjusted" not in markdown._verdict_cell({**kept, "lo": -0.1})
+    assert markdown._verdict_cell({**kept, "holm_reject": True, "verdict": "a better"}) == "a better"

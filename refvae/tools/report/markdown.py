@@ -201,18 +201,19 @@ def _findings(an):
     for L, a in sorted((an.get("per_L") or {}).items(), key=lambda kv: int(kv[0])):
         pairs = [e for e in a.get("pairs") or [] if e.get("p") is not None]
         diff = [e for e in pairs if e.get("holm_reject")]
-        txt = ", ".join(f"{e['a']} − {e['b']} {e['mean']:+.2f} [{e['lo']:.2f}, {e['hi']:.2f}]"
-                        for e in diff)
+        txt = ", ".join(f"{e['a']} − {e['b']} {e['mean']:+.2f} [{e['lo']:.2f}, {e['hi']:.2f}] "
+                        f"({e['a'] if e['mean'] > 0 else e['b']} higher)" for e in diff)
         out.append(f"- **Findings, L = {L}:** ln p(x) separates {len(diff)} of {len(pairs)} pairs of "
                    "priors (Holm, 5 %)" + (f": {txt} nats" if diff else "; no prior can be ranked "
                                            "above another at this size") + ".")
         holes = [e for e in a.get("holes") or [] if e.get("p") is not None]
-        fewer = sorted({e["prior"] for e in holes if e.get("holm_reject") and e["mean"] < 0})
-        more = sorted({e["prior"] for e in holes if e.get("holm_reject") and e["mean"] > 0})
+        fewer = [f"{e['prior']} ({e['metric']})" for e in holes if e.get("holm_reject") and e["mean"] < 0]
+        more = [f"{e['prior']} ({e['metric']})" for e in holes if e.get("holm_reject") and e["mean"] > 0]
         if holes:
-            out.append(f"  Fewer holes than the standard prior (some hole metric, Holm): "
-                       f"{', '.join(fewer) or 'none'}; more: {', '.join(more) or 'none'}; the rest "
-                       "not distinguishable (table *Do the learnable priors leave fewer holes?*).")
+            out.append(f"  Fewer holes than the standard prior (Holm over the {len(holes)} tests): "
+                       f"{', '.join(fewer) or 'none'}; more: {', '.join(more) or 'none'}; every other "
+                       "prior and metric not distinguishable (table *Do the learnable priors leave "
+                       "fewer holes?*).")
     return out
 
 
@@ -295,6 +296,17 @@ def _results(L, a, prof, dd):
     return out
 
 
+def _verdict_cell(e):
+    """The verdict, and when Holm's rule keeps a pair whose unadjusted 95 % interval excludes 0,
+    say so (a reader sees the interval; the verdict is the adjusted test)."""
+    v = e["verdict"]
+    lo, hi = e.get("lo"), e.get("hi")
+    if (not e.get("holm_reject") and lo is not None and hi is not None and (lo > 0 or hi < 0)
+            and v.startswith("not distinguishable")):
+        v += " (the unadjusted 95 % CI excludes 0; not significant after Holm's correction)"
+    return v
+
+
 def _pm_ci(e, digits=2):
     """+0.30 ± 0.60 (the 95 % CI's half width)."""
     return f"{e['mean']:+.{digits}f} ± {(e['hi'] - e['lo']) / 2:.{digits}f}"
@@ -312,7 +324,7 @@ def _comparisons(L, a, an):
             continue
         rows.append([f"{e['a']} − {e['b']}", str(e["n_seeds"]), _pm_ci(e), _ci(e["lo"], e["hi"]),
                      _fmt(e["mc_se"], 3), _fmt(e["image_se"], 2), _fmt(e["seed_sd"], 2),
-                     f"{e['p']:.2g}", e["verdict"]])
+                     f"{e['p']:.2g}", _verdict_cell(e)])
     out = [f"### Paired comparisons of ln p(x), L = {L}", "",
            "For each pair a − b: the per-image difference ln p_a(x) − ln p_b(x) on the same test "
            "images, per seed. Mean over seeds and images ± the half width of its 95 % CI, from the "
@@ -326,7 +338,7 @@ def _comparisons(L, a, an):
                    "seed SD", "p", "verdict"], rows), ""]
     ne = a.get("pairs_neg_elbo") or []
     rows = [[f"{e['a']} − {e['b']}", _pm_ci(e) if e.get("p") is not None else "—",
-             f"{e['p']:.2g}" if e.get("p") is not None else "—", e["verdict"]] for e in ne]
+             f"{e['p']:.2g}" if e.get("p") is not None else "—", _verdict_cell(e)] for e in ne]
     if rows:
         out += [f"Paired comparisons of the test −ELBO (per image, from the importance draws; lower "
                 f"is better), L = {L}, same method:", "",
@@ -349,7 +361,7 @@ def _holes_verdicts(L, a):
         digits = 3 if e["metric"] == "reverse_kl" else 4
         rows.append([f"{e['prior']} − {base}", e["metric"], str(e["n_seeds"]), _pm_ci(e, digits),
                      _fmt(e["mc_se"], digits), _fmt(e["seed_sd"], digits), f"{e['p']:.2g}",
-                     e["verdict"]])
+                     _verdict_cell(e)])
     return [f"### Do the learnable priors leave fewer holes? L = {L}", "",
             "The text's claim. Per seed, the learnable prior's KL[p‖q(z)] and hole masses minus "
             "those of the prior without parameters on the same seed; mean over seeds ± the half "
@@ -547,8 +559,10 @@ def _figures(r):
     for run in r["runs"]:
         if run.get("figure"):
             L = run["latent_dim"]
-            what = ("prior density with encoded test points; holes; training curves; samples"
-                    if L == 2 else "training curves; samples")
+            what = ("prior density with encoded test points; Fig. 4.5 posteriors q(z|x_n) under q(z); "
+                    "Fig. 4.8 holes with encoder samples; Figs. 4.6-4.7 q(z) and the prior during "
+                    "training; decodes from holes vs covered regions; training curves; samples"
+                    if L == 2 else "decodes from holes vs covered regions; training curves; samples")
             out += [f"### {_run_label(run)}", "", f"![{_run_label(run)}: {what}]({run['figure']})", ""]
     return out
 
