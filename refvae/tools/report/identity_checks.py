@@ -167,7 +167,7 @@ def _log_qz_points(model, aggregated, rng):
     try:
         import mpmath
     except ImportError:
-        out.update(available=False, note="mpmath is not installed (pip install refvae[test])")
+        out.update(available=False, note="mpmath is not installed (pip install mpmath: a dependency of refvae)")
         return out
     from .kernel_check import _exact_c
     c, prec = _exact_c(mpmath, z, means, lvs, None, got)

@@ -143,7 +143,7 @@ def kernel_accuracy(rng, n_random):
         import mpmath
     except ImportError:
         return {"available": False, "c_allowed": c_allowed,
-                "note": "skipped: mpmath is not installed (pip install refvae[test])"}
+                "note": "skipped: mpmath is not installed (pip install mpmath: a dependency of refvae)"}
     from ...kernels.mixture import mixture_log_prob
     rows = []
     worst = (-1.0, None)
