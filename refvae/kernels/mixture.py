@@ -56,8 +56,9 @@ contribute at most K e^{-(ln K + 40)} = e^{-40} ~ 4e-18 < u/25 relative to s >= 
 costs at most 0.04 u absolute in f. It does not save exp evaluations: the vectorised exp runs on
 every term of a tile and returns 0.0 for those below the threshold, so the forward's time does not
 depend on how spread out the mixture is (``validation/SCALING.md``; at (B, K, L) = (10000, 10000,
-16) 2.4% of the pairs are above the threshold, ``validation/results/bench_mixture.md``). The VJP skips only terms whose responsibility
-underflows to exactly 0 (t - f < -746), so no gradient entry is lost.
+16) 2.4% of the pairs are above the threshold, ``validation/results/bench_mixture.md``). The VJP
+skips only terms whose responsibility underflows to exactly 0 (t - f < -746), so no gradient
+entry is lost.
 
 *Compensated sums.* s is accumulated with Kahan summation, the quadratic form sum_l w_l^2 on its
 own accumulator (all its terms are >= 0; it is subtracted from the constant at the end, so its
