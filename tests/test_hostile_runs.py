@@ -293,8 +293,8 @@ def test_disguised_interrupt_is_never_a_prior_failure(tmp_path, monkeypatch, cap
 @pytest.mark.hostile("interruption", "clean stop")
 def test_interrupt_in_the_second_seed_keeps_the_first_seeds_runs(tmp_path, monkeypatch, capsys):
     """Two seeds per prior: a Ctrl-C (disguised by Numba) while mog trains on seed 1 leaves every
-    run of seed 0 "done", mog of seed 1 "interrupted", the rest "pending", exit 130, no verdicts
-    computed from the half-finished set of seeds."""
+    run of seed 0 "done", mog of seed 1 "interrupted", the rest "pending", exit 130, no run
+    "failed"."""
     real_train = runner._train
 
     def train(run, *a, **k):

@@ -384,7 +384,7 @@ def _decode_verdict(d):
 
 def _hole_decodes(L, runs, seed):
     """``### Do samples from holes decode badly?``: the text's point, tested on the first seed."""
-    rows = []
+    rows, by_lp, by_nn = [], [], []
     for run in runs:
         h = run.get("hole_decodes")
         if not h or run.get("seed", seed) != seed:
@@ -397,12 +397,14 @@ def _hole_decodes(L, runs, seed):
             return _fmt(q.get("value"), digits) + (f" ± {_fmt(q.get('se'), digits)}" if q.get("se") else "")
 
         dl, dn = diff.get("log_px") or {}, diff.get("nn_rms") or {}
+        by_lp.append(_decode_verdict(dl))
+        # a larger distance to the nearest training image is worse: the difference's sign flipped
+        by_nn.append(_decode_verdict({"value": -dn["value"], "se": dn["se"]}) if dn.get("se") else "—")
         rows.append([f"`{run['prior']}`", _fmt((hole.get("fraction") or {}).get("value"), 4),
                      str(hole.get("n", 0)), v(hole, "log_px"), v(cov, "log_px"),
                      v(h.get("data") or {}, "log_px"),
                      (_fmt(dl.get("value"), 1) + f" ± {_fmt(dl.get('se'), 1)}") if dl else "—",
-                     _decode_verdict(dl), v(hole, "nn_rms", 2), v(cov, "nn_rms", 2),
-                     _decode_verdict({"value": -dn["value"], "se": dn["se"]}) if dn.get("se") else "—"])
+                     by_lp[-1], v(hole, "nn_rms", 2), v(cov, "nn_rms", 2), by_nn[-1]])
     if not rows:
         return []
     tau = next((run["hole_decodes"]["tau"] for run in runs if run.get("hole_decodes")), None)
@@ -417,10 +419,10 @@ def _hole_decodes(L, runs, seed):
             "general. Both numbers favour sharp, confident images, so a hole's decode can score "
             "well without looking like a digit (the figure shows both groups).", "",
             f"In this report: the ln p verdict says *worse* for "
-            f"{sum('worse' in r[7] for r in rows)} of {len(rows)} priors and *better* for "
-            f"{sum('better' in r[7] for r in rows)}; the nearest-image distance says *worse* for "
-            f"{sum('worse' in r[-1] for r in rows)} and *better* for "
-            f"{sum('better' in r[-1] for r in rows)}. The text's claim that samples from holes "
+            f"{sum('worse' in x for x in by_lp)} of {len(rows)} priors and *better* for "
+            f"{sum('better' in x for x in by_lp)}; the nearest-image distance says *worse* for "
+            f"{sum('worse' in x for x in by_nn)} and *better* for "
+            f"{sum('better' in x for x in by_nn)}. The text's claim that samples from holes "
             "decode badly is supported here only where a row says *worse*.", "",
             _table(["prior", "hole mass (draws)", "n", "ln p(x̂), holes", "ln p(x̂), covered",
                     "ln p(x), 64 test images (yardstick)", "holes − covered", "verdict (ln p)", "NN RMS, holes", "NN RMS, covered",
